@@ -1,0 +1,208 @@
+"""Train-state checkpoints on orbax: keep the last N and the best K steps, atomically.
+
+Layout: ``<directory>/<step>/state`` (orbax ``StandardSave`` of the state's pytree nodes) and
+``<step>/metrics`` (JSON, only with ``best_metric``). Orbax writes each step into
+``<step>.orbax-checkpoint-tmp`` and renames it when complete (on GCS it writes
+``commit_success.txt`` last instead); unfinished steps are never listed, restored or kept.
+
+Saves are asynchronous: ``save`` returns once the arrays are copied to host memory (donating or
+mutating the state afterwards is safe); files are written in the background and old steps are
+deleted only after the new one is committed. ``wait``, ``restore`` and ``close`` block until
+pending writes are done and re-raise a failed write's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Mapping, TypeVar
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+__all__ = ["CheckpointError", "Checkpoints", "abstract_like"]
+
+_log = logging.getLogger(__name__)
+_ITEM = "state"
+S = TypeVar("S")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, unreadable or does not fit the state it is restored into."""
+
+
+def abstract_like(state: Any) -> Any:
+  """`state` with `jax.ShapeDtypeStruct` leaves; unsharded leaves go to the first local device."""
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(x: Any) -> jax.ShapeDtypeStruct:
+    x = x if hasattr(x, "dtype") else np.asarray(x)
+    sharding = getattr(x, "sharding", None) or default
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  return jax.tree.map(leaf, state)
+
+
+class Checkpoints:
+  """Saves and restores train states in `directory`, keeping the last and the best steps.
+
+    Saving an existing step is skipped with a warning, never overwritten (that would delete a good
+    checkpoint first). Saving a step older than the latest one raises `CheckpointError`.
+    """
+
+  def __init__(
+      self,
+      directory: str | os.PathLike[str],
+      *,
+      keep_last: int = 3,
+      best_metric: str | None = None,
+      best_mode: str = "min",
+      keep_best: int = 1,
+  ) -> None:
+    if keep_last < 1 or (best_metric is not None and keep_best < 1):
+      raise ValueError(f"keep_last and keep_best must be >= 1, got {keep_last}, {keep_best}")
+    if best_mode not in ("min", "max"):
+      raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+    self.best_metric = best_metric
+    worst = math.inf if best_mode == "min" else -math.inf
+
+    def score(metrics: Mapping[str, Any] | None) -> float:
+      value = (metrics or {}).get(best_metric)  # old metrics without it rank worst
+      return worst if value is None else float(value)
+
+    policies: list[Any] = [ocm.LatestN(n=keep_last)]
+    if best_metric is not None:  # BestN keeps the tail of the list sorted by score
+      policies.append(
+          ocm.BestN(get_metric_fn=score,
+                    reverse=best_mode == "min",
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocm.AnyPreservationPolicy(policies),
+        best_fn=score if best_metric is not None else None,  # else orbax drops metrics
+        best_mode=best_mode,
+        enable_async_checkpointing=True,
+        create=True,
+    )
+    # A registry lets a fresh manager read the item's metadata before any save/restore.
+    registry = ocp.handlers.create_default_handler_registry(
+        **{_ITEM: ocp.StandardCheckpointHandler()})
+    self._mngr = ocp.CheckpointManager(directory, options=options, handler_registry=registry)
+    self.directory = self._mngr.directory
+
+  def _path(self, step: int) -> str:
+    return str(self.directory / str(step))
+
+  def save(self, step: int, state: Any, metrics: Mapping[str, Any] | None = None) -> None:
+    """Starts saving `state` as `step`; a finite `metrics[best_metric]` ranks it as best."""
+    step = int(step)
+    if step in self._mngr.all_steps():
+      _log.warning("checkpoint %s already exists; not overwriting it", self._path(step))
+      return
+    latest = self._mngr.latest_step()
+    if latest is not None and step < latest:
+      raise CheckpointError(
+          f"cannot save checkpoint {self._path(step)}: it is older than the latest step "
+          f"{latest} there; resume from the latest step or use a new --workdir")
+    # Metric-less saves are fine (LatestN only): drop orbax's warning about them for this call.
+    absl_logger = logging.getLogger("absl")
+
+    def quiet(record: logging.LogRecord) -> bool:
+      return not str(record.msg).startswith("Requested `tracked_metric`")
+
+    absl_logger.addFilter(quiet)
+    try:
+      self._mngr.save(
+          step,
+          args=ocp.args.Composite(**{_ITEM: ocp.args.StandardSave(state)}),
+          metrics=self._json_metrics(metrics),
+          force=True,  # the training loop decides when to save, not orbax's policy
+      )
+    finally:
+      absl_logger.removeFilter(quiet)
+
+  def _json_metrics(self, metrics: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """Finite scalar metrics as floats; None unless they hold a finite `best_metric`."""
+    if self.best_metric is None or not metrics:
+      return None
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+      try:
+        value = float(value)
+      except (TypeError, ValueError):
+        continue  # non-scalar metrics are not stored
+      if math.isfinite(value):
+        out[str(key)] = value
+    return out if self.best_metric in out else None
+
+  def wait(self) -> None:
+    """Blocks until pending saves are committed; re-raises a failed save's error."""
+    self._mngr.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def best_step(self) -> int | None:
+    """Best step by `best_metric`; None without a metric-bearing checkpoint."""
+    return self._mngr.best_step() if self.best_metric is not None else None
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
+  def restore(self, state_template: S, step: int | None = None) -> S:
+    """Restores `step` (default latest) into the template's type, static fields and devices.
+
+        `state_template` may be concrete or abstract (`jax.eval_shape`).
+        """
+    self.wait()
+    steps = self.all_steps()
+    step = self.latest_step() if step is None else int(step)
+    if step is None:
+      raise CheckpointError(
+          f"no checkpoint in {self.directory}; train first or pass the --workdir that has one")
+    if step not in steps:
+      raise CheckpointError(
+          f"checkpoint {self._path(step)} does not exist; pick one of the steps {steps}")
+    target = abstract_like(state_template)
+    try:  # corrupt/partial files: one clear error instead of orbax internals
+      detail = self._mismatch(step, target)
+      if detail is None:
+        args = ocp.args.Composite(**{_ITEM: ocp.args.StandardRestore(target)})
+        return self._mngr.restore(step, args=args)[_ITEM]
+    except Exception as e:
+      raise CheckpointError(
+          f"checkpoint {self._path(step)} could not be read ({type(e).__name__}: {e}); "
+          f"restore another step of {steps} or use a new --workdir") from e
+    raise CheckpointError(
+        f"checkpoint {self._path(step)} does not match the model built from the config "
+        f"({detail}); use the config it was trained with or a new --workdir")
+
+  def _mismatch(self, step: int, target: Any) -> str | None:
+    """The first path where the saved arrays differ from `target`, or None."""
+    meta = self._mngr.item_metadata(step)
+    item = meta[_ITEM] if meta is not None and _ITEM in meta else None
+    if item is None:
+      return f"it has no '{_ITEM}' item"
+    saved = ocp.tree.to_flat_dict(getattr(item, "tree", item))
+    wanted = ocp.tree.to_flat_dict(target)
+    for path, want in wanted.items():
+      have = tuple(saved[path].shape) if path in saved else "missing"
+      if have != tuple(want.shape):
+        return f"'{'/'.join(path)}': {have} in the checkpoint, {want.shape} in the model"
+    extra = next((p for p in saved if p not in wanted), None)
+    if extra is None:
+      return None
+    return f"'{'/'.join(extra)}' is in the checkpoint but not in the model"
+
+  def close(self) -> None:
+    """Waits for pending saves and releases orbax resources."""
+    self._mngr.close()
+
+  def __enter__(self) -> Checkpoints:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()

@@ -1,0 +1,104 @@
+"""Configs: the shared keys every family understands, plus validation.
+
+Keys are flat, in the style of the Flax examples, and mean the same thing in every family.
+A family adds its own keys through `families.get(model).default_config()`. `validate` runs once,
+at the boundary: a misspelt key or a bad value fails there with a sentence saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+from aigc_jax import data as data_lib
+from aigc_jax import families
+
+
+class ConfigError(ValueError):
+  """A config key or value that cannot work; the message names the key and the fix."""
+
+
+def base_config() -> dict:
+  """Keys shared by every model family, with their defaults."""
+  return dict(
+      model="",  # family member, e.g. 'vae_mlp'; set by the family's get_config
+      dataset="fashion_mnist",
+      idx_dir="",  # a directory of IDX files; '' = the env var, the Debian dir, then TFDS
+      tfds_data_dir="",  # where TFDS keeps (or would download) its data; '' = TFDS default
+      scale="zero_one",  # 'zero_one' or 'minus_one_one'
+      binarize=False,  # dynamic binarization of training images
+      batch_size=128,
+      eval_batch_size=1000,
+      num_epochs=10,  # used when num_train_steps <= 0
+      num_train_steps=-1,  # > 0 overrides num_epochs
+      learning_rate=1e-3,
+      adam_b1=0.9,
+      adam_b2=0.999,
+      seed=0,
+      steps_per_call=1,  # train steps per device dispatch (lax.fori_loop); see parallel.py
+      log_every_steps=100,
+      eval_every_steps=-1,  # <= 0: once per epoch
+      checkpoint_every_steps=-1,  # <= 0: at every evaluation
+      keep_checkpoints=3,  # the last N are kept, plus the best by the family's eval metric
+      early_stopping_patience=0,  # evaluations without improvement before stopping; 0 = off
+      num_sample_images=64,
+      progress_bar=True,
+  )
+
+
+def get_config(model: str, **overrides) -> ml_collections.ConfigDict:
+  """The full default config of `model` (shared keys + family keys), with overrides applied."""
+  family = families.get(model)
+  values = base_config()
+  values.update(family.default_config(model))
+  values["model"] = model
+  for key, value in overrides.items():
+    if key not in values:
+      raise ConfigError(_unknown_key_message(key, values))
+    values[key] = value
+  return ml_collections.ConfigDict(values)
+
+
+def _unknown_key_message(key: str, known) -> str:
+  close = difflib.get_close_matches(key, list(known), n=1)
+  hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+  return f"unknown config key '{key}': {hint}"
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks keys and values; returns the config unchanged or raises ConfigError."""
+  try:
+    family = families.get(config.get("model", ""))
+  except KeyError as e:
+    raise ConfigError(str(e.args[0])) from None
+  known = base_config()
+  known.update(family.default_config(config.model))
+  for key in config.keys():
+    if key not in known:
+      raise ConfigError(_unknown_key_message(key, known))
+  for key in known:
+    if key not in config:
+      raise ConfigError(f"config key '{key}' is missing; start from aigc_jax.config.get_config('{config.model}')")
+
+  def need(ok: bool, message: str):
+    if not ok:
+      raise ConfigError(message)
+
+  need(config.dataset in data_lib.DATASETS,
+       f"dataset '{config.dataset}' is unknown; choose one of {sorted(data_lib.DATASETS)}")
+  need(config.scale in ("zero_one", "minus_one_one"),
+       f"scale '{config.scale}' is unknown; use 'zero_one' or 'minus_one_one'")
+  need(not (config.binarize and config.scale != "zero_one"),
+       "binarize=True needs scale='zero_one' (pixels are Bernoulli probabilities)")
+  for key in ("batch_size", "eval_batch_size", "steps_per_call", "log_every_steps",
+              "num_sample_images"):
+    need(int(config[key]) > 0, f"{key} must be a positive integer, got {config[key]}")
+  need(config.num_train_steps > 0 or config.num_epochs > 0,
+       "set num_train_steps > 0 or num_epochs > 0 (num_train_steps wins when both are set)")
+  need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
+  need(config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+  need(config.early_stopping_patience >= 0,
+       f"early_stopping_patience must be >= 0 (0 = off), got {config.early_stopping_patience}")
+  family.validate_config(config, need)
+  return config

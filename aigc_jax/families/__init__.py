@@ -1,0 +1,35 @@
+"""Model families plug into the loop through one small record of functions, `Trainable`.
+
+A family module exposes `default_config(model) -> dict` (its keys and defaults), `validate_config(config,
+need)` and `build(config, info) -> Trainable`. The model names map to family modules here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Callable, NamedTuple
+
+MODELS = {
+    "vae_mlp": "aigc_jax.families.vae",
+    "vae_conv": "aigc_jax.families.vae",
+}
+
+
+class Trainable(NamedTuple):
+  """What the training loop, the sampler and the evaluator need from a family."""
+
+  init: Callable[[Any], Any]  # rng -> TrainState
+  train_step: Callable[..., Any]  # (state, batch, axis_name=None) -> (state, metrics); pure, per device
+  evaluate: Callable[..., dict]  # (state, test DeviceData) -> {name: float}; the periodic eval
+  full_evaluate: Callable[..., dict]  # (state, test DeviceData, **options) -> {name: value}; the CLI's
+  sample: Callable[..., Any]  # (state, rng, num) -> (images in [0, 1] (N,H,W,C) np, labels or None)
+  log_images: Callable[..., dict]  # (state, test DeviceData) -> {name: (images (N,H,W,C), ncols)}
+  best_metric: str  # a key of `evaluate`'s result
+  best_mode: str  # 'min' or 'max'
+
+
+def get(model: str) -> ModuleType:
+  if model not in MODELS:
+    raise KeyError(f"model '{model}' is unknown; choose one of {sorted(MODELS)}")
+  return importlib.import_module(MODELS[model])

@@ -1,0 +1,60 @@
+"""Log-likelihoods, KL terms and bounds. Every function returns per-example values (nats)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sum_event(x: jnp.ndarray, event_ndim: int) -> jnp.ndarray:
+  return jnp.sum(x, axis=tuple(range(x.ndim - event_ndim, x.ndim)))
+
+
+def gaussian_kl(mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
+  """KL(N(mean, exp(logvar)) || N(0, I)), summed over the last axis."""
+  return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
+
+
+def bernoulli_log_likelihood(logits: jnp.ndarray, x: jnp.ndarray, event_ndim: int = 3) -> jnp.ndarray:
+  """sum_pixels [x log sigmoid(l) + (1 - x) log sigmoid(-l)], for x in [0, 1] (not only {0, 1})."""
+  return _sum_event(x * logits - jax.nn.softplus(logits), event_ndim)
+
+
+def gaussian_log_likelihood(mean: jnp.ndarray, log_scale: jnp.ndarray, x: jnp.ndarray,
+                            event_ndim: int = 3) -> jnp.ndarray:
+  """log N(x; mean, exp(log_scale)^2) summed over the event axes."""
+  z = (x - mean) * jnp.exp(-log_scale)
+  return _sum_event(-0.5 * jnp.square(z) - log_scale - 0.5 * _LOG_2PI, event_ndim)
+
+
+def log_standard_normal(z: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sum(-0.5 * jnp.square(z) - 0.5 * _LOG_2PI, axis=-1)
+
+
+def log_diag_normal(z: jnp.ndarray, mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sum(-0.5 * (jnp.square(z - mean) * jnp.exp(-logvar) + logvar + _LOG_2PI), axis=-1)
+
+
+def importance_log_weights(log_likelihood: jnp.ndarray, z: jnp.ndarray, mean: jnp.ndarray,
+                           logvar: jnp.ndarray) -> jnp.ndarray:
+  """log p(x|z_s) + log p(z_s) - log q(z_s|x); log_likelihood (S, B), z (S, B, D) -> (S, B)."""
+  return log_likelihood + log_standard_normal(z) - log_diag_normal(z, mean, logvar)
+
+
+def iwae_bound_from_log_weights(log_w: jnp.ndarray) -> jnp.ndarray:
+  """log (1/S) sum_s exp(log_w[s]); (S, B) -> (B,)."""
+  return jax.nn.logsumexp(log_w, axis=0) - jnp.log(log_w.shape[0])
+
+
+def iwae_bound(log_likelihood: jnp.ndarray, z: jnp.ndarray, mean: jnp.ndarray,
+               logvar: jnp.ndarray) -> jnp.ndarray:
+  """log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x), the S-sample importance weighted bound.
+
+  log_likelihood: (S, B); z: (S, B, D); mean, logvar: (B, D). Returns (B,).
+  With S = 1 it is a one-sample ELBO estimate; it tightens towards log p(x) as S grows.
+  """
+  return iwae_bound_from_log_weights(importance_log_weights(log_likelihood, z, mean, logvar))

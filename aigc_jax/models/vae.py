@@ -1,0 +1,133 @@
+"""VAE encoders and decoders (MLP and convolutional), optionally class-conditional.
+
+The encoder maps an image (and a label) to the mean and log-variance of a diagonal Gaussian
+q(z|x); the decoder maps a latent (and a label) to per-pixel logits (Bernoulli likelihood) or
+means (Gaussian likelihood, with a learned global log-scale kept in the `VAE` module).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aigc_jax.models.layers import SubPixelUpsample, torch_linear_init
+
+
+def _dense(features: int, fan_in: int, torch_init: bool, name=None) -> nn.Dense:
+  if not torch_init:
+    return nn.Dense(features, name=name)
+  kernel_init, bias_init = torch_linear_init(fan_in)
+  return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name)
+
+
+def _with_label(h: jnp.ndarray, label, num_classes: int) -> jnp.ndarray:
+  if not num_classes:
+    return h
+  return jnp.concatenate([h, jax.nn.one_hot(label, num_classes, dtype=h.dtype)], axis=-1)
+
+
+class MLPEncoder(nn.Module):
+  hidden_dims: Sequence[int] = (400,)
+  latent_dim: int = 20
+  num_classes: int = 0  # > 0: conditional on a label
+  torch_init: bool = False  # PyTorch nn.Linear initialisation, to match a PyTorch reference
+
+  @nn.compact
+  def __call__(self, x, label=None):
+    h = _with_label(x.reshape(x.shape[0], -1), label, self.num_classes)
+    for width in self.hidden_dims:
+      h = nn.relu(_dense(width, h.shape[-1], self.torch_init)(h))
+    fan_in = h.shape[-1]
+    return (_dense(self.latent_dim, fan_in, self.torch_init, "mean")(h),
+            _dense(self.latent_dim, fan_in, self.torch_init, "logvar")(h))
+
+
+class MLPDecoder(nn.Module):
+  image_shape: Sequence[int] = (28, 28, 1)
+  hidden_dims: Sequence[int] = (400,)
+  num_classes: int = 0
+  torch_init: bool = False
+
+  @nn.compact
+  def __call__(self, z, label=None):
+    h = _with_label(z, label, self.num_classes)
+    for width in self.hidden_dims:
+      h = nn.relu(_dense(width, h.shape[-1], self.torch_init)(h))
+    out = _dense(math.prod(self.image_shape), h.shape[-1], self.torch_init)(h)
+    return out.reshape(z.shape[:-1] + tuple(self.image_shape))
+
+
+class ConvEncoder(nn.Module):
+  """Two stride-2 4x4 convolutions (28 -> 14 -> 7), a dense layer, then the two heads."""
+
+  features: Sequence[int] = (32, 64)
+  hidden_dim: int = 256
+  latent_dim: int = 20
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, x, label=None):
+    h = x
+    for f in self.features:
+      h = nn.relu(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME")(h))
+    h = _with_label(h.reshape(h.shape[0], -1), label, self.num_classes)
+    h = nn.relu(nn.Dense(self.hidden_dim)(h))
+    return nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim, name="logvar")(h)
+
+
+class ConvDecoder(nn.Module):
+  """Dense to (H/4, W/4, features[0]), then two sub-pixel 2x upsamplings to the image.
+
+  Takes z of shape (N, D); returns (N, H, W, C).
+  """
+
+  image_shape: Sequence[int] = (28, 28, 1)
+  features: Sequence[int] = (64, 32)
+  hidden_dim: int = 256
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, z, label=None):
+    height, width, channels = self.image_shape
+    if height % 4 or width % 4:
+      raise ValueError(f"ConvDecoder needs image sides divisible by 4, got {self.image_shape}")
+    h = _with_label(z, label, self.num_classes)
+    h = nn.relu(nn.Dense(self.hidden_dim)(h))
+    h = nn.relu(nn.Dense(height // 4 * width // 4 * self.features[0])(h))
+    h = h.reshape(-1, height // 4, width // 4, self.features[0])
+    h = nn.relu(SubPixelUpsample(self.features[1])(h))
+    h = SubPixelUpsample(channels)(h)
+    return h
+
+
+class VAE(nn.Module):
+  """q(z|x) and p(x|z) with a standard normal prior; `__call__` draws `num_samples` latents."""
+
+  encoder: nn.Module
+  decoder: nn.Module
+  likelihood: str = "bernoulli"  # or 'gaussian'
+
+  def setup(self):
+    if self.likelihood == "gaussian":
+      self.log_scale = self.param("log_scale", nn.initializers.zeros, ())
+
+  def encode(self, x, label=None):
+    return self.encoder(x, label)
+
+  def decode(self, z, label=None):
+    """Logits (Bernoulli) or means (Gaussian) with the shape of z's batch dims + image."""
+    return self.decoder(z, label)
+
+  def __call__(self, x, rng, label=None, num_samples: int = 1):
+    """Returns (decoder output (S, B, H, W, C), mean, logvar, z (S, B, D))."""
+    mean, logvar = self.encode(x, label)
+    eps = jax.random.normal(rng, (num_samples,) + mean.shape, mean.dtype)
+    z = mean + jnp.exp(0.5 * logvar) * eps
+    flat_z = z.reshape(-1, z.shape[-1])
+    flat_label = None if label is None else jnp.tile(label, num_samples)
+    out = self.decode(flat_z, flat_label)
+    return out.reshape((num_samples,) + x.shape), mean, logvar, z

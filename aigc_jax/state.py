@@ -1,0 +1,49 @@
+"""The immutable train state every family carries through its pure steps."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """step, params, optimizer state, model state (e.g. batch statistics) and the base rng.
+
+  Per-step randomness is `step_rng(state)`: `fold_in(rng, step)`, so a resumed run draws the same
+  numbers as an unbroken one. `rng` is a raw uint32 key so it checkpoints as a plain array.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any
+  rng: jax.Array
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, apply_fn, params, tx, rng, model_state=None) -> "TrainState":
+    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+               model_state={} if model_state is None else model_state, rng=rng,
+               apply_fn=apply_fn, tx=tx)
+
+  def apply_gradients(self, grads, **changes) -> "TrainState":
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state, **changes)
+
+
+def step_rng(state: TrainState, axis_name: str | None = None) -> jax.Array:
+  """The rng of this step: fold_in(rng, step), and fold_in(., device index) under a named axis."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  return rng
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))

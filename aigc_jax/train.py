@@ -1,0 +1,188 @@
+"""The training loop: `train_and_evaluate(config, workdir)` and the experiments' `main`.
+
+The host decides chunk boundaries (log, eval, checkpoint, epoch end); each chunk of steps runs
+on the device in one call. A run resumes from the latest checkpoint in its workdir and continues
+exactly: per-step noise is fold_in(rng, step) and the data order depends only on (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
+from aigc_jax import families
+from aigc_jax import parallel
+from aigc_jax import workdir as workdir_lib
+from aigc_jax import writers
+
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. the loss became NaN)."""
+
+
+def _every(value: int, default: int) -> int:
+  return int(value) if value > 0 else default
+
+
+def _early_stop_state(history: list[dict], metric: str, mode: str):
+  """(best value, evaluations since the best) from the eval records of metrics.jsonl."""
+  best, since = None, 0
+  for record in history:
+    if record.get("split") != "test" or metric not in record:
+      continue
+    value = record[metric]
+    if best is None or (value < best if mode == "min" else value > best):
+      best, since = value, 0
+    else:
+      since += 1
+  return best, since
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) `config` in `workdir`; returns the last evaluation's metrics."""
+  config = config_lib.validate(config)
+  is_writer = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  info = data_lib.DATASETS[config.dataset]
+  trainable = families.get(config.model).build(config, info)
+
+  sources = dict(idx_dir=config.idx_dir or None, tfds_data_dir=config.tfds_data_dir or None)
+  train_data = data_lib.to_device(*data_lib.load_split(config.dataset, "train", **sources))
+  test_data = data_lib.to_device(*data_lib.load_split(config.dataset, "test", **sources))
+  num_train = int(train_data.labels.shape[0])
+  steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
+  total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+  eval_every = _every(config.eval_every_steps, steps_per_epoch)
+  checkpoint_every = _every(config.checkpoint_every_steps, eval_every)
+  log_every = config.log_every_steps
+  log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch)", config.model,
+               config.dataset, num_train, int(test_data.labels.shape[0]), total, steps_per_epoch)
+
+  rng = jax.random.PRNGKey(config.seed)
+  ckpts = workdir_lib.open_checkpoints(workdir, config, trainable)
+  latest = ckpts.latest_step()
+  if latest is not None:
+    state = ckpts.restore(jax.eval_shape(trainable.init, rng), latest)
+    log.info("resuming from the checkpoint at step %d in %s", latest, workdir)
+  else:
+    state = jax.jit(trainable.init)(rng)
+  if is_writer:
+    workdir_lib.save_config(workdir, config)
+  step = int(state.step)
+
+  writer = writers.MetricWriter(workdir, enabled=is_writer)
+  metric = f"test_{trainable.best_metric}"
+  best, since_best = _early_stop_state(writer.truncate_after(step), trainable.best_metric,
+                                       trainable.best_mode)
+  patience = config.early_stopping_patience
+  run = parallel.make_train_loop(trainable.train_step, batch_size=config.batch_size,
+                                 scale=config.scale, binarize=config.binarize,
+                                 steps_per_call=config.steps_per_call)
+  permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
+  perm_epoch, perm = None, None
+  sums, sum_steps, window_start = None, 0, time.perf_counter()
+  eval_metrics: dict = {}
+  bar = tqdm(total=total, initial=step, desc=config.model, unit="step", dynamic_ncols=True,
+             disable=not (config.progress_bar and is_writer))
+
+  def evaluate_and_record(step: int) -> dict:
+    metrics = trainable.evaluate(state, test_data)
+    writer.write(step, "test", metrics)
+    if is_writer:
+      for name, (images, ncols) in trainable.log_images(state, test_data).items():
+        path = writers.save_png(os.path.join(workdir, "samples", f"{name}_{step:07d}.png"), images, ncols)
+        writers.save_png(os.path.join(workdir, "samples", f"{name}_latest.png"), images, ncols)
+        log.info("wrote %s", path)
+    bar.write(f"step {step}: " + ", ".join(f"test_{k}={v:.3f}" for k, v in metrics.items()))
+    return metrics
+
+  stopped_early = patience and best is not None and since_best >= patience
+  while step < total and not stopped_early:
+    epoch, index = divmod(step, steps_per_epoch)
+    if epoch != perm_epoch:
+      perm_epoch, perm = epoch, permutation(config.seed, epoch, num_train)
+    boundary = min(total, (epoch + 1) * steps_per_epoch,
+                   *((step // n + 1) * n for n in (log_every, eval_every, checkpoint_every)))
+    num_steps = boundary - step
+    state, chunk_sums = run(state, train_data, perm, index, num_steps)
+    sums = chunk_sums if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, chunk_sums)
+    sum_steps += num_steps
+    step = boundary
+    bar.update(num_steps)
+
+    if step % log_every == 0 or step == total:
+      means = {k: float(v) / sum_steps for k, v in jax.device_get(sums).items()}
+      if not all(np.isfinite(v) for v in means.values()):
+        raise TrainingError(f"training diverged before step {step} (train metrics {means}); lower "
+                            "learning_rate or resume from an earlier checkpoint in a new workdir")
+      means["steps_per_second"] = sum_steps / (time.perf_counter() - window_start)
+      writer.write(step, "train", means)
+      bar.set_postfix(loss=f"{means['loss']:.2f}")
+      sums, sum_steps, window_start = None, 0, time.perf_counter()
+
+    evaluated = step % eval_every == 0 or step == total
+    if evaluated:
+      eval_metrics = evaluate_and_record(step)
+      value = eval_metrics[trainable.best_metric]
+      if best is None or (value < best if trainable.best_mode == "min" else value > best):
+        best, since_best = value, 0
+      else:
+        since_best += 1
+      stopped_early = bool(patience) and since_best >= patience
+      if stopped_early:
+        bar.write(f"early stopping at step {step}: {metric} has not improved for {patience} "
+                  f"evaluations (best {best:.4f})")
+    if step % checkpoint_every == 0 or step == total or stopped_early:
+      ckpts.save(step, state, {f"test_{k}": v for k, v in eval_metrics.items()} if evaluated else None)
+      window_start = time.perf_counter()  # do not count the checkpoint in steps_per_second
+
+  bar.close()
+  if not eval_metrics:  # resumed a finished run: report its numbers without training
+    eval_metrics = trainable.evaluate(state, test_data)
+  ckpts.close()
+  writer.close()
+  return eval_metrics
+
+
+def quiet_dependencies() -> None:
+  """Called by entry points only: our INFO lines stay, orbax's and absl's INFO chatter goes."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("aigc_jax").setLevel(logging.INFO)
+
+
+def main(get_config) -> None:
+  """Entry point of an experiment file: `python experiments/NAME.py --workdir DIR [--config.K=V]`."""
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard "
+                      "events and samples/*.png; an existing one is resumed.")
+  config_flags.DEFINE_config_dict("config", get_config(), "The experiment's config; override "
+                                  "any key with --config.KEY=VALUE.")
+  flags.mark_flag_as_required("workdir")
+
+  def run(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE")
+    quiet_dependencies()
+    try:
+      metrics = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (config_lib.ConfigError, data_lib.DataError, TrainingError,
+            workdir_lib.CheckpointError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    print(" ".join(f"test_{k}={v:.4f}" for k, v in metrics.items()))
+
+  app.run(run)

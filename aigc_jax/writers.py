@@ -1,0 +1,74 @@
+"""Where a run's numbers and pictures go: TensorBoard events, metrics.jsonl and PNG grids."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
+  """(N, H, W, C) floats in [0, 1] -> one uint8 (rows*(H+pad)+pad, ..., C) image."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  ncols = max(1, min(ncols, n))
+  nrows = math.ceil(n / ncols)
+  grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, ncols)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+  return (grid * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_png(path: str, images: np.ndarray, ncols: int) -> str:
+  grid = image_grid(images, ncols)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  return path
+
+
+class MetricWriter:
+  """Writes {name: scalar} per (step, split) to TensorBoard and to workdir/metrics.jsonl."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step: int) -> list[dict]:
+    """Drops records after `step` (a resumed run rewrites them) and returns the ones kept."""
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in records if r["step"] <= step]
+    if self.enabled and len(kept) != len(records):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+      os.replace(tmp, self.path)
+    return kept
+
+  def write(self, step: int, split: str, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split}
+    record.update({k: float(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for name, value in metrics.items():
+      self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+  def write_images(self, step: int, name: str, grid: np.ndarray) -> None:
+    if self.enabled:
+      self._tb.add_image(name, grid, int(step), dataformats="HWC")
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,16 @@
+"""MLP VAE 784-400-20 on Fashion-MNIST: Adam 1e-3, batch 128, 10 epochs (the classic reference).
+
+python experiments/vae_mlp_fashion_mnist.py --workdir runs/vae_mlp [--config.KEY=VALUE ...]
+"""
+
+from aigc_jax import config as config_lib
+from aigc_jax import train
+
+
+def get_config():
+  return config_lib.get_config("vae_mlp", dataset="fashion_mnist", latent_dim=20, hidden_dim=400,
+                               batch_size=128, learning_rate=1e-3, num_epochs=10)
+
+
+if __name__ == "__main__":
+  train.main(get_config)

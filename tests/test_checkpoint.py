@@ -1,0 +1,227 @@
+"""Tests for aigc_jax.checkpoint (orbax-backed train-state checkpoints)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from aigc_jax.checkpoint import CheckpointError, Checkpoints
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any
+  rng: jax.Array
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def _apply(params, x):
+  h = jnp.tanh(x @ params["dense1"]["kernel"] + params["dense1"]["bias"])
+  return h @ params["dense2"]["kernel"] + params["dense2"]["bias"]
+
+
+_TX = optax.adam(1e-2)
+
+
+def make_state(seed: int = 0, hidden: int = 8) -> TrainState:
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  params = {
+      "dense1": {
+          "kernel": jax.random.normal(k1, (3, hidden)),
+          "bias": jnp.zeros((hidden,))
+      },
+      "dense2": {
+          "kernel": jax.random.normal(k2, (hidden, 2)),
+          "bias": jnp.zeros((2,))
+      },
+  }
+  return TrainState(
+      step=jnp.asarray(0, jnp.int32),
+      params=params,
+      opt_state=_TX.init(params),
+      model_state={},
+      rng=k3,
+      apply_fn=_apply,
+      tx=_TX,
+  )
+
+
+def train_steps(state: TrainState, n: int) -> TrainState:
+  """A few real adam steps so that params, mu, nu, count and rng all change."""
+  x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+  for _ in range(n):
+    grads = jax.grad(lambda p: jnp.sum(state.apply_fn(p, x)**2))(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        rng=jax.random.split(state.rng)[0],
+    )
+  return state
+
+
+def test_roundtrip_concrete_template_bitwise(tmp_path):
+  state = train_steps(make_state(seed=0), 3)
+  with Checkpoints(tmp_path / "ckpt") as ckpts:
+    ckpts.save(3, state)
+  # A fresh manager (new process after a restart) and a template with different values.
+  template = make_state(seed=1)
+  with Checkpoints(tmp_path / "ckpt") as ckpts:
+    assert ckpts.latest_step() == 3
+    restored = ckpts.restore(template)
+  assert type(restored) is TrainState
+  assert restored.apply_fn is _apply and restored.tx is _TX  # static fields from template
+  chex.assert_trees_all_equal(restored, state)  # same treedef, bitwise-equal leaves
+  assert int(restored.step) == 3
+  assert restored.rng.dtype == jnp.uint32 and restored.rng.shape == (2,)
+  assert isinstance(restored.opt_state[0], optax.ScaleByAdamState)
+  leaf = restored.params["dense1"]["kernel"]
+  assert isinstance(leaf, jax.Array)
+  assert leaf.sharding == template.params["dense1"]["kernel"].sharding
+
+
+def test_restore_into_eval_shape_template(tmp_path):
+  state = train_steps(make_state(), 2)
+  with Checkpoints(tmp_path) as ckpts:
+    ckpts.save(2, state)
+    abstract = jax.eval_shape(make_state)
+    assert isinstance(abstract.params["dense1"]["kernel"], jax.ShapeDtypeStruct)
+    restored = ckpts.restore(abstract)
+  assert type(restored) is TrainState
+  chex.assert_trees_all_equal(restored, state)
+  for leaf in jax.tree.leaves(restored):
+    assert isinstance(leaf, jax.Array)
+    assert leaf.sharding == jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+def test_keep_last_and_best(tmp_path):
+  state = make_state()
+  losses = [5.0, 1.0, 4.0, 3.0, 2.0]
+  with Checkpoints(tmp_path, keep_last=2, best_metric="loss", best_mode="min") as ckpts:
+    for step, loss in enumerate(losses, start=1):
+      ckpts.save(step, state.replace(step=jnp.int32(step)), {"loss": jnp.float32(loss)})
+    # last 2 = {4, 5}; best = step 2 (loss 1); step 1 (loss 5) and 3 (loss 4) deleted.
+    assert ckpts.all_steps() == [2, 4, 5]
+    assert ckpts.best_step() == 2
+    assert ckpts.latest_step() == 5
+    assert int(ckpts.restore(state, step=2).step) == 2
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["2", "4", "5"]
+  # State survives a restart: metrics are read back from disk.
+  with Checkpoints(tmp_path, keep_last=2, best_metric="loss") as ckpts:
+    assert ckpts.all_steps() == [2, 4, 5] and ckpts.best_step() == 2
+    ckpts.save(6, state, {"loss": 0.5})  # new best; 4 is now neither last-2 nor best
+    assert ckpts.all_steps() == [5, 6] and ckpts.best_step() == 6
+
+
+def test_keep_best_max_and_metricless_checkpoints(tmp_path, caplog):
+  state = make_state()
+  caplog.set_level(logging.WARNING)
+  with Checkpoints(tmp_path, keep_last=1, best_metric="acc", best_mode="max") as ckpts:
+    ckpts.save(1, state, {"acc": 0.9})
+    ckpts.save(2, state, {"acc": 0.5})
+    ckpts.save(3, state)  # no metric: only LatestN keeps it
+    ckpts.save(4, state, {"acc": float("nan")})  # non-finite counts as no metric
+    assert ckpts.all_steps() == [1, 4]
+    assert ckpts.best_step() == 1
+  # orbax's "did not provide metrics" warning is dropped, and only for the save call.
+  assert not [r for r in caplog.records if "tracked_metric" in r.getMessage()]
+  assert logging.getLogger("absl").filters == []
+  with Checkpoints(tmp_path / "plain", keep_last=2) as ckpts:
+    ckpts.save(1, state, {"loss": 1.0})
+    assert ckpts.best_step() is None
+
+
+def test_best_step_none_without_metrics(tmp_path):
+  with Checkpoints(tmp_path, best_metric="loss") as ckpts:
+    assert ckpts.best_step() is None
+    ckpts.save(1, make_state())
+    assert ckpts.best_step() is None and ckpts.latest_step() == 1
+
+
+def test_mismatch_raises_clear_error(tmp_path):
+  with Checkpoints(tmp_path) as ckpts:
+    ckpts.save(1, make_state(hidden=8))
+    with pytest.raises(CheckpointError) as err:
+      ckpts.restore(make_state(hidden=16))
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "does not match" in msg
+    assert "dense1/bias" in msg and "(8,)" in msg and "(16,)" in msg
+    # A structure change (extra collection) is reported too.
+    bigger = make_state().replace(model_state={"batch_stats": jnp.zeros(3)})
+    with pytest.raises(CheckpointError, match="does not match.*batch_stats"):
+      ckpts.restore(bigger)
+    with pytest.raises(CheckpointError, match="does not exist"):
+      ckpts.restore(make_state(), step=7)
+    ckpts.save(2, bigger)  # and a checkpoint with more than the model has
+    with pytest.raises(CheckpointError, match="does not match.*batch_stats.*not in the model"):
+      ckpts.restore(make_state(), step=2)
+
+
+def test_empty_directory(tmp_path):
+  with Checkpoints(tmp_path / "new") as ckpts:
+    assert (tmp_path / "new").is_dir()
+    assert ckpts.latest_step() is None and ckpts.all_steps() == []
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+      ckpts.restore(make_state())
+
+
+def test_same_step_twice_is_skipped_and_older_step_raises(tmp_path):
+  first = train_steps(make_state(), 1)
+  with Checkpoints(tmp_path) as ckpts:
+    ckpts.save(5, first)
+    ckpts.save(5, train_steps(first, 1))  # skipped, keeps the first one
+    chex.assert_trees_all_equal(ckpts.restore(first), first)
+    with pytest.raises(CheckpointError, match="older than the latest"):
+      ckpts.save(4, first)
+    assert ckpts.all_steps() == [5]
+
+
+def test_unfinished_tmp_checkpoint_is_ignored(tmp_path):
+  good = train_steps(make_state(), 1)
+  with Checkpoints(tmp_path) as ckpts:
+    ckpts.save(1, good)
+  # What a process killed mid-save leaves behind: a tmp dir for a higher step with junk.
+  tmp = tmp_path / "7.orbax-checkpoint-tmp"
+  (tmp / "state").mkdir(parents=True)
+  (tmp / "state" / "garbage").write_bytes(b"\x00partial")
+  with Checkpoints(tmp_path) as ckpts:
+    assert ckpts.latest_step() == 1 and ckpts.all_steps() == [1]
+    chex.assert_trees_all_equal(ckpts.restore(make_state(seed=3)), good)
+    # Saving that step later replaces the stale tmp dir and commits normally.
+    ckpts.save(7, train_steps(good, 1))
+    assert ckpts.latest_step() == 7
+    assert int(ckpts.restore(good).step) == 2
+  assert not tmp.exists()
+
+
+def test_corrupt_checkpoint_raises_and_older_step_still_restores(tmp_path):
+  with Checkpoints(tmp_path) as ckpts:
+    ckpts.save(1, make_state())
+    ckpts.save(2, train_steps(make_state(), 2))
+  for f in (tmp_path / "2" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"junk")
+  with Checkpoints(tmp_path) as ckpts:
+    with pytest.raises(CheckpointError, match=r"2 could not be read.*\[1, 2\]"):
+      ckpts.restore(make_state())
+    assert int(ckpts.restore(make_state(), step=1).step) == 0
+
+
+def test_invalid_arguments(tmp_path):
+  with pytest.raises(ValueError):
+    Checkpoints(tmp_path, keep_last=0)
+  with pytest.raises(ValueError):
+    Checkpoints(tmp_path, best_metric="loss", best_mode="lowest")
+  np.testing.assert_equal(len(list(tmp_path.iterdir())), 0)

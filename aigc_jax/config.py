@@ -55,12 +55,12 @@ def get_config(model: str, **overrides) -> ml_collections.ConfigDict:
   values["model"] = model
   for key, value in overrides.items():
     if key not in values:
-      raise ConfigError(_unknown_key_message(key, values))
+      raise ConfigError(unknown_key_message(key, values))
     values[key] = value
   return ml_collections.ConfigDict(values)
 
 
-def _unknown_key_message(key: str, known) -> str:
+def unknown_key_message(key: str, known) -> str:
   close = difflib.get_close_matches(key, list(known), n=1)
   hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
   return f"unknown config key '{key}': {hint}"
@@ -76,7 +76,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   known.update(family.default_config(config.model))
   for key in config.keys():
     if key not in known:
-      raise ConfigError(_unknown_key_message(key, known))
+      raise ConfigError(unknown_key_message(key, known))
   for key in known:
     if key not in config:
       raise ConfigError(f"config key '{key}' is missing; start from aigc_jax.config.get_config('{config.model}')")

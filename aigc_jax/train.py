@@ -162,20 +162,46 @@ def quiet_dependencies() -> None:
   logging.getLogger("aigc_jax").setLevel(logging.INFO)
 
 
+def _check_cli(argv: list[str], config) -> None:
+  """Help and misspelt --config.KEY overrides, handled before absl parses anything."""
+  if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]):
+    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    print(doc or f"python {argv[0]} --workdir DIR [--config.KEY=VALUE ...]")
+    print("\nflags:\n  --workdir DIR          checkpoints, metrics.jsonl, tensorboard/, samples/*.png;"
+          " an existing run there is resumed\n  --config.KEY=VALUE     override a config key:")
+    for key, value in sorted(config.items()):
+      print(f"      {key} = {value!r}")
+    sys.exit(0)
+  for arg in argv[1:]:
+    if arg.startswith("--config.") and not arg.startswith("--config.__"):
+      key = arg[len("--config."):].split("=", 1)[0].split(".", 1)[0]
+      if key not in config:
+        print(f"error: {config_lib.unknown_key_message(key, config.keys())} "
+              f"(in {arg})", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(get_config) -> None:
   """Entry point of an experiment file: `python experiments/NAME.py --workdir DIR [--config.K=V]`."""
   from absl import app, flags
   from ml_collections import config_flags
 
+  config = get_config()
+  _check_cli(sys.argv, config)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard "
                       "events and samples/*.png; an existing one is resumed.")
-  config_flags.DEFINE_config_dict("config", get_config(), "The experiment's config; override "
+  config_flags.DEFINE_config_dict("config", config, "The experiment's config; override "
                                   "any key with --config.KEY=VALUE.")
-  flags.mark_flag_as_required("workdir")
 
   def run(argv):
     if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE")
+      print(f"error: unexpected arguments {argv[1:]}; use --workdir DIR and --config.KEY=VALUE",
+            file=sys.stderr)
+      sys.exit(2)
+    if not flags.FLAGS.workdir:
+      print("error: --workdir is required (where checkpoints, metrics and samples go)",
+            file=sys.stderr)
+      sys.exit(2)
     quiet_dependencies()
     try:
       metrics = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)

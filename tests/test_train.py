@@ -1,0 +1,170 @@
+"""The training loop end to end on a small synthetic IDX dataset: files, resume, CLIs, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from aigc_jax import config as config_lib
+from aigc_jax import train
+from aigc_jax import workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_idx(path, array):
+  array = np.asarray(array, np.uint8)
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  with open(path, "wb") as f:
+    f.write(header + array.tobytes())
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+  """256 train / 64 test 28x28 images: blobs whose brightness depends on the label."""
+  directory = tmp_path_factory.mktemp("idx")
+  rng = np.random.default_rng(0)
+  for prefix, n in (("train", 256), ("t10k", 64)):
+    labels = rng.integers(0, 10, n)
+    yy, xx = np.mgrid[:28, :28]
+    blob = np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / 40.0)
+    images = (blob[None] * (25 * labels[:, None, None] + 20) + rng.uniform(0, 10, (n, 28, 28)))
+    write_idx(directory / f"{prefix}-images-idx3-ubyte", np.clip(images, 0, 255))
+    write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels)
+  return str(directory)
+
+
+def small_config(idx_dir, **overrides):
+  values = dict(idx_dir=idx_dir, hidden_dim=32, latent_dim=4, batch_size=32, eval_batch_size=50,
+                num_train_steps=16, log_every_steps=4, eval_every_steps=8, steps_per_call=4,
+                progress_bar=False, num_sample_images=16, eval_iwae_samples=20,
+                eval_iwae_examples=10)
+  values.update(overrides)
+  return config_lib.get_config("vae_mlp", **values)
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_run_writes_metrics_samples_and_checkpoints(idx_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(small_config(idx_dir), workdir)
+  assert set(metrics) == {"neg_elbo", "recon", "kl"}
+  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12, 16]
+  assert [r["step"] for r in records if r["split"] == "test"] == [8, 16]
+  assert records[-1]["neg_elbo"] == pytest.approx(metrics["neg_elbo"])
+  samples = sorted(os.listdir(os.path.join(workdir, "samples")))
+  assert "samples_0000016.png" in samples and "reconstructions_0000008.png" in samples
+  assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard")))
+  run = workdir_lib.load_trained(workdir, "latest")
+  assert run.step == 16 and int(run.state.step) == 16
+
+
+def test_resume_continues_exactly(idx_dir, tmp_path):
+  """8 steps, stop, resume to 16 == 16 unbroken, bitwise; the epoch boundary (8 steps) is crossed."""
+  unbroken = str(tmp_path / "unbroken")
+  resumed = str(tmp_path / "resumed")
+  train.train_and_evaluate(small_config(idx_dir), unbroken)
+  train.train_and_evaluate(small_config(idx_dir, num_train_steps=8), resumed)
+  train.train_and_evaluate(small_config(idx_dir), resumed)
+  a = workdir_lib.load_trained(unbroken, "latest").state
+  b = workdir_lib.load_trained(resumed, "latest").state
+  assert int(a.step) == int(b.step) == 16
+  chex.assert_trees_all_equal(a.params, b.params)
+  chex.assert_trees_all_equal(a.opt_state, b.opt_state)
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "steps_per_second"} for r in rs]
+  assert strip(read_jsonl(os.path.join(unbroken, "metrics.jsonl"))) == strip(
+      read_jsonl(os.path.join(resumed, "metrics.jsonl")))
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(idx_dir, tmp_path):
+  a = train.train_and_evaluate(small_config(idx_dir, num_train_steps=8), str(tmp_path / "a"))
+  b = train.train_and_evaluate(small_config(idx_dir, num_train_steps=8), str(tmp_path / "b"))
+  c = train.train_and_evaluate(small_config(idx_dir, num_train_steps=8, seed=1), str(tmp_path / "c"))
+  assert a == b and a != c
+
+
+def test_steps_per_call_does_not_change_the_result(idx_dir, tmp_path):
+  a = train.train_and_evaluate(small_config(idx_dir, steps_per_call=1), str(tmp_path / "a"))
+  b = train.train_and_evaluate(small_config(idx_dir, steps_per_call=4), str(tmp_path / "b"))
+  np.testing.assert_allclose(a["neg_elbo"], b["neg_elbo"], rtol=1e-5)
+
+
+def test_early_stopping_stops_and_keeps_the_best(idx_dir, tmp_path):
+  # lr so large that the eval metric gets worse after the first evaluation.
+  config = small_config(idx_dir, num_train_steps=400, eval_every_steps=4, learning_rate=0.5,
+                        early_stopping_patience=2, keep_checkpoints=1)
+  workdir = str(tmp_path / "early")
+  try:
+    train.train_and_evaluate(config, workdir)
+  except train.TrainingError:
+    pytest.skip("diverged to NaN before the patience ran out")
+  evals = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "test"]
+  assert evals[-1]["step"] < 400
+  best = min(evals, key=lambda r: r["neg_elbo"])
+  assert all(r["neg_elbo"] >= best["neg_elbo"] for r in evals[-2:])
+  assert workdir_lib.load_trained(workdir, "best").step == best["step"]
+
+
+def test_misspelt_config_key_is_an_error(idx_dir):
+  config = small_config(idx_dir)
+  config.lerning_rate = 0.1
+  with pytest.raises(config_lib.ConfigError, match="did you mean 'learning_rate'"):
+    config_lib.validate(config)
+  with pytest.raises(config_lib.ConfigError, match="likelihood"):
+    config_lib.validate(small_config(idx_dir, likelihood="poisson"))
+
+
+def _python(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_experiment_sample_and_evaluate_commands(idx_dir, tmp_path):
+  workdir = str(tmp_path / "cli")
+  done = _python("experiments/cvae_fashion_mnist.py", "--workdir", workdir,
+                 f"--config.idx_dir={idx_dir}", "--config.num_train_steps=8",
+                 "--config.eval_every_steps=8", "--config.batch_size=32",
+                 "--config.progress_bar=False", "--config.eval_iwae_samples=10",
+                 "--config.eval_iwae_examples=5")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "test_neg_elbo=" in done.stdout
+
+  out = str(tmp_path / "s.npz")
+  done = _python("-m", "aigc_jax.sample", "--workdir", workdir, "--num", "12", "--out", out)
+  assert done.returncode == 0, done.stderr[-2000:]
+  with np.load(out) as f:
+    assert f["images"].shape == (12, 28, 28) and f["images"].dtype == np.uint8
+    np.testing.assert_array_equal(f["labels"], np.arange(12) % 10)
+
+  done = _python("-m", "aigc_jax.evaluate", "--workdir", workdir)
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result["step"] == 8 and result["nll_iwae_samples"] == 10
+  assert result["nll_iwae"] < result["nll_iwae_subset_neg_elbo"]
+  assert np.isfinite(result["test_neg_elbo"])
+
+
+def test_commands_fail_with_one_clear_line(idx_dir, tmp_path):
+  done = _python("experiments/vae_mlp_fashion_mnist.py", "--workdir", str(tmp_path / "x"),
+                 "--config.lerning_rate=0.1")
+  assert done.returncode == 2 and "did you mean 'learning_rate'" in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1
+  done = _python("-m", "aigc_jax.evaluate", "--workdir", str(tmp_path / "nothing"))
+  assert done.returncode == 2 and "not found" in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1
+  bad = tmp_path / "bad_idx"
+  bad.mkdir()
+  (bad / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 5)
+  done = _python("experiments/vae_mlp_fashion_mnist.py", "--workdir", str(tmp_path / "y"),
+                 f"--config.idx_dir={bad}")
+  assert done.returncode == 2 and "error:" in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1, done.stderr

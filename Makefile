@@ -31,7 +31,7 @@ data:
 	fi
 
 demo: setup
-	$(PY) experiments/vae_conv_fashion_mnist.py --workdir $(DEMO_DIR)/vae_conv --config.num_train_steps=1500 --config.eval_every_steps=500
+	$(PY) experiments/vae_conv_fashion_mnist.py --workdir $(DEMO_DIR)/vae_conv --config.num_train_steps=1000 --config.eval_every_steps=500
 	@echo "demo sample grid: $(DEMO_DIR)/vae_conv/samples/"
 
 test: setup

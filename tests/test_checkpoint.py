@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
 
 import chex
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,16 +12,7 @@ import optax
 import pytest
 
 from aigc_jax.checkpoint import CheckpointError, Checkpoints
-
-
-class TrainState(flax.struct.PyTreeNode):
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  model_state: Any
-  rng: jax.Array
-  apply_fn: Callable = flax.struct.field(pytree_node=False)
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+from aigc_jax.state import TrainState
 
 
 def _apply(params, x):

@@ -114,6 +114,12 @@ def test_early_stopping_stops_and_keeps_the_best(idx_dir, tmp_path):
   assert workdir_lib.load_trained(workdir, "best").step == best["step"]
 
 
+def test_divergence_stops_with_a_clear_error(idx_dir, tmp_path):
+  config = small_config(idx_dir, learning_rate=1e9, num_train_steps=40)
+  with pytest.raises(train.TrainingError, match="diverged.*lower learning_rate"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"))
+
+
 def test_misspelt_config_key_is_an_error(idx_dir):
   config = small_config(idx_dir)
   config.lerning_rate = 0.1

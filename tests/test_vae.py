@@ -47,6 +47,22 @@ def test_shapes_per_model_and_label(model, conditional):
     assert labels is None
 
 
+def test_gaussian_likelihood_learns_its_scale():
+  config = tiny_config(likelihood="gaussian", scale="minus_one_one", learning_rate=0.05)
+  trainable = families.get("vae_mlp").build(config, TINY)
+  state = trainable.init(jax.random.PRNGKey(0))
+  assert float(state.params["params"]["log_scale"]) == 0.0
+  batch = {"image": jnp.linspace(-1, 1, 16).reshape(4, 2, 2, 1), "label": jnp.arange(4) % 3}
+  step = jax.jit(trainable.train_step)
+  for _ in range(50):
+    state, metrics = step(state, batch)
+  # A unit-scale Gaussian is far too wide for these pixels: the learned scale must shrink.
+  assert float(state.params["params"]["log_scale"]) < -0.3
+  assert np.isfinite(float(metrics["loss"]))
+  images, _ = trainable.sample(state, jax.random.PRNGKey(1), 3)
+  assert images.shape == (3, 2, 2, 1) and images.min() >= 0 and images.max() <= 1
+
+
 def test_conditional_decoder_depends_on_the_label():
   info = data_lib.DATASETS["fashion_mnist"]
   trainable = families.get("vae_mlp").build(tiny_config(conditional=True), info)

@@ -33,6 +33,7 @@ def base_config() -> dict:
       num_epochs=10,  # used when num_train_steps <= 0
       num_train_steps=-1,  # > 0 overrides num_epochs
       learning_rate=1e-3,
+      lr_schedule="constant",  # or 'cosine': decay to 0 over the run's total steps
       adam_b1=0.9,
       adam_b2=0.999,
       seed=0,
@@ -97,6 +98,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(config.num_train_steps > 0 or config.num_epochs > 0,
        "set num_train_steps > 0 or num_epochs > 0 (num_train_steps wins when both are set)")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
+  need(config.lr_schedule in ("constant", "cosine"),
+       f"lr_schedule '{config.lr_schedule}' is unknown; use 'constant' or 'cosine'")
   need(config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
   need(config.early_stopping_patience >= 0,
        f"early_stopping_patience must be >= 0 (0 = off), got {config.early_stopping_patience}")

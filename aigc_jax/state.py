@@ -37,6 +37,21 @@ class TrainState(flax.struct.PyTreeNode):
                         opt_state=opt_state, **changes)
 
 
+def adam(config, total_steps: int) -> optax.GradientTransformation:
+  """Adam with the config's learning rate, betas and schedule over `total_steps` steps."""
+  learning_rate = config.learning_rate
+  if config.lr_schedule == "cosine":
+    learning_rate = optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps))
+  return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+
+
+def total_train_steps(config, num_train_examples: int) -> int:
+  """num_train_steps when > 0, else num_epochs full epochs (the last partial batch dropped)."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(config.num_epochs) * (num_train_examples // config.batch_size)
+
+
 def step_rng(state: TrainState, axis_name: str | None = None) -> jax.Array:
   """The rng of this step: fold_in(rng, step), and fold_in(., device index) under a named axis."""
   rng = jax.random.fold_in(state.rng, state.step)

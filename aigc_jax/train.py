@@ -20,6 +20,7 @@ from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import parallel
+from aigc_jax import state as state_lib
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
 
@@ -55,14 +56,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   info = data_lib.DATASETS[config.dataset]
-  trainable = families.get(config.model).build(config, info)
-
   sources = dict(idx_dir=config.idx_dir or None, tfds_data_dir=config.tfds_data_dir or None)
   train_data = data_lib.to_device(*data_lib.load_split(config.dataset, "train", **sources))
   test_data = data_lib.to_device(*data_lib.load_split(config.dataset, "test", **sources))
   num_train = int(train_data.labels.shape[0])
   steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
-  total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+  total = state_lib.total_train_steps(config, num_train)
+  trainable = families.get(config.model).build(config, info, total)
   eval_every = _every(config.eval_every_steps, steps_per_epoch)
   checkpoint_every = _every(config.checkpoint_every_steps, eval_every)
   log_every = config.log_every_steps

@@ -55,7 +55,7 @@ def load_trained(workdir: str, which: str = "best") -> TrainedRun:
   """Rebuilds the model of `workdir` and restores its best (or 'latest') checkpoint."""
   config = load_config(workdir)
   info = data_lib.DATASETS[config.dataset]
-  trainable = families.get(config.model).build(config, info)
+  trainable = families.get(config.model).build(config, info)  # schedule unused: no training
   ckpts = open_checkpoints(workdir, config, trainable)
   try:
     step = ckpts.best_step() if which == "best" else None

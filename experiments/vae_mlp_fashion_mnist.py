@@ -1,5 +1,7 @@
 """MLP VAE 784-400-20 on Fashion-MNIST: Adam 1e-3, batch 128, 10 epochs (the classic reference).
 
+The layers are initialised like PyTorch's nn.Linear, as in the PyTorch example this reproduces.
+
 python experiments/vae_mlp_fashion_mnist.py --workdir runs/vae_mlp [--config.KEY=VALUE ...]
 """
 
@@ -9,7 +11,8 @@ from aigc_jax import train
 
 def get_config():
   return config_lib.get_config("vae_mlp", dataset="fashion_mnist", latent_dim=20, hidden_dim=400,
-                               batch_size=128, learning_rate=1e-3, num_epochs=10)
+                               batch_size=128, learning_rate=1e-3, num_epochs=10,
+                               torch_init=True)
 
 
 if __name__ == "__main__":

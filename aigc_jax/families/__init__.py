@@ -1,7 +1,7 @@
 """Model families plug into the loop through one small record of functions, `Trainable`.
 
 A family module exposes `default_config(model) -> dict` (its keys and defaults), `validate_config(config,
-need)` and `build(config, info) -> Trainable`. The model names map to family modules here.
+need)` and `build(config, info, total_steps) -> Trainable`. The model names map to family modules here.
 """
 
 from __future__ import annotations

@@ -11,12 +11,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from aigc_jax import data as data_lib
 from aigc_jax import losses
 from aigc_jax.families import Trainable
 from aigc_jax.models import vae as vae_models
+from aigc_jax import state as state_lib
 from aigc_jax.state import TrainState, step_rng
 
 EVAL_STREAM = 1  # fold_in constants that keep eval and sampling noise apart from training noise
@@ -81,11 +81,12 @@ def mean_image(likelihood: str, scale: str, out):
   return jnp.clip((out + 1.0) / 2.0 if scale == "minus_one_one" else out, 0.0, 1.0)
 
 
-def build(config, info: data_lib.DatasetInfo) -> Trainable:
+def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
+  """The VAE `Trainable`; `total_steps` shapes the learning-rate schedule (if any)."""
   model = build_model(config, info)
   likelihood = config.likelihood
   conditional = bool(config.conditional)
-  tx = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+  tx = state_lib.adam(config, total_steps)
 
   def labels_of(batch):
     return batch["label"] if conditional else None

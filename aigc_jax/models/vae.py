@@ -62,7 +62,7 @@ class MLPDecoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-  """Two stride-2 4x4 convolutions (28 -> 14 -> 7), a dense layer, then the two heads."""
+  """Two stride-2 4x4 convolutions (28 -> 14 -> 7), a 3x3 one at 7x7, a dense layer, two heads."""
 
   features: Sequence[int] = (32, 64)
   hidden_dim: int = 256
@@ -74,13 +74,14 @@ class ConvEncoder(nn.Module):
     h = x
     for f in self.features:
       h = nn.relu(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME")(h))
+    h = nn.relu(nn.Conv(self.features[-1], (3, 3), padding="SAME")(h))  # cheap at 7x7
     h = _with_label(h.reshape(h.shape[0], -1), label, self.num_classes)
     h = nn.relu(nn.Dense(self.hidden_dim)(h))
     return nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim, name="logvar")(h)
 
 
 class ConvDecoder(nn.Module):
-  """Dense to (H/4, W/4, features[0]), then two sub-pixel 2x upsamplings to the image.
+  """Dense to (H/4, W/4, features[0]), a 3x3 conv there, then two sub-pixel 2x upsamplings.
 
   Takes z of shape (N, D); returns (N, H, W, C).
   """
@@ -99,6 +100,7 @@ class ConvDecoder(nn.Module):
     h = nn.relu(nn.Dense(self.hidden_dim)(h))
     h = nn.relu(nn.Dense(height // 4 * width // 4 * self.features[0])(h))
     h = h.reshape(-1, height // 4, width // 4, self.features[0])
+    h = nn.relu(nn.Conv(self.features[0], (3, 3), padding="SAME")(h))
     h = nn.relu(SubPixelUpsample(self.features[1])(h))
     h = SubPixelUpsample(channels)(h)
     return h

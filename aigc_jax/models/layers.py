@@ -49,3 +49,20 @@ def torch_linear_init(fan_in: int):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return uniform, uniform
+
+
+def maybe_spectral(layer: nn.Module, enabled: bool, update_stats: bool):
+  """`layer`, or `layer` wrapped in flax's `nn.SpectralNorm` when `enabled` (Miyato et al., 2018).
+
+  The wrapper divides every >= 2-D parameter of `layer` (a conv kernel is viewed as
+  (kh * kw * in, out)) by its top singular value, estimated by one step of power iteration per
+  call. The iteration vector `u` and the estimate `sigma` live in the 'batch_stats' collection
+  (next to BatchNorm's statistics), not in 'params': train with `update_stats=True` and
+  `mutable=['batch_stats']`; evaluate with `update_stats=False` (one power step from the stored
+  `u`, nothing written). Gradients flow through the weight only (u and v are stop-gradient).
+  Call inside a compact method; returns a callable taking the layer's inputs.
+  """
+  if not enabled:
+    return layer
+  wrapped = nn.SpectralNorm(layer)
+  return lambda *args, **kwargs: wrapped(*args, update_stats=update_stats, **kwargs)

@@ -1,0 +1,96 @@
+"""GAN objectives on discriminator logits, gradient penalties and the EMA of generator weights.
+
+Every loss returns a scalar: the mean over the batch (the real and fake terms are averaged
+separately, so their batches may differ in size). With D(x) = sigmoid(logit):
+log D = -softplus(-logit) and log(1 - D) = -softplus(logit).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def non_saturating_d_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """-log D(x) - log(1 - D(G(z))): the discriminator's cross-entropy (also minimax's)."""
+  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def non_saturating_g_loss(fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """-log D(G(z)) (Goodfellow et al., 2014, section 3): strong gradients early in training."""
+  return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+def minimax_g_loss(fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """log(1 - D(G(z))), minimised: the original minimax objective (saturates when D wins)."""
+  return -jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def hinge_d_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """relu(1 - D(x)) + relu(1 + D(G(z))) (Lim & Ye, 2017; Miyato et al., 2018)."""
+  return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+
+
+def wasserstein_d_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """D(G(z)) - D(x): the WGAN critic loss (needs a Lipschitz constraint, e.g. gradient_penalty)."""
+  return jnp.mean(fake_logits) - jnp.mean(real_logits)
+
+
+def wasserstein_g_loss(fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """-D(G(z)): the generator loss of WGAN and of the hinge GAN."""
+  return -jnp.mean(fake_logits)
+
+
+# name -> (d_loss(real_logits, fake_logits), g_loss(fake_logits))
+LOSSES = {
+    "non_saturating": (non_saturating_d_loss, non_saturating_g_loss),
+    "minimax": (non_saturating_d_loss, minimax_g_loss),
+    "hinge": (hinge_d_loss, wasserstein_g_loss),
+    "wasserstein": (wasserstein_d_loss, wasserstein_g_loss),
+}
+
+
+def classifier_loss(class_logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """ACGAN's auxiliary term: mean softmax cross-entropy of the class logits against the labels."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(class_logits, labels))
+
+
+def _per_example_input_grads(critic_fn: Callable, x: jnp.ndarray) -> jnp.ndarray:
+  # The gradient of the batch sum is the per-example gradient when the critic treats examples
+  # independently (no BatchNorm in train mode, which mixes the batch).
+  return jax.grad(lambda x: jnp.sum(critic_fn(x)))(x)
+
+
+def _sum_nonbatch(x: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sum(x, axis=tuple(range(1, x.ndim)))
+
+
+def gradient_penalty(critic_fn: Callable, real: jnp.ndarray, fake: jnp.ndarray,
+                     rng: jax.Array) -> jnp.ndarray:
+  """WGAN-GP (Gulrajani et al., 2017): mean over x_hat of (||grad critic(x_hat)||_2 - 1)^2.
+
+  x_hat = eps * real + (1 - eps) * fake with eps ~ U(0, 1) per example; the norm is over all
+  non-batch axes. `critic_fn` maps a batch to logits (B,); the caller weights it (lambda = 10).
+  """
+  eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+  x_hat = eps * real + (1.0 - eps) * fake
+  grads = _per_example_input_grads(critic_fn, x_hat)
+  norms = jnp.sqrt(_sum_nonbatch(jnp.square(grads)) + 1e-12)  # finite gradient at 0
+  return jnp.mean(jnp.square(norms - 1.0))
+
+
+def r1_penalty(critic_fn: Callable, real: jnp.ndarray) -> jnp.ndarray:
+  """R1 (Mescheder et al., 2018): mean over real x of ||grad_x critic(x)||_2^2.
+
+  Unweighted: the discriminator loss adds gamma / 2 times this.
+  """
+  grads = _per_example_input_grads(critic_fn, real)
+  return jnp.mean(_sum_nonbatch(jnp.square(grads)))
+
+
+def ema_update(ema_params, params, decay: float):
+  """decay * ema + (1 - decay) * params, leaf by leaf (the EMA generator of e.g. StyleGAN)."""
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)

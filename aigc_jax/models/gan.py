@@ -1,0 +1,172 @@
+"""GAN generators and discriminators (MLP and DCGAN), optionally class-conditional.
+
+Images are NHWC in [-1, 1]: generators end in tanh and return (B, H, W, C); discriminators
+return logits of shape (B,) (and class logits (B, num_classes) with an ACGAN head).
+
+Conditioning: a generator embeds the label (`nn.Embed(num_classes, z_dim)`) and multiplies it
+into z (as PyTorch-GAN's ACGAN) or concatenates it (as its cGAN); a discriminator is a projection
+discriminator (Miyato & Koyama, 2018): logit = psi(h) + <embed(y), h> for its last features h.
+
+Mutable state is in 'batch_stats': BatchNorm statistics and, with `spectral_norm=True`, the
+power-iteration vectors of spectral normalization (see `layers.maybe_spectral`). Train with
+`train=True, mutable=['batch_stats']`; evaluate with `train=False`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from aigc_jax.models.layers import SubPixelUpsample, maybe_spectral
+
+UPSAMPLE_MODES = ("subpixel", "resize_conv", "transpose")
+LABEL_MODES = ("multiply", "concat")
+
+
+def _condition_z(z: jnp.ndarray, label, num_classes: int, label_mode: str) -> jnp.ndarray:
+  """z, or z combined with a learned label embedding of z's width."""
+  if not num_classes:
+    return z
+  if label is None:
+    raise ValueError(f"a conditional generator (num_classes={num_classes}) needs a label")
+  if label_mode not in LABEL_MODES:
+    raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+  emb = nn.Embed(num_classes, z.shape[-1], name="label_embed")(label)
+  return z * emb if label_mode == "multiply" else jnp.concatenate([z, emb], axis=-1)
+
+
+class MLPGenerator(nn.Module):
+  """z (B, Z) -> [Dense -> BatchNorm -> LeakyReLU(0.2)] per hidden width -> Dense -> tanh.
+
+  As PyTorch-GAN's gan.py, the first hidden layer has no BatchNorm (pass
+  hidden_dims=(128, 256, 512, 1024) for its exact widths). Its `nn.BatchNorm1d(n, 0.8)` sets
+  *eps* = 0.8 (the second positional argument), momentum stays torch's default 0.1; flax's
+  momentum is the weight of the old running average (torch's is the new batch's), so torch
+  0.1 == flax 0.9: hence bn_epsilon=0.8, bn_momentum=0.9 here.
+  """
+
+  image_shape: Sequence[int] = (28, 28, 1)
+  hidden_dims: Sequence[int] = (256, 512, 1024)
+  num_classes: int = 0
+  label_mode: str = "multiply"  # or 'concat'
+  use_bn: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 0.8
+
+  @nn.compact
+  def __call__(self, z, label=None, train: bool = True):
+    h = _condition_z(z, label, self.num_classes, self.label_mode)
+    for i, width in enumerate(self.hidden_dims):
+      h = nn.Dense(width)(h)
+      if self.use_bn and i > 0:
+        h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon)(h)
+      h = nn.leaky_relu(h, 0.2)
+    h = nn.tanh(nn.Dense(math.prod(self.image_shape))(h))
+    return h.reshape((z.shape[0],) + tuple(self.image_shape))
+
+
+def _projection_logit(h, label, num_classes: int, spectral_norm: bool, train: bool):
+  """psi(h) (+ <embed(y), h> when conditional): the (B,) logit of a projection discriminator."""
+  logit = maybe_spectral(nn.Dense(1, name="logit"), spectral_norm, train)(h)[:, 0]
+  if not num_classes:
+    return logit
+  if label is None:
+    raise ValueError(f"a conditional discriminator (num_classes={num_classes}) needs a label")
+  embed = maybe_spectral(nn.Embed(num_classes, h.shape[-1], name="label_embed"), spectral_norm,
+                         train)
+  return logit + jnp.sum(embed(label) * h, axis=-1)
+
+
+class MLPDiscriminator(nn.Module):
+  """flatten -> [Dense -> LeakyReLU(0.2)] per width -> logit (B,); projection if conditional."""
+
+  hidden_dims: Sequence[int] = (512, 256)
+  num_classes: int = 0
+  spectral_norm: bool = False
+
+  @nn.compact
+  def __call__(self, x, label=None, train: bool = True):
+    h = x.reshape(x.shape[0], -1)
+    for width in self.hidden_dims:
+      h = nn.leaky_relu(maybe_spectral(nn.Dense(width), self.spectral_norm, train)(h), 0.2)
+    return _projection_logit(h, label, self.num_classes, self.spectral_norm, train)
+
+
+def _upsample(x, features: int, mode: str, name: str):
+  """2x spatial upsampling to `features` channels: sub-pixel, nearest + conv, or transposed conv."""
+  if mode == "subpixel":
+    return SubPixelUpsample(features, name=name)(x)
+  if mode == "resize_conv":
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return nn.Conv(features, (3, 3), padding="SAME", name=name)(x)
+  if mode == "transpose":
+    return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=name)(x)
+  raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
+
+
+class DCGANGenerator(nn.Module):
+  """z -> Dense to (H/4, W/4, F) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up to C -> tanh.
+
+  `upsample`: 'subpixel' (3x3 conv to 4x channels + pixel shuffle, the default: fast backward on
+  XLA:CPU), 'resize_conv' (nearest 2x then 3x3 conv) or 'transpose' (4x4 stride-2 transposed
+  conv, the classic DCGAN). BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
+  """
+
+  image_shape: Sequence[int] = (28, 28, 1)
+  base_features: int = 128
+  num_classes: int = 0
+  label_mode: str = "multiply"
+  upsample: str = "subpixel"
+
+  @nn.compact
+  def __call__(self, z, label=None, train: bool = True):
+    height, width, channels = self.image_shape
+    if height % 4 or width % 4:
+      raise ValueError(f"DCGANGenerator needs image sides divisible by 4, got {self.image_shape}")
+    if self.upsample not in UPSAMPLE_MODES:
+      raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
+
+    def bn_relu(h):
+      return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(h))
+
+    f = self.base_features
+    h = _condition_z(z, label, self.num_classes, self.label_mode)
+    h = nn.Dense(height // 4 * width // 4 * f)(h).reshape(-1, height // 4, width // 4, f)
+    h = bn_relu(h)
+    h = bn_relu(_upsample(h, f // 2, self.upsample, "up_0"))
+    return nn.tanh(_upsample(h, channels, self.upsample, "up_1"))
+
+
+class DCGANDiscriminator(nn.Module):
+  """Conv 4x4 s2 (F) -> LeakyReLU -> Conv 4x4 s2 (2F) [-> BN] -> LeakyReLU -> flatten -> logit.
+
+  BatchNorm on the second conv unless `spectral_norm` (which normalizes every conv and dense
+  layer instead). Conditional (num_classes > 0): a projection discriminator, or, with
+  `aux_classifier=True`, ACGAN's discriminator, which takes no label and returns
+  (logit (B,), class_logits (B, num_classes)).
+  """
+
+  base_features: int = 64
+  num_classes: int = 0
+  spectral_norm: bool = False
+  aux_classifier: bool = False
+
+  @nn.compact
+  def __call__(self, x, label=None, train: bool = True):
+    if self.aux_classifier and not self.num_classes:
+      raise ValueError("aux_classifier=True needs num_classes > 0")
+    sn, f = self.spectral_norm, self.base_features
+    h = maybe_spectral(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME"), sn, train)(x)
+    h = nn.leaky_relu(h, 0.2)
+    h = maybe_spectral(nn.Conv(2 * f, (4, 4), strides=(2, 2), padding="SAME"), sn, train)(h)
+    if not sn:
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(h)
+    h = nn.leaky_relu(h, 0.2).reshape(x.shape[0], -1)
+    if self.aux_classifier:
+      logit = maybe_spectral(nn.Dense(1, name="logit"), sn, train)(h)[:, 0]
+      return logit, maybe_spectral(nn.Dense(self.num_classes, name="class_logits"), sn, train)(h)
+    return _projection_logit(h, label, self.num_classes, sn, train)

@@ -1,0 +1,115 @@
+"""GAN losses against hand computations, gradient penalties on critics with known gradients, EMA."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aigc_jax import gan_losses
+
+REAL = [1.0, -2.0, 0.5]
+FAKE = [0.5, 3.0]
+
+
+def softplus(x):
+  return math.log1p(math.exp(x))
+
+
+def mean(xs):
+  return sum(xs) / len(xs)
+
+
+def test_non_saturating_and_minimax_by_hand():
+  real, fake = jnp.array(REAL), jnp.array(FAKE)
+  d = mean([softplus(-r) for r in REAL]) + mean([softplus(f) for f in FAKE])
+  d_fn, g_fn = gan_losses.LOSSES["non_saturating"]
+  np.testing.assert_allclose(d_fn(real, fake), d, rtol=1e-6)
+  np.testing.assert_allclose(g_fn(fake), mean([softplus(-f) for f in FAKE]), rtol=1e-6)
+  d_fn, g_fn = gan_losses.LOSSES["minimax"]
+  np.testing.assert_allclose(d_fn(real, fake), d, rtol=1e-6)
+  # mean log(1 - sigmoid(f)), written out from the sigmoid.
+  expected = mean([math.log(1.0 - 1.0 / (1.0 + math.exp(-f))) for f in FAKE])
+  np.testing.assert_allclose(g_fn(fake), expected, rtol=1e-5)
+
+
+def test_hinge_by_hand():
+  d_fn, g_fn = gan_losses.LOSSES["hinge"]
+  # relu(1 - real) = [0, 3, 0.5]; relu(1 + fake) = [1.5, 4].
+  np.testing.assert_allclose(d_fn(jnp.array(REAL), jnp.array(FAKE)), 3.5 / 3 + 5.5 / 2, rtol=1e-6)
+  np.testing.assert_allclose(d_fn(jnp.array([2.0]), jnp.array([-1.5])), 0.0)
+  np.testing.assert_allclose(g_fn(jnp.array(FAKE)), -1.75, rtol=1e-6)
+
+
+def test_wasserstein_by_hand():
+  d_fn, g_fn = gan_losses.LOSSES["wasserstein"]
+  np.testing.assert_allclose(d_fn(jnp.array(REAL), jnp.array(FAKE)), 1.75 - (-0.5 / 3), rtol=1e-6)
+  np.testing.assert_allclose(g_fn(jnp.array(FAKE)), -1.75, rtol=1e-6)
+
+
+def test_losses_table_has_the_four_objectives():
+  assert set(gan_losses.LOSSES) == {"non_saturating", "minimax", "hinge", "wasserstein"}
+
+
+def test_classifier_loss_by_hand():
+  logits = jnp.array([[0.0, math.log(3.0)], [math.log(4.0), 0.0]])
+  expected = mean([-math.log(3.0 / 4.0), -math.log(1.0 / 5.0)])
+  np.testing.assert_allclose(gan_losses.classifier_loss(logits, jnp.array([1, 1])), expected,
+                             rtol=1e-6)
+
+
+def _linear_critic(w):
+  return lambda x: jnp.sum(w * x, axis=(1, 2, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradient_penalty_of_linear_critic(seed):
+  rng = np.random.default_rng(seed)
+  w, real, fake = (jnp.asarray(rng.normal(size=s), jnp.float32)
+                   for s in [(4, 4, 2), (5, 4, 4, 2), (5, 4, 4, 2)])
+  w = 0.3 * w
+  k_eps = jax.random.PRNGKey(seed)
+  norm = float(jnp.linalg.norm(w))
+  gp = gan_losses.gradient_penalty(_linear_critic(w), real, fake, k_eps)
+  np.testing.assert_allclose(gp, (norm - 1.0) ** 2, rtol=1e-5)
+  # d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w|: the penalty trains the critic.
+  grad = jax.jit(jax.grad(
+      lambda w: gan_losses.gradient_penalty(_linear_critic(w), real, fake, k_eps)))(w)
+  np.testing.assert_allclose(grad, 2.0 * (norm - 1.0) * w / norm, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_penalty_interpolates_uniformly_per_example():
+  # critic 0.5 x^2 on x_hat = eps * 1 + (1 - eps) * 0: the gradient is eps, the penalty
+  # mean (eps - 1)^2, whose expectation under U(0, 1) is 1/3 (sd of the mean ~ 0.004 here).
+  real, fake = jnp.ones((4000, 1)), jnp.zeros((4000, 1))
+  gp = gan_losses.gradient_penalty(lambda x: 0.5 * jnp.sum(x**2, axis=1), real, fake,
+                                   jax.random.PRNGKey(0))
+  assert abs(float(gp) - 1.0 / 3.0) < 0.02
+
+
+def test_gradient_penalty_where_real_equals_fake():
+  x = jnp.array([[[[0.5]], [[0.0]]], [[[3.0]], [[4.0]]]])  # (2, 2, 1, 1): norms 0.5 and 5
+  gp = gan_losses.gradient_penalty(lambda x: 0.5 * jnp.sum(x**2, axis=(1, 2, 3)), x, x,
+                                   jax.random.PRNGKey(3))
+  np.testing.assert_allclose(gp, mean([(0.5 - 1.0) ** 2, (5.0 - 1.0) ** 2]), rtol=1e-5)
+
+
+def test_r1_penalty():
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(0.3 * rng.normal(size=(4, 4, 2)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(3, 4, 4, 2)), jnp.float32)
+  np.testing.assert_allclose(gan_losses.r1_penalty(_linear_critic(w), real),
+                             float(jnp.sum(w**2)), rtol=1e-5)
+  x = jnp.array([[1.0, 2.0], [0.0, 3.0]])
+  np.testing.assert_allclose(gan_losses.r1_penalty(lambda x: 0.5 * jnp.sum(x**2, axis=1), x),
+                             mean([5.0, 9.0]), rtol=1e-6)
+
+
+def test_ema_update():
+  ema = {"a": jnp.array([1.0, 2.0]), "b": {"c": jnp.array(10.0)}}
+  params = {"a": jnp.array([3.0, -2.0]), "b": {"c": jnp.array(0.0)}}
+  out = gan_losses.ema_update(ema, params, 0.9)
+  np.testing.assert_allclose(out["a"], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2], rtol=1e-6)
+  np.testing.assert_allclose(out["b"]["c"], 9.0, rtol=1e-6)
+  np.testing.assert_allclose(ema["a"], [1.0, 2.0])  # pure: the input is untouched

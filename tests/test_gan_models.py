@@ -1,0 +1,268 @@
+"""GAN models: shapes and ranges, conditioning, a hand-computed MLP generator, spectral norm."""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aigc_jax.models import gan
+from aigc_jax.models.layers import maybe_spectral
+
+B, Z = 3, 6
+IMAGE = (28, 28, 1)
+LABELS = jnp.array([0, 1, 2])
+
+
+def key(seed=0):
+  # rbg keys: flax's init compiles ~3x faster than with threefry keys on CPU (the models do not
+  # depend on the key's implementation).
+  return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def numpy_variables(model, *args, seed=0, **kwargs):
+  """Variables of init's structure drawn with numpy: compiling init costs more than the tests.
+
+  Kernels and embeddings ~ N(0, 1 / fan_in); biases and BatchNorm means 0; scales, variances
+  and spectral-norm sigmas 1; spectral-norm u ~ N(0, 1).
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda *a: model.init(key(), *a, **kwargs), *args)
+
+  def fill(path, leaf):
+    name = str(path[-1].key)
+    if name in ("bias", "mean") or name.endswith("/bias"):
+      value = np.zeros(leaf.shape)
+    elif name in ("scale", "var") or name.endswith("/sigma"):
+      value = np.ones(leaf.shape)
+    else:
+      fan_in = math.prod(leaf.shape[:-1]) if name != "embedding" else 1
+      value = rng.normal(size=leaf.shape) / math.sqrt(fan_in)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def z_batch():  # numpy draws: no XLA compilation
+  return jnp.asarray(np.random.default_rng(0).normal(size=(B, Z)), jnp.float32)
+
+
+def images():
+  return jnp.asarray(np.random.default_rng(1).uniform(-1.0, 1.0, (B,) + IMAGE), jnp.float32)
+
+
+def abstract_init_apply(model, *args):
+  """Shapes of the variables and of the train-mode output, traced only (nothing runs)."""
+
+  def run(*args):
+    variables = model.init(key(), *args, train=False)
+    return variables, model.apply(variables, *args, train=True, mutable=["batch_stats"])[0]
+
+  return jax.eval_shape(run, *args)
+
+
+def small_mlp_g(**kw):
+  return gan.MLPGenerator(IMAGE, hidden_dims=(8, 16), **kw)
+
+
+def small_dcgan_g(**kw):
+  return gan.DCGANGenerator(IMAGE, base_features=8, **kw)
+
+
+MODELS = {
+    "mlp_g": lambda: small_mlp_g(),
+    "mlp_g_no_bn": lambda: small_mlp_g(use_bn=False),
+    "mlp_g_multiply": lambda: small_mlp_g(num_classes=3),
+    "mlp_g_concat": lambda: small_mlp_g(num_classes=3, label_mode="concat"),
+    **{f"dcgan_g_{mode}": (lambda m=mode: small_dcgan_g(upsample=m))
+       for mode in gan.UPSAMPLE_MODES},
+    "dcgan_g_cond": lambda: small_dcgan_g(num_classes=3),
+    "mlp_d": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4)),
+    "mlp_d_sn": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4), spectral_norm=True),
+    "mlp_d_proj": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4), num_classes=3),
+    "dcgan_d": lambda: gan.DCGANDiscriminator(base_features=4),
+    "dcgan_d_proj": lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3),
+    "dcgan_d_proj_sn": lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3,
+                                                      spectral_norm=True),
+    "acgan_d": lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3,
+                                              aux_classifier=True),
+    "acgan_d_sn": lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3,
+                                                 aux_classifier=True, spectral_norm=True),
+}
+GENERATORS = sorted(name for name in MODELS if name.split("_")[1] == "g")
+
+
+@functools.lru_cache(maxsize=None)
+def outputs(name):
+  """A model's (train-mode, eval-mode, eval-mode with other labels) outputs: one compilation.
+
+  The input is z for generators and images for discriminators; the labels are LABELS, then
+  LABELS + 1 (mod 3) for the third output (None throughout for unconditional models and ACGAN).
+  """
+  model = MODELS[name]()
+  x = z_batch() if name in GENERATORS else images()
+  takes_label = model.num_classes and not getattr(model, "aux_classifier", False)
+  labels = (LABELS, (LABELS + 1) % 3) if takes_label else (None, None)
+
+  variables = numpy_variables(model, x, labels[0], train=False)
+
+  @jax.jit
+  def run(variables, x, labels):
+    out, _ = model.apply(variables, x, labels[0], train=True, mutable=["batch_stats"])
+    return (out, model.apply(variables, x, labels[0], train=False),
+            model.apply(variables, x, labels[1], train=False))
+
+  return run(variables, x, labels)
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_generator_shape_and_range(name):
+  for out in outputs(name)[:2]:
+    assert out.shape == (B,) + IMAGE
+    assert out.dtype == jnp.float32
+    assert bool(jnp.all(jnp.abs(out) <= 1.0)) and float(jnp.std(out)) > 0
+
+
+@pytest.mark.parametrize("name", ["mlp_d", "mlp_d_sn", "mlp_d_proj", "dcgan_d", "dcgan_d_proj",
+                                  "dcgan_d_proj_sn"])
+def test_discriminator_logit_shape(name):  # (the ACGAN heads are tested below)
+  for logit in outputs(name)[:2]:
+    assert logit.shape == (B,) and logit.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logit))) and float(jnp.std(logit)) > 0
+
+
+@pytest.mark.parametrize("name", ["acgan_d", "acgan_d_sn"])
+def test_acgan_discriminator_heads(name):
+  for logit, class_logits in outputs(name)[:2]:
+    assert logit.shape == (B,) and class_logits.shape == (B, 3)
+  with pytest.raises(ValueError, match="num_classes"):
+    abstract_init_apply(gan.DCGANDiscriminator(base_features=4, aux_classifier=True), images())
+
+
+@pytest.mark.parametrize("name", ["mlp_g_multiply", "mlp_g_concat", "dcgan_g_cond", "mlp_d_proj",
+                                  "dcgan_d_proj", "dcgan_d_proj_sn"])
+def test_conditional_output_depends_on_label(name):
+  _, out_a, out_b = outputs(name)
+  per_example = jnp.max(jnp.abs(out_a - out_b).reshape(B, -1), axis=1)
+  assert float(jnp.min(per_example)) > 1e-4, per_example
+
+
+def test_dcgan_upsample_modes_same_shape_different_layers():
+  shapes, kernels = set(), set()
+  for mode in gan.UPSAMPLE_MODES:
+    variables, out = abstract_init_apply(small_dcgan_g(upsample=mode), z_batch(), None)
+    shapes.add(out.shape)
+    up = variables["params"]["up_0"]
+    kernels.add(up["Conv_0"]["kernel"].shape if mode == "subpixel" else up["kernel"].shape)
+  assert shapes == {(B,) + IMAGE}
+  # subpixel: 3x3 to 4 * 4 channels; resize_conv: 3x3 to 4; transpose: 4x4 to 4.
+  assert kernels == {(3, 3, 8, 16), (3, 3, 8, 4), (4, 4, 8, 4)}
+
+
+def test_models_reject_bad_config():
+  with pytest.raises(ValueError, match="upsample"):
+    abstract_init_apply(small_dcgan_g(upsample="bilinear"), z_batch(), None)
+  with pytest.raises(ValueError, match="needs a label"):
+    abstract_init_apply(small_mlp_g(num_classes=3), z_batch(), None)
+  with pytest.raises(ValueError, match="needs a label"):
+    abstract_init_apply(gan.DCGANDiscriminator(base_features=4, num_classes=3), images(), None)
+  with pytest.raises(ValueError, match="divisible by 4"):
+    abstract_init_apply(gan.DCGANGenerator((30, 30, 1), base_features=4), z_batch(), None)
+
+
+def test_mlp_generator_by_hand():
+  """Eval mode: BN with fresh running stats (0, 1) is x / sqrt(1 + eps), eps = 0.8; none first."""
+  model = gan.MLPGenerator((2, 2, 1), hidden_dims=(5, 4))
+  z = z_batch()
+  variables = numpy_variables(model, z, train=False)
+  p = jax.tree_util.tree_map(np.asarray, variables["params"])
+  assert set(p) == {"Dense_0", "Dense_1", "Dense_2", "BatchNorm_0"}  # one BN: on the 2nd layer
+  p["BatchNorm_0"] = {"scale": np.array([1.0, 2.0, 0.5, 1.0]), "bias": np.array([0, 0.1, 0, -1])}
+  variables = {**variables, "params": p}
+  leaky = lambda x: np.where(x > 0, x, 0.2 * x)
+  h = leaky(np.asarray(z) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+  pre_bn = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+  h = leaky(pre_bn / np.sqrt(1.0 + 0.8) * p["BatchNorm_0"]["scale"] + p["BatchNorm_0"]["bias"])
+  expected = np.tanh(h @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]).reshape(B, 2, 2, 1)
+
+  @jax.jit
+  def run(variables):
+    train_out, state = model.apply(variables, z, train=True, mutable=["batch_stats"])
+    return model.apply(variables, z, train=False), state
+
+  eval_out, state = run(variables)
+  np.testing.assert_allclose(eval_out, expected, rtol=1e-5, atol=1e-6)
+  # Train mode: torch momentum 0.1 == flax 0.9, the running mean moves 10% to the batch's.
+  np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["mean"],
+                             0.1 * pre_bn.mean(axis=0), rtol=1e-5, atol=1e-7)
+
+
+def _top_singular_value(w):
+  w = np.asarray(w, np.float64)
+  return float(np.linalg.svd(w.reshape(-1, w.shape[-1]), compute_uv=False)[0])
+
+
+class _SNDense(nn.Module):
+  @nn.compact
+  def __call__(self, x, update_stats):
+    return maybe_spectral(nn.Dense(5, name="dense"), True, update_stats)(x)
+
+
+def test_spectral_norm_dense_converges_to_unit_singular_value():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 12)), jnp.float32)
+  model = _SNDense()
+  variables = numpy_variables(model, x, update_stats=False)
+  assert set(variables["params"]["dense"]) == {"kernel", "bias"}  # u, sigma are not params
+  stats = ("SpectralNorm_0", "dense/kernel/sigma")
+  assert float(variables["batch_stats"][stats[0]][stats[1]]) == 1.0  # before iterating
+  kernel = 3.0 * np.asarray(variables["params"]["dense"]["kernel"])
+  variables["params"]["dense"]["kernel"] = jnp.asarray(kernel)
+  assert _top_singular_value(kernel) > 3.0
+
+  @jax.jit
+  def step(variables):  # a train-mode call: one power iteration, u and sigma written
+    return {**variables, **model.apply(variables, x, update_stats=True, mutable=["batch_stats"])[1]}
+
+  for _ in range(20):
+    variables = step(variables)
+  sigma = float(variables["batch_stats"][stats[0]][stats[1]])
+  np.testing.assert_allclose(sigma, _top_singular_value(kernel), rtol=1e-3)
+  assert abs(_top_singular_value(kernel / sigma) - 1.0) < 1e-2
+  # Eval mode (nothing mutable) computes x @ (W / sigma) + b.
+  bias = np.asarray(variables["params"]["dense"]["bias"])
+  np.testing.assert_allclose(jax.jit(model.apply, static_argnames="update_stats")(
+      variables, x, update_stats=False), np.asarray(x) @ (kernel / sigma) + bias, rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_spectral_norm_discriminator_normalizes_conv_kernels():
+  model = gan.DCGANDiscriminator(base_features=4, spectral_norm=True)
+  x = images()
+  variables = numpy_variables(model, x, train=False)
+  assert "BatchNorm_0" not in variables["batch_stats"]
+  step = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"])[1])
+  for _ in range(20):
+    variables = {**variables, **step(variables)}
+  stats = variables["batch_stats"]
+  for i in range(2):
+    kernel = variables["params"][f"Conv_{i}"]["kernel"]
+    sigma = stats[f"SpectralNorm_{i}"][f"Conv_{i}/kernel/sigma"]
+    assert abs(_top_singular_value(kernel / sigma) - 1.0) < 1e-2
+
+
+def test_spectral_norm_gradients_reach_every_param():
+  model = gan.MLPDiscriminator(hidden_dims=(8,), num_classes=3, spectral_norm=True)
+  x = images()
+  variables = numpy_variables(model, x, LABELS, train=False)
+
+  def loss(params):
+    out, _ = model.apply({**variables, "params": params}, x, LABELS, train=True,
+                         mutable=["batch_stats"])
+    return jnp.sum(out**2)
+
+  grads = jax.jit(jax.grad(loss))(variables["params"])
+  norms = jax.tree_util.tree_map(lambda g: float(jnp.linalg.norm(g)), grads)
+  assert all(n > 0 for n in jax.tree_util.tree_leaves(norms)), norms

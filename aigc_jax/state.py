@@ -62,3 +62,24 @@ def step_rng(state: TrainState, axis_name: str | None = None) -> jax.Array:
 
 def count_params(params) -> int:
   return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+class GANState(flax.struct.PyTreeNode):
+  """Generator and discriminator parameters, optimizer states and mutable collections.
+
+  `g_stats` / `d_stats` hold the 'batch_stats' collections (BatchNorm statistics and spectral
+  normalization's power-iteration vectors); `ema_params` is the moving average of `g_params`,
+  used for sampling and evaluation.
+  """
+
+  step: jax.Array
+  g_params: Any
+  d_params: Any
+  g_opt_state: Any
+  d_opt_state: Any
+  g_stats: Any
+  d_stats: Any
+  ema_params: Any
+  rng: jax.Array
+  g_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  d_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)

@@ -13,6 +13,8 @@ from typing import Any, Callable, NamedTuple
 MODELS = {
     "vae_mlp": "aigc_jax.families.vae",
     "vae_conv": "aigc_jax.families.vae",
+    "gan_mlp": "aigc_jax.families.gan",
+    "dcgan": "aigc_jax.families.gan",
 }
 
 

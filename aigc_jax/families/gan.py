@@ -1,0 +1,221 @@
+"""The GAN family: MLP GAN and DCGAN, class-conditional, four losses, GP/R1, EMA generator.
+
+One jitted step does `n_critic` discriminator updates and one generator update. Images are in
+[-1, 1] (scale='minus_one_one'). Sampling and evaluation use the EMA generator.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aigc_jax import data as data_lib
+from aigc_jax import gan_losses
+from aigc_jax.families import Trainable
+from aigc_jax.models import gan as gan_models
+from aigc_jax.state import GANState, step_rng
+
+SAMPLE_STREAM = 2
+
+
+def default_config(model: str) -> dict:
+  return dict(
+      scale="minus_one_one",
+      batch_size=64,
+      learning_rate=2e-4,  # the generator's; d_learning_rate <= 0 means the same
+      d_learning_rate=-1.0,  # two-timescale updates when set
+      adam_b1=0.5,
+      adam_b2=0.999,
+      steps_per_call=100 if model == "gan_mlp" else 1,  # conv nets: one step per dispatch on CPU
+      latent_dim=100,
+      gan_loss="non_saturating",  # 'minimax', 'hinge' or 'wasserstein'
+      n_critic=1,  # discriminator updates per generator update
+      gp_weight=0.0,  # WGAN-GP's lambda (10 for wgan-gp)
+      r1_gamma=0.0,  # R1 penalty weight gamma (adds gamma/2 * R1)
+      spectral_norm=False,  # spectral normalization of every discriminator layer
+      conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
+      aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
+      ema_decay=0.999,
+      upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
+      eval_num_samples=2000,  # samples per periodic evaluation (python -m aigc_jax.evaluate: 10000)
+  )
+
+
+def validate_config(config, need) -> None:
+  need(config.gan_loss in gan_losses.LOSSES,
+       f"gan_loss '{config.gan_loss}' is unknown; choose one of {sorted(gan_losses.LOSSES)}")
+  need(config.scale == "minus_one_one", "GANs generate with tanh: set scale='minus_one_one'")
+  need(config.n_critic >= 1, f"n_critic must be >= 1, got {config.n_critic}")
+  need(config.gp_weight >= 0 and config.r1_gamma >= 0, "gp_weight and r1_gamma must be >= 0")
+  need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
+  need(not config.aux_classifier or config.conditional, "aux_classifier=True needs conditional=True")
+  need(config.upsample in gan_models.UPSAMPLE_MODES,
+       f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
+  need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
+
+
+def build_models(config, info: data_lib.DatasetInfo):
+  num_classes = info.num_classes if config.conditional else 0
+  if config.model == "gan_mlp":
+    generator = gan_models.MLPGenerator(info.image_shape, num_classes=num_classes)
+    discriminator = gan_models.MLPDiscriminator(
+        num_classes=0 if config.aux_classifier else num_classes, spectral_norm=config.spectral_norm)
+  else:
+    generator = gan_models.DCGANGenerator(info.image_shape, num_classes=num_classes,
+                                          upsample=config.upsample)
+    discriminator = gan_models.DCGANDiscriminator(
+        num_classes=num_classes, spectral_norm=config.spectral_norm,
+        aux_classifier=config.aux_classifier)
+  return generator, discriminator
+
+
+def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
+  del total_steps  # constant learning rates
+  generator, discriminator = build_models(config, info)
+  conditional, aux = bool(config.conditional), bool(config.aux_classifier)
+  d_loss_fn, g_loss_fn = gan_losses.LOSSES[config.gan_loss]
+  g_tx = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+  d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
+  d_tx = optax.adam(d_lr, b1=config.adam_b1, b2=config.adam_b2)
+  zdim = config.latent_dim
+
+  def init(rng) -> GANState:
+    z = jnp.zeros((2, zdim))
+    x = jnp.zeros((2,) + tuple(info.image_shape))
+    label = jnp.zeros((2,), jnp.int32) if conditional else None
+    g_vars = generator.init(jax.random.fold_in(rng, 0), z, label, train=False)
+    d_vars = discriminator.init(jax.random.fold_in(rng, 1), x, None if aux else label, train=False)
+    g_params, d_params = g_vars["params"], d_vars["params"]
+    return GANState(step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_params,
+                    g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_params),
+                    g_stats=g_vars.get("batch_stats", {}), d_stats=d_vars.get("batch_stats", {}),
+                    ema_params=g_params, rng=rng, g_tx=g_tx, d_tx=d_tx)
+
+  def generate(g_params, g_stats, z, label, train):
+    variables = {"params": g_params, "batch_stats": g_stats}
+    if not train:
+      return generator.apply(variables, z, label, train=False), g_stats
+    out, updates = generator.apply(variables, z, label, train=True, mutable=["batch_stats"])
+    return out, updates.get("batch_stats", g_stats)
+
+  def discriminate(d_params, d_stats, x, label):
+    """((logit, class logits or None), new d_stats), in train mode."""
+    out, updates = discriminator.apply({"params": d_params, "batch_stats": d_stats}, x,
+                                       None if aux else label, train=True, mutable=["batch_stats"])
+    logit, class_logits = out if aux else (out, None)
+    return (logit, class_logits), updates.get("batch_stats", d_stats)
+
+  def train_step(state: GANState, batch, axis_name: str | None = None):
+    rng = step_rng(state, axis_name)
+    real = batch["image"]
+    label = batch["label"] if conditional else None
+    size = real.shape[0]
+    mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
+    d_params, d_opt_state, d_stats = state.d_params, state.d_opt_state, state.d_stats
+    metrics = {}
+    for i in range(config.n_critic):
+      z = jax.random.normal(jax.random.fold_in(rng, 2 * i), (size, zdim))
+      fake, _ = generate(state.g_params, state.g_stats, z, label, train=True)
+      fake = jax.lax.stop_gradient(fake)
+
+      def d_objective(params, stats=d_stats, fake=fake, i=i):
+        (real_logit, real_cls), stats = discriminate(params, stats, real, label)
+        (fake_logit, fake_cls), stats = discriminate(params, stats, fake, label)
+        loss = d_loss_fn(real_logit, fake_logit)
+        terms = {"d_loss": loss, "d_real": jnp.mean(real_logit), "d_fake": jnp.mean(fake_logit)}
+        critic = lambda x: discriminate(params, stats, x, label)[0][0]
+        if config.gp_weight:
+          terms["gp"] = gan_losses.gradient_penalty(critic, real, fake,
+                                                    jax.random.fold_in(rng, 2 * i + 1))
+          loss = loss + config.gp_weight * terms["gp"]
+        if config.r1_gamma:
+          terms["r1"] = gan_losses.r1_penalty(critic, real)
+          loss = loss + 0.5 * config.r1_gamma * terms["r1"]
+        if aux:
+          terms["d_class_loss"] = (gan_losses.classifier_loss(real_cls, label) +
+                                   gan_losses.classifier_loss(fake_cls, label))
+          loss = loss + terms["d_class_loss"]
+        return loss, (stats, terms)
+
+      grads, (d_stats, metrics) = jax.grad(d_objective, has_aux=True)(d_params)
+      grads, d_stats = mean((grads, d_stats))
+      updates, d_opt_state = state.d_tx.update(grads, d_opt_state, d_params)
+      d_params = optax.apply_updates(d_params, updates)
+
+    z = jax.random.normal(jax.random.fold_in(rng, 2 * config.n_critic), (size, zdim))
+
+    def g_objective(params):
+      fake, g_stats = generate(params, state.g_stats, z, label, train=True)
+      (logit, cls), _ = discriminate(d_params, d_stats, fake, label)  # D's stats: not updated
+      loss = g_loss_fn(logit)
+      terms = {"g_loss": loss}
+      if aux:
+        terms["g_class_loss"] = gan_losses.classifier_loss(cls, label)
+        loss = loss + terms["g_class_loss"]
+      return loss, (g_stats, terms)
+
+    grads, (g_stats, g_terms) = jax.grad(g_objective, has_aux=True)(state.g_params)
+    grads, g_stats = mean((grads, g_stats))
+    updates, g_opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    metrics = mean({**metrics, **g_terms, "loss": metrics["d_loss"] + g_terms["g_loss"]})
+    new_state = state.replace(
+        step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
+        d_opt_state=d_opt_state, g_stats=g_stats, d_stats=d_stats,
+        ema_params=gan_losses.ema_update(state.ema_params, g_params, config.ema_decay))
+    return new_state, metrics
+
+  @functools.partial(jax.jit, static_argnames=("num", "use_ema"))
+  def _generate01(state, rng, labels, num, use_ema=True):
+    z = jax.random.normal(rng, (num, zdim))
+    params = state.ema_params if use_ema else state.g_params
+    images, _ = generate(params, state.g_stats, z, labels, train=False)
+    return (images + 1.0) / 2.0
+
+  def sample(state: GANState, rng, num: int, use_ema: bool = True):
+    labels = jnp.arange(num, dtype=jnp.int32) % info.num_classes if conditional else None
+    images = np.asarray(_generate01(state, rng, labels, num, use_ema))
+    return images, (None if labels is None else np.asarray(labels))
+
+  def _metrics(state, test, num, use_ema=True) -> dict:
+    from aigc_jax.metrics import classifier as classifier_lib  # trains once, then cached
+    clf = classifier_lib.load_or_train(config.dataset, progress=False)
+    fakes, labels = [], []
+    for i, start in enumerate(range(0, num, 1000)):
+      images, lab = sample(state, jax.random.PRNGKey(1000 + i), min(1000, num - start), use_ema)
+      fakes.append(np.round(images * 255).astype(np.uint8))
+      labels.append(lab)
+    fake = np.concatenate(fakes)
+    real = np.asarray(test.images[:num])
+    requested = np.concatenate(labels) if conditional else None
+    return classifier_lib.evaluate_samples(clf, fake, real, requested)
+
+  def evaluate(state: GANState, test: data_lib.DeviceData) -> dict:
+    return _metrics(state, test, config.eval_num_samples)
+
+  def full_evaluate(state: GANState, test: data_lib.DeviceData, *, num_samples=10_000,
+                    progress=None, **unused) -> dict:
+    del progress, unused
+    num = min(num_samples, int(test.labels.shape[0]))
+    ema = _metrics(state, test, num)
+    raw = _metrics(state, test, num, use_ema=False)
+    return {**ema, **{f"raw_{k}": v for k, v in raw.items()}, "num_samples": num}
+
+  def log_images(state: GANState, test: data_lib.DeviceData) -> dict:
+    """Fixed-noise grid from the EMA generator (a class per row when conditional)."""
+    rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)
+    num = info.num_classes**2 if conditional else config.num_sample_images
+    ncols = info.num_classes if conditional else int(np.ceil(np.sqrt(num)))
+    images, _ = sample(state, rng, num)
+    if conditional:  # arange % C puts all classes in a row; transpose so a row is one class
+      images = images.reshape((ncols, ncols) + images.shape[1:]).swapaxes(0, 1)
+      images = images.reshape((-1,) + images.shape[2:])
+    return {"samples": (images, ncols)}
+
+  return Trainable(init=init, train_step=train_step, evaluate=evaluate,
+                   full_evaluate=full_evaluate, sample=sample, log_images=log_images,
+                   best_metric="fid", best_mode="min")

@@ -1,0 +1,159 @@
+"""FID, KID, precision/recall, IS and label accuracy against closed forms and brute force."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from aigc_jax.metrics import fid as fid_lib
+
+
+def gaussian(n, mean, std, seed):
+  rng = np.random.default_rng(seed)
+  return np.asarray(mean) + rng.normal(size=(n, len(mean))) * np.asarray(std)
+
+
+def random_rotation(d, seed):
+  q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+  return q
+
+
+def closed_form_diagonal(mu1, var1, mu2, var2):
+  mu1, var1, mu2, var2 = map(np.asarray, (mu1, var1, mu2, var2))
+  return np.sum((mu1 - mu2)**2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+  x = gaussian(3000, np.arange(8.0), np.linspace(0.5, 3.0, 8), seed=0) @ random_rotation(8, 1)
+  scale = np.trace(np.cov(x, rowvar=False))
+  assert abs(fid_lib.fid(x, x)) < 1e-6 * scale
+
+
+def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
+  mu1, var1 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 4.0, 0.25])
+  mu2, var2 = np.array([1.0, 1.0, 0.0]), np.array([9.0, 1.0, 0.25])
+  expected = closed_form_diagonal(mu1, var1, mu2, var2)  # 5 + (1+9-6) + (4+1-4) + 0 = 10
+  assert expected == pytest.approx(10.0)
+  got = fid_lib.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
+  assert got == pytest.approx(expected, rel=1e-10)
+  # A common rotation of both Gaussians (non-diagonal covariances) leaves the distance unchanged.
+  q = random_rotation(3, 0)
+  got = fid_lib.frechet_distance(q @ mu1, q @ np.diag(var1) @ q.T, q @ mu2,
+                                 q @ np.diag(var2) @ q.T)
+  assert got == pytest.approx(expected, rel=1e-8)
+
+
+def test_fid_of_large_samples_approaches_the_closed_form():
+  mu1, std1, mu2, std2 = [0.0, 0.0, 1.0, 2.0], [1.0, 2.0, 1.0, 0.5], [1.0, 0.0, 0.0, 2.0], [
+      1.0, 1.0, 3.0, 0.5]
+  expected = closed_form_diagonal(mu1, np.square(std1), mu2, np.square(std2))
+  got = fid_lib.fid(gaussian(50_000, mu1, std1, 0), gaussian(50_000, mu2, std2, 1))
+  assert got == pytest.approx(expected, rel=0.03)
+
+
+def test_fid_with_a_constant_feature_is_finite():
+  x, y = gaussian(500, [0.0] * 4, [1.0] * 4, 0), gaussian(500, [0.5] * 4, [1.0] * 4, 1)
+  x[:, 0] = y[:, 0] = 0.0  # a dead feature: singular covariances
+  with warnings.catch_warnings():  # scipy: "Matrix is singular"
+    warnings.simplefilter("ignore")
+    value = fid_lib.fid(x, y)
+    same = fid_lib.fid(x, x)
+  assert np.isfinite(value) and value > 0.3
+  assert abs(same) < 1e-3
+
+
+def test_fid_rejects_bad_shapes():
+  with pytest.raises(ValueError, match="shapes"):
+    fid_lib.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+  with pytest.raises(ValueError, match="N >= 2"):
+    fid_lib.fid(np.zeros((1, 2)), np.zeros((5, 2)))
+
+
+def brute_force_mmd2(x, y):
+  """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, by explicit loops."""
+  d, m = x.shape[1], len(x)
+  k = lambda a, b: (a @ b / d + 1.0)**3
+  xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+  yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+  xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+  return xx + yy - 2 * xy
+
+
+def test_kid_matches_a_brute_force_unbiased_mmd():
+  x, y = gaussian(12, [0.0] * 3, [1.0] * 3, 0), gaussian(12, [0.5] * 3, [2.0] * 3, 1)
+  mean, std = fid_lib.kid(x, y, num_subsets=3, subset_size=12)  # full sets: no sampling noise
+  assert mean == pytest.approx(brute_force_mmd2(x, y), rel=1e-10)
+  assert std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_shifted_sets():
+  data = gaussian(2000, [0.0] * 8, [1.0] * 8, 0)
+  same, same_std = fid_lib.kid(data[:1000], data[1000:], num_subsets=20, subset_size=500)
+  shifted, shifted_std = fid_lib.kid(data[:1000], data[1000:] + 0.5, num_subsets=20,
+                                     subset_size=500)
+  assert shifted > 10 * max(abs(same), shifted_std)
+  assert abs(same) < 3 * same_std  # unbiased: zero within its spread over subsets
+  assert fid_lib.kid(data[:1000], data[1000:], num_subsets=2, seed=3) == fid_lib.kid(
+      data[:1000], data[1000:], num_subsets=2, seed=3)
+
+
+def brute_force_precision_recall(real, fake, k):
+  dist = lambda a, b: np.linalg.norm(a[:, None] - b[None], axis=-1)
+  real_r = np.sort(dist(real, real), axis=1)[:, k]
+  fake_r = np.sort(dist(fake, fake), axis=1)[:, k]
+  d = dist(real, fake)
+  return (d <= real_r[:, None]).any(0).mean(), (d <= fake_r[None, :]).any(1).mean()
+
+
+def test_precision_recall_in_chunks_matches_brute_force(monkeypatch):
+  real, fake = gaussian(300, [0.0] * 3, [1.0] * 3, 0), gaussian(200, [0.7] * 3, [1.0] * 3, 1)
+  expected = brute_force_precision_recall(real, fake, k=3)
+  monkeypatch.setattr(fid_lib, "_CHUNK", 7)  # many ragged chunks
+  got = fid_lib.precision_recall(real, fake, k=3)
+  np.testing.assert_allclose(got, expected)
+  assert 0.5 < got[0] < 0.99 and 0.5 < got[1] < 0.99  # a non-trivial case
+
+
+def test_precision_recall_identical_and_disjoint_sets():
+  x = gaussian(500, [0.0] * 8, [1.0] * 8, 0)
+  assert fid_lib.precision_recall(x, x) == (1.0, 1.0)
+  assert fid_lib.precision_recall(x, x + 100.0) == (0.0, 0.0)
+
+
+def test_precision_recall_when_the_fakes_cover_half_the_modes():
+  centers = 50.0 * np.eye(4)  # 4 well-separated modes in 4-d
+  real = np.concatenate([gaussian(500, c, [1.0] * 4, i) for i, c in enumerate(centers)])
+  fake = np.concatenate([gaussian(500, c, [1.0] * 4, 10 + i) for i, c in enumerate(centers[:2])])
+  precision, recall = fid_lib.precision_recall(real, fake, k=5)
+  assert precision > 0.95
+  assert 0.45 < recall <= 0.5
+
+
+def one_hot_probs(labels, num_classes, smooth=0.0):
+  p = np.full((len(labels), num_classes), smooth / num_classes)
+  p[np.arange(len(labels)), labels] += 1.0 - smooth
+  return p
+
+
+def test_inception_score_of_confident_uniform_and_single_class_predictions():
+  labels = np.arange(1000) % 10  # every split sees all classes equally often
+  mean, std = fid_lib.inception_score(one_hot_probs(labels, 10), num_splits=10)
+  assert mean == pytest.approx(10.0, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+  assert fid_lib.inception_score(one_hot_probs(labels, 10, smooth=0.01))[0] == pytest.approx(
+      10.0, rel=0.1)
+  mean, _ = fid_lib.inception_score(one_hot_probs(np.zeros(1000, int), 10, smooth=0.01))
+  assert mean == pytest.approx(1.0, abs=1e-9)
+  uniform = np.full((100, 10), 0.1)  # unsure about everything: also 1
+  assert fid_lib.inception_score(uniform, num_splits=2)[0] == pytest.approx(1.0)
+
+
+def test_inception_score_rejects_logits():
+  with pytest.raises(ValueError, match="probabilities"):
+    fid_lib.inception_score(np.random.default_rng(0).normal(size=(100, 10)))
+
+
+def test_label_accuracy():
+  logits = np.array([[2.0, 1.0], [0.0, 3.0], [5.0, -1.0], [0.0, 1.0]])
+  assert fid_lib.label_accuracy(logits, [0, 1, 1, 1]) == 0.75
+  with pytest.raises(ValueError):
+    fid_lib.label_accuracy(logits, [0, 1])

@@ -15,6 +15,7 @@ import optax
 
 from aigc_jax import data as data_lib
 from aigc_jax import gan_losses
+from aigc_jax import writers
 from aigc_jax.families import Trainable
 from aigc_jax.models import gan as gan_models
 from aigc_jax.state import GANState, step_rng
@@ -181,9 +182,14 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     images = np.asarray(_generate01(state, rng, labels, num, use_ema))
     return images, (None if labels is None else np.asarray(labels))
 
+  @functools.cache
+  def classifier():  # loaded (or trained, once per recipe) at the first evaluation only
+    from aigc_jax.metrics import classifier as classifier_lib
+    return classifier_lib.load_or_train(config.dataset, progress=False)
+
   def _metrics(state, test, num, use_ema=True) -> dict:
-    from aigc_jax.metrics import classifier as classifier_lib  # trains once, then cached
-    clf = classifier_lib.load_or_train(config.dataset, progress=False)
+    from aigc_jax.metrics import classifier as classifier_lib
+    clf = classifier()
     fakes, labels = [], []
     for i, start in enumerate(range(0, num, 1000)):
       images, lab = sample(state, jax.random.PRNGKey(1000 + i), min(1000, num - start), use_ema)
@@ -208,13 +214,9 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   def log_images(state: GANState, test: data_lib.DeviceData) -> dict:
     """Fixed-noise grid from the EMA generator (a class per row when conditional)."""
     rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)
-    num = info.num_classes**2 if conditional else config.num_sample_images
-    ncols = info.num_classes if conditional else int(np.ceil(np.sqrt(num)))
-    images, _ = sample(state, rng, num)
-    if conditional:  # arange % C puts all classes in a row; transpose so a row is one class
-      images = images.reshape((ncols, ncols) + images.shape[1:]).swapaxes(0, 1)
-      images = images.reshape((-1,) + images.shape[2:])
-    return {"samples": (images, ncols)}
+    return {"samples": writers.sample_grid(lambda num: sample(state, rng, num),
+                                           config.num_sample_images,
+                                           info.num_classes if conditional else 0)}
 
   return Trainable(init=init, train_step=train_step, evaluate=evaluate,
                    full_evaluate=full_evaluate, sample=sample, log_images=log_images,

@@ -14,6 +14,7 @@ import numpy as np
 
 from aigc_jax import data as data_lib
 from aigc_jax import losses
+from aigc_jax import writers
 from aigc_jax.families import Trainable
 from aigc_jax.models import vae as vae_models
 from aigc_jax import state as state_lib
@@ -185,12 +186,9 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   def log_images(state: TrainState, test: data_lib.DeviceData) -> dict:
     """A sample grid (class per row when conditional) and test originals over reconstructions."""
     rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)  # the same noise at every step
-    num = info.num_classes**2 if conditional else config.num_sample_images
-    ncols = info.num_classes if conditional else int(np.ceil(np.sqrt(num)))
-    samples, labels = sample(state, rng, num)
-    if conditional:  # arange % C fills rows with all classes; transpose so that a row is a class
-      samples = samples.reshape((ncols, ncols) + samples.shape[1:]).swapaxes(0, 1)
-      samples = samples.reshape((-1,) + samples.shape[2:])
+    samples, ncols = writers.sample_grid(lambda num: sample(state, rng, num),
+                                         config.num_sample_images,
+                                         info.num_classes if conditional else 0)
     batch = next(data_lib.eval_batches(test, 32, scale=config.scale))
     recon = np.asarray(_reconstruct(state.params, batch, rng))
     originals = np.asarray(batch["image"])

@@ -36,8 +36,13 @@ def base_config() -> dict:
       lr_schedule="constant",  # or 'cosine': decay to 0 over the run's total steps
       adam_b1=0.9,
       adam_b2=0.999,
+      adam_eps=1e-8,  # Adam's epsilon (optax's default)
       seed=0,
       steps_per_call=1,  # train steps per device dispatch (lax.fori_loop); see parallel.py
+      parallel="none",  # 'none' (jit, one device), 'pmap' or 'shard_map' (data parallel, all devices)
+      coordinator_address="",  # multi-host: 'host:port' of process 0 ('' = the JAX_COORDINATOR_ADDRESS
+      num_processes=0,  # environment variable, or none); num_processes / process_id: 0 / -1 =
+      process_id=-1,  # detected from the cluster environment (SLURM, Open MPI, TPU pods)
       log_every_steps=100,
       eval_every_steps=-1,  # <= 0: once per epoch
       checkpoint_every_steps=-1,  # <= 0: at every evaluation
@@ -100,6 +105,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
   need(config.lr_schedule in ("constant", "cosine"),
        f"lr_schedule '{config.lr_schedule}' is unknown; use 'constant' or 'cosine'")
+  need(config.parallel in ("none", "pmap", "shard_map"),
+       f"parallel '{config.parallel}' is unknown; use 'none', 'pmap' or 'shard_map'")
+  need(config.num_processes >= 0 and config.process_id >= -1,
+       "num_processes must be >= 0 and process_id >= -1 (0 and -1: from the environment)")
   need(config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
   need(config.early_stopping_patience >= 0,
        f"early_stopping_patience must be >= 0 (0 = off), got {config.early_stopping_patience}")

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from aigc_jax.state import batch_noise
+
 
 def non_saturating_d_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
   """-log D(x) - log(1 - D(G(z))): the discriminator's cross-entropy (also minimax's)."""
@@ -69,13 +71,15 @@ def _sum_nonbatch(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def gradient_penalty(critic_fn: Callable, real: jnp.ndarray, fake: jnp.ndarray,
-                     rng: jax.Array) -> jnp.ndarray:
+                     rng: jax.Array, axis_name: str | None = None) -> jnp.ndarray:
   """WGAN-GP (Gulrajani et al., 2017): mean over x_hat of (||grad critic(x_hat)||_2 - 1)^2.
 
   x_hat = eps * real + (1 - eps) * fake with eps ~ U(0, 1) per example; the norm is over all
   non-batch axes. `critic_fn` maps a batch to logits (B,); the caller weights it (lambda = 10).
+  Under a data axis, eps is drawn for the global batch and sliced (`state.batch_noise`).
   """
-  eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+  eps = batch_noise(lambda key, shape: jax.random.uniform(key, shape, real.dtype), rng,
+                    (real.shape[0],) + (1,) * (real.ndim - 1), axis_name)
   x_hat = eps * real + (1.0 - eps) * fake
   grads = _per_example_input_grads(critic_fn, x_hat)
   norms = jnp.sqrt(_sum_nonbatch(jnp.square(grads)) + 1e-12)  # finite gradient at 0

@@ -1,68 +1,180 @@
-"""Running a per-device train step: many steps per dispatch, batches cut on the device.
+"""Running one per-device train step on a single device, under `jax.pmap`, or under `jax.shard_map`.
 
-`make_train_loop` turns a pure per-device `train_step(state, batch)` into one jitted call that
-runs a traced number of steps with `lax.fori_loop` over the on-device dataset, so the host
-neither touches the data nor waits on every step, and a new chunk length never recompiles.
+`make_train_loop(train_step, ..., mode)` turns a pure per-device `train_step(state, batch,
+axis_name)` into a `TrainLoop` that runs a chunk of steps per device dispatch over the on-device
+dataset. The three modes run the SAME step function:
+
+- 'none': `jax.jit` on one device; `axis_name` is None.
+- 'pmap': the state replicated with a leading device axis, every device cuts its slice of each
+  global batch; collectives (gradient means, BatchNorm statistics) run over `DATA_AXIS`.
+- 'shard_map': `jax.jit` of `jax.shard_map` over a 1-D mesh of all devices named `DATA_AXIS`;
+  the state is replicated on the mesh, every device cuts its slice of each global batch.
+
+With several processes (`jax.distributed`), both parallel modes span every device of every
+process; each process keeps the whole dataset but its devices read only their rows of each global
+batch. Per-step noise is drawn for the global batch and sliced (`batch_noise`), so results do
+not depend on the number of devices.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from aigc_jax import data as data_lib
+from aigc_jax.state import batch_noise
 
+log = logging.getLogger(__name__)
+
+DATA_AXIS = "data"
+MODES = ("none", "pmap", "shard_map")
 BINARIZE_STREAM = 3  # fold_in constant of the dynamic-binarization noise
 
 
-def make_train_loop(train_step: Callable, *, batch_size: int, scale: str = "zero_one",
-                    binarize: bool = False, steps_per_call: int = 1) -> Callable:
-  """Returns `run(state, data, perm, start, num_steps) -> (state, metric sums)`.
+class TrainLoop:
+  """`loop(state, data, perm, start, num_steps) -> (state, metric sums)` on `num_devices` devices.
 
-  Step i of a call trains on batch `start + i` of the epoch permutation `perm`; the metric sums
-  are over the `num_steps` steps (divide by it for means); `state` is donated.
+  Step i of a call trains on global batch `start + i` of the epoch permutation `perm`; the metric
+  sums (already averaged over devices) are over the `num_steps` steps; `state` is donated.
+  `state` and `data` are in the loop's placement: pass them through `put_state` / `put_data`
+  first, and get a single-copy state (for checkpoints, sampling, evaluation) with `get_state`.
+
   With `steps_per_call` K > 1, up to K steps run inside one `lax.fori_loop` dispatch (the trip
-  count is traced, so a shorter chunk does not recompile). With K = 1 every step is one jitted
+  count is traced, so a shorter chunk does not recompile). With K = 1 every step is one
   dispatch: XLA:CPU runs convolutions inside loop bodies on a slow path (jax#12868, measured 8x
   slower here for the conv VAE), so convolutional models use K = 1 on CPU.
   """
 
-  def batch_at(state, data, perm, index):
-    rng = None
-    if binarize:
-      rng = jax.random.fold_in(jax.random.fold_in(state.rng, BINARIZE_STREAM), state.step)
-    return data_lib.get_batch(data, perm, index, batch_size, scale=scale, binarize_rng=rng)
+  def __init__(self, train_step: Callable, *, batch_size: int, scale: str, binarize: bool,
+               steps_per_call: int, mode: str, devices=None):
+    if mode not in MODES:
+      raise ValueError(f"parallel mode '{mode}' is unknown; use one of {MODES}")
+    self.mode = mode
+    self.devices = [jax.local_devices()[0]] if mode == "none" else list(devices or jax.devices())
+    self.num_devices = len(self.devices)
+    if batch_size % self.num_devices:
+      raise ValueError(
+          f"batch_size {batch_size} is not divisible by the {self.num_devices} devices of "
+          f"parallel='{mode}'; use a multiple of {self.num_devices}")
+    self.steps_per_call = steps_per_call
+    axis = None if mode == "none" else DATA_AXIS
+    local_batch = batch_size // self.num_devices
 
-  def step_and_add(state, sums, data, perm, index):
-    state, metrics = train_step(state, batch_at(state, data, perm, index))
-    return state, jax.tree_util.tree_map(jnp.add, sums, metrics)
+    def batch_at(state, data, perm, index):
+      """This device's rows of global batch `index`."""
+      offset = index * batch_size
+      if axis is not None:
+        offset = offset + jax.lax.axis_index(axis) * local_batch
+      idx = jax.lax.dynamic_slice_in_dim(perm, offset, local_batch)
+      images = jnp.take(data.images, idx, axis=0)
+      if binarize:  # Bernoulli(pixel) drawn for the whole global batch, then sliced
+        rng = jax.random.fold_in(jax.random.fold_in(state.rng, BINARIZE_STREAM), state.step)
+        uniform = batch_noise(jax.random.uniform, rng, images.shape, axis)
+        image = (uniform < images.astype(jnp.float32) / 255.0).astype(jnp.float32)
+      else:
+        image = data_lib.preprocess(images, scale=scale)
+      return {"image": image, "label": jnp.take(data.labels, idx, axis=0)}
 
-  def zero_sums(state, data, perm):
-    shapes = jax.eval_shape(lambda s: train_step(s, batch_at(s, data, perm, 0))[1], state)
-    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    step_kwargs = {} if axis is None else {"axis_name": axis}
 
-  def loop(state, data, perm, start, num_steps):
-    def body(i, carry):
-      return step_and_add(*carry, data, perm, start + i)
-    return jax.lax.fori_loop(0, num_steps, body, (state, zero_sums(state, data, perm)))
+    def step_and_add(state, sums, data, perm, index):
+      state, metrics = train_step(state, batch_at(state, data, perm, index), **step_kwargs)
+      return state, jax.tree_util.tree_map(jnp.add, sums, metrics)
 
-  one_step = jax.jit(step_and_add, donate_argnums=(0, 1))
-  zeros = jax.jit(zero_sums)
-  loop = jax.jit(loop, donate_argnums=0)
+    def zero_sums(state, data, perm):
+      shapes = jax.eval_shape(
+          lambda s: train_step(s, batch_at(s, data, perm, 0), **step_kwargs)[1], state)
+      return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
-  def run(state, data, perm, start, num_steps):
-    if steps_per_call == 1:
-      sums = zeros(state, data, perm)
+    def loop(state, data, perm, start, num_steps):
+      def body(i, carry):
+        return step_and_add(*carry, data, perm, start + i)
+      return jax.lax.fori_loop(0, num_steps, body, (state, zero_sums(state, data, perm)))
+
+    # Positional arguments: (state[, sums], data, perm[, index or start, num_steps]); the leading
+    # ones are placed per device, the trailing step indices are plain scalars.
+    if mode == "none":
+      wrap = lambda fn, placed, donate: jax.jit(fn, donate_argnums=donate)  # noqa: E731
+    elif mode == "pmap":
+      def wrap(fn, placed, donate):
+        return jax.pmap(fn, DATA_AXIS, in_axes=(0,) * placed + (None,) * (_arity(fn) - placed),
+                        donate_argnums=donate, devices=self.devices)
+    else:
+      mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
+      spec = PartitionSpec()  # everything replicated; each device slices its rows itself
+
+      def wrap(fn, placed, donate):
+        # check_vma=False: gradients of the replicated parameters stay per device, as under
+        # pmap, and the step's own pmean averages them (with the check on, shard_map's autodiff
+        # would already sum them over devices, and the same step code would count them twice).
+        del placed
+        return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec,
+                                     check_vma=False), donate_argnums=donate)
+
+    self._zeros = wrap(zero_sums, 3, ())
+    self._one = wrap(step_and_add, 4, (0, 1))
+    self._loop = wrap(loop, 3, (0,))
+
+  def put_state(self, tree: Any) -> Any:
+    """A single-copy pytree (state or data) placed for this loop: replicated on its devices.
+
+    For 'pmap' that is one copy per device stacked on a leading device axis; every process passes
+    the same values and places its own devices' copies.
+    """
+    # Fresh buffers for every leaf: the state is donated, and two leaves may share one array
+    # (e.g. the EMA parameters start as the generator's), which donation would reject.
+    fresh = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # noqa: E731
+    if self.mode == "none":
+      return fresh(jax.device_put(tree, self.devices[0]))
+    mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
+    if self.mode == "shard_map":
+      return fresh(jax.device_put(tree, NamedSharding(mesh, PartitionSpec())))
+    stacked = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    local = sum(d.process_index == jax.process_index() for d in self.devices)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(
+            stacked, np.broadcast_to(np.asarray(x), (local,) + np.shape(x))), tree)
+
+  put_data = put_state
+
+  def get_state(self, tree: Any) -> Any:
+    """The single copy (on this process's first device) of a pytree placed by this loop."""
+    if self.mode == "pmap":
+      return jax.tree_util.tree_map(lambda x: x.addressable_data(0)[0], tree)
+    if self.mode == "shard_map":
+      return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
+    return tree
+
+  def __call__(self, state, data, perm, start: int, num_steps: int):
+    if self.steps_per_call == 1:
+      sums = self._zeros(state, data, perm)
       for i in range(num_steps):
-        state, sums = one_step(state, sums, data, perm, start + i)
-      return state, sums
+        state, sums = self._one(state, sums, data, perm, np.int32(start + i))
+      return state, self.get_state(sums)
     sums = None
-    for offset in range(0, num_steps, steps_per_call):
-      n = min(steps_per_call, num_steps - offset)
-      state, chunk = loop(state, data, perm, start + offset, n)
+    for offset in range(0, num_steps, self.steps_per_call):
+      n = min(self.steps_per_call, num_steps - offset)
+      state, chunk = self._loop(state, data, perm, np.int32(start + offset), np.int32(n))
       sums = chunk if sums is None else jax.tree_util.tree_map(jnp.add, sums, chunk)
-    return state, sums
+    return state, self.get_state(sums)
 
-  return run
+
+def _arity(fn: Callable) -> int:
+  return fn.__code__.co_argcount
+
+
+def make_train_loop(train_step: Callable, *, batch_size: int, scale: str = "zero_one",
+                    binarize: bool = False, steps_per_call: int = 1, mode: str = "none",
+                    devices=None) -> TrainLoop:
+  """The `TrainLoop` of `train_step(state, batch, axis_name=None)` in `mode` (see `MODES`)."""
+  loop = TrainLoop(train_step, batch_size=batch_size, scale=scale, binarize=binarize,
+                   steps_per_call=steps_per_call, mode=mode, devices=devices)
+  if mode == "pmap" and loop.num_devices == 1:
+    log.info("parallel='pmap' on a single device: it runs, but 'none' does the same work "
+             "without the device axis")
+  return loop

@@ -42,7 +42,7 @@ def adam(config, total_steps: int) -> optax.GradientTransformation:
   learning_rate = config.learning_rate
   if config.lr_schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps))
-  return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+  return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 
 def total_train_steps(config, num_train_examples: int) -> int:
@@ -52,12 +52,27 @@ def total_train_steps(config, num_train_examples: int) -> int:
   return int(config.num_epochs) * (num_train_examples // config.batch_size)
 
 
-def step_rng(state: TrainState, axis_name: str | None = None) -> jax.Array:
-  """The rng of this step: fold_in(rng, step), and fold_in(., device index) under a named axis."""
-  rng = jax.random.fold_in(state.rng, state.step)
-  if axis_name is not None:
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  return rng
+def step_rng(state: TrainState) -> jax.Array:
+  """The rng of this step: fold_in(rng, step). Draw per-example noise from it with `batch_noise`."""
+  return jax.random.fold_in(state.rng, state.step)
+
+
+def batch_noise(sampler: Callable, rng: jax.Array, shape, axis_name: str | None = None,
+                batch_axis: int = 0) -> jax.Array:
+  """`sampler(rng, shape)` for this device's rows of the global batch.
+
+  Under a named data axis of n devices, `shape[batch_axis]` is the per-device batch: the noise of
+  the whole global batch (n times as many rows) is drawn and this device keeps its rows, so every
+  example gets the same numbers whatever the device count (1 device draws exactly the same).
+  """
+  if axis_name is None:
+    return sampler(rng, tuple(shape))
+  local = shape[batch_axis]
+  full_shape = list(shape)
+  full_shape[batch_axis] = local * jax.lax.axis_size(axis_name)
+  full = sampler(rng, tuple(full_shape))
+  return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * local, local,
+                                      batch_axis)
 
 
 def count_params(params) -> int:

@@ -50,9 +50,26 @@ def _early_stop_state(history: list[dict], metric: str, mode: str):
   return best, since
 
 
+def initialize_distributed(config) -> None:
+  """`jax.distributed.initialize` when the config or the environment asks for several processes.
+
+  Call before JAX runs anything. Every process runs the same command; process 0 writes the logs,
+  samples and metrics.jsonl, all of them take part in checkpointing.
+  """
+  address = config.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  if not address or jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize(address, num_processes=config.num_processes or None,
+                             process_id=None if config.process_id < 0 else config.process_id)
+  log.info("process %d of %d (coordinator %s): %d local / %d global devices",
+           jax.process_index(), jax.process_count(), address, jax.local_device_count(),
+           jax.device_count())
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) `config` in `workdir`; returns the last evaluation's metrics."""
   config = config_lib.validate(config)
+  initialize_distributed(config)
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   info = data_lib.DATASETS[config.dataset]
@@ -63,11 +80,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
   total = state_lib.total_train_steps(config, num_train)
   trainable = families.get(config.model).build(config, info, total)
+  try:
+    run = parallel.make_train_loop(trainable.train_step, batch_size=config.batch_size,
+                                   scale=config.scale, binarize=config.binarize,
+                                   steps_per_call=config.steps_per_call, mode=config.parallel)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   eval_every = _every(config.eval_every_steps, steps_per_epoch)
   checkpoint_every = _every(config.checkpoint_every_steps, eval_every)
   log_every = config.log_every_steps
-  log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch)", config.model,
-               config.dataset, num_train, int(test_data.labels.shape[0]), total, steps_per_epoch)
+  log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), parallel=%s on %d "
+           "device(s)", config.model, config.dataset, num_train, int(test_data.labels.shape[0]),
+           total, steps_per_epoch, config.parallel, run.num_devices)
 
   rng = jax.random.PRNGKey(config.seed)
   ckpts = workdir_lib.open_checkpoints(workdir, config, trainable)
@@ -86,9 +110,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best, since_best = _early_stop_state(writer.truncate_after(step), trainable.best_metric,
                                        trainable.best_mode)
   patience = config.early_stopping_patience
-  run = parallel.make_train_loop(trainable.train_step, batch_size=config.batch_size,
-                                 scale=config.scale, binarize=config.binarize,
-                                 steps_per_call=config.steps_per_call)
+  placed = run.put_state(state)  # `state` stays the single copy for evaluation and checkpoints
+  placed_train = run.put_data(train_data)
   permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
   perm_epoch, perm = None, None
   sums, sum_steps, window_start = None, 0, time.perf_counter()
@@ -111,11 +134,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   while step < total and not stopped_early:
     epoch, index = divmod(step, steps_per_epoch)
     if epoch != perm_epoch:
-      perm_epoch, perm = epoch, permutation(config.seed, epoch, num_train)
+      perm_epoch, perm = epoch, run.put_data(permutation(config.seed, epoch, num_train))
     boundary = min(total, (epoch + 1) * steps_per_epoch,
                    *((step // n + 1) * n for n in (log_every, eval_every, checkpoint_every)))
     num_steps = boundary - step
-    state, chunk_sums = run(state, train_data, perm, index, num_steps)
+    placed, chunk_sums = run(placed, placed_train, perm, index, num_steps)
+    state = run.get_state(placed)
     sums = chunk_sums if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, chunk_sums)
     sum_steps += num_steps
     step = boundary
@@ -144,7 +168,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.write(f"early stopping at step {step}: {metric} has not improved for {patience} "
                   f"evaluations (best {best:.4f})")
     if step % checkpoint_every == 0 or step == total or stopped_early:
-      ckpts.save(step, state, {f"test_{k}": v for k, v in eval_metrics.items()} if evaluated else None)
+      # Host (numpy) copies: with several processes every one holds the same replicated state,
+      # and orbax writes numpy arrays from process 0 only.
+      ckpts.save(step, jax.device_get(state),
+                 {f"test_{k}": v for k, v in eval_metrics.items()} if evaluated else None)
       window_start = time.perf_counter()  # do not count the checkpoint in steps_per_second
 
   bar.close()

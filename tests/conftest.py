@@ -2,9 +2,14 @@
 
 import os
 
+import jax
 import pytest
 
-from aigc_jax import data as data_lib
+# Four fake CPU devices for the data-parallel tests (set before JAX starts its backend; the other
+# tests run on the first device as before).
+jax.config.update("jax_num_cpu_devices", 4)
+
+from aigc_jax import data as data_lib  # noqa: E402
 
 FASHION_DIR = data_lib.DATASETS["fashion_mnist"].debian_dir
 

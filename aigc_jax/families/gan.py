@@ -18,7 +18,7 @@ from aigc_jax import gan_losses
 from aigc_jax import writers
 from aigc_jax.families import Trainable
 from aigc_jax.models import gan as gan_models
-from aigc_jax.state import GANState, step_rng
+from aigc_jax.state import GANState, batch_noise, step_rng
 
 SAMPLE_STREAM = 2
 
@@ -79,9 +79,9 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   generator, discriminator = build_models(config, info)
   conditional, aux = bool(config.conditional), bool(config.aux_classifier)
   d_loss_fn, g_loss_fn = gan_losses.LOSSES[config.gan_loss]
-  g_tx = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+  g_tx = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
-  d_tx = optax.adam(d_lr, b1=config.adam_b1, b2=config.adam_b2)
+  d_tx = optax.adam(d_lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   zdim = config.latent_dim
 
   def init(rng) -> GANState:
@@ -96,22 +96,25 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
                     g_stats=g_vars.get("batch_stats", {}), d_stats=d_vars.get("batch_stats", {}),
                     ema_params=g_params, rng=rng, g_tx=g_tx, d_tx=d_tx)
 
-  def generate(g_params, g_stats, z, label, train):
+  def generate(g_params, g_stats, z, label, train, axis_name=None):
     variables = {"params": g_params, "batch_stats": g_stats}
     if not train:
       return generator.apply(variables, z, label, train=False), g_stats
-    out, updates = generator.apply(variables, z, label, train=True, mutable=["batch_stats"])
+    out, updates = generator.apply(variables, z, label, train=True, axis_name=axis_name,
+                                   mutable=["batch_stats"])
     return out, updates.get("batch_stats", g_stats)
 
-  def discriminate(d_params, d_stats, x, label):
+  def discriminate(d_params, d_stats, x, label, axis_name):
     """((logit, class logits or None), new d_stats), in train mode."""
     out, updates = discriminator.apply({"params": d_params, "batch_stats": d_stats}, x,
-                                       None if aux else label, train=True, mutable=["batch_stats"])
+                                       None if aux else label, train=True, axis_name=axis_name,
+                                       mutable=["batch_stats"])
     logit, class_logits = out if aux else (out, None)
     return (logit, class_logits), updates.get("batch_stats", d_stats)
 
   def train_step(state: GANState, batch, axis_name: str | None = None):
-    rng = step_rng(state, axis_name)
+    rng = step_rng(state)
+    normal = lambda key, shape: batch_noise(jax.random.normal, key, shape, axis_name)  # noqa: E731
     real = batch["image"]
     label = batch["label"] if conditional else None
     size = real.shape[0]
@@ -119,19 +122,19 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     d_params, d_opt_state, d_stats = state.d_params, state.d_opt_state, state.d_stats
     metrics = {}
     for i in range(config.n_critic):
-      z = jax.random.normal(jax.random.fold_in(rng, 2 * i), (size, zdim))
-      fake, _ = generate(state.g_params, state.g_stats, z, label, train=True)
+      z = normal(jax.random.fold_in(rng, 2 * i), (size, zdim))
+      fake, _ = generate(state.g_params, state.g_stats, z, label, True, axis_name)
       fake = jax.lax.stop_gradient(fake)
 
       def d_objective(params, stats=d_stats, fake=fake, i=i):
-        (real_logit, real_cls), stats = discriminate(params, stats, real, label)
-        (fake_logit, fake_cls), stats = discriminate(params, stats, fake, label)
+        (real_logit, real_cls), stats = discriminate(params, stats, real, label, axis_name)
+        (fake_logit, fake_cls), stats = discriminate(params, stats, fake, label, axis_name)
         loss = d_loss_fn(real_logit, fake_logit)
         terms = {"d_loss": loss, "d_real": jnp.mean(real_logit), "d_fake": jnp.mean(fake_logit)}
-        critic = lambda x: discriminate(params, stats, x, label)[0][0]
+        critic = lambda x: discriminate(params, stats, x, label, axis_name)[0][0]
         if config.gp_weight:
           terms["gp"] = gan_losses.gradient_penalty(critic, real, fake,
-                                                    jax.random.fold_in(rng, 2 * i + 1))
+                                                    jax.random.fold_in(rng, 2 * i + 1), axis_name)
           loss = loss + config.gp_weight * terms["gp"]
         if config.r1_gamma:
           terms["r1"] = gan_losses.r1_penalty(critic, real)
@@ -147,11 +150,11 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
       updates, d_opt_state = state.d_tx.update(grads, d_opt_state, d_params)
       d_params = optax.apply_updates(d_params, updates)
 
-    z = jax.random.normal(jax.random.fold_in(rng, 2 * config.n_critic), (size, zdim))
+    z = normal(jax.random.fold_in(rng, 2 * config.n_critic), (size, zdim))
 
     def g_objective(params):
-      fake, g_stats = generate(params, state.g_stats, z, label, train=True)
-      (logit, cls), _ = discriminate(d_params, d_stats, fake, label)  # D's stats: not updated
+      fake, g_stats = generate(params, state.g_stats, z, label, True, axis_name)
+      (logit, cls), _ = discriminate(d_params, d_stats, fake, label, axis_name)  # stats unused
       loss = g_loss_fn(logit)
       terms = {"g_loss": loss}
       if aux:
@@ -174,7 +177,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   def _generate01(state, rng, labels, num, use_ema=True):
     z = jax.random.normal(rng, (num, zdim))
     params = state.ema_params if use_ema else state.g_params
-    images, _ = generate(params, state.g_stats, z, labels, train=False)
+    images, _ = generate(params, state.g_stats, z, labels, False)
     return (images + 1.0) / 2.0
 
   def sample(state: GANState, rng, num: int, use_ema: bool = True):

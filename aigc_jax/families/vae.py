@@ -98,18 +98,18 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     params = model.init(jax.random.fold_in(rng, 0), x, jax.random.fold_in(rng, 1), label)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=rng)
 
-  def per_example_terms(params, batch, rng, num_samples: int):
+  def per_example_terms(params, batch, rng, num_samples: int, axis_name=None):
     x = batch["image"]
-    out, mean, logvar, z = model.apply(params, x, rng, labels_of(batch), num_samples)
+    out, mean, logvar, z = model.apply(params, x, rng, labels_of(batch), num_samples, axis_name)
     log_lik = _log_likelihood(params, likelihood, out, x)  # (S, B)
     return log_lik, losses.gaussian_kl(mean, logvar), (z, mean, logvar)
 
   def train_step(state: TrainState, batch, axis_name: str | None = None):
-    rng = step_rng(state, axis_name)
+    rng = step_rng(state)
     k = config.iwae_samples
 
     def loss_fn(params):
-      log_lik, kl, (z, mean, logvar) = per_example_terms(params, batch, rng, k)
+      log_lik, kl, (z, mean, logvar) = per_example_terms(params, batch, rng, k, axis_name)
       neg_elbo = -log_lik.mean(0) + kl
       if k == 1:
         loss = jnp.mean(-log_lik[0] + config.beta * kl)

@@ -9,7 +9,8 @@ discriminator (Miyato & Koyama, 2018): logit = psi(h) + <embed(y), h> for its la
 
 Mutable state is in 'batch_stats': BatchNorm statistics and, with `spectral_norm=True`, the
 power-iteration vectors of spectral normalization (see `layers.maybe_spectral`). Train with
-`train=True, mutable=['batch_stats']`; evaluate with `train=False`.
+`train=True, mutable=['batch_stats']`; evaluate with `train=False`. Under a data axis (pmap or
+shard_map), pass `axis_name` so that BatchNorm normalizes with the global batch's statistics.
 """
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ class MLPGenerator(nn.Module):
   bn_epsilon: float = 0.8
 
   @nn.compact
-  def __call__(self, z, label=None, train: bool = True):
+  def __call__(self, z, label=None, train: bool = True, axis_name: str | None = None):
     h = _condition_z(z, label, self.num_classes, self.label_mode)
     for i, width in enumerate(self.hidden_dims):
       h = nn.Dense(width)(h)
       if self.use_bn and i > 0:
         h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon)(h)
+                         epsilon=self.bn_epsilon, axis_name=axis_name)(h)
       h = nn.leaky_relu(h, 0.2)
     h = nn.tanh(nn.Dense(math.prod(self.image_shape))(h))
     return h.reshape((z.shape[0],) + tuple(self.image_shape))
@@ -89,7 +90,8 @@ class MLPDiscriminator(nn.Module):
   spectral_norm: bool = False
 
   @nn.compact
-  def __call__(self, x, label=None, train: bool = True):
+  def __call__(self, x, label=None, train: bool = True, axis_name: str | None = None):
+    del axis_name  # no BatchNorm: nothing to share across devices
     h = x.reshape(x.shape[0], -1)
     for width in self.hidden_dims:
       h = nn.leaky_relu(maybe_spectral(nn.Dense(width), self.spectral_norm, train)(h), 0.2)
@@ -123,7 +125,7 @@ class DCGANGenerator(nn.Module):
   upsample: str = "subpixel"
 
   @nn.compact
-  def __call__(self, z, label=None, train: bool = True):
+  def __call__(self, z, label=None, train: bool = True, axis_name: str | None = None):
     height, width, channels = self.image_shape
     if height % 4 or width % 4:
       raise ValueError(f"DCGANGenerator needs image sides divisible by 4, got {self.image_shape}")
@@ -131,7 +133,8 @@ class DCGANGenerator(nn.Module):
       raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
 
     def bn_relu(h):
-      return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(h))
+      return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                  axis_name=axis_name)(h))
 
     f = self.base_features
     h = _condition_z(z, label, self.num_classes, self.label_mode)
@@ -156,7 +159,7 @@ class DCGANDiscriminator(nn.Module):
   aux_classifier: bool = False
 
   @nn.compact
-  def __call__(self, x, label=None, train: bool = True):
+  def __call__(self, x, label=None, train: bool = True, axis_name: str | None = None):
     if self.aux_classifier and not self.num_classes:
       raise ValueError("aux_classifier=True needs num_classes > 0")
     sn, f = self.spectral_norm, self.base_features
@@ -164,7 +167,8 @@ class DCGANDiscriminator(nn.Module):
     h = nn.leaky_relu(h, 0.2)
     h = maybe_spectral(nn.Conv(2 * f, (4, 4), strides=(2, 2), padding="SAME"), sn, train)(h)
     if not sn:
-      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(h)
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       axis_name=axis_name)(h)
     h = nn.leaky_relu(h, 0.2).reshape(x.shape[0], -1)
     if self.aux_classifier:
       logit = maybe_spectral(nn.Dense(1, name="logit"), sn, train)(h)[:, 0]

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from aigc_jax.models.layers import SubPixelUpsample, torch_linear_init
+from aigc_jax.state import batch_noise
 
 
 def _dense(features: int, fan_in: int, torch_init: bool, name=None) -> nn.Dense:
@@ -124,10 +125,14 @@ class VAE(nn.Module):
     """Logits (Bernoulli) or means (Gaussian) with the shape of z's batch dims + image."""
     return self.decoder(z, label)
 
-  def __call__(self, x, rng, label=None, num_samples: int = 1):
-    """Returns (decoder output (S, B, H, W, C), mean, logvar, z (S, B, D))."""
+  def __call__(self, x, rng, label=None, num_samples: int = 1, axis_name: str | None = None):
+    """Returns (decoder output (S, B, H, W, C), mean, logvar, z (S, B, D)).
+
+    Under a data axis `axis_name` the noise is that of the global batch, sliced (`batch_noise`).
+    """
     mean, logvar = self.encode(x, label)
-    eps = jax.random.normal(rng, (num_samples,) + mean.shape, mean.dtype)
+    eps = batch_noise(lambda key, shape: jax.random.normal(key, shape, mean.dtype), rng,
+                      (num_samples,) + mean.shape, axis_name, batch_axis=1)
     z = mean + jnp.exp(0.5 * logvar) * eps
     flat_z = z.reshape(-1, z.shape[-1])
     flat_label = None if label is None else jnp.tile(label, num_samples)

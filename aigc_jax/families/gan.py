@@ -42,9 +42,11 @@ def default_config(model: str) -> dict:
       spectral_norm=False,  # spectral normalization of every discriminator layer
       conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
       aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
-      ema_decay=0.999,
+      ema_decay=0.999,  # the EMA starts at the initial G: lower it for runs of < ~5k steps
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
-      eval_num_samples=2000,  # samples per periodic evaluation (python -m aigc_jax.evaluate: 10000)
+      # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
+      # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
+      eval_num_samples=2000,
   )
 
 

@@ -1,4 +1,4 @@
-"""The feature classifier: recipe keys, the cache (hit, corrupt -> retrain), evaluate_samples.
+"""The feature classifier: recipe keys, the cache (hit, corrupt -> retrain), metrics, floors.
 
 Trains a tiny recipe on synthetic 28x28 images (class = a fixed random template plus noise), so
 these tests need no dataset and never train the real recipe.
@@ -172,7 +172,8 @@ def test_evaluate_samples_and_floors(trained):
   _, clf, _ = trained
   images, labels = synthetic_split("fashion_mnist", "test")
   kwargs = dict(kid_subsets=5, kid_subset_size=100, is_splits=2)
-  same = clf_lib.evaluate_samples(clf, images[:250], images[:250], labels[:250], **kwargs)
+  same = clf_lib.evaluate_samples(clf, images[:250], clf.features(images[:250]), labels[:250],
+                                  **kwargs)
   assert set(same) == {"fid", "kid", "kid_std", "precision", "recall", "is", "is_std",
                        "label_acc"}
   assert abs(same["fid"]) < 1e-3 and same["precision"] == same["recall"] == 1.0
@@ -180,9 +181,46 @@ def test_evaluate_samples_and_floors(trained):
                                                     labels[:250]))
   assert 1.0 <= same["is"] <= 10.0
   # Real vs noise: every distance is far worse than the floor of real vs real.
+  real = clf.features(images[250:])
   noise = np.random.default_rng(0).integers(0, 256, (250, 28, 28, 1)).astype(np.uint8)
-  bad = clf_lib.evaluate_samples(clf, noise, images[250:], **kwargs)
+  bad = clf_lib.evaluate_samples(clf, noise, real, **kwargs)
   assert "label_acc" not in bad
-  floor = clf_lib.floors(clf, images[:250], images[250:], labels[:250], num_train=200, **kwargs)
+  floor = clf_lib.floors(clf, images[:250], real, labels[:250], num_train=200, **kwargs)
   assert bad["fid"] > 5 * floor["fid"] and bad["kid"] > 5 * floor["kid"]
   assert bad["precision"] < floor["precision"]
+  with pytest.raises(ValueError, match=r"classifier.features\(real_images\)"):
+    clf_lib.evaluate_samples(clf, noise, images[250:], **kwargs)  # images, not features
+
+
+def test_floors_are_cached_beside_the_classifier(trained, tmp_path, monkeypatch):
+  _, clf, _ = trained
+  images, labels = synthetic_split("fashion_mnist", "test")
+  train_images, real = images[:300], clf.features(images[300:])
+  kwargs = dict(kid_subsets=5, kid_subset_size=100, is_splits=2)
+  local = clf_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe,
+                             str(tmp_path))
+  first = clf_lib.floors(local, train_images, real, labels[:300], num_train=200, **kwargs)
+  # Computed exactly as a model's metrics: evaluate_samples of the same-size train subset.
+  idx = np.sort(np.random.default_rng(0).choice(300, 200, replace=False))
+  assert first == clf_lib.evaluate_samples(clf, train_images[idx], real, labels[idx], **kwargs)
+  [cached] = [name for name in os.listdir(tmp_path) if name.startswith("floors-")]
+
+  def no_features(*args, **kwargs):
+    raise AssertionError("recomputed floors that are cached")
+
+  with monkeypatch.context() as mp:
+    mp.setattr(clf_lib.Classifier, "features_and_logits", no_features)
+    assert clf_lib.floors(local, train_images, real, labels[:300], num_train=200,
+                          **kwargs) == first
+  # Another size, other real features or other options: other entries, other values.
+  fewer = clf_lib.floors(local, train_images, real, labels[:300], num_train=100, **kwargs)
+  assert fewer != first
+  clf_lib.floors(local, train_images, real[:150], labels[:300], num_train=200, **kwargs)
+  clf_lib.floors(local, train_images, real, num_train=200, **kwargs)
+  assert len([n for n in os.listdir(tmp_path) if n.startswith("floors-")]) == 4
+  # A corrupt entry is recomputed with a warning.
+  with open(tmp_path / cached, "w") as f:
+    f.write("{not json")
+  with pytest.warns(RuntimeWarning, match="unreadable"):
+    assert clf_lib.floors(local, train_images, real, labels[:300], num_train=200,
+                          **kwargs) == first

@@ -17,10 +17,12 @@ from aigc_jax import data as data_lib
 from aigc_jax import gan_losses
 from aigc_jax import writers
 from aigc_jax.families import Trainable
+from aigc_jax.metrics import classifier as classifier_lib
 from aigc_jax.models import gan as gan_models
 from aigc_jax.state import GANState, batch_noise, step_rng
 
 SAMPLE_STREAM = 2
+FLOOR_METRICS = ("fid", "kid", "precision", "recall", "is", "label_acc")  # the CLI's *_floor keys
 
 
 def default_config(model: str) -> dict:
@@ -40,9 +42,11 @@ def default_config(model: str) -> dict:
       spectral_norm=False,  # spectral normalization of every discriminator layer
       conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
       aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
-      ema_decay=0.999,
+      ema_decay=0.999,  # the EMA starts at the initial G: lower it for runs of < ~5k steps
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
-      eval_num_samples=2000,  # samples per periodic evaluation (python -m aigc_jax.evaluate: 10000)
+      # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
+      # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
+      eval_num_samples=2000,
   )
 
 
@@ -187,32 +191,57 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
 
   @functools.cache
   def classifier():  # loaded (or trained, once per recipe) at the first evaluation only
-    from aigc_jax.metrics import classifier as classifier_lib
     return classifier_lib.load_or_train(config.dataset, progress=False)
 
-  def _metrics(state, test, num, use_ema=True) -> dict:
-    from aigc_jax.metrics import classifier as classifier_lib
-    clf = classifier()
+  real_cache = {}  # num -> (test images, their features): one extraction per test set and size
+
+  def real_features(test: data_lib.DeviceData, num: int):
+    """The classifier's features of the first `num` test images, extracted once and reused."""
+    images, features = real_cache.get(num, (None, None))
+    if images is not test.images:
+      images, features = test.images, classifier().features(np.asarray(test.images[:num]))
+      real_cache[num] = images, features
+    return features
+
+  def _metrics(state, real, num, use_ema=True) -> dict:
+    """The sample metrics of `num` generated images against `real` (test features)."""
     fakes, labels = [], []
     for i, start in enumerate(range(0, num, 1000)):
       images, lab = sample(state, jax.random.PRNGKey(1000 + i), min(1000, num - start), use_ema)
       fakes.append(np.round(images * 255).astype(np.uint8))
       labels.append(lab)
-    fake = np.concatenate(fakes)
-    real = np.asarray(test.images[:num])
     requested = np.concatenate(labels) if conditional else None
-    return classifier_lib.evaluate_samples(clf, fake, real, requested)
+    return classifier_lib.evaluate_samples(classifier(), np.concatenate(fakes), real, requested)
+
+  def _floors(real, num) -> dict:
+    """The same metrics of `num` real train images vs the same test features (cached)."""
+    images, labels = data_lib.load_split(config.dataset, "train", idx_dir=config.idx_dir or None,
+                                         tfds_data_dir=config.tfds_data_dir or None)
+    return classifier_lib.floors(classifier(), images, real, labels if conditional else None,
+                                 num_train=num)
 
   def evaluate(state: GANState, test: data_lib.DeviceData) -> dict:
-    return _metrics(state, test, config.eval_num_samples)
+    num = min(config.eval_num_samples, int(test.labels.shape[0]))
+    return _metrics(state, real_features(test, num), num)
 
   def full_evaluate(state: GANState, test: data_lib.DeviceData, *, num_samples=10_000,
                     progress=None, **unused) -> dict:
+    """EMA metrics, each followed by its real-train-vs-real-test `<name>_floor`; raw_* metrics.
+
+    num_samples generated images per generator against as many test images; the floors use as
+    many train images. The test features are extracted once for all three.
+    """
     del progress, unused
     num = min(num_samples, int(test.labels.shape[0]))
-    ema = _metrics(state, test, num)
-    raw = _metrics(state, test, num, use_ema=False)
-    return {**ema, **{f"raw_{k}": v for k, v in raw.items()}, "num_samples": num}
+    real = real_features(test, num)
+    ema, floor = _metrics(state, real, num), _floors(real, num)
+    raw = _metrics(state, real, num, use_ema=False)
+    out = {}
+    for name, value in ema.items():
+      out[name] = value
+      if name in FLOOR_METRICS:
+        out[f"{name}_floor"] = floor[name]
+    return {**out, **{f"raw_{k}": v for k, v in raw.items()}, "num_samples": num}
 
   def log_images(state: GANState, test: data_lib.DeviceData) -> dict:
     """Fixed-noise grid from the EMA generator (a class per row when conditional)."""

@@ -14,6 +14,7 @@ uint8 images there. Numbers are comparable only between runs that use the same r
 Cache: ``$AIGC_JAX_CACHE`` (default ``~/.cache/aigc_jax``) ``/classifier/<dataset>-<key>/`` holds
 ``params.npz`` (the flattened variables) and ``info.json`` (recipe, test accuracy), each written
 to a temporary file and renamed; ``info.json`` is written last, so it marks a complete entry.
+Beside them, ``floors-<key>.json`` caches the metrics' real-vs-real floors (see `floors`).
 """
 
 from __future__ import annotations
@@ -320,7 +321,7 @@ def load_or_train(dataset: str = "fashion_mnist",
 
 def evaluate_samples(classifier: Classifier,
                      fake_images_uint8,
-                     real_images_uint8,
+                     real_features,
                      fake_requested_labels=None,
                      *,
                      kid_subsets: int = 100,
@@ -330,16 +331,21 @@ def evaluate_samples(classifier: Classifier,
                      seed: int = 0) -> dict[str, float]:
   """fid, kid (and kid_std), precision, recall, is (and is_std), label_acc when labels are given.
 
-  All on the classifier's features of fake vs real images; IS on the fake images' class
+  All on the classifier's features of the fake images vs `real_features`, the same classifier's
+  features of the real images (`classifier.features(real_images)`: extract them once per real
+  set and reuse them for every model, checkpoint and floor); IS on the fake images' class
   probabilities. Use equal set sizes (e.g. 10k each): FID and KID depend on them.
   """
+  real_features = np.asarray(real_features)
+  if real_features.ndim != 2:
+    raise ValueError(f"real_features must be (N, D) features, got shape {real_features.shape}; "
+                     "pass classifier.features(real_images)")
   fake_feats, fake_logits = classifier.features_and_logits(fake_images_uint8)
-  real_feats = classifier.features(real_images_uint8)
-  kid_mean, kid_std = fid_lib.kid(fake_feats, real_feats, kid_subsets, kid_subset_size, seed)
-  precision, recall = fid_lib.precision_recall(real_feats, fake_feats, k=k)
+  kid_mean, kid_std = fid_lib.kid(fake_feats, real_features, kid_subsets, kid_subset_size, seed)
+  precision, recall = fid_lib.precision_recall(real_features, fake_feats, k=k)
   probs = scipy.special.softmax(fake_logits.astype(np.float64), axis=-1)
   is_mean, is_std = fid_lib.inception_score(probs, is_splits)
-  out = {"fid": fid_lib.fid(fake_feats, real_feats), "kid": kid_mean, "kid_std": kid_std,
+  out = {"fid": fid_lib.fid(fake_feats, real_features), "kid": kid_mean, "kid_std": kid_std,
          "precision": precision, "recall": recall, "is": is_mean, "is_std": is_std}
   if fake_requested_labels is not None:
     out["label_acc"] = fid_lib.label_accuracy(fake_logits, fake_requested_labels)
@@ -348,20 +354,46 @@ def evaluate_samples(classifier: Classifier,
 
 def floors(classifier: Classifier,
            train_images,
-           test_images,
+           real_features,
            train_labels=None,
            *,
            num_train: int = 10_000,
            seed: int = 0,
            **kwargs) -> dict[str, float]:
-  """`evaluate_samples` of a real-train subset (as the fakes) vs real-test: the metrics' floor.
+  """`evaluate_samples` of a real-train subset (as the fakes) vs `real_features`: the floors.
 
-  The subset is `num_train` train images drawn without replacement with
-  `np.random.default_rng(seed)`; with `train_labels`, label_acc is the classifier's accuracy
-  on that subset.
+  What a generator that draws real images would score: the scale a model's metrics are read on.
+  Compute them exactly as the model's metrics, with as many train images as the model has
+  samples (`num_train`) and the same `real_features` and `kwargs`. The subset is `num_train`
+  train images drawn without replacement with `np.random.default_rng(seed)` (`kwargs` go to
+  `evaluate_samples`); with `train_labels`, label_acc is the classifier's accuracy on it.
+
+  Cached as ``floors-<key>.json`` beside a cached classifier (`classifier.path`); the key hashes
+  the subset's images and labels, `real_features` and the options, so other data misses it.
   """
   idx = np.sort(np.random.default_rng(seed).choice(len(train_images),
                                                    min(num_train, len(train_images)),
                                                    replace=False))
-  labels = None if train_labels is None else np.asarray(train_labels)[idx]
-  return evaluate_samples(classifier, np.asarray(train_images)[idx], test_images, labels, **kwargs)
+  images = np.ascontiguousarray(np.asarray(train_images)[idx])
+  labels = None if train_labels is None else np.asarray(train_labels, np.int64)[idx]
+  real = np.ascontiguousarray(real_features, np.float32)
+  digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode())
+  for array in (images, real) if labels is None else (images, real, labels):
+    digest.update(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.tobytes())
+  path = classifier.path and os.path.join(classifier.path, f"floors-{digest.hexdigest()[:16]}.json")
+  if path and os.path.exists(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      warnings.warn(f"floors cache {path} is unreadable ({e}); recomputing", RuntimeWarning,
+                    stacklevel=2)
+  out = evaluate_samples(classifier, images, real, labels, **kwargs)
+  if path:
+    text = json.dumps(out, indent=2, sort_keys=True).encode()
+    try:
+      _atomic_write(path, lambda f: f.write(text))
+    except OSError as e:
+      warnings.warn(f"could not cache floors in {path} ({e})", RuntimeWarning, stacklevel=2)
+  return out

@@ -13,7 +13,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $(STAMP)
 
 # Real data offline: Debian's dataset-fashion-mnist package (needs root and apt).

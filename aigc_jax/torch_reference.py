@@ -205,7 +205,7 @@ class GANReference:
     with torch.no_grad():
       for ema, param in zip(self.ema.parameters(), self.g.parameters()):
         ema.lerp_(param, 1.0 - config.ema_decay)
-    return float(d_loss + g_loss)
+    return d_loss.item() + g_loss.item()
 
 
 class VAE(nn.Module):
@@ -298,7 +298,7 @@ class VAEReference:
     self.opt.step()
     if self.schedule is not None:
       self.schedule.step()
-    return float(loss)
+    return loss.item()
 
 
 def build(config, info, total_steps: int = 1):

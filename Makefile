@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup data demo test clean
+.PHONY: setup data demo test bench clean
 
 setup: $(STAMP) data
 
@@ -36,6 +36,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# JAX vs PyTorch eager train steps for every experiment; writes benchmarks/RESULTS.md (~15 min).
+bench: setup
+	$(PY) -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -250,6 +250,18 @@ def machine_line(load_before: float) -> str:
           f"{datetime.date.today().isoformat()}; load average {load_before:.2f} before the run")
 
 
+def is_busy(load: float) -> bool:
+  """Whether other processes were running: a 1-minute load average over half the cores."""
+  return load > 0.5 * (os.cpu_count() or 1)
+
+
+def busy_warning(load: float) -> str:
+  return (f"busy machine: the load average was {load:.1f} on {os.cpu_count()} cores before the "
+          "run, so other processes shared the cores. Every time is inflated, and PyTorch's OpenMP "
+          "threads slow down many-fold on oversubscribed cores, so the ratios overstate JAX's "
+          "lead. Regenerate with `make bench` on a quiet machine.")
+
+
 def table(results: list[dict], command: str, load_before: float, steps: int, warmup: int) -> str:
   """benchmarks/RESULTS.md: the table, the machine, the targets."""
   def cell(r, key, fmt):
@@ -269,6 +281,7 @@ def table(results: list[dict], command: str, load_before: float, steps: int, war
       f"{steps} steps, in the same process. Ratio = PyTorch ms / JAX ms. % of peak: XLA's FLOP "
       f"count of the step per second over the measured fp32 matmul peak ({peak:.1f} GFLOP/s, "
       "a 4096x4096 `jnp.dot`). Compile s: the first call less a steady one.", "",
+      *([f"**Warning**, {busy_warning(load_before)}", ""] if is_busy(load_before) else []),
       "| model | batch | JAX ms/step | PyTorch ms/step | ratio | % of peak | compile s |",
       "|---|---|---|---|---|---|---|", *rows, "", "Targets (issue 5):", ""]
   by_run = {(r["model"], r["batch"]): r for r in results}
@@ -334,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
   if args.table is not None:
     runs = args.models or [parse_run(run) for run in TABLE_RUNS]
   load_before = os.getloadavg()[0]
+  if is_busy(load_before):
+    print(f"warning, {busy_warning(load_before)}", file=sys.stderr)
   results = []
   try:  # every run's config is checked before anything is timed
     configs = [(name, bench_config(name, batch, args.steps_per_call, args.parallel))

@@ -321,19 +321,20 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog="python -m aigc_jax.benchmark",
       description="Time an experiment's train step (JAX, optionally vs PyTorch eager).")
-  parser.add_argument("--model", help=f"an experiment preset: {', '.join(model_names())} "
+  parser.add_argument("--model", metavar="NAME", help=f"an experiment preset: {', '.join(model_names())} "
                       "(mlp_gan = gan_mlp)")
-  parser.add_argument("--batch", type=positive_int, help="batch size (default: the experiment's)")
-  parser.add_argument("--parallel", default="none", choices=PARALLEL_MODES,
-                      help="data-parallel mode (default none: one device)")
-  parser.add_argument("--steps-per-call", type=positive_int,
+  parser.add_argument("--batch", type=positive_int, metavar="B", help="batch size (default: the experiment's)")
+  parser.add_argument("--parallel", default="none", choices=PARALLEL_MODES, metavar="MODE",
+                      help=f"data-parallel mode: {', '.join(PARALLEL_MODES)} (default none: one "
+                      "device)")
+  parser.add_argument("--steps-per-call", type=positive_int, metavar="K",
                       help="train steps per dispatch (default: the experiment's)")
   parser.add_argument("--torch", action="store_true", help="also time the PyTorch eager reference")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
-  parser.add_argument("--steps", type=positive_int, default=50, help="timed steps (default 50)")
-  parser.add_argument("--warmup", type=int, default=5, help="warm-up steps after the compiling "
+  parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="timed steps (default 50)")
+  parser.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up steps after the compiling "
                       "first call (default 5)")
-  parser.add_argument("--peak-size", type=positive_int, default=4096,
+  parser.add_argument("--peak-size", type=positive_int, default=4096, metavar="N",
                       help="side of the square matmul that measures the peak (default 4096)")
   parser.add_argument("--table", metavar="OUT.md", help="run --models and write a markdown table")
   parser.add_argument("--models", nargs="+", metavar="NAME[:BATCH]", type=parse_run,
@@ -347,12 +348,12 @@ def main(argv: list[str] | None = None) -> None:
   if args.table is not None:
     runs = args.models or [parse_run(run) for run in TABLE_RUNS]
   load_before = os.getloadavg()[0]
-  if is_busy(load_before):
-    print(f"warning, {busy_warning(load_before)}", file=sys.stderr)
   results = []
   try:  # every run's config is checked before anything is timed
     configs = [(name, bench_config(name, batch, args.steps_per_call, args.parallel))
                for name, batch in runs]
+    if is_busy(load_before):
+      print(f"warning, {busy_warning(load_before)}", file=sys.stderr)
     for name, config in configs:
       result = benchmark(name, config, parallel_mode=args.parallel, torch=args.torch,
                          steps=args.steps, warmup=args.warmup, peak_size=args.peak_size)

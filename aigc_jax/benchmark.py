@@ -284,20 +284,22 @@ def table(results: list[dict], command: str, load_before: float, steps: int, war
       *([f"**Warning**, {busy_warning(load_before)}", ""] if is_busy(load_before) else []),
       "| model | batch | JAX ms/step | PyTorch ms/step | ratio | % of peak | compile s |",
       "|---|---|---|---|---|---|---|", *rows, "", "Targets (issue 5):", ""]
+  def verdict(met: bool) -> str:
+    return "no verdict: busy machine" if is_busy(load_before) else "met" if met else "missed"
+
   by_run = {(r["model"], r["batch"]): r for r in results}
   for model, batch, key, compare, threshold, what in TARGETS:
     r = by_run.get((model, batch))
     if r is None or key not in r:
       lines.append(f"- {what}: not measured")
     else:
-      met = compare(r[key], threshold)
       value = f"{r[key]:.2f}x" if key == "speedup_vs_torch" else f"{100 * r[key]:.0f}%"
-      lines.append(f"- {what}: {value} ({'met' if met else 'missed'})")
+      lines.append(f"- {what}: {value} ({verdict(compare(r[key], threshold))})")
   slowest = max(results, key=lambda r: r["compile_s"], default=None)
   if slowest is not None:
-    met = slowest["compile_s"] <= MAX_COMPILE_S
     lines.append(f"- compile <= {MAX_COMPILE_S:.0f} s for every model: slowest {slowest['model']} "
-                 f"b{slowest['batch']} {slowest['compile_s']:.2f} s ({'met' if met else 'missed'})")
+                 f"b{slowest['batch']} {slowest['compile_s']:.2f} s "
+                 f"({verdict(slowest['compile_s'] <= MAX_COMPILE_S)})")
   return "\n".join(lines) + "\n"
 
 

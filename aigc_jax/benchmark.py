@@ -247,7 +247,7 @@ def machine_line(load_before: float) -> str:
     torch_part = "no torch"
   return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on XLA:{jax.devices()[0].platform}"
           f" (its default thread pool, one thread per core); {torch_part}; "
-          f"{datetime.date.today().isoformat()}; load average {load_before:.2f} before the run")
+          f"{datetime.datetime.now():%Y-%m-%d %H:%M}; load average {load_before:.2f} before the run")
 
 
 def is_busy(load: float) -> bool:

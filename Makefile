@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup data demo test clean
+.PHONY: setup data demo test bench clean
 
 setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $(STAMP)
 
 # Real data offline: Debian's dataset-fashion-mnist package (needs root and apt).
@@ -43,6 +43,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# JAX vs PyTorch eager train steps for every experiment; writes benchmarks/RESULTS.md (~15 min).
+bench: setup
+	$(PY) -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

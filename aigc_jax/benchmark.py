@@ -1,0 +1,374 @@
+"""Times an experiment's real train step on this machine, optionally against PyTorch eager.
+
+  python -m aigc_jax.benchmark --model gan_mlp --batch 64 [--steps-per-call K] [--torch] [--json]
+  python -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md    # what `make bench` runs
+
+A model is an experiment preset, `experiments/NAME_fashion_mnist.py`'s `get_config()`, with the
+batch size and steps per call overridden. The JAX side is the training loop's own path: the
+family's `train_step` under `parallel.make_train_loop` over a synthetic uint8 dataset on the
+device; one step is a full train step (for a GAN, its n_critic D updates and the G update).
+Reported: compile time (the first call less a steady call), the median, min and max of the step
+time over the timed calls (call time / steps per call), images/s, XLA's FLOP count of one step,
+the GFLOP/s that makes and its fraction of this machine's fp32 matmul peak (a large `jnp.dot`
+timed here), and with --torch the same model and step in PyTorch eager
+(`aigc_jax.torch_reference`) timed in the same process, step by step, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.util
+import json
+import math
+import operator
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import aigc_jax
+from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
+from aigc_jax import families
+from aigc_jax import parallel
+from aigc_jax import state as state_lib
+
+EXPERIMENTS_DIR = Path(aigc_jax.__file__).resolve().parents[1] / "experiments"
+EXPERIMENT_SUFFIX = "_fashion_mnist.py"
+ALIASES = {"mlp_gan": "gan_mlp"}  # the issue's spelling
+NUM_IMAGES = 60_000  # synthetic training set, as large as Fashion-MNIST's
+MIN_CALLS = 5  # timed calls at least, so a many-steps-per-call model has a spread too
+PARALLEL_MODES = ("none", "pmap", "shard_map")
+# What `make bench` measures: (model, batch), the experiments' batches plus MLP GAN at 256.
+TABLE_RUNS = ("gan_mlp:64", "gan_mlp:256", "dcgan:64", "cgan:64", "wgan_gp:64", "sngan_hinge:64",
+              "vae_mlp:128", "vae_conv:64", "cvae:128")
+# Issue 5's targets: (model, batch, result key, comparison, threshold, what it says).
+TARGETS = (("gan_mlp", 64, "speedup_vs_torch", operator.ge, 3.0, "MLP GAN b64: >= 3x PyTorch"),
+           ("vae_mlp", 128, "speedup_vs_torch", operator.ge, 2.2, "MLP VAE b128: >= 2.2x PyTorch"),
+           ("dcgan", 64, "speedup_vs_torch", operator.gt, 1.0, "DCGAN b64: > 1x PyTorch (1.5x aim)"),
+           ("gan_mlp", 256, "fraction_of_peak", operator.ge, 0.8,
+            "MLP GAN b256: >= 80% of the matmul peak"))
+MAX_COMPILE_S = 10.0
+
+
+class BenchmarkError(ValueError):
+  """A benchmark that cannot run as asked; the message says why."""
+
+
+def model_names() -> list[str]:
+  """The experiment presets: NAME for every experiments/NAME_fashion_mnist.py."""
+  return sorted(p.name[:-len(EXPERIMENT_SUFFIX)]
+                for p in EXPERIMENTS_DIR.glob(f"*{EXPERIMENT_SUFFIX}"))
+
+
+def experiment_config(name: str):
+  """The `get_config()` of experiments/NAME_fashion_mnist.py (`mlp_gan` is `gan_mlp`)."""
+  name = ALIASES.get(name, name)
+  path = EXPERIMENTS_DIR / f"{name}{EXPERIMENT_SUFFIX}"
+  if not path.is_file():
+    names = model_names()
+    if not names:
+      raise BenchmarkError(f"no experiments in {EXPERIMENTS_DIR}: run from a checkout of the repo")
+    raise BenchmarkError(f"unknown model '{name}'; choose one of {', '.join(names)}")
+  spec = importlib.util.spec_from_file_location(f"experiments.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def bench_config(name: str, batch: int | None = None, steps_per_call: int | None = None,
+                 parallel_mode: str = "none"):
+  """The experiment's config with the benchmark's overrides, validated."""
+  config = experiment_config(name)
+  if batch is not None:
+    config.batch_size = batch
+  if steps_per_call is not None:
+    config.steps_per_call = steps_per_call
+  if "parallel" in config:
+    config.parallel = parallel_mode
+  elif parallel_mode != "none":
+    raise BenchmarkError(f"--parallel {parallel_mode} needs the 'parallel' config key, which this "
+                         "version does not have yet; use --parallel none")
+  try:
+    return config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise BenchmarkError(str(e)) from None
+
+
+@functools.cache
+def peak_gflops(size: int = 4096, repeats: int = 3) -> float:
+  """This machine's fp32 matmul rate: the best of `repeats` jitted (size x size) @ (size x size)."""
+  a, b = jax.random.normal(jax.random.PRNGKey(0), (2, size, size), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best / 1e9
+
+
+def synthetic_split(info: data_lib.DatasetInfo, num: int, seed: int = 0):
+  """Random uint8 images (num, H, W, C) and int32 labels: what a step costs does not need data."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (num,) + tuple(info.image_shape), dtype=np.uint8)
+  return images, rng.integers(0, info.num_classes, num).astype(np.int32)
+
+
+def step_flops(train_step, state, batch) -> float:
+  """XLA's count of floating-point operations in one train step.
+
+  The cost analysis of the lowered (not yet optimized) step: it needs no second compilation, and
+  it differs from the compiled step's by under 3% (measured: MLP GAN, DCGAN, WGAN-GP), lower.
+  """
+  analysis = jax.jit(train_step).lower(state, batch).cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # one dict per computation in some versions
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0))
+
+
+def time_jax(config, images, labels, steps: int, warmup: int) -> dict:
+  """compile_s, per-step samples in ms (one per call) and FLOPs of the real training path."""
+  info = data_lib.DATASETS[config.dataset]
+  batch, k, num = config.batch_size, config.steps_per_call, len(labels)
+  trainable = families.get(config.model).build(
+      config, info, state_lib.total_train_steps(config, num))
+  data = data_lib.to_device(images, labels)
+  perm = data_lib.epoch_permutation(config.seed, 0, num)
+  state = jax.jit(trainable.init)(jax.random.PRNGKey(config.seed))
+  flops = step_flops(trainable.train_step, state,
+                     data_lib.get_batch(data, perm, 0, batch, scale=config.scale))
+  run = parallel.make_train_loop(trainable.train_step, batch_size=batch, scale=config.scale,
+                                 binarize=config.binarize, steps_per_call=k)
+  starts = num // batch - k + 1  # calls cycle through the epoch's batches
+
+  def call(i: int) -> float:
+    nonlocal state
+    start = time.perf_counter()
+    state, sums = run(state, data, perm, (i * k) % starts, k)
+    jax.block_until_ready((state, sums))
+    return time.perf_counter() - start
+
+  first = call(0)
+  for i in range(math.ceil(warmup / k)):
+    call(1 + i)
+  samples = [1e3 * call(i) / k for i in range(max(MIN_CALLS, math.ceil(steps / k)))]
+  compile_s = max(0.0, first - k * statistics.median(samples) / 1e3)
+  return {"compile_s": compile_s, "samples_ms": samples, "flops": flops}
+
+
+def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
+  """Per-step times in ms of the PyTorch eager reference on the same data, batch and config."""
+  try:
+    from aigc_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise BenchmarkError(str(e)) from None
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(config.seed)
+  info = data_lib.DATASETS[config.dataset]
+  batch, num = config.batch_size, len(labels)
+  reference = torch_reference.build(config, info, state_lib.total_train_steps(config, num))
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW, as PyTorch users keep it
+  y = torch.from_numpy(labels).long()
+  perm = torch.randperm(num)
+  per_epoch = num // batch
+  samples = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    idx = perm[(i % per_epoch) * batch:(i % per_epoch + 1) * batch]
+    reference.step(x[idx], y[idx])
+    samples.append(1e3 * (time.perf_counter() - start))
+  return samples[warmup:]
+
+
+def benchmark(name: str, config, *, parallel_mode: str = "none", torch: bool = False,
+              steps: int = 50, warmup: int = 5, peak_size: int = 4096) -> dict:
+  """The result (the command's JSON keys) of preset `name` with its `bench_config`."""
+  info = data_lib.DATASETS[config.dataset]
+  images, labels = synthetic_split(info, max(NUM_IMAGES, config.batch_size * config.steps_per_call))
+  jax_run = time_jax(config, images, labels, steps, warmup)
+  step_ms = statistics.median(jax_run["samples_ms"])
+  devices = 1 if parallel_mode == "none" else jax.local_device_count()
+  gflop = jax_run["flops"] / 1e9
+  peak = peak_gflops(peak_size)
+  result = {
+      "model": ALIASES.get(name, name), "batch": config.batch_size, "devices": devices,
+      "compile_s": round(jax_run["compile_s"], 3), "step_ms": round(step_ms, 3),
+      "step_ms_min": round(min(jax_run["samples_ms"]), 3),
+      "step_ms_max": round(max(jax_run["samples_ms"]), 3),
+      "images_per_s": round(config.batch_size * devices * 1e3 / step_ms, 1),
+      "gflop_per_step": round(gflop, 4), "gflops": round(gflop * 1e3 / step_ms, 2),
+      "peak_gflops": round(peak, 2), "fraction_of_peak": round(gflop * 1e3 / step_ms / peak, 4),
+  }
+  if torch:
+    torch_ms = statistics.median(time_torch(config, images, labels, steps, warmup))
+    result.update(torch_step_ms=round(torch_ms, 3), speedup_vs_torch=round(torch_ms / step_ms, 3))
+  return result
+
+
+def describe(result: dict, steps_per_call: int) -> str:
+  """A few human-readable lines of one result."""
+  r = result
+  lines = [f"{r['model']} batch {r['batch']} on {r['devices']} device(s), {steps_per_call} "
+           f"step(s) per call: {r['step_ms']:.2f} ms/step (min {r['step_ms_min']:.2f}, max "
+           f"{r['step_ms_max']:.2f}), {r['images_per_s']:.0f} images/s, compile "
+           f"{r['compile_s']:.2f} s",
+           f"{r['gflop_per_step']:.3f} GFLOP/step -> {r['gflops']:.1f} GFLOP/s = "
+           f"{100 * r['fraction_of_peak']:.0f}% of the measured fp32 matmul peak "
+           f"({r['peak_gflops']:.1f} GFLOP/s)"]
+  if "torch_step_ms" in r:
+    lines.append(f"PyTorch eager: {r['torch_step_ms']:.2f} ms/step; JAX is "
+                 f"{r['speedup_vs_torch']:.2f}x its speed")
+  return "\n".join(lines)
+
+
+def machine_line(load_before: float) -> str:
+  """CPU, cores, library versions and thread counts, date, load average before the run."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch_part = f"torch {torch.__version__} ({torch.get_num_threads()} threads, its default)"
+  except ImportError:
+    torch_part = "no torch"
+  return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on XLA:{jax.devices()[0].platform}"
+          f" (its default thread pool, one thread per core); {torch_part}; "
+          f"{datetime.datetime.now():%Y-%m-%d %H:%M}; load average {load_before:.2f} before the run")
+
+
+def is_busy(load: float) -> bool:
+  """Whether other processes were running: a 1-minute load average over half the cores."""
+  return load > 0.5 * (os.cpu_count() or 1)
+
+
+def busy_warning(load: float) -> str:
+  return (f"busy machine: the load average was {load:.1f} on {os.cpu_count()} cores before the "
+          "run, so other processes shared the cores. Every time is inflated, and PyTorch's OpenMP "
+          "threads slow down many-fold on oversubscribed cores, so the ratios overstate JAX's "
+          "lead. Regenerate with `make bench` on a quiet machine.")
+
+
+def table(results: list[dict], command: str, load_before: float, steps: int, warmup: int) -> str:
+  """benchmarks/RESULTS.md: the table, the machine, the targets."""
+  def cell(r, key, fmt):
+    return format(r[key], fmt) if key in r else "-"
+
+  rows = [f"| {r['model']} | {r['batch']} | {r['step_ms']:.2f} | {cell(r, 'torch_step_ms', '.2f')} "
+          f"| {cell(r, 'speedup_vs_torch', '.2f')} | {100 * r['fraction_of_peak']:.1f} "
+          f"| {r['compile_s']:.2f} |" for r in results]
+  peak = results[0]["peak_gflops"] if results else 0.0
+  lines = [
+      "# Train-step benchmarks", "",
+      f"Generated by `{command}` (`make bench`). Machine: {machine_line(load_before)}.", "",
+      "One step is a full train step (a GAN's n_critic D updates and its G update). JAX: the "
+      "training loop's path (`parallel.make_train_loop`, the experiment's steps_per_call), median "
+      f"over >= {steps} steps after {warmup} warm-up steps; PyTorch: the same model, optimizer and "
+      "losses in eager mode (`aigc_jax/torch_reference.py`), median of "
+      f"{steps} steps, in the same process. Ratio = PyTorch ms / JAX ms. % of peak: XLA's FLOP "
+      f"count of the step per second over the measured fp32 matmul peak ({peak:.1f} GFLOP/s, "
+      "a 4096x4096 `jnp.dot`). Compile s: the first call less a steady one.", "",
+      *([f"**Warning**, {busy_warning(load_before)}", ""] if is_busy(load_before) else []),
+      "| model | batch | JAX ms/step | PyTorch ms/step | ratio | % of peak | compile s |",
+      "|---|---|---|---|---|---|---|", *rows, "", "Targets (issue 5):", ""]
+  def verdict(met: bool) -> str:
+    return "no verdict: busy machine" if is_busy(load_before) else "met" if met else "missed"
+
+  by_run = {(r["model"], r["batch"]): r for r in results}
+  for model, batch, key, compare, threshold, what in TARGETS:
+    r = by_run.get((model, batch))
+    if r is None or key not in r:
+      lines.append(f"- {what}: not measured")
+    else:
+      value = f"{r[key]:.2f}x" if key == "speedup_vs_torch" else f"{100 * r[key]:.0f}%"
+      lines.append(f"- {what}: {value} ({verdict(compare(r[key], threshold))})")
+  slowest = max(results, key=lambda r: r["compile_s"], default=None)
+  if slowest is not None:
+    lines.append(f"- compile <= {MAX_COMPILE_S:.0f} s for every model: slowest {slowest['model']} "
+                 f"b{slowest['batch']} {slowest['compile_s']:.2f} s "
+                 f"({verdict(slowest['compile_s'] <= MAX_COMPILE_S)})")
+  return "\n".join(lines) + "\n"
+
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+  return value
+
+
+def parse_run(text: str) -> tuple[str, int | None]:
+  """NAME or NAME:BATCH."""
+  name, _, batch = text.partition(":")
+  return name, positive_int(batch) if batch else None
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m aigc_jax.benchmark",
+      description="Time an experiment's train step (JAX, optionally vs PyTorch eager).")
+  parser.add_argument("--model", metavar="NAME", help=f"an experiment preset: {', '.join(model_names())} "
+                      "(mlp_gan = gan_mlp)")
+  parser.add_argument("--batch", type=positive_int, metavar="B", help="batch size (default: the experiment's)")
+  parser.add_argument("--parallel", default="none", choices=PARALLEL_MODES, metavar="MODE",
+                      help=f"data-parallel mode: {', '.join(PARALLEL_MODES)} (default none: one "
+                      "device)")
+  parser.add_argument("--steps-per-call", type=positive_int, metavar="K",
+                      help="train steps per dispatch (default: the experiment's)")
+  parser.add_argument("--torch", action="store_true", help="also time the PyTorch eager reference")
+  parser.add_argument("--json", action="store_true", help="print one JSON object")
+  parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="timed steps (default 50)")
+  parser.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up steps after the compiling "
+                      "first call (default 5)")
+  parser.add_argument("--peak-size", type=positive_int, default=4096, metavar="N",
+                      help="side of the square matmul that measures the peak (default 4096)")
+  parser.add_argument("--table", metavar="OUT.md", help="run --models and write a markdown table")
+  parser.add_argument("--models", nargs="+", metavar="NAME[:BATCH]", type=parse_run,
+                      help="with --table (default: every experiment at its reference batch)")
+  args = parser.parse_args(argv)
+  if args.table is None and not args.model:
+    parser.error("--model is required (or --table OUT.md)")
+  if args.warmup < 0:
+    parser.error(f"--warmup must be >= 0, got {args.warmup}")
+  runs = [(args.model, args.batch)]
+  if args.table is not None:
+    runs = args.models or [parse_run(run) for run in TABLE_RUNS]
+  load_before = os.getloadavg()[0]
+  results = []
+  try:  # every run's config is checked before anything is timed
+    configs = [(name, bench_config(name, batch, args.steps_per_call, args.parallel))
+               for name, batch in runs]
+    if is_busy(load_before):
+      print(f"warning, {busy_warning(load_before)}", file=sys.stderr)
+    for name, config in configs:
+      result = benchmark(name, config, parallel_mode=args.parallel, torch=args.torch,
+                         steps=args.steps, warmup=args.warmup, peak_size=args.peak_size)
+      results.append(result)
+      print(json.dumps(result) if args.json else describe(result, config.steps_per_call),
+            flush=True)
+  except BenchmarkError as e:
+    parser.error(str(e))
+  if args.table is not None:
+    command = "python -m aigc_jax.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+    Path(args.table).write_text(table(results, command, load_before, args.steps, args.warmup))
+    print(f"wrote {args.table}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()

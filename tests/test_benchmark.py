@@ -1,0 +1,112 @@
+"""The benchmark command on every model, and the PyTorch references against the JAX models."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+import torch
+
+from aigc_jax import benchmark
+from aigc_jax import data as data_lib
+from aigc_jax import families
+from aigc_jax import state as state_lib
+from aigc_jax import torch_reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = benchmark.model_names()
+KEYS = {"model", "batch", "devices", "compile_s", "step_ms", "step_ms_min", "step_ms_max",
+        "images_per_s", "gflop_per_step", "gflops", "peak_gflops", "fraction_of_peak",
+        "torch_step_ms", "speedup_vs_torch"}
+TINY = ["--batch", "4", "--steps", "2", "--warmup", "1", "--peak-size", "1024"]
+
+
+def test_the_issues_models_are_presets():
+  assert {"gan_mlp", "dcgan", "cgan", "wgan_gp", "sngan_hinge", "vae_mlp", "vae_conv",
+          "cvae"} <= set(MODELS)
+
+
+def test_mlp_gan_is_gan_mlp():
+  assert benchmark.bench_config("mlp_gan").to_dict() == benchmark.bench_config("gan_mlp").to_dict()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_command_prints_json_with_the_required_keys(model, capsys):
+  benchmark.main(["--model", model, "--torch", "--json", "--steps-per-call", "1", *TINY])
+  result = json.loads(capsys.readouterr().out)
+  assert set(result) == KEYS
+  assert result["model"] == model
+  assert result["batch"] == 4 and result["devices"] == 1
+  assert 0 < result["step_ms_min"] <= result["step_ms"] <= result["step_ms_max"]
+  assert result["gflop_per_step"] > 0 and result["torch_step_ms"] > 0
+  assert 0 < result["fraction_of_peak"] < 1.5
+  assert result["images_per_s"] == pytest.approx(4e3 / result["step_ms"], rel=0.01)
+  assert result["speedup_vs_torch"] == pytest.approx(
+      result["torch_step_ms"] / result["step_ms"], rel=0.01)
+  assert 0 <= result["compile_s"] < 120
+
+
+def test_table_and_human_readable_output(tmp_path, capsys):
+  out = tmp_path / "RESULTS.md"
+  benchmark.main(["--table", str(out), "--models", "vae_mlp:8", "--steps-per-call", "2",
+                  *TINY[2:]])
+  text = out.read_text()
+  assert "| vae_mlp | 8 |" in text and "cores; jax" in text
+  assert "MLP GAN b64: >= 3x PyTorch: not measured" in text
+  printed = capsys.readouterr().out
+  assert "vae_mlp batch 8 on 1 device(s), 2 step(s) per call" in printed
+  assert "GFLOP/s" in printed and "PyTorch" not in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "nope"], "unknown model 'nope'; choose one of cgan, cvae, dcgan"),
+    (["--model", "dcgan", "--batch", "0"], "argument --batch: expected a positive integer"),
+    (["--model", "dcgan", "--parallel", "pmap"], "--parallel pmap needs the 'parallel' config key"),
+    ([], "--model is required"),
+])
+def test_bad_arguments_exit_2_with_one_error_line(argv, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err and len([l for l in err.splitlines() if "error:" in l]) == 1
+
+
+def test_runs_as_a_module():
+  proc = subprocess.run([sys.executable, "-m", "aigc_jax.benchmark", "--model", "vae_gan"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr.splitlines()[-1].startswith("python -m aigc_jax.benchmark: error: unknown")
+
+
+def jax_param_count(config) -> int:
+  info = data_lib.DATASETS[config.dataset]
+  state = jax.eval_shape(families.get(config.model).build(config, info).init,
+                         jax.random.PRNGKey(0))
+  if hasattr(state, "g_params"):
+    return state_lib.count_params(state.g_params) + state_lib.count_params(state.d_params)
+  return state_lib.count_params(state.params)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_torch_reference_has_the_jax_models_parameter_count(model):
+  config = benchmark.experiment_config(model)
+  reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
+  assert torch_reference.count_params(reference) == jax_param_count(config)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_torch_step_trains_every_module(model):
+  torch.manual_seed(0)
+  config = benchmark.experiment_config(model)
+  info = data_lib.DATASETS[config.dataset]
+  reference = torch_reference.build(config, info, total_steps=10)
+  before = [[p.detach().clone() for p in m.parameters()] for m in reference.modules]
+  images, labels = benchmark.synthetic_split(info, 8)
+  loss = reference.step(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels).long())
+  assert math.isfinite(loss)
+  for module, old in zip(reference.modules, before):
+    assert any(not torch.equal(p, q) for p, q in zip(module.parameters(), old)), type(module)

@@ -92,11 +92,7 @@ def bench_config(name: str, batch: int | None = None, steps_per_call: int | None
     config.batch_size = batch
   if steps_per_call is not None:
     config.steps_per_call = steps_per_call
-  if "parallel" in config:
-    config.parallel = parallel_mode
-  elif parallel_mode != "none":
-    raise BenchmarkError(f"--parallel {parallel_mode} needs the 'parallel' config key, which this "
-                         "version does not have yet; use --parallel none")
+  config.parallel = parallel_mode
   try:
     return config_lib.validate(config)
   except config_lib.ConfigError as e:
@@ -147,8 +143,12 @@ def time_jax(config, images, labels, steps: int, warmup: int) -> dict:
   state = jax.jit(trainable.init)(jax.random.PRNGKey(config.seed))
   flops = step_flops(trainable.train_step, state,
                      data_lib.get_batch(data, perm, 0, batch, scale=config.scale))
-  run = parallel.make_train_loop(trainable.train_step, batch_size=batch, scale=config.scale,
-                                 binarize=config.binarize, steps_per_call=k)
+  try:
+    run = parallel.make_train_loop(trainable.train_step, batch_size=batch, scale=config.scale,
+                                   binarize=config.binarize, steps_per_call=k, mode=config.parallel)
+  except ValueError as e:
+    raise BenchmarkError(str(e)) from None
+  state, data, perm = run.put_state(state), run.put_data(data), run.put_data(perm)
   starts = num // batch - k + 1  # calls cycle through the epoch's batches
 
   def call(i: int) -> float:
@@ -163,7 +163,8 @@ def time_jax(config, images, labels, steps: int, warmup: int) -> dict:
     call(1 + i)
   samples = [1e3 * call(i) / k for i in range(max(MIN_CALLS, math.ceil(steps / k)))]
   compile_s = max(0.0, first - k * statistics.median(samples) / 1e3)
-  return {"compile_s": compile_s, "samples_ms": samples, "flops": flops}
+  return {"compile_s": compile_s, "samples_ms": samples, "flops": flops,
+          "devices": run.num_devices}
 
 
 def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
@@ -191,14 +192,14 @@ def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
   return samples[warmup:]
 
 
-def benchmark(name: str, config, *, parallel_mode: str = "none", torch: bool = False,
+def benchmark(name: str, config, *, torch: bool = False,
               steps: int = 50, warmup: int = 5, peak_size: int = 4096) -> dict:
   """The result (the command's JSON keys) of preset `name` with its `bench_config`."""
   info = data_lib.DATASETS[config.dataset]
   images, labels = synthetic_split(info, max(NUM_IMAGES, config.batch_size * config.steps_per_call))
   jax_run = time_jax(config, images, labels, steps, warmup)
   step_ms = statistics.median(jax_run["samples_ms"])
-  devices = 1 if parallel_mode == "none" else jax.local_device_count()
+  devices = jax_run["devices"]
   gflop = jax_run["flops"] / 1e9
   peak = peak_gflops(peak_size)
   result = {
@@ -206,7 +207,7 @@ def benchmark(name: str, config, *, parallel_mode: str = "none", torch: bool = F
       "compile_s": round(jax_run["compile_s"], 3), "step_ms": round(step_ms, 3),
       "step_ms_min": round(min(jax_run["samples_ms"]), 3),
       "step_ms_max": round(max(jax_run["samples_ms"]), 3),
-      "images_per_s": round(config.batch_size * devices * 1e3 / step_ms, 1),
+      "images_per_s": round(config.batch_size * 1e3 / step_ms, 1),  # batch_size is global
       "gflop_per_step": round(gflop, 4), "gflops": round(gflop * 1e3 / step_ms, 2),
       "peak_gflops": round(peak, 2), "fraction_of_peak": round(gflop * 1e3 / step_ms / peak, 4),
   }
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     if is_busy(load_before):
       print(f"warning, {busy_warning(load_before)}", file=sys.stderr)
     for name, config in configs:
-      result = benchmark(name, config, parallel_mode=args.parallel, torch=args.torch,
+      result = benchmark(name, config, torch=args.torch,
                          steps=args.steps, warmup=args.warmup, peak_size=args.peak_size)
       results.append(result)
       print(json.dumps(result) if args.json else describe(result, config.steps_per_call),

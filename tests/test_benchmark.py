@@ -49,6 +49,15 @@ def test_command_prints_json_with_the_required_keys(model, capsys):
   assert 0 <= result["compile_s"] < 120
 
 
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_data_parallel_modes_use_every_device(mode, capsys):
+  benchmark.main(["--model", "vae_mlp", "--json", "--parallel", mode, "--batch", "8",
+                  "--steps", "2", "--warmup", "1", "--peak-size", "256"])
+  result = json.loads(capsys.readouterr().out)
+  assert result["devices"] == 4 and result["batch"] == 8  # the global batch, 2 per device
+  assert result["step_ms"] > 0
+
+
 def test_table_and_human_readable_output(tmp_path, capsys):
   out = tmp_path / "RESULTS.md"
   benchmark.main(["--table", str(out), "--models", "vae_mlp:8", "--steps-per-call", "2",
@@ -64,7 +73,8 @@ def test_table_and_human_readable_output(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "nope"], "unknown model 'nope'; choose one of cgan, cvae, dcgan"),
     (["--model", "dcgan", "--batch", "0"], "argument --batch: expected a positive integer"),
-    (["--model", "dcgan", "--parallel", "pmap"], "--parallel pmap needs the 'parallel' config key"),
+    (["--model", "dcgan", "--batch", "6", "--parallel", "pmap"],
+     "batch_size 6 is not divisible by the 4 devices"),
     ([], "--model is required"),
 ])
 def test_bad_arguments_exit_2_with_one_error_line(argv, message, capsys):

@@ -39,10 +39,13 @@ def test_discriminator_update_leaves_generator_alone_and_vice_versa():
   assert max_change(new.g_params, state.g_params) > 1e-4
 
 
-def test_ema_follows_the_formula():
+@pytest.mark.parametrize("step,decay", [(0, 0.1), (5, 0.4), (1000, 0.9)])  # min(0.9, (1+t)/(10+t))
+def test_ema_follows_the_formula_with_its_warm_up(step, decay):
   trainable, state = make(ema_decay=0.9)
+  state = state.replace(step=jnp.asarray(step, jnp.int32))
   new, _ = jax.jit(trainable.train_step)(state, batch())
-  expected = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params, new.g_params)
+  expected = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params,
+                                    new.g_params)
   for got, want in zip(jax.tree_util.tree_leaves(new.ema_params), jax.tree_util.tree_leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 

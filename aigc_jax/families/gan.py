@@ -42,7 +42,7 @@ def default_config(model: str) -> dict:
       spectral_norm=False,  # spectral normalization of every discriminator layer
       conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
       aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
-      ema_decay=0.999,  # the EMA starts at the initial G: lower it for runs of < ~5k steps
+      ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
       # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
@@ -116,6 +116,11 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     logit, class_logits = out if aux else (out, None)
     return (logit, class_logits), updates.get("batch_stats", d_stats)
 
+  def ema_decay(step):
+    """config.ema_decay, warmed up as min(decay, (1 + step) / (10 + step)): the average does not
+    drag the untrained initial generator through the first thousands of steps."""
+    return jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
+
   def train_step(state: GANState, batch, axis_name: str | None = None):
     rng = step_rng(state)
     normal = lambda key, shape: batch_noise(jax.random.normal, key, shape, axis_name)  # noqa: E731
@@ -174,7 +179,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     new_state = state.replace(
         step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
         d_opt_state=d_opt_state, g_stats=g_stats, d_stats=d_stats,
-        ema_params=gan_losses.ema_update(state.ema_params, g_params, config.ema_decay))
+        ema_params=gan_losses.ema_update(state.ema_params, g_params, ema_decay(state.step)))
     return new_state, metrics
 
   @functools.partial(jax.jit, static_argnames=("num", "use_ema"))

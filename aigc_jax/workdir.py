@@ -40,7 +40,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise CheckpointError(f"{path} not found: --workdir must be a directory written by an "
                           "experiment (python experiments/NAME.py --workdir DIR)")
   with open(path) as f:
-    return config_lib.validate(ml_collections.ConfigDict(json.load(f)))
+    saved = json.load(f)
+  try:  # keys added to the project after the run was written take their defaults
+    config = config_lib.get_config(saved.pop("model", ""), **saved)
+  except (KeyError, config_lib.ConfigError) as e:
+    raise config_lib.ConfigError(f"{path}: {e.args[0]}") from None
+  return config_lib.validate(config)
 
 
 class TrainedRun(NamedTuple):

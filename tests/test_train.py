@@ -187,3 +187,18 @@ def test_notebook_runs_on_a_trained_workdir(idx_dir, tmp_path, monkeypatch):
     exec("".join(cell["source"]), namespace)  # pylint: disable=exec-used
   assert namespace["walk"].shape == (60, 28, 28, 1)
   assert namespace["metrics"]["nll_iwae_samples"] == 100
+
+
+def test_a_workdir_from_before_new_config_keys_still_loads(idx_dir, tmp_path):
+  saved = small_config(idx_dir, learning_rate=3e-3).to_dict()
+  del saved["adam_eps"], saved["parallel"]  # keys this project added after such runs were written
+  with open(tmp_path / workdir_lib.CONFIG_FILE, "w") as f:
+    json.dump(saved, f)
+  config = workdir_lib.load_config(str(tmp_path))
+  assert config.adam_eps == 1e-8 and config.parallel == "none"  # the defaults
+  assert config.learning_rate == 3e-3 and config.model == "vae_mlp"  # the run's own values
+  saved["learing_rate"] = 1.0
+  with open(tmp_path / workdir_lib.CONFIG_FILE, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(config_lib.ConfigError, match="did you mean 'learning_rate'"):
+    workdir_lib.load_config(str(tmp_path))

@@ -62,6 +62,7 @@ class TrainLoop:
           f"batch_size {batch_size} is not divisible by the {self.num_devices} devices of "
           f"parallel='{mode}'; use a multiple of {self.num_devices}")
     self.steps_per_call = steps_per_call
+    self._mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
     axis = None if mode == "none" else DATA_AXIS
     local_batch = batch_size // self.num_devices
 
@@ -105,7 +106,6 @@ class TrainLoop:
         return jax.pmap(fn, DATA_AXIS, in_axes=(0,) * placed + (None,) * (_arity(fn) - placed),
                         donate_argnums=donate, devices=self.devices)
     else:
-      mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
       spec = PartitionSpec()  # everything replicated; each device slices its rows itself
 
       def wrap(fn, placed, donate):
@@ -113,7 +113,7 @@ class TrainLoop:
         # pmap, and the step's own pmean averages them (with the check on, shard_map's autodiff
         # would already sum them over devices, and the same step code would count them twice).
         del placed
-        return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec,
+        return jax.jit(jax.shard_map(fn, mesh=self._mesh, in_specs=spec, out_specs=spec,
                                      check_vma=False), donate_argnums=donate)
 
     self._zeros = wrap(zero_sums, 3, ())
@@ -131,10 +131,9 @@ class TrainLoop:
     fresh = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # noqa: E731
     if self.mode == "none":
       return fresh(jax.device_put(tree, self.devices[0]))
-    mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
     if self.mode == "shard_map":
-      return fresh(jax.device_put(tree, NamedSharding(mesh, PartitionSpec())))
-    stacked = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+      return fresh(jax.device_put(tree, NamedSharding(self._mesh, PartitionSpec())))
+    stacked = NamedSharding(self._mesh, PartitionSpec(DATA_AXIS))
     local = sum(d.process_index == jax.process_index() for d in self.devices)
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(

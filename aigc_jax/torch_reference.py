@@ -186,9 +186,15 @@ class GANReference:
     real = _preprocess(images, config)
     label = labels if config.conditional else None
     size = real.shape[0]
+    # As families/gan.py: with n_critic == 1 the D update trains on the fakes that G's update
+    # then backpropagates through (the PyTorch DCGAN example's step); otherwise fresh noise.
+    fake_g = self.g(torch.randn(size, config.latent_dim), label)
     for _ in range(config.n_critic):
-      with torch.no_grad():
-        fake = self.g(torch.randn(size, config.latent_dim), label)
+      if config.n_critic == 1:
+        fake = fake_g.detach()
+      else:
+        with torch.no_grad():
+          fake = self.g(torch.randn(size, config.latent_dim), label)
       d_loss = self.d_loss(self.d(real, label), self.d(fake, label))
       loss = d_loss
       if config.gp_weight:
@@ -197,7 +203,7 @@ class GANReference:
       loss.backward()
       self.d_opt.step()
     self.d.requires_grad_(False)  # G's step needs gradients w.r.t. G's weights only
-    g_loss = self.g_loss(self.d(self.g(torch.randn(size, config.latent_dim), label), label))
+    g_loss = self.g_loss(self.d(fake_g, label))
     self.g_opt.zero_grad()
     g_loss.backward()
     self.g_opt.step()

@@ -129,10 +129,21 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     size = real.shape[0]
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
     d_params, d_opt_state, d_stats = state.d_params, state.d_opt_state, state.d_stats
+    # The D updates leave G unchanged, so G's forward pass for its own update runs once, up
+    # front; with n_critic == 1 the critic trains on those same fakes (as the PyTorch DCGAN
+    # example does), which saves a generator forward pass per step.
+    z_g = normal(jax.random.fold_in(rng, 0 if config.n_critic == 1 else 2 * config.n_critic),
+                 (size, zdim))
+    fake_g, g_vjp, g_stats = jax.vjp(
+        lambda params: generate(params, state.g_stats, z_g, label, True, axis_name), state.g_params,
+        has_aux=True)
     metrics = {}
     for i in range(config.n_critic):
-      z = normal(jax.random.fold_in(rng, 2 * i), (size, zdim))
-      fake, _ = generate(state.g_params, state.g_stats, z, label, True, axis_name)
+      if config.n_critic == 1:
+        fake = fake_g
+      else:
+        z = normal(jax.random.fold_in(rng, 2 * i), (size, zdim))
+        fake, _ = generate(state.g_params, state.g_stats, z, label, True, axis_name)
       fake = jax.lax.stop_gradient(fake)
 
       def d_objective(params, stats=d_stats, fake=fake, i=i):
@@ -159,19 +170,17 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
       updates, d_opt_state = state.d_tx.update(grads, d_opt_state, d_params)
       d_params = optax.apply_updates(d_params, updates)
 
-    z = normal(jax.random.fold_in(rng, 2 * config.n_critic), (size, zdim))
-
-    def g_objective(params):
-      fake, g_stats = generate(params, state.g_stats, z, label, True, axis_name)
+    def g_objective(fake):  # of G's output; chained to G's parameters by g_vjp
       (logit, cls), _ = discriminate(d_params, d_stats, fake, label, axis_name)  # stats unused
       loss = g_loss_fn(logit)
       terms = {"g_loss": loss}
       if aux:
         terms["g_class_loss"] = gan_losses.classifier_loss(cls, label)
         loss = loss + terms["g_class_loss"]
-      return loss, (g_stats, terms)
+      return loss, terms
 
-    grads, (g_stats, g_terms) = jax.grad(g_objective, has_aux=True)(state.g_params)
+    fake_grad, g_terms = jax.grad(g_objective, has_aux=True)(fake_g)
+    (grads,) = g_vjp(fake_grad)
     grads, g_stats = mean((grads, g_stats))
     updates, g_opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)

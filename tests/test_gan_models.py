@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aigc_jax.models import gan
-from aigc_jax.models.layers import maybe_spectral
+from aigc_jax.models.layers import conv_general_dilated, maybe_spectral
 
 B, Z = 3, 6
 IMAGE = (28, 28, 1)
@@ -266,3 +266,37 @@ def test_spectral_norm_gradients_reach_every_param():
   grads = jax.jit(jax.grad(loss))(variables["params"])
   norms = jax.tree_util.tree_map(lambda g: float(jnp.linalg.norm(g)), grads)
   assert all(n > 0 for n in jax.tree_util.tree_leaves(norms)), norms
+
+
+@pytest.mark.parametrize("strides,padding,dilation", [((2, 2), "SAME", (1, 1)),
+                                                      ((1, 1), ((1, 0), (2, 1)), (1, 1)),
+                                                      ((1, 1), "VALID", (2, 2))])
+def test_conv_with_fast_higher_derivatives_matches_lax(strides, padding, dilation):
+  """Values, gradients, the gradient-penalty style second derivatives (d/dw of d/dx) and third
+  derivatives of layers.conv_general_dilated equal those of lax.conv_general_dilated."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 9, 8, 2)), jnp.float32)
+  w1 = jnp.asarray(rng.normal(size=(3, 3, 2, 4)) * 0.3, jnp.float32)
+  w2 = jnp.asarray(rng.normal(size=(2, 2, 4, 3)) * 0.3, jnp.float32)
+
+  def critic(conv, params, x):  # smooth, so third derivatives are not zero
+    dn = ("NHWC", "HWIO", "NHWC")
+    h = jnp.tanh(conv(x, params[0], strides, padding, rhs_dilation=dilation,
+                      dimension_numbers=dn))
+    return jnp.sum(jnp.tanh(conv(h, params[1], (1, 1), "SAME", dimension_numbers=dn)) ** 2)
+
+  def penalty(conv, params, x):
+    g = jax.grad(lambda x: critic(conv, params, x))(x)
+    return jnp.sum(g ** 2) + critic(conv, params, x)
+
+  results = {}
+  for name, conv in (("lax", jax.lax.conv_general_dilated), ("fast", conv_general_dilated)):
+    value, grads = jax.value_and_grad(functools.partial(penalty, conv))((w1, w2), x)
+    grad_norm = lambda params, x, arg: sum(  # noqa: E731
+        jnp.sum(g ** 2) for g in jax.tree.leaves(jax.grad(functools.partial(penalty, conv), arg)(
+            params, x)))
+    third = jax.grad(grad_norm, (0, 1))((w1, w2), x, 0), jax.grad(grad_norm, (0, 1))((w1, w2), x, 1)
+    results[name] = (value, grads, third)
+  for fast, lax in zip(jax.tree.leaves(results["fast"]), jax.tree.leaves(results["lax"])):
+    assert float(jnp.max(jnp.abs(lax))) > 0
+    np.testing.assert_allclose(fast, lax, rtol=2e-4, atol=1e-5 * float(jnp.max(jnp.abs(lax))))

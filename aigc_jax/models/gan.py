@@ -21,7 +21,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from aigc_jax.models.layers import SubPixelUpsample, maybe_spectral
+from aigc_jax.models.layers import SubPixelUpsample, conv_general_dilated, maybe_spectral
 
 UPSAMPLE_MODES = ("subpixel", "resize_conv", "transpose")
 LABEL_MODES = ("multiply", "concat")
@@ -150,7 +150,9 @@ class DCGANDiscriminator(nn.Module):
   BatchNorm on the second conv unless `spectral_norm` (which normalizes every conv and dense
   layer instead). Conditional (num_classes > 0): a projection discriminator, or, with
   `aux_classifier=True`, ACGAN's discriminator, which takes no label and returns
-  (logit (B,), class_logits (B, num_classes)).
+  (logit (B,), class_logits (B, num_classes)). The convolutions use
+  `layers.conv_general_dilated`, whose second derivatives (gradient penalties, R1) stay off
+  XLA:CPU's slow path.
   """
 
   base_features: int = 64
@@ -163,9 +165,13 @@ class DCGANDiscriminator(nn.Module):
     if self.aux_classifier and not self.num_classes:
       raise ValueError("aux_classifier=True needs num_classes > 0")
     sn, f = self.spectral_norm, self.base_features
-    h = maybe_spectral(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME"), sn, train)(x)
-    h = nn.leaky_relu(h, 0.2)
-    h = maybe_spectral(nn.Conv(2 * f, (4, 4), strides=(2, 2), padding="SAME"), sn, train)(h)
+
+    def conv(features):
+      return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME",
+                     conv_general_dilated=conv_general_dilated)
+
+    h = nn.leaky_relu(maybe_spectral(conv(f), sn, train)(x), 0.2)
+    h = maybe_spectral(conv(2 * f), sn, train)(h)
     if not sn:
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        axis_name=axis_name)(h)

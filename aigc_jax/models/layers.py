@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -66,3 +68,89 @@ def maybe_spectral(layer: nn.Module, enabled: bool, update_stats: bool):
     return layer
   wrapped = nn.SpectralNorm(layer)
   return lambda *args, **kwargs: wrapped(*args, update_stats=update_stats, **kwargs)
+
+
+# Convolutions whose derivatives of every order stay on XLA:CPU's fast paths.
+#
+# A gradient penalty (WGAN-GP, R1) differentiates the critic's input gradient w.r.t. its
+# weights. For a strided convolution XLA derives that term as a reversed, dilated convolution
+# that XLA:CPU runs ~15x slower than the equivalent weight gradient (measured: 151 of the
+# 228 ms of a 2-conv critic's penalty step at batch 64). A convolution y = conv(x, w) is
+# bilinear, so all its derivatives are one of three linear maps: conv itself, its transpose in
+# x (`_input_grad`) and its transpose in w (`_weight_grad`). Giving each of the three a
+# custom VJP written with the other two keeps every derivative in the first-order forms.
+
+
+def _lax_conv(x, w, conv_args):
+  strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups, precision = conv_args
+  return jax.lax.conv_general_dilated(x, w, strides, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers, groups, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x, w, conv_args):
+  return _lax_conv(x, w, conv_args)
+
+
+def _conv_fwd(x, w, conv_args):
+  return _lax_conv(x, w, conv_args), (x, w)
+
+
+def _conv_bwd(conv_args, residuals, g):
+  x, w = residuals
+  return _input_grad(g, w, conv_args, x.shape), _weight_grad(x, g, conv_args, w.shape)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _input_grad(g, w, conv_args, x_shape):
+  """The transpose of x -> conv(x, w), applied to g."""
+  spec = jax.ShapeDtypeStruct(x_shape, g.dtype)
+  return jax.linear_transpose(lambda x: _lax_conv(x, w, conv_args), spec)(g)[0]
+
+
+def _input_grad_fwd(g, w, conv_args, x_shape):
+  return _input_grad(g, w, conv_args, x_shape), (g, w)
+
+
+def _input_grad_bwd(conv_args, x_shape, residuals, c):
+  g, w = residuals  # <c, input_grad(g, w)> = <conv(c, w), g>
+  return _conv(c, w, conv_args), _weight_grad(c, g, conv_args, w.shape)
+
+
+_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _weight_grad(x, g, conv_args, w_shape):
+  """The transpose of w -> conv(x, w), applied to g."""
+  spec = jax.ShapeDtypeStruct(w_shape, g.dtype)
+  return jax.linear_transpose(lambda w: _lax_conv(x, w, conv_args), spec)(g)[0]
+
+
+def _weight_grad_fwd(x, g, conv_args, w_shape):
+  return _weight_grad(x, g, conv_args, w_shape), (x, g)
+
+
+def _weight_grad_bwd(conv_args, w_shape, residuals, c):
+  x, g = residuals  # <c, weight_grad(x, g)> = <conv(x, c), g>
+  return _input_grad(g, c, conv_args, x.shape), _conv(x, c, conv_args)
+
+
+_weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+  """`lax.conv_general_dilated` (same arguments and values) with fast higher-order derivatives.
+
+  Pass it to `nn.Conv(..., conv_general_dilated=conv_general_dilated)`; see the note above.
+  """
+  if not isinstance(padding, str):
+    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  as_tuple = lambda t: None if t is None else tuple(t)  # noqa: E731
+  conv_args = (tuple(window_strides), padding, as_tuple(lhs_dilation), as_tuple(rhs_dilation),
+               dimension_numbers, feature_group_count, precision)
+  return _conv(lhs, rhs, conv_args)

@@ -136,20 +136,22 @@ def time_jax(config, images, labels, steps: int, warmup: int) -> dict:
   """compile_s, per-step samples in ms (one per call) and FLOPs of the real training path."""
   info = data_lib.DATASETS[config.dataset]
   batch, k, num = config.batch_size, config.steps_per_call, len(labels)
-  trainable = families.get(config.model).build(
-      config, info, state_lib.total_train_steps(config, num))
+  family = families.get(config.model)
+  n = family.batches_per_step(config)
+  trainable = family.build(config, info, state_lib.total_train_steps(config, num, n))
   data = data_lib.to_device(images, labels)
   perm = data_lib.epoch_permutation(config.seed, 0, num)
   state = jax.jit(trainable.init)(jax.random.PRNGKey(config.seed))
   flops = step_flops(trainable.train_step, state,
-                     data_lib.get_batch(data, perm, 0, batch, scale=config.scale))
+                     data_lib.get_batch(data, perm, 0, batch * n, scale=config.scale))
   try:
     run = parallel.make_train_loop(trainable.train_step, batch_size=batch, scale=config.scale,
-                                   binarize=config.binarize, steps_per_call=k, mode=config.parallel)
+                                   binarize=config.binarize, steps_per_call=k, mode=config.parallel,
+                                   batches_per_step=n)
   except ValueError as e:
     raise BenchmarkError(str(e)) from None
   state, data, perm = run.put_state(state), run.put_data(data), run.put_data(perm)
-  starts = num // batch - k + 1  # calls cycle through the epoch's batches
+  starts = num // (batch * n) - k + 1  # calls cycle through the epoch's steps
 
   def call(i: int) -> float:
     nonlocal state
@@ -177,8 +179,9 @@ def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
 
   torch.manual_seed(config.seed)
   info = data_lib.DATASETS[config.dataset]
-  batch, num = config.batch_size, len(labels)
-  reference = torch_reference.build(config, info, state_lib.total_train_steps(config, num))
+  n = families.get(config.model).batches_per_step(config)
+  batch, num = config.batch_size * n, len(labels)  # the images of one step
+  reference = torch_reference.build(config, info, state_lib.total_train_steps(config, num, n))
   x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW, as PyTorch users keep it
   y = torch.from_numpy(labels).long()
   perm = torch.randperm(num)
@@ -196,7 +199,8 @@ def benchmark(name: str, config, *, torch: bool = False,
               steps: int = 50, warmup: int = 5, peak_size: int = 4096) -> dict:
   """The result (the command's JSON keys) of preset `name` with its `bench_config`."""
   info = data_lib.DATASETS[config.dataset]
-  images, labels = synthetic_split(info, max(NUM_IMAGES, config.batch_size * config.steps_per_call))
+  per_step = config.batch_size * families.get(config.model).batches_per_step(config)
+  images, labels = synthetic_split(info, max(NUM_IMAGES, per_step * config.steps_per_call))
   jax_run = time_jax(config, images, labels, steps, warmup)
   step_ms = statistics.median(jax_run["samples_ms"])
   devices = jax_run["devices"]
@@ -207,7 +211,7 @@ def benchmark(name: str, config, *, torch: bool = False,
       "compile_s": round(jax_run["compile_s"], 3), "step_ms": round(step_ms, 3),
       "step_ms_min": round(min(jax_run["samples_ms"]), 3),
       "step_ms_max": round(max(jax_run["samples_ms"]), 3),
-      "images_per_s": round(config.batch_size * 1e3 / step_ms, 1),  # batch_size is global
+      "images_per_s": round(per_step * 1e3 / step_ms, 1),  # real images; batch_size is global
       "gflop_per_step": round(gflop, 4), "gflops": round(gflop * 1e3 / step_ms, 2),
       "peak_gflops": round(peak, 2), "fraction_of_peak": round(gflop * 1e3 / step_ms / peak, 4),
   }

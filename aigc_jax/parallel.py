@@ -44,6 +44,10 @@ class TrainLoop:
   `state` and `data` are in the loop's placement: pass them through `put_state` / `put_data`
   first, and get a single-copy state (for checkpoints, sampling, evaluation) with `get_state`.
 
+  With `batches_per_step` n > 1, step s trains on global batches s*n ... s*n + n - 1: its batch
+  holds this device's rows of each, one after the other (n * local rows), so a step that splits
+  it into n batches sees the same examples in each whatever the device count.
+
   With `steps_per_call` K > 1, up to K steps run inside one `lax.fori_loop` dispatch (the trip
   count is traced, so a shorter chunk does not recompile). With K = 1 every step is one
   dispatch: XLA:CPU runs convolutions inside loop bodies on a slow path (jax#12868, measured 8x
@@ -51,7 +55,7 @@ class TrainLoop:
   """
 
   def __init__(self, train_step: Callable, *, batch_size: int, scale: str, binarize: bool,
-               steps_per_call: int, mode: str, devices=None):
+               steps_per_call: int, mode: str, devices=None, batches_per_step: int = 1):
     if mode not in MODES:
       raise ValueError(f"parallel mode '{mode}' is unknown; use one of {MODES}")
     self.mode = mode
@@ -67,11 +71,12 @@ class TrainLoop:
     local_batch = batch_size // self.num_devices
 
     def batch_at(state, data, perm, index):
-      """This device's rows of global batch `index`."""
-      offset = index * batch_size
+      """This device's rows of global batches index*n ... index*n + n - 1 (n batches_per_step)."""
+      offsets = (index * batches_per_step + jnp.arange(batches_per_step)) * batch_size
       if axis is not None:
-        offset = offset + jax.lax.axis_index(axis) * local_batch
-      idx = jax.lax.dynamic_slice_in_dim(perm, offset, local_batch)
+        offsets = offsets + jax.lax.axis_index(axis) * local_batch
+      idx = jax.vmap(lambda o: jax.lax.dynamic_slice_in_dim(perm, o, local_batch))(offsets)
+      idx = idx.reshape(-1)
       images = jnp.take(data.images, idx, axis=0)
       if binarize:  # Bernoulli(pixel) drawn for the whole global batch, then sliced
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, BINARIZE_STREAM), state.step)
@@ -169,10 +174,11 @@ def _arity(fn: Callable) -> int:
 
 def make_train_loop(train_step: Callable, *, batch_size: int, scale: str = "zero_one",
                     binarize: bool = False, steps_per_call: int = 1, mode: str = "none",
-                    devices=None) -> TrainLoop:
+                    devices=None, batches_per_step: int = 1) -> TrainLoop:
   """The `TrainLoop` of `train_step(state, batch, axis_name=None)` in `mode` (see `MODES`)."""
   loop = TrainLoop(train_step, batch_size=batch_size, scale=scale, binarize=binarize,
-                   steps_per_call=steps_per_call, mode=mode, devices=devices)
+                   steps_per_call=steps_per_call, mode=mode, devices=devices,
+                   batches_per_step=batches_per_step)
   if mode == "pmap" and loop.num_devices == 1:
     log.info("parallel='pmap' on a single device: it runs, but 'none' does the same work "
              "without the device axis")

@@ -45,11 +45,14 @@ def adam(config, total_steps: int) -> optax.GradientTransformation:
   return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 
-def total_train_steps(config, num_train_examples: int) -> int:
-  """num_train_steps when > 0, else num_epochs full epochs (the last partial batch dropped)."""
+def total_train_steps(config, num_train_examples: int, batches_per_step: int = 1) -> int:
+  """num_train_steps when > 0, else num_epochs full epochs (the last partial step dropped).
+
+  A step consumes `batches_per_step` batches of `batch_size` (a GAN: one per critic update).
+  """
   if config.num_train_steps > 0:
     return int(config.num_train_steps)
-  return int(config.num_epochs) * (num_train_examples // config.batch_size)
+  return int(config.num_epochs) * (num_train_examples // (config.batch_size * batches_per_step))
 
 
 def step_rng(state: TrainState) -> jax.Array:

@@ -181,15 +181,15 @@ class GANReference:
     self.modules = (self.g, self.d)
 
   def step(self, images, labels) -> float:
-    """One train step on a uint8 NCHW batch; returns the D + G loss."""
+    """One train step on n_critic uint8 NCHW batches, one per D update; returns the D + G loss."""
     config = self.config
-    real = _preprocess(images, config)
-    label = labels if config.conditional else None
-    size = real.shape[0]
+    reals = _preprocess(images, config).chunk(config.n_critic)
+    label_chunks = labels.chunk(config.n_critic) if config.conditional else [None] * config.n_critic
+    size = reals[0].shape[0]
     # As families/gan.py: with n_critic == 1 the D update trains on the fakes that G's update
     # then backpropagates through (the PyTorch DCGAN example's step); otherwise fresh noise.
-    fake_g = self.g(torch.randn(size, config.latent_dim), label)
-    for _ in range(config.n_critic):
+    fake_g = self.g(torch.randn(size, config.latent_dim), label_chunks[-1])
+    for real, label in zip(reals, label_chunks):
       if config.n_critic == 1:
         fake = fake_g.detach()
       else:
@@ -203,7 +203,7 @@ class GANReference:
       loss.backward()
       self.d_opt.step()
     self.d.requires_grad_(False)  # G's step needs gradients w.r.t. G's weights only
-    g_loss = self.g_loss(self.d(fake_g, label))
+    g_loss = self.g_loss(self.d(fake_g, label_chunks[-1]))
     self.g_opt.zero_grad()
     g_loss.backward()
     self.g_opt.step()

@@ -77,13 +77,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_data = data_lib.to_device(*data_lib.load_split(config.dataset, "train", **sources))
   test_data = data_lib.to_device(*data_lib.load_split(config.dataset, "test", **sources))
   num_train = int(train_data.labels.shape[0])
-  steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
-  total = state_lib.total_train_steps(config, num_train)
-  trainable = families.get(config.model).build(config, info, total)
+  family = families.get(config.model)
+  batches_per_step = family.batches_per_step(config)
+  steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size * batches_per_step)
+  total = state_lib.total_train_steps(config, num_train, batches_per_step)
+  trainable = family.build(config, info, total)
   try:
     run = parallel.make_train_loop(trainable.train_step, batch_size=config.batch_size,
                                    scale=config.scale, binarize=config.binarize,
-                                   steps_per_call=config.steps_per_call, mode=config.parallel)
+                                   steps_per_call=config.steps_per_call, mode=config.parallel,
+                                   batches_per_step=batches_per_step)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
   eval_every = _every(config.eval_every_steps, steps_per_epoch)

@@ -43,7 +43,9 @@ def test_command_prints_json_with_the_required_keys(model, capsys):
   assert 0 < result["step_ms_min"] <= result["step_ms"] <= result["step_ms_max"]
   assert result["gflop_per_step"] > 0 and result["torch_step_ms"] > 0
   assert 0 < result["fraction_of_peak"] < 1.5
-  assert result["images_per_s"] == pytest.approx(4e3 / result["step_ms"], rel=0.01)
+  config = benchmark.bench_config(model)  # real images per step: 4 per batch, n batches
+  per_step = 4 * families.get(config.model).batches_per_step(config)
+  assert result["images_per_s"] == pytest.approx(per_step * 1e3 / result["step_ms"], rel=0.01)
   assert result["speedup_vs_torch"] == pytest.approx(
       result["torch_step_ms"] / result["step_ms"], rel=0.01)
   assert 0 <= result["compile_s"] < 120

@@ -28,7 +28,8 @@ def train(model, mode, steps=3, **overrides):
   trainable = families.get(model).build(config, INFO, 100)
   loop = parallel.make_train_loop(trainable.train_step, batch_size=BATCH, scale=config.scale,
                                   binarize=config.binarize, steps_per_call=config.steps_per_call,
-                                  mode=mode)
+                                  mode=mode,
+                                  batches_per_step=families.get(model).batches_per_step(config))
   state = loop.put_state(trainable.init(jax.random.PRNGKey(0)))
   data = loop.put_data(synthetic_data())
   perm = loop.put_data(data_lib.epoch_permutation(0, 0, 64))

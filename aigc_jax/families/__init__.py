@@ -1,7 +1,8 @@
 """Model families plug into the loop through one small record of functions, `Trainable`.
 
 A family module exposes `default_config(model) -> dict` (its keys and defaults), `validate_config(config,
-need)` and `build(config, info, total_steps) -> Trainable`. The model names map to family modules here.
+need)`, `batches_per_step(config) -> int` (the batches of `batch_size` one train step consumes) and
+`build(config, info, total_steps) -> Trainable`. The model names map to family modules here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ class Trainable(NamedTuple):
   """What the training loop, the sampler and the evaluator need from a family."""
 
   init: Callable[[Any], Any]  # rng -> TrainState
-  train_step: Callable[..., Any]  # (state, batch, axis_name=None) -> (state, metrics); pure, per device
+  # (state, batch, axis_name=None) -> (state, metrics); pure, per device. With batches_per_step
+  # n > 1 the batch holds n batches, one after the other (see parallel.TrainLoop).
+  train_step: Callable[..., Any]
   evaluate: Callable[..., dict]  # (state, test DeviceData) -> {name: float}; the periodic eval
   full_evaluate: Callable[..., dict]  # (state, test DeviceData, **options) -> {name: value}; the CLI's
   sample: Callable[..., Any]  # (state, rng, num) -> (images in [0, 1] (N,H,W,C) np, labels or None)

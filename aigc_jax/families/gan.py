@@ -1,7 +1,8 @@
 """The GAN family: MLP GAN and DCGAN, class-conditional, four losses, GP/R1, EMA generator.
 
-One jitted step does `n_critic` discriminator updates and one generator update. Images are in
-[-1, 1] (scale='minus_one_one'). Sampling and evaluation use the EMA generator.
+One jitted step does `n_critic` discriminator updates, each on its own real batch, and one
+generator update; so an epoch has 1/n_critic as many steps. Images are in [-1, 1]
+(scale='minus_one_one'). Sampling and evaluation use the EMA generator.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def validate_config(config, need) -> None:
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
+
+
+def batches_per_step(config) -> int:
+  """Every critic update trains on a fresh real batch (Gulrajani et al.'s WGAN-GP algorithm)."""
+  return int(config.n_critic)
 
 
 def build_models(config, info: data_lib.DatasetInfo):
@@ -124,9 +130,11 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   def train_step(state: GANState, batch, axis_name: str | None = None):
     rng = step_rng(state)
     normal = lambda key, shape: batch_noise(jax.random.normal, key, shape, axis_name)  # noqa: E731
-    real = batch["image"]
-    label = batch["label"] if conditional else None
-    size = real.shape[0]
+    # n_critic real batches, one per D update; G's update takes the last one's labels.
+    reals = batch["image"].reshape((config.n_critic, -1) + batch["image"].shape[1:])
+    labels = batch["label"].reshape(config.n_critic, -1) if conditional else None
+    g_label = labels[-1] if conditional else None
+    size = reals.shape[1]
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
     d_params, d_opt_state, d_stats = state.d_params, state.d_opt_state, state.d_stats
     # The D updates leave G unchanged, so G's forward pass for its own update runs once, up
@@ -135,10 +143,11 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     z_g = normal(jax.random.fold_in(rng, 0 if config.n_critic == 1 else 2 * config.n_critic),
                  (size, zdim))
     fake_g, g_vjp, g_stats = jax.vjp(
-        lambda params: generate(params, state.g_stats, z_g, label, True, axis_name), state.g_params,
+        lambda params: generate(params, state.g_stats, z_g, g_label, True, axis_name), state.g_params,
         has_aux=True)
     metrics = {}
     for i in range(config.n_critic):
+      real, label = reals[i], (labels[i] if conditional else None)
       if config.n_critic == 1:
         fake = fake_g
       else:
@@ -146,7 +155,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
         fake, _ = generate(state.g_params, state.g_stats, z, label, True, axis_name)
       fake = jax.lax.stop_gradient(fake)
 
-      def d_objective(params, stats=d_stats, fake=fake, i=i):
+      def d_objective(params, stats=d_stats, fake=fake, i=i, real=real, label=label):
         (real_logit, real_cls), stats = discriminate(params, stats, real, label, axis_name)
         (fake_logit, fake_cls), stats = discriminate(params, stats, fake, label, axis_name)
         loss = d_loss_fn(real_logit, fake_logit)
@@ -171,11 +180,11 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
       d_params = optax.apply_updates(d_params, updates)
 
     def g_objective(fake):  # of G's output; chained to G's parameters by g_vjp
-      (logit, cls), _ = discriminate(d_params, d_stats, fake, label, axis_name)  # stats unused
+      (logit, cls), _ = discriminate(d_params, d_stats, fake, g_label, axis_name)  # stats unused
       loss = g_loss_fn(logit)
       terms = {"g_loss": loss}
       if aux:
-        terms["g_class_loss"] = gan_losses.classifier_loss(cls, label)
+        terms["g_class_loss"] = gan_losses.classifier_loss(cls, g_label)
         loss = loss + terms["g_class_loss"]
       return loss, terms
 

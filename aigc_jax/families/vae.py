@@ -82,6 +82,11 @@ def mean_image(likelihood: str, scale: str, out):
   return jnp.clip((out + 1.0) / 2.0 if scale == "minus_one_one" else out, 0.0, 1.0)
 
 
+def batches_per_step(config) -> int:
+  del config
+  return 1
+
+
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
   """The VAE `Trainable`; `total_steps` shapes the learning-rate schedule (if any)."""
   model = build_model(config, info)

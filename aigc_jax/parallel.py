@@ -88,19 +88,17 @@ class TrainLoop:
 
     step_kwargs = {} if axis is None else {"axis_name": axis}
 
-    def step_and_add(state, sums, data, perm, index):
-      state, metrics = train_step(state, batch_at(state, data, perm, index), **step_kwargs)
-      return state, jax.tree_util.tree_map(jnp.add, sums, metrics)
-
-    def zero_sums(state, data, perm):
-      shapes = jax.eval_shape(
-          lambda s: train_step(s, batch_at(s, data, perm, 0), **step_kwargs)[1], state)
-      return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    def one_step(state, data, perm, index):
+      return train_step(state, batch_at(state, data, perm, index), **step_kwargs)
 
     def loop(state, data, perm, start, num_steps):
       def body(i, carry):
-        return step_and_add(*carry, data, perm, start + i)
-      return jax.lax.fori_loop(0, num_steps, body, (state, zero_sums(state, data, perm)))
+        state, metrics = one_step(carry[0], data, perm, start + i)
+        return state, jax.tree_util.tree_map(jnp.add, carry[1], metrics)
+
+      shapes = jax.eval_shape(one_step, state, data, perm, start)[1]
+      zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+      return jax.lax.fori_loop(0, num_steps, body, (state, zeros))
 
     # Positional arguments: (state[, sums], data, perm[, index or start, num_steps]); the leading
     # ones are placed per device, the trailing step indices are plain scalars.
@@ -121,8 +119,10 @@ class TrainLoop:
         return jax.jit(jax.shard_map(fn, mesh=self._mesh, in_specs=spec, out_specs=spec,
                                      check_vma=False), donate_argnums=donate)
 
-    self._zeros = wrap(zero_sums, 3, ())
-    self._one = wrap(step_and_add, 4, (0, 1))
+    # One step per dispatch traces and compiles the step once; its metrics are summed by a
+    # separate tiny add, so the step's trace is not repeated to learn the metrics' shapes.
+    self._one = wrap(one_step, 3, (0,))
+    self._add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b), donate_argnums=0)
     self._loop = wrap(loop, 3, (0,))
 
   def put_state(self, tree: Any) -> Any:
@@ -156,9 +156,10 @@ class TrainLoop:
 
   def __call__(self, state, data, perm, start: int, num_steps: int):
     if self.steps_per_call == 1:
-      sums = self._zeros(state, data, perm)
+      sums = None
       for i in range(num_steps):
-        state, sums = self._one(state, sums, data, perm, np.int32(start + i))
+        state, metrics = self._one(state, data, perm, np.int32(start + i))
+        sums = metrics if sums is None else self._add(sums, metrics)
       return state, self.get_state(sums)
     sums = None
     for offset in range(0, num_steps, self.steps_per_call):

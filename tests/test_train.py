@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aigc_jax import config as config_lib
+from aigc_jax import families
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 
@@ -96,6 +97,27 @@ def test_steps_per_call_does_not_change_the_result(idx_dir, tmp_path):
   a = train.train_and_evaluate(small_config(idx_dir, steps_per_call=1), str(tmp_path / "a"))
   b = train.train_and_evaluate(small_config(idx_dir, steps_per_call=4), str(tmp_path / "b"))
   np.testing.assert_allclose(a["neg_elbo"], b["neg_elbo"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps_per_call,traces", [(1, 1), (3, 2)])
+def test_no_retrace_across_steps_chunks_and_epochs(idx_dir, tmp_path, monkeypatch,
+                                                   steps_per_call, traces):
+  """3 epochs (8 steps each), chunks of 4 steps between logs and evaluations, run as 4 calls of
+  one step or as calls of 3 + 1 steps: the train step is traced once per compiled function
+  (with K > 1 the loop traces it twice: once for the metrics' shapes, once for the loop body)."""
+  chex.clear_trace_counter()  # chex counts per function definition, across tests
+  family = families.get("vae_mlp")
+  build = family.build
+
+  def counted_build(*args, **kwargs):
+    trainable = build(*args, **kwargs)
+    return trainable._replace(train_step=chex.assert_max_traces(trainable.train_step, n=traces))
+
+  monkeypatch.setattr(family, "build", counted_build)
+  config = small_config(idx_dir, num_train_steps=24, steps_per_call=steps_per_call)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  records = read_jsonl(os.path.join(tmp_path, "run", "metrics.jsonl"))
+  assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12, 16, 20, 24]
 
 
 def test_early_stopping_stops_and_keeps_the_best(idx_dir, tmp_path):

@@ -12,6 +12,9 @@ time over the timed calls (call time / steps per call), images/s, XLA's FLOP cou
 the GFLOP/s that makes and its fraction of this machine's fp32 matmul peak (a large `jnp.dot`
 timed here), and with --torch the same model and step in PyTorch eager
 (`aigc_jax.torch_reference`) timed in the same process, step by step, and the ratio.
+With --epoch, one whole epoch of the synthetic set run the way train.py runs it (chunks of
+log_every_steps steps, the state read back and the metric sums fetched after every chunk; no
+evaluation or checkpoints), against steps x the median step time.
 """
 
 from __future__ import annotations
@@ -132,8 +135,9 @@ def step_flops(train_step, state, batch) -> float:
   return float((analysis or {}).get("flops", 0.0))
 
 
-def time_jax(config, images, labels, steps: int, warmup: int) -> dict:
-  """compile_s, per-step samples in ms (one per call) and FLOPs of the real training path."""
+def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = False) -> dict:
+  """compile_s, per-step samples in ms (one per call), FLOPs of the real training path, and with
+  `epoch` the seconds and steps of one epoch run as train.py runs it."""
   info = data_lib.DATASETS[config.dataset]
   batch, k, num = config.batch_size, config.steps_per_call, len(labels)
   family = families.get(config.model)
@@ -165,8 +169,19 @@ def time_jax(config, images, labels, steps: int, warmup: int) -> dict:
     call(1 + i)
   samples = [1e3 * call(i) / k for i in range(max(MIN_CALLS, math.ceil(steps / k)))]
   compile_s = max(0.0, first - k * statistics.median(samples) / 1e3)
-  return {"compile_s": compile_s, "samples_ms": samples, "flops": flops,
-          "devices": run.num_devices}
+  result = {"compile_s": compile_s, "samples_ms": samples, "flops": flops,
+            "devices": run.num_devices}
+  if epoch:
+    epoch_steps = num // (batch * n)
+    start = time.perf_counter()
+    perm = run.put_data(data_lib.epoch_permutation(config.seed, 1, num))
+    for s in range(0, epoch_steps, config.log_every_steps):
+      state, sums = run(state, data, perm, s, min(config.log_every_steps, epoch_steps - s))
+      run.get_state(state)
+      jax.device_get(sums)
+    jax.block_until_ready(state)
+    result.update(epoch_s=time.perf_counter() - start, epoch_steps=epoch_steps)
+  return result
 
 
 def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
@@ -195,13 +210,16 @@ def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
   return samples[warmup:]
 
 
-def benchmark(name: str, config, *, torch: bool = False,
-              steps: int = 50, warmup: int = 5, peak_size: int = 4096) -> dict:
+def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup: int = 5,
+              peak_size: int = 4096, epoch: bool = False, num_images: int = NUM_IMAGES) -> dict:
   """The result (the command's JSON keys) of preset `name` with its `bench_config`."""
   info = data_lib.DATASETS[config.dataset]
   per_step = config.batch_size * families.get(config.model).batches_per_step(config)
-  images, labels = synthetic_split(info, max(NUM_IMAGES, per_step * config.steps_per_call))
-  jax_run = time_jax(config, images, labels, steps, warmup)
+  if num_images < per_step * config.steps_per_call:
+    raise BenchmarkError(f"--images {num_images} is less than one call's {per_step} x "
+                         f"{config.steps_per_call} images; use more images or a smaller batch")
+  images, labels = synthetic_split(info, num_images)
+  jax_run = time_jax(config, images, labels, steps, warmup, epoch)
   step_ms = statistics.median(jax_run["samples_ms"])
   devices = jax_run["devices"]
   gflop = jax_run["flops"] / 1e9
@@ -215,6 +233,9 @@ def benchmark(name: str, config, *, torch: bool = False,
       "gflop_per_step": round(gflop, 4), "gflops": round(gflop * 1e3 / step_ms, 2),
       "peak_gflops": round(peak, 2), "fraction_of_peak": round(gflop * 1e3 / step_ms / peak, 4),
   }
+  if epoch:
+    result.update(epoch_s=round(jax_run["epoch_s"], 3), epoch_steps=jax_run["epoch_steps"],
+                  epoch_vs_steps=round(jax_run["epoch_s"] * 1e3 / step_ms / jax_run["epoch_steps"], 3))
   if torch:
     torch_ms = statistics.median(time_torch(config, images, labels, steps, warmup))
     result.update(torch_step_ms=round(torch_ms, 3), speedup_vs_torch=round(torch_ms / step_ms, 3))
@@ -231,6 +252,9 @@ def describe(result: dict, steps_per_call: int) -> str:
            f"{r['gflop_per_step']:.3f} GFLOP/step -> {r['gflops']:.1f} GFLOP/s = "
            f"{100 * r['fraction_of_peak']:.0f}% of the measured fp32 matmul peak "
            f"({r['peak_gflops']:.1f} GFLOP/s)"]
+  if "epoch_s" in r:
+    lines.append(f"one epoch ({r['epoch_steps']} steps, as train.py runs it): {r['epoch_s']:.2f} s "
+                 f"= {r['epoch_vs_steps']:.3f} x steps x the median step time")
   if "torch_step_ms" in r:
     lines.append(f"PyTorch eager: {r['torch_step_ms']:.2f} ms/step; JAX is "
                  f"{r['speedup_vs_torch']:.2f}x its speed")
@@ -338,6 +362,11 @@ def main(argv: list[str] | None = None) -> None:
                       help="train steps per dispatch (default: the experiment's)")
   parser.add_argument("--torch", action="store_true", help="also time the PyTorch eager reference")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
+  parser.add_argument("--epoch", action="store_true", help="also time one epoch as train.py runs it "
+                      "(keys epoch_s, epoch_steps, epoch_vs_steps)")
+  parser.add_argument("--images", type=positive_int, default=NUM_IMAGES, metavar="N",
+                      help=f"size of the synthetic training set (default {NUM_IMAGES:,}, as "
+                      "Fashion-MNIST's)")
   parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="timed steps (default 50)")
   parser.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up steps after the compiling "
                       "first call (default 5)")
@@ -362,8 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     if is_busy(load_before):
       print(f"warning, {busy_warning(load_before)}", file=sys.stderr)
     for name, config in configs:
-      result = benchmark(name, config, torch=args.torch,
-                         steps=args.steps, warmup=args.warmup, peak_size=args.peak_size)
+      result = benchmark(name, config, torch=args.torch, steps=args.steps, warmup=args.warmup,
+                         peak_size=args.peak_size, epoch=args.epoch, num_images=args.images)
       results.append(result)
       print(json.dumps(result) if args.json else describe(result, config.steps_per_call),
             flush=True)

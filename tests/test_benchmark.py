@@ -122,3 +122,17 @@ def test_torch_step_trains_every_module(model):
   assert math.isfinite(loss)
   for module, old in zip(reference.modules, before):
     assert any(not torch.equal(p, q) for p, q in zip(module.parameters(), old)), type(module)
+
+
+def test_epoch_timing_keys(capsys):
+  benchmark.main(["--model", "vae_mlp", "--json", "--steps-per-call", "2", "--epoch",
+                  "--images", "64", *TINY])
+  result = json.loads(capsys.readouterr().out)
+  assert set(result) == KEYS - {"torch_step_ms", "speedup_vs_torch"} | {
+      "epoch_s", "epoch_steps", "epoch_vs_steps"}
+  assert result["epoch_steps"] == 16  # 64 images / batch 4
+  assert result["epoch_vs_steps"] == pytest.approx(
+      result["epoch_s"] * 1e3 / result["step_ms"] / 16, rel=0.01)
+  with pytest.raises(SystemExit):
+    benchmark.main(["--model", "vae_mlp", "--steps-per-call", "20", "--images", "64", *TINY])
+  assert "--images 64 is less than one call's 4 x 20 images" in capsys.readouterr().err

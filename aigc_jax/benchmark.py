@@ -144,7 +144,8 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
   n = family.batches_per_step(config)
   trainable = family.build(config, info, state_lib.total_train_steps(config, num, n))
   data = data_lib.to_device(images, labels)
-  perm = data_lib.epoch_permutation(config.seed, 0, num)
+  permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))  # as train.py's
+  perm = permutation(config.seed, 0, num)
   state = jax.jit(trainable.init)(jax.random.PRNGKey(config.seed))
   flops = step_flops(trainable.train_step, state,
                      data_lib.get_batch(data, perm, 0, batch * n, scale=config.scale))
@@ -174,7 +175,7 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
   if epoch:
     epoch_steps = num // (batch * n)
     start = time.perf_counter()
-    perm = run.put_data(data_lib.epoch_permutation(config.seed, 1, num))
+    perm = run.put_data(permutation(config.seed, 1, num))
     for s in range(0, epoch_steps, config.log_every_steps):
       state, sums = run(state, data, perm, s, min(config.log_every_steps, epoch_steps - s))
       run.get_state(state)

@@ -14,7 +14,8 @@ timed here), and with --torch the same model and step in PyTorch eager
 (`aigc_jax.torch_reference`) timed in the same process, step by step, and the ratio.
 With --epoch, one whole epoch of the synthetic set run the way train.py runs it (chunks of
 log_every_steps steps, the state read back and the metric sums fetched after every chunk; no
-evaluation or checkpoints), against steps x the median step time.
+evaluation or checkpoints), against steps x the median step time. With --profile N, the N ops
+of the compiled step that take the most time (`aigc_jax.step_profile`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,7 @@ from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import parallel
 from aigc_jax import state as state_lib
+from aigc_jax import step_profile
 
 EXPERIMENTS_DIR = Path(aigc_jax.__file__).resolve().parents[1] / "experiments"
 EXPERIMENT_SUFFIX = "_fashion_mnist.py"
@@ -135,20 +138,36 @@ def step_flops(train_step, state, batch) -> float:
   return float((analysis or {}).get("flops", 0.0))
 
 
+class StepSetup(NamedTuple):
+  trainable: Any
+  batches_per_step: int
+  data: data_lib.DeviceData
+  permutation: Callable  # (seed, epoch, num) -> the epoch's permutation, jitted as in train.py
+  state: Any  # the initial state
+  first_batch: dict  # the images of step 0 (batches_per_step batches)
+
+
+def setup(config, images, labels) -> StepSetup:
+  """The family's Trainable, the data on the device and the initial state of a benchmark run."""
+  info = data_lib.DATASETS[config.dataset]
+  family = families.get(config.model)
+  n = family.batches_per_step(config)
+  trainable = family.build(config, info, state_lib.total_train_steps(config, len(labels), n))
+  data = data_lib.to_device(images, labels)
+  permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
+  perm = permutation(config.seed, 0, len(labels))
+  state = jax.jit(trainable.init)(jax.random.PRNGKey(config.seed))
+  first_batch = data_lib.get_batch(data, perm, 0, config.batch_size * n, scale=config.scale)
+  return StepSetup(trainable, n, data, permutation, state, first_batch)
+
+
 def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = False) -> dict:
   """compile_s, per-step samples in ms (one per call), FLOPs of the real training path, and with
   `epoch` the seconds and steps of one epoch run as train.py runs it."""
-  info = data_lib.DATASETS[config.dataset]
   batch, k, num = config.batch_size, config.steps_per_call, len(labels)
-  family = families.get(config.model)
-  n = family.batches_per_step(config)
-  trainable = family.build(config, info, state_lib.total_train_steps(config, num, n))
-  data = data_lib.to_device(images, labels)
-  permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))  # as train.py's
+  trainable, n, data, permutation, state, first_batch = setup(config, images, labels)
   perm = permutation(config.seed, 0, num)
-  state = jax.jit(trainable.init)(jax.random.PRNGKey(config.seed))
-  flops = step_flops(trainable.train_step, state,
-                     data_lib.get_batch(data, perm, 0, batch * n, scale=config.scale))
+  flops = step_flops(trainable.train_step, state, first_batch)
   try:
     run = parallel.make_train_loop(trainable.train_step, batch_size=batch, scale=config.scale,
                                    binarize=config.binarize, steps_per_call=k, mode=config.parallel,
@@ -212,7 +231,8 @@ def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
 
 
 def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup: int = 5,
-              peak_size: int = 4096, epoch: bool = False, num_images: int = NUM_IMAGES) -> dict:
+              peak_size: int = 4096, epoch: bool = False, num_images: int = NUM_IMAGES,
+              profile: int = 0) -> dict:
   """The result (the command's JSON keys) of preset `name` with its `bench_config`."""
   info = data_lib.DATASETS[config.dataset]
   per_step = config.batch_size * families.get(config.model).batches_per_step(config)
@@ -237,6 +257,10 @@ def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup
   if epoch:
     result.update(epoch_s=round(jax_run["epoch_s"], 3), epoch_steps=jax_run["epoch_steps"],
                   epoch_vs_steps=round(jax_run["epoch_s"] * 1e3 / step_ms / jax_run["epoch_steps"], 3))
+  if profile:
+    run = setup(config, images, labels)
+    ops = step_profile.op_times(run.trainable.train_step, run.state, run.first_batch)
+    print(step_profile.describe(ops, profile, step_ms), file=sys.stderr, flush=True)
   if torch:
     torch_ms = statistics.median(time_torch(config, images, labels, steps, warmup))
     result.update(torch_step_ms=round(torch_ms, 3), speedup_vs_torch=round(torch_ms / step_ms, 3))
@@ -365,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   parser.add_argument("--epoch", action="store_true", help="also time one epoch as train.py runs it "
                       "(keys epoch_s, epoch_steps, epoch_vs_steps)")
+  parser.add_argument("--profile", type=positive_int, metavar="N", help="also print the N ops of "
+                      "the compiled step that take the most time (jax.profiler; to stderr)")
   parser.add_argument("--images", type=positive_int, default=NUM_IMAGES, metavar="N",
                       help=f"size of the synthetic training set (default {NUM_IMAGES:,}, as "
                       "Fashion-MNIST's)")
@@ -393,7 +419,8 @@ def main(argv: list[str] | None = None) -> None:
       print(f"warning, {busy_warning(load_before)}", file=sys.stderr)
     for name, config in configs:
       result = benchmark(name, config, torch=args.torch, steps=args.steps, warmup=args.warmup,
-                         peak_size=args.peak_size, epoch=args.epoch, num_images=args.images)
+                         peak_size=args.peak_size, epoch=args.epoch, num_images=args.images,
+                         profile=args.profile or 0)
       results.append(result)
       print(json.dumps(result) if args.json else describe(result, config.steps_per_call),
             flush=True)

@@ -14,6 +14,7 @@ from aigc_jax import benchmark
 from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import state as state_lib
+from aigc_jax import step_profile
 from aigc_jax import torch_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,3 +137,22 @@ def test_epoch_timing_keys(capsys):
   with pytest.raises(SystemExit):
     benchmark.main(["--model", "vae_mlp", "--steps-per-call", "20", "--images", "64", *TINY])
   assert "--images 64 is less than one call's 4 x 20 images" in capsys.readouterr().err
+
+
+def test_step_profile_names_the_ops_of_the_compiled_step():
+  """A step dominated by a big matmul: the profile's top op is that dot (or the fusion holding
+  it), with the dot's result shape, and its time is most of the call's."""
+  a = jax.numpy.ones((1024, 1024))
+  ops = step_profile.op_times(lambda a: (a @ a, jax.numpy.cos(a[0])), a, calls=3)
+  assert ops and all(op.ms >= 0 and op.count >= 1 for op in ops)
+  assert "f32[1024,1024]" in ops[0].hlo and ops[0].ms == max(op.ms for op in ops)
+  assert ops[0].ms > 0.5 * sum(op.ms for op in ops)
+  text = step_profile.describe(ops, 2, step_ms=10.0)
+  assert text.startswith(f"top {min(2, len(ops))} of {len(ops)} ops") and ops[0].name in text
+
+
+def test_benchmark_profile_flag(capsys):
+  benchmark.main(["--model", "gan_mlp", "--json", "--steps-per-call", "1", "--profile", "3", *TINY])
+  captured = capsys.readouterr()
+  assert json.loads(captured.out)["model"] == "gan_mlp"
+  assert "top 3 of" in captured.err and "ms" in captured.err

@@ -76,9 +76,9 @@ def maybe_spectral(layer: nn.Module, enabled: bool, update_stats: bool):
 # weights. For a strided convolution XLA derives that term as a reversed, dilated convolution
 # that XLA:CPU runs ~15x slower than the equivalent weight gradient (measured: 151 of the
 # 228 ms of a 2-conv critic's penalty step at batch 64). A convolution y = conv(x, w) is
-# bilinear, so all its derivatives are one of three linear maps: conv itself, its transpose in
-# x (`_input_grad`) and its transpose in w (`_weight_grad`). Giving each of the three a
-# custom VJP written with the other two keeps every derivative in the first-order forms.
+# bilinear, so all its derivatives are one of three linear maps: conv itself and its
+# transposes in x (the input gradient) and in w (the weight gradient). Giving each a custom
+# VJP written with the others keeps every derivative in the first-order forms.
 
 
 def _lax_conv(x, w, conv_args):
@@ -98,48 +98,36 @@ def _conv_fwd(x, w, conv_args):
 
 def _conv_bwd(conv_args, residuals, g):
   x, w = residuals
-  return _input_grad(g, w, conv_args, x.shape), _weight_grad(x, g, conv_args, w.shape)
+  return (_conv_transpose(w, g, conv_args, 0, x.shape),
+          _conv_transpose(x, g, conv_args, 1, w.shape))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _input_grad(g, w, conv_args, x_shape):
-  """The transpose of x -> conv(x, w), applied to g."""
-  spec = jax.ShapeDtypeStruct(x_shape, g.dtype)
-  return jax.linear_transpose(lambda x: _lax_conv(x, w, conv_args), spec)(g)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_transpose(other, g, conv_args, slot, shape):
+  """The transpose of v -> conv(v, other) (slot 0: the input gradient, other = w) or of
+  v -> conv(other, v) (slot 1: the weight gradient, other = x), applied to g; v has `shape`."""
+  spec = jax.ShapeDtypeStruct(shape, g.dtype)
+  conv = (lambda v: _lax_conv(v, other, conv_args)) if slot == 0 else (
+      lambda v: _lax_conv(other, v, conv_args))
+  return jax.linear_transpose(conv, spec)(g)[0]
 
 
-def _input_grad_fwd(g, w, conv_args, x_shape):
-  return _input_grad(g, w, conv_args, x_shape), (g, w)
+def _conv_transpose_fwd(other, g, conv_args, slot, shape):
+  return _conv_transpose(other, g, conv_args, slot, shape), (other, g)
 
 
-def _input_grad_bwd(conv_args, x_shape, residuals, c):
-  g, w = residuals  # <c, input_grad(g, w)> = <conv(c, w), g>
-  return _conv(c, w, conv_args), _weight_grad(c, g, conv_args, w.shape)
+def _conv_transpose_bwd(conv_args, slot, shape, residuals, c):
+  # <c, transpose(g)> = <conv with c in slot `slot`, g>: its gradient in g is that conv, and in
+  # `other` it is the transpose in other's slot, applied to g.
+  other, g = residuals
+  d_g = _conv(c, other, conv_args) if slot == 0 else _conv(other, c, conv_args)
+  return _conv_transpose(c, g, conv_args, 1 - slot, other.shape), d_g
 
 
-_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _weight_grad(x, g, conv_args, w_shape):
-  """The transpose of w -> conv(x, w), applied to g."""
-  spec = jax.ShapeDtypeStruct(w_shape, g.dtype)
-  return jax.linear_transpose(lambda w: _lax_conv(x, w, conv_args), spec)(g)[0]
-
-
-def _weight_grad_fwd(x, g, conv_args, w_shape):
-  return _weight_grad(x, g, conv_args, w_shape), (x, g)
-
-
-def _weight_grad_bwd(conv_args, w_shape, residuals, c):
-  x, g = residuals  # <c, weight_grad(x, g)> = <conv(x, c), g>
-  return _input_grad(g, c, conv_args, x.shape), _conv(x, c, conv_args)
-
-
-_weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
+_conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

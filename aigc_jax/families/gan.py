@@ -136,7 +136,6 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     g_label = labels[-1] if conditional else None
     size = reals.shape[1]
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
-    d_params, d_opt_state, d_stats = state.d_params, state.d_opt_state, state.d_stats
     # The D updates leave G unchanged, so G's forward pass for its own update runs once, up
     # front; with n_critic == 1 the critic trains on those same fakes (as the PyTorch DCGAN
     # example does), which saves a generator forward pass per step.
@@ -145,6 +144,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     fake_g, g_vjp, g_stats = jax.vjp(
         lambda params: generate(params, state.g_stats, z_g, g_label, True, axis_name), state.g_params,
         has_aux=True)
+
     def critic_update(carry, i):
       """D update i on real batch i."""
       d_params, d_opt_state, d_stats = carry

@@ -110,12 +110,13 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
   """Conv 4x4 s2 (F) -> LeakyReLU -> Conv 4x4 s2 (2F) [-> BN] -> LeakyReLU -> projection head."""
 
-  def __init__(self, image_shape, num_classes: int, sn: bool, features: int = 64):
+  def __init__(self, image_shape, num_classes: int, sn: bool, features: int = 64,
+               batch_norm: bool = True):
     super().__init__()
     h, w, c = image_shape
     layers = [_sn(nn.Conv2d(c, features, 4, 2, 1), sn), nn.LeakyReLU(0.2),
               _sn(nn.Conv2d(features, 2 * features, 4, 2, 1), sn)]
-    if not sn:
+    if batch_norm and not sn:
       layers.append(nn.BatchNorm2d(2 * features))
     self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten())
     self.head = ProjectionHead(2 * features * (h // 4) * (w // 4), num_classes, sn)
@@ -171,7 +172,7 @@ class GANReference:
       self.d = MLPDiscriminator(shape, num_classes, sn)
     else:
       self.g = DCGANGenerator(shape, z_dim, num_classes)
-      self.d = DCGANDiscriminator(shape, num_classes, sn)
+      self.d = DCGANDiscriminator(shape, num_classes, sn, batch_norm=config.d_batchnorm)
     self.ema = copy.deepcopy(self.g).requires_grad_(False)
     d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
     self.g_opt = _adam(self.g.parameters(), config, config.learning_rate)

@@ -55,6 +55,7 @@ def test_ema_follows_the_formula_with_its_warm_up(step, decay):
     ("gan_mlp", dict(gan_loss="wasserstein", gp_weight=10.0, n_critic=2, spectral_norm=True)),
     ("dcgan", dict(gan_loss="hinge", spectral_norm=True, conditional=True, r1_gamma=1.0)),
     ("dcgan", dict(conditional=True, aux_classifier=True)),
+    ("dcgan", dict(gan_loss="wasserstein", gp_weight=10.0, d_batchnorm=False)),
 ])
 def test_variants_train_and_sample(model, overrides):
   trainable, state = make(model, **overrides)
@@ -76,6 +77,8 @@ def test_config_errors():
     make(gan_loss="wgan")
   with pytest.raises(config_lib.ConfigError, match="aux_classifier"):
     make(aux_classifier=True)
+  with pytest.raises(config_lib.ConfigError, match="set d_batchnorm=False or spectral_norm=True"):
+    make("dcgan", gan_loss="wasserstein", gp_weight=10.0)
 
 
 def test_each_critic_update_takes_its_own_real_batch():

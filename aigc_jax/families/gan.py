@@ -41,6 +41,7 @@ def default_config(model: str) -> dict:
       gp_weight=0.0,  # WGAN-GP's lambda (10 for wgan-gp)
       r1_gamma=0.0,  # R1 penalty weight gamma (adds gamma/2 * R1)
       spectral_norm=False,  # spectral normalization of every discriminator layer
+      d_batchnorm=True,  # DCGAN D: BatchNorm after its second conv (never with spectral_norm)
       conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
       aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
@@ -62,6 +63,11 @@ def validate_config(config, need) -> None:
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
+  d_batchnorm = config.model == "dcgan" and config.d_batchnorm and not config.spectral_norm
+  need(not (d_batchnorm and (config.gp_weight or config.r1_gamma)),
+       "a gradient penalty (gp_weight, r1_gamma) needs a critic that treats examples "
+       "independently, and the DCGAN discriminator's BatchNorm mixes them: set "
+       "d_batchnorm=False or spectral_norm=True")
 
 
 def batches_per_step(config) -> int:
@@ -80,7 +86,7 @@ def build_models(config, info: data_lib.DatasetInfo):
                                           upsample=config.upsample)
     discriminator = gan_models.DCGANDiscriminator(
         num_classes=num_classes, spectral_norm=config.spectral_norm,
-        aux_classifier=config.aux_classifier)
+        aux_classifier=config.aux_classifier, batch_norm=config.d_batchnorm)
   return generator, discriminator
 
 

@@ -147,8 +147,8 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
   """Conv 4x4 s2 (F) -> LeakyReLU -> Conv 4x4 s2 (2F) [-> BN] -> LeakyReLU -> flatten -> logit.
 
-  BatchNorm on the second conv unless `spectral_norm` (which normalizes every conv and dense
-  layer instead). Conditional (num_classes > 0): a projection discriminator, or, with
+  BatchNorm on the second conv if `batch_norm` and not `spectral_norm` (which normalizes every
+  conv and dense layer instead). Conditional (num_classes > 0): a projection discriminator, or, with
   `aux_classifier=True`, ACGAN's discriminator, which takes no label and returns
   (logit (B,), class_logits (B, num_classes)). The convolutions use
   `layers.conv_general_dilated`, whose second derivatives (gradient penalties, R1) stay off
@@ -159,6 +159,7 @@ class DCGANDiscriminator(nn.Module):
   num_classes: int = 0
   spectral_norm: bool = False
   aux_classifier: bool = False
+  batch_norm: bool = True
 
   @nn.compact
   def __call__(self, x, label=None, train: bool = True, axis_name: str | None = None):
@@ -172,7 +173,7 @@ class DCGANDiscriminator(nn.Module):
 
     h = nn.leaky_relu(maybe_spectral(conv(f), sn, train)(x), 0.2)
     h = maybe_spectral(conv(2 * f), sn, train)(h)
-    if not sn:
+    if self.batch_norm and not sn:
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        axis_name=axis_name)(h)
     h = nn.leaky_relu(h, 0.2).reshape(x.shape[0], -1)

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aigc_jax.state import batch_noise
+
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
@@ -294,15 +296,22 @@ def epoch_permutation(seed: int | jax.Array, epoch: int | jax.Array,
 def preprocess(images_uint8: jax.Array | np.ndarray,
                *,
                scale: str = "zero_one",
-               binarize_rng: jax.Array | None = None) -> jax.Array:
-  """uint8 -> float32 in [0,1] or [-1,1]; optional dynamic binarization."""
+               binarize_rng: jax.Array | None = None,
+               axis_name: str | None = None) -> jax.Array:
+  """uint8 -> float32 in [0,1] or [-1,1]; optional dynamic binarization.
+
+  Binarization draws Bernoulli(pixel) from `binarize_rng`; under a named data axis, for the whole
+  global batch and keeps this device's rows (`state.batch_noise`), so it does not depend on the
+  device count.
+  """
   if scale not in _SCALES:
     raise ValueError(f"unknown scale '{scale}' (expected one of {_SCALES})")
   x = jnp.asarray(images_uint8).astype(jnp.float32)
   if binarize_rng is not None:
     if scale != "zero_one":
       raise ValueError(f"binarization needs scale='zero_one' (got '{scale}')")
-    return jax.random.bernoulli(binarize_rng, x / 255.0).astype(jnp.float32)
+    uniform = batch_noise(jax.random.uniform, binarize_rng, x.shape, axis_name)
+    return (uniform < x / 255.0).astype(jnp.float32)
   return x / 255.0 if scale == "zero_one" else x / 127.5 - 1.0
 
 

@@ -27,7 +27,6 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from aigc_jax import data as data_lib
-from aigc_jax.state import batch_noise
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +76,11 @@ class TrainLoop:
         offsets = offsets + jax.lax.axis_index(axis) * local_batch
       idx = jax.vmap(lambda o: jax.lax.dynamic_slice_in_dim(perm, o, local_batch))(offsets)
       idx = idx.reshape(-1)
-      images = jnp.take(data.images, idx, axis=0)
-      if binarize:  # Bernoulli(pixel) drawn for the whole global batch, then sliced
+      rng = None
+      if binarize:
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, BINARIZE_STREAM), state.step)
-        uniform = batch_noise(jax.random.uniform, rng, images.shape, axis)
-        image = (uniform < images.astype(jnp.float32) / 255.0).astype(jnp.float32)
-      else:
-        image = data_lib.preprocess(images, scale=scale)
+      image = data_lib.preprocess(jnp.take(data.images, idx, axis=0), scale=scale,
+                                  binarize_rng=rng, axis_name=axis)
       return {"image": image, "label": jnp.take(data.labels, idx, axis=0)}
 
     step_kwargs = {} if axis is None else {"axis_name": axis}
@@ -100,8 +97,8 @@ class TrainLoop:
       zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
       return jax.lax.fori_loop(0, num_steps, body, (state, zeros))
 
-    # Positional arguments: (state[, sums], data, perm[, index or start, num_steps]); the leading
-    # ones are placed per device, the trailing step indices are plain scalars.
+    # Positional arguments: (state, data, perm, index) or (state, data, perm, start, num_steps);
+    # the leading `placed` ones are placed per device, the trailing step indices are scalars.
     if mode == "none":
       wrap = lambda fn, placed, donate: jax.jit(fn, donate_argnums=donate)  # noqa: E731
     elif mode == "pmap":
@@ -120,7 +117,8 @@ class TrainLoop:
                                      check_vma=False), donate_argnums=donate)
 
     # One step per dispatch traces and compiles the step once; its metrics are summed by a
-    # separate tiny add, so the step's trace is not repeated to learn the metrics' shapes.
+    # separate tiny add (which also sums the chunks of the K-step loop), so the step's trace is
+    # not repeated to learn the metrics' shapes.
     self._one = wrap(one_step, 3, (0,))
     self._add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b), donate_argnums=0)
     self._loop = wrap(loop, 3, (0,))
@@ -165,7 +163,7 @@ class TrainLoop:
     for offset in range(0, num_steps, self.steps_per_call):
       n = min(self.steps_per_call, num_steps - offset)
       state, chunk = self._loop(state, data, perm, np.int32(start + offset), np.int32(n))
-      sums = chunk if sums is None else jax.tree_util.tree_map(jnp.add, sums, chunk)
+      sums = chunk if sums is None else self._add(sums, chunk)
     return state, self.get_state(sums)
 
 

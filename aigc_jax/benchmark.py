@@ -143,6 +143,7 @@ class StepSetup(NamedTuple):
   batches_per_step: int
   data: data_lib.DeviceData
   permutation: Callable  # (seed, epoch, num) -> the epoch's permutation, jitted as in train.py
+  perm: jax.Array  # epoch 0's
   state: Any  # the initial state
   first_batch: dict  # the images of step 0 (batches_per_step batches)
 
@@ -158,15 +159,15 @@ def setup(config, images, labels) -> StepSetup:
   perm = permutation(config.seed, 0, len(labels))
   state = jax.jit(trainable.init)(jax.random.PRNGKey(config.seed))
   first_batch = data_lib.get_batch(data, perm, 0, config.batch_size * n, scale=config.scale)
-  return StepSetup(trainable, n, data, permutation, state, first_batch)
+  return StepSetup(trainable, n, data, permutation, perm, state, first_batch)
 
 
 def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = False) -> dict:
   """compile_s, per-step samples in ms (one per call), FLOPs of the real training path, and with
   `epoch` the seconds and steps of one epoch run as train.py runs it."""
   batch, k, num = config.batch_size, config.steps_per_call, len(labels)
-  trainable, n, data, permutation, state, first_batch = setup(config, images, labels)
-  perm = permutation(config.seed, 0, num)
+  trainable, n, data, permutation, perm, state, first_batch = setup(config, images, labels)
+  steps_per_epoch = data_lib.steps_per_epoch(num, batch * n)
   flops = step_flops(trainable.train_step, state, first_batch)
   try:
     run = parallel.make_train_loop(trainable.train_step, batch_size=batch, scale=config.scale,
@@ -175,7 +176,7 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
   except ValueError as e:
     raise BenchmarkError(str(e)) from None
   state, data, perm = run.put_state(state), run.put_data(data), run.put_data(perm)
-  starts = num // (batch * n) - k + 1  # calls cycle through the epoch's steps
+  starts = steps_per_epoch - k + 1  # calls cycle through the epoch's steps
 
   def call(i: int) -> float:
     nonlocal state
@@ -192,15 +193,14 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
   result = {"compile_s": compile_s, "samples_ms": samples, "flops": flops,
             "devices": run.num_devices}
   if epoch:
-    epoch_steps = num // (batch * n)
     start = time.perf_counter()
     perm = run.put_data(permutation(config.seed, 1, num))
-    for s in range(0, epoch_steps, config.log_every_steps):
-      state, sums = run(state, data, perm, s, min(config.log_every_steps, epoch_steps - s))
+    for s in range(0, steps_per_epoch, config.log_every_steps):
+      state, sums = run(state, data, perm, s, min(config.log_every_steps, steps_per_epoch - s))
       run.get_state(state)
       jax.device_get(sums)
     jax.block_until_ready(state)
-    result.update(epoch_s=time.perf_counter() - start, epoch_steps=epoch_steps)
+    result.update(epoch_s=time.perf_counter() - start, epoch_steps=steps_per_epoch)
   return result
 
 
@@ -220,7 +220,7 @@ def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
   x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW, as PyTorch users keep it
   y = torch.from_numpy(labels).long()
   perm = torch.randperm(num)
-  per_epoch = num // batch
+  per_epoch = data_lib.steps_per_epoch(num, batch)
   samples = []
   for i in range(warmup + steps):
     start = time.perf_counter()

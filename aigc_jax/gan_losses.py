@@ -93,8 +93,3 @@ def r1_penalty(critic_fn: Callable, real: jnp.ndarray) -> jnp.ndarray:
   """
   grads = _per_example_input_grads(critic_fn, real)
   return jnp.mean(_sum_nonbatch(jnp.square(grads)))
-
-
-def ema_update(ema_params, params, decay: float):
-  """decay * ema + (1 - decay) * params, leaf by leaf (the EMA generator of e.g. StyleGAN)."""
-  return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)

@@ -45,6 +45,16 @@ def adam(config, total_steps: int) -> optax.GradientTransformation:
   return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 
+def ema_update(ema_params, params, decay):
+  """decay * ema + (1 - decay) * params, leaf by leaf (Polyak averaging; StyleGAN's EMA generator)."""
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def warmed_up_ema_decay(decay: float, step: jax.Array) -> jax.Array:
+  """min(decay, (1 + step) / (10 + step)): early averages do not drag the untrained init along."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def total_train_steps(config, num_train_examples: int, batches_per_step: int = 1) -> int:
   """num_train_steps when > 0, else num_epochs full epochs (the last partial step dropped).
 

@@ -272,7 +272,7 @@ class ConvVAE(VAE):
 
 
 class VAEReference:
-  """A VAE, its Adam (and cosine schedule) and the eager one-sample ELBO step."""
+  """A VAE, its Adam (and cosine schedule), its parameter EMA if any, and the eager ELBO step."""
 
   def __init__(self, config, info, total_steps: int):
     if config.likelihood != "bernoulli" or config.iwae_samples != 1:
@@ -287,6 +287,7 @@ class VAEReference:
     self.schedule = None
     if config.lr_schedule == "cosine":
       self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, total_steps))
+    self.ema = copy.deepcopy(self.vae).requires_grad_(False) if config.ema_decay > 0 else None
     self.config = config
     self.modules = (self.vae,)
 
@@ -305,6 +306,10 @@ class VAEReference:
     self.opt.step()
     if self.schedule is not None:
       self.schedule.step()
+    if self.ema is not None:
+      with torch.no_grad():
+        for ema, param in zip(self.ema.parameters(), self.vae.parameters()):
+          ema.lerp_(param, 1.0 - self.config.ema_decay)
     return loss.item()
 
 

@@ -104,12 +104,3 @@ def test_r1_penalty():
   x = jnp.array([[1.0, 2.0], [0.0, 3.0]])
   np.testing.assert_allclose(gan_losses.r1_penalty(lambda x: 0.5 * jnp.sum(x**2, axis=1), x),
                              mean([5.0, 9.0]), rtol=1e-6)
-
-
-def test_ema_update():
-  ema = {"a": jnp.array([1.0, 2.0]), "b": {"c": jnp.array(10.0)}}
-  params = {"a": jnp.array([3.0, -2.0]), "b": {"c": jnp.array(0.0)}}
-  out = gan_losses.ema_update(ema, params, 0.9)
-  np.testing.assert_allclose(out["a"], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2], rtol=1e-6)
-  np.testing.assert_allclose(out["b"]["c"], 9.0, rtol=1e-6)
-  np.testing.assert_allclose(ema["a"], [1.0, 2.0])  # pure: the input is untouched

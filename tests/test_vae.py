@@ -119,6 +119,26 @@ class JitAgreesTest(chex.TestCase):
     assert int(state.step) == 3
 
 
+def test_ema_params_follow_the_formula_and_are_what_evaluation_uses():
+  config = tiny_config(ema_decay=0.5)
+  trainable = families.get("vae_mlp").build(config, TINY)
+  state = trainable.init(jax.random.PRNGKey(0))
+  batch = {"image": jnp.linspace(0, 1, 16).reshape(4, 2, 2, 1), "label": jnp.arange(4) % 3}
+  state, _ = trainable.train_step(state, batch)  # step 0: warmed-up decay min(0.5, 1/10) = 0.1
+  first = state.params
+  state, _ = trainable.train_step(state, batch)  # step 1: min(0.5, 2/11)
+  want = jax.tree_util.tree_map(lambda e, p: 2 / 11 * e + 9 / 11 * p,
+                                jax.tree_util.tree_map(lambda p0, p1: 0.1 * p0 + 0.9 * p1,
+                                                       trainable.init(jax.random.PRNGKey(0)).params,
+                                                       first), state.params)
+  chex.assert_trees_all_close(state.model_state["ema_params"], want, rtol=1e-5, atol=1e-7)
+  test = tiny_data(3)
+  with_ema = trainable.evaluate(state, test)
+  swapped = state.replace(params=state.model_state["ema_params"], model_state={})
+  assert with_ema == trainable.evaluate(swapped, test)  # the EMA parameters, not the raw ones
+  assert with_ema != trainable.evaluate(state.replace(model_state={}), test)
+
+
 def test_full_evaluate_iwae_is_tighter_than_elbo_on_the_same_images():
   config = tiny_config(eval_iwae_samples=64, eval_iwae_examples=3)
   trainable = families.get("vae_mlp").build(config, TINY)

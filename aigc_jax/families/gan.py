@@ -20,6 +20,7 @@ from aigc_jax import writers
 from aigc_jax.families import Trainable
 from aigc_jax.metrics import classifier as classifier_lib
 from aigc_jax.models import gan as gan_models
+from aigc_jax import state as state_lib
 from aigc_jax.state import GANState, batch_noise, step_rng
 
 SAMPLE_STREAM = 2
@@ -128,11 +129,6 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     logit, class_logits = out if aux else (out, None)
     return (logit, class_logits), updates.get("batch_stats", d_stats)
 
-  def ema_decay(step):
-    """config.ema_decay, warmed up as min(decay, (1 + step) / (10 + step)): the average does not
-    drag the untrained initial generator through the first thousands of steps."""
-    return jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
-
   def train_step(state: GANState, batch, axis_name: str | None = None):
     rng = step_rng(state)
     normal = lambda key, shape: batch_noise(jax.random.normal, key, shape, axis_name)  # noqa: E731
@@ -211,7 +207,8 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     new_state = state.replace(
         step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
         d_opt_state=d_opt_state, g_stats=g_stats, d_stats=d_stats,
-        ema_params=gan_losses.ema_update(state.ema_params, g_params, ema_decay(state.step)))
+        ema_params=state_lib.ema_update(state.ema_params, g_params,
+                                        state_lib.warmed_up_ema_decay(config.ema_decay, state.step)))
     return new_state, metrics
 
   @functools.partial(jax.jit, static_argnames=("num", "use_ema"))

@@ -34,6 +34,8 @@ def default_config(model: str) -> dict:
       likelihood="bernoulli",  # or 'gaussian'
       torch_init=False,  # MLP layers initialised like PyTorch's nn.Linear (U(+-1/sqrt(fan_in)))
       beta=1.0,  # weight of the KL term (beta-VAE); 1 = the ELBO
+      ema_decay=0.0,  # > 0: evaluate and sample with a moving average of the parameters (warmed
+      #                 up like the GANs' EMA generator); 0 = the trained parameters themselves
       conditional=False,  # labels into encoder and decoder
       iwae_samples=1,  # k > 1 trains on the k-sample IWAE bound instead of the ELBO
       eval_iwae_samples=1000,  # k of the importance-sampled NLL in `python -m aigc_jax.evaluate`
@@ -47,6 +49,7 @@ def validate_config(config, need) -> None:
   need(not (config.likelihood == "bernoulli" and config.scale != "zero_one"),
        "likelihood='bernoulli' needs scale='zero_one' (pixels in [0, 1])")
   need(config.latent_dim > 0 and config.hidden_dim > 0, "latent_dim and hidden_dim must be > 0")
+  need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}")
   need(config.beta > 0, f"beta must be > 0, got {config.beta}")
   need(config.iwae_samples >= 1, f"iwae_samples must be >= 1, got {config.iwae_samples}")
   need(config.iwae_samples == 1 or config.beta == 1.0,
@@ -82,6 +85,12 @@ def mean_image(likelihood: str, scale: str, out):
   return jnp.clip((out + 1.0) / 2.0 if scale == "minus_one_one" else out, 0.0, 1.0)
 
 
+def eval_params(state: TrainState):
+  """The parameters evaluation and sampling use: their moving average when the run keeps one
+  (ema_decay > 0), else the trained parameters."""
+  return state.model_state.get("ema_params", state.params)
+
+
 def batches_per_step(config) -> int:
   del config
   return 1
@@ -101,7 +110,9 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     x = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
     label = jnp.zeros((1,), jnp.int32) if conditional else None
     params = model.init(jax.random.fold_in(rng, 0), x, jax.random.fold_in(rng, 1), label)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=rng)
+    model_state = {"ema_params": params} if config.ema_decay > 0 else None
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=rng,
+                             model_state=model_state)
 
   def per_example_terms(params, batch, rng, num_samples: int, axis_name=None):
     x = batch["image"]
@@ -126,7 +137,12 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
       grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-    return state.apply_gradients(grads), metrics
+    if config.ema_decay <= 0:
+      return state.apply_gradients(grads), metrics
+    new = state.apply_gradients(grads)
+    decay = state_lib.warmed_up_ema_decay(config.ema_decay, state.step)
+    ema = state_lib.ema_update(state.model_state["ema_params"], new.params, decay)
+    return new.replace(model_state={"ema_params": ema}), metrics
 
   @jax.jit
   def eval_sums(params, batch, rng):
@@ -140,7 +156,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     rng = jax.random.fold_in(state.rng, EVAL_STREAM)
     totals = None
     for i, batch in enumerate(data_lib.eval_batches(test, config.eval_batch_size, scale=config.scale)):
-      sums = eval_sums(state.params, batch, jax.random.fold_in(rng, i))
+      sums = eval_sums(eval_params(state), batch, jax.random.fold_in(rng, i))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = totals.pop("count")
@@ -165,7 +181,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     bound_sum, elbo_sum = 0.0, 0.0
     batches = list(data_lib.eval_batches(subset, chunk, scale=config.scale))
     for i, batch in enumerate(progress(batches) if progress else batches):
-      bound, elbo = iwae_chunk(state.params, batch, jax.random.fold_in(rng, i), k)
+      bound, elbo = iwae_chunk(eval_params(state), batch, jax.random.fold_in(rng, i), k)
       bound_sum += float(jnp.sum(bound * batch["mask"]))
       elbo_sum += float(jnp.sum(elbo * batch["mask"]))
     result.update(nll_iwae=-bound_sum / n, nll_iwae_samples=k, nll_iwae_examples=n,
@@ -180,7 +196,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
 
   def sample(state: TrainState, rng, num: int):
     labels = jnp.arange(num, dtype=jnp.int32) % info.num_classes if conditional else None
-    images = np.asarray(_sample(state.params, rng, labels, num))
+    images = np.asarray(_sample(eval_params(state), rng, labels, num))
     return images, (None if labels is None else np.asarray(labels))
 
   @jax.jit
@@ -195,7 +211,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
                                          config.num_sample_images,
                                          info.num_classes if conditional else 0)
     batch = next(data_lib.eval_batches(test, 32, scale=config.scale))
-    recon = np.asarray(_reconstruct(state.params, batch, rng))
+    recon = np.asarray(_reconstruct(eval_params(state), batch, rng))
     originals = np.asarray(batch["image"])
     if config.scale == "minus_one_one":
       originals = (originals + 1.0) / 2.0

@@ -37,11 +37,13 @@ class TrainState(flax.struct.PyTreeNode):
                         opt_state=opt_state, **changes)
 
 
-def adam(config, total_steps: int) -> optax.GradientTransformation:
-  """Adam with the config's learning rate, betas and schedule over `total_steps` steps."""
-  learning_rate = config.learning_rate
+def adam(config, total_steps: int, learning_rate: float | None = None) -> optax.GradientTransformation:
+  """Adam with the config's betas and schedule over `total_steps` updates; the learning rate is
+  `learning_rate`, or config.learning_rate when None."""
+  peak = config.learning_rate if learning_rate is None else learning_rate
+  learning_rate = peak
   if config.lr_schedule == "cosine":
-    learning_rate = optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps))
+    learning_rate = optax.cosine_decay_schedule(peak, max(1, total_steps))
   return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 

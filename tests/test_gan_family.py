@@ -39,6 +39,18 @@ def test_discriminator_update_leaves_generator_alone_and_vice_versa():
   assert max_change(new.g_params, state.g_params) > 1e-4
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_cosine_schedule_reaches_zero_after_total_steps(schedule):
+  """Over total_steps=1 the cosine learning rates are 0 from the second step on (G and D)."""
+  config = config_lib.validate(config_lib.get_config("gan_mlp", lr_schedule=schedule))
+  trainable = families.get("gan_mlp").build(config, INFO, total_steps=1)
+  step = jax.jit(trainable.train_step)
+  first, _ = step(trainable.init(jax.random.PRNGKey(0)), batch())
+  second, _ = step(first, batch())
+  moved = min(max_change(second.g_params, first.g_params), max_change(second.d_params, first.d_params))
+  assert (moved == 0.0) if schedule == "cosine" else (moved > 1e-5)
+
+
 @pytest.mark.parametrize("step,decay", [(0, 0.1), (5, 0.4), (1000, 0.9)])  # min(0.9, (1+t)/(10+t))
 def test_ema_follows_the_formula_with_its_warm_up(step, decay):
   trainable, state = make(ema_decay=0.9)

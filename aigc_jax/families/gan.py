@@ -92,13 +92,12 @@ def build_models(config, info: data_lib.DatasetInfo):
 
 
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
-  del total_steps  # constant learning rates
   generator, discriminator = build_models(config, info)
   conditional, aux = bool(config.conditional), bool(config.aux_classifier)
   d_loss_fn, g_loss_fn = gan_losses.LOSSES[config.gan_loss]
-  g_tx = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  g_tx = state_lib.adam(config, total_steps)
   d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
-  d_tx = optax.adam(d_lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  d_tx = state_lib.adam(config, total_steps * config.n_critic, d_lr)  # n_critic D updates a step
   zdim = config.latent_dim
 
   def init(rng) -> GANState:

@@ -162,13 +162,16 @@ def setup(config, images, labels) -> StepSetup:
   return StepSetup(trainable, n, data, permutation, perm, state, first_batch)
 
 
-def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = False) -> dict:
-  """compile_s, per-step samples in ms (one per call), FLOPs of the real training path, and with
-  `epoch` the seconds and steps of one epoch run as train.py runs it."""
+def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = False,
+             profile: bool = False) -> dict:
+  """compile_s, per-step samples in ms (one per call), FLOPs of the real training path, with
+  `epoch` the seconds and steps of one epoch run as train.py runs it, and with `profile` the
+  step's ops by time (`step_profile.op_times`, run before the timed calls)."""
   batch, k, num = config.batch_size, config.steps_per_call, len(labels)
   trainable, n, data, permutation, perm, state, first_batch = setup(config, images, labels)
   steps_per_epoch = data_lib.steps_per_epoch(num, batch * n)
   flops = step_flops(trainable.train_step, state, first_batch)
+  ops = step_profile.op_times(trainable.train_step, state, first_batch) if profile else None
   try:
     run = parallel.make_train_loop(trainable.train_step, batch_size=batch, scale=config.scale,
                                    binarize=config.binarize, steps_per_call=k, mode=config.parallel,
@@ -191,7 +194,7 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
   samples = [1e3 * call(i) / k for i in range(max(MIN_CALLS, math.ceil(steps / k)))]
   compile_s = max(0.0, first - k * statistics.median(samples) / 1e3)
   result = {"compile_s": compile_s, "samples_ms": samples, "flops": flops,
-            "devices": run.num_devices}
+            "devices": run.num_devices, "ops": ops}
   if epoch:
     start = time.perf_counter()
     perm = run.put_data(permutation(config.seed, 1, num))
@@ -240,7 +243,7 @@ def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup
     raise BenchmarkError(f"--images {num_images} is less than one call's {per_step} x "
                          f"{config.steps_per_call} images; use more images or a smaller batch")
   images, labels = synthetic_split(info, num_images)
-  jax_run = time_jax(config, images, labels, steps, warmup, epoch)
+  jax_run = time_jax(config, images, labels, steps, warmup, epoch, bool(profile))
   step_ms = statistics.median(jax_run["samples_ms"])
   devices = jax_run["devices"]
   gflop = jax_run["flops"] / 1e9
@@ -258,9 +261,7 @@ def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup
     result.update(epoch_s=round(jax_run["epoch_s"], 3), epoch_steps=jax_run["epoch_steps"],
                   epoch_vs_steps=round(jax_run["epoch_s"] * 1e3 / step_ms / jax_run["epoch_steps"], 3))
   if profile:
-    run = setup(config, images, labels)
-    ops = step_profile.op_times(run.trainable.train_step, run.state, run.first_batch)
-    print(step_profile.describe(ops, profile, step_ms), file=sys.stderr, flush=True)
+    print(step_profile.describe(jax_run["ops"], profile, step_ms), file=sys.stderr, flush=True)
   if torch:
     torch_ms = statistics.median(time_torch(config, images, labels, steps, warmup))
     result.update(torch_step_ms=round(torch_ms, 3), speedup_vs_torch=round(torch_ms / step_ms, 3))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import ast
 import functools
 import importlib.util
 import json
@@ -29,11 +30,12 @@ import math
 import operator
 import os
 import platform
+import re
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -90,10 +92,37 @@ def experiment_config(name: str):
   return module.get_config()
 
 
+def override(config, assignment: str) -> None:
+  """Applies '--config.KEY=VALUE' (as the experiment files take it) to `config`; VALUE is read as
+  a Python literal of the key's type (true/false for booleans), or kept as text for strings."""
+  match = re.fullmatch(r"--config\.(\w+)=(.*)", assignment)
+  if not match:
+    raise BenchmarkError(f"unrecognized argument '{assignment}'; config overrides are "
+                         "--config.KEY=VALUE")
+  key, text = match.groups()
+  if key not in config:
+    raise BenchmarkError(config_lib.unknown_key_message(key, config.keys()))
+  default = config[key]
+  if isinstance(default, bool):
+    if text.lower() not in ("true", "false"):
+      raise BenchmarkError(f"--config.{key} takes true or false, got '{text}'")
+    config[key] = text.lower() == "true"
+  elif isinstance(default, str):
+    config[key] = text
+  else:
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise BenchmarkError(f"--config.{key}={text}: not a {type(default).__name__}") from None
+    config[key] = type(default)(value) if isinstance(default, (int, float, tuple)) else value
+
+
 def bench_config(name: str, batch: int | None = None, steps_per_call: int | None = None,
-                 parallel_mode: str = "none"):
+                 parallel_mode: str = "none", overrides: Sequence[str] = ()):
   """The experiment's config with the benchmark's overrides, validated."""
   config = experiment_config(name)
+  for assignment in overrides:
+    override(config, assignment)
   if batch is not None:
     config.batch_size = batch
   if steps_per_call is not None:
@@ -377,7 +406,9 @@ def parse_run(text: str) -> tuple[str, int | None]:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog="python -m aigc_jax.benchmark",
-      description="Time an experiment's train step (JAX, optionally vs PyTorch eager).")
+      description="Time an experiment's train step (JAX, optionally vs PyTorch eager).",
+      epilog="--config.KEY=VALUE (repeatable) changes a key of the experiment's config, as the "
+      "experiment files take it, e.g. --config.upsample=transpose.")
   parser.add_argument("--model", metavar="NAME", help=f"an experiment preset: {', '.join(model_names())} "
                       "(mlp_gan = gan_mlp)")
   parser.add_argument("--batch", type=positive_int, metavar="B", help="batch size (default: the experiment's)")
@@ -403,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--table", metavar="OUT.md", help="run --models and write a markdown table")
   parser.add_argument("--models", nargs="+", metavar="NAME[:BATCH]", type=parse_run,
                       help="with --table (default: every experiment at its reference batch)")
-  args = parser.parse_args(argv)
+  args, overrides = parser.parse_known_args(argv)
   if args.table is None and not args.model:
     parser.error("--model is required (or --table OUT.md)")
   if args.warmup < 0:
@@ -414,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
   load_before = os.getloadavg()[0]
   results = []
   try:  # every run's config is checked before anything is timed
-    configs = [(name, bench_config(name, batch, args.steps_per_call, args.parallel))
+    configs = [(name, bench_config(name, batch, args.steps_per_call, args.parallel, overrides))
                for name, batch in runs]
     if is_busy(load_before):
       print(f"warning, {busy_warning(load_before)}", file=sys.stderr)

@@ -84,15 +84,22 @@ class MLPDiscriminator(nn.Module):
     return self.head(self.net(x), label)
 
 
-def subpixel(in_channels: int, out_channels: int) -> nn.Sequential:
-  """2x upsampling: a 3x3 conv to 4x the channels, then a pixel shuffle (layers.SubPixelUpsample)."""
-  return nn.Sequential(nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1), nn.PixelShuffle(2))
+def upsample(mode: str, in_channels: int, out_channels: int) -> nn.Module:
+  """2x upsampling as a PyTorch user writes it, per `gan_models.UPSAMPLE_MODES`: 'subpixel' (3x3
+  conv to 4x the channels, pixel shuffle), 'resize_conv' (nearest, 3x3 conv) or 'transpose'
+  (ConvTranspose2d 4x4 stride 2, which the JAX side computes as `layers.TransposeUpsample`)."""
+  if mode == "subpixel":
+    return nn.Sequential(nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1), nn.PixelShuffle(2))
+  if mode == "resize_conv":
+    return nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(in_channels, out_channels, 3, padding=1))
+  return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
 
 
 class DCGANGenerator(nn.Module):
-  """z -> Linear to (F, H/4, W/4) -> BN, ReLU -> sub-pixel to F/2 -> BN, ReLU -> sub-pixel -> tanh."""
+  """z -> Linear to (F, H/4, W/4) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up -> tanh."""
 
-  def __init__(self, image_shape, z_dim: int, num_classes: int, features: int = 128):
+  def __init__(self, image_shape, z_dim: int, num_classes: int, upsample_mode: str,
+               features: int = 128):
     super().__init__()
     h, w, c = image_shape
     self.start = (features, h // 4, w // 4)
@@ -100,8 +107,8 @@ class DCGANGenerator(nn.Module):
     self.dense = nn.Linear(z_dim, math.prod(self.start))
     self.net = nn.Sequential(
         nn.BatchNorm2d(features), nn.ReLU(),
-        subpixel(features, features // 2), nn.BatchNorm2d(features // 2), nn.ReLU(),
-        subpixel(features // 2, c), nn.Tanh())
+        upsample(upsample_mode, features, features // 2), nn.BatchNorm2d(features // 2), nn.ReLU(),
+        upsample(upsample_mode, features // 2, c), nn.Tanh())
 
   def forward(self, z, label=None):
     return self.net(self.dense(_condition_z(self.embed, z, label)).view(-1, *self.start))
@@ -162,16 +169,16 @@ class GANReference:
   """A GAN's modules, optimizers and eager train step: n_critic D updates, one G update, EMA."""
 
   def __init__(self, config, info):
-    if config.aux_classifier or config.r1_gamma or config.upsample != "subpixel":
+    if config.aux_classifier or config.r1_gamma:
       raise NotImplementedError("the PyTorch reference covers the experiments' GANs: no "
-                                "aux_classifier, r1_gamma or non-subpixel upsampling")
+                                "aux_classifier or r1_gamma")
     num_classes = info.num_classes if config.conditional else 0
     shape, z_dim, sn = info.image_shape, config.latent_dim, config.spectral_norm
     if config.model == "gan_mlp":
       self.g = MLPGenerator(shape, z_dim, num_classes)
       self.d = MLPDiscriminator(shape, num_classes, sn)
     else:
-      self.g = DCGANGenerator(shape, z_dim, num_classes)
+      self.g = DCGANGenerator(shape, z_dim, num_classes, config.upsample)
       self.d = DCGANDiscriminator(shape, num_classes, sn, batch_norm=config.d_batchnorm)
     self.ema = copy.deepcopy(self.g).requires_grad_(False)
     d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
@@ -260,8 +267,8 @@ class ConvVAE(VAE):
     self.mean, self.logvar = nn.Linear(hidden, latent), nn.Linear(hidden, latent)
     self.dense = nn.Sequential(nn.Linear(latent + num_classes, hidden), nn.ReLU(),
                                nn.Linear(hidden, flat), nn.ReLU())
-    self.decoder = nn.Sequential(nn.Conv2d(f1, f1, 3, padding=1), nn.ReLU(), subpixel(f1, f0),
-                                 nn.ReLU(), subpixel(f0, c))
+    self.decoder = nn.Sequential(nn.Conv2d(f1, f1, 3, padding=1), nn.ReLU(),
+                                 upsample("subpixel", f1, f0), nn.ReLU(), upsample("subpixel", f0, c))
 
   def encode(self, x, label):
     h = self.encoder(self.with_label(self.conv(x), label))

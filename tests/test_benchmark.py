@@ -15,6 +15,7 @@ from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import state as state_lib
 from aigc_jax import step_profile
+from aigc_jax.models import gan as gan_models
 from aigc_jax import torch_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +112,14 @@ def test_torch_reference_has_the_jax_models_parameter_count(model):
   assert torch_reference.count_params(reference) == jax_param_count(config)
 
 
+@pytest.mark.parametrize("mode", gan_models.UPSAMPLE_MODES)
+def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode):
+  config = benchmark.experiment_config("dcgan")
+  config.upsample = mode
+  reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
+  assert torch_reference.count_params(reference) == jax_param_count(config)
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_torch_step_trains_every_module(model):
   torch.manual_seed(0)
@@ -156,3 +165,14 @@ def test_benchmark_profile_flag(capsys):
   captured = capsys.readouterr()
   assert json.loads(captured.out)["model"] == "gan_mlp"
   assert "top 3 of" in captured.err and "ms" in captured.err
+
+
+def test_config_overrides_reach_the_benchmarked_config():
+  config = benchmark.bench_config("dcgan", overrides=["--config.upsample=transpose",
+                                                      "--config.spectral_norm=true",
+                                                      "--config.n_critic=3"])
+  assert (config.upsample, config.spectral_norm, config.n_critic) == ("transpose", True, 3)
+  for bad, message in [("--config.upsampel=x", "did you mean 'upsample'"),
+                       ("--config.n_critic=abc", "not a int"), ("--bogus", "--config.KEY=VALUE")]:
+    with pytest.raises(benchmark.BenchmarkError, match=message):
+      benchmark.bench_config("dcgan", overrides=[bad])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aigc_jax.models import gan
-from aigc_jax.models.layers import conv_general_dilated, maybe_spectral
+from aigc_jax.models.layers import TransposeUpsample, conv_general_dilated, maybe_spectral
 
 B, Z = 3, 6
 IMAGE = (28, 28, 1)
@@ -156,10 +156,30 @@ def test_dcgan_upsample_modes_same_shape_different_layers():
     variables, out = abstract_init_apply(small_dcgan_g(upsample=mode), z_batch(), None)
     shapes.add(out.shape)
     up = variables["params"]["up_0"]
-    kernels.add(up["Conv_0"]["kernel"].shape if mode == "subpixel" else up["kernel"].shape)
+    kernels.add(up["kernel"].shape if mode == "resize_conv" else up["Conv_0"]["kernel"].shape)
   assert shapes == {(B,) + IMAGE}
-  # subpixel: 3x3 to 4 * 4 channels; resize_conv: 3x3 to 4; transpose: 4x4 to 4.
-  assert kernels == {(3, 3, 8, 16), (3, 3, 8, 4), (4, 4, 8, 4)}
+  # subpixel: 3x3 to 4 * 4 channels; resize_conv: 3x3 to 4; transpose: 2x2 to 4 * 4 (no bias).
+  assert kernels == {(3, 3, 8, 16), (3, 3, 8, 4), (2, 2, 8, 16)}
+
+
+def test_transpose_upsample_is_flax_conv_transpose_with_rearranged_weights():
+  """TransposeUpsample == nn.ConvTranspose((4, 4), (2, 2), 'SAME'), kernel mapped as documented;
+  the same number of weights."""
+  x = np.random.default_rng(0).normal(size=(2, 5, 6, 3)).astype(np.float32)
+  ours = TransposeUpsample(4)
+  variables = ours.init(key(), x)
+  kernel = np.asarray(variables["params"]["Conv_0"]["kernel"]).reshape(2, 2, 3, 2, 2, 4)
+  bias = np.random.default_rng(1).normal(size=4).astype(np.float32)
+  big = np.zeros((4, 4, 3, 4), np.float32)
+  for dy, dx, py, px in np.ndindex(2, 2, 2, 2):
+    big[2 * dy + 1 - py, 2 * dx + 1 - px] = kernel[dy, dx, :, py, px]
+  flax_t = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding="SAME")
+  want = flax_t.apply({"params": {"kernel": big, "bias": bias}}, x)
+  params = {"Conv_0": variables["params"]["Conv_0"], "bias": bias}
+  got = ours.apply({"params": params}, x)
+  assert got.shape == (2, 10, 12, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert sum(a.size for a in jax.tree_util.tree_leaves(params)) == big.size + bias.size
 
 
 def test_models_reject_bad_config():

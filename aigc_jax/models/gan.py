@@ -21,7 +21,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from aigc_jax.models.layers import SubPixelUpsample, conv_general_dilated, maybe_spectral
+from aigc_jax.models.layers import (SubPixelUpsample, TransposeUpsample, conv_general_dilated,
+                                     maybe_spectral)
 
 UPSAMPLE_MODES = ("subpixel", "resize_conv", "transpose")
 LABEL_MODES = ("multiply", "concat")
@@ -106,7 +107,7 @@ def _upsample(x, features: int, mode: str, name: str):
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     return nn.Conv(features, (3, 3), padding="SAME", name=name)(x)
   if mode == "transpose":
-    return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=name)(x)
+    return TransposeUpsample(features, name=name)(x)
   raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
 
 
@@ -114,8 +115,8 @@ class DCGANGenerator(nn.Module):
   """z -> Dense to (H/4, W/4, F) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up to C -> tanh.
 
   `upsample`: 'subpixel' (3x3 conv to 4x channels + pixel shuffle, the default: fast backward on
-  XLA:CPU), 'resize_conv' (nearest 2x then 3x3 conv) or 'transpose' (4x4 stride-2 transposed
-  conv, the classic DCGAN). BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
+  XLA:CPU), 'resize_conv' (nearest 2x then 3x3 conv) or 'transpose' (the classic DCGAN's 4x4
+  stride-2 transposed conv, computed as a 2x2 sub-pixel conv: `layers.TransposeUpsample`). BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
   """
 
   image_shape: Sequence[int] = (28, 28, 1)

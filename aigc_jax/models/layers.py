@@ -39,6 +39,28 @@ class SubPixelUpsample(nn.Module):
     return depth_to_space(x, self.factor)
 
 
+class TransposeUpsample(nn.Module):
+  """The DCGAN layer, a 4x4 stride-2 transposed convolution (output 2H x 2W: PyTorch's
+  ConvTranspose2d(k=4, s=2, p=1), flax's ConvTranspose((4, 4), (2, 2), 'SAME')), computed as a
+  2x2 convolution to 4x the channels on the input padded by 1, a pixel shuffle and a 1-pixel crop.
+
+  Each output pixel of a 4x4 stride-2 transposed convolution sees a 2x2 input window, one of four
+  kernel phases: the same function, with the same weights (16 x in x out) rearranged, but only
+  a forward convolution, whose gradients stay off XLA:CPU's slow transposed-convolution path.
+  `kernel` (2, 2, in, (phase_y, phase_x, out)) maps to the flax ConvTranspose kernel K as
+  K[2 dy + 1 - phase_y, 2 dx + 1 - phase_x] = kernel[dy, dx, :, (phase_y, phase_x)].
+  """
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # explicit: a padded 2x2 conv's gradient is slow
+    x = nn.Conv(4 * self.features, (2, 2), padding="VALID", use_bias=False)(x)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return depth_to_space(x, 2)[:, 1:-1, 1:-1] + bias
+
+
 def torch_linear_init(fan_in: int):
   """(kernel_init, bias_init) of PyTorch's nn.Linear / nn.Conv: U(+-1/sqrt(fan_in)) for both.
 

@@ -28,9 +28,15 @@ def _sn(module: nn.Module, enabled: bool) -> nn.Module:
   return spectral_norm(module) if enabled else module
 
 
-def _condition_z(embed: nn.Embedding | None, z, label):
-  """z, or z times a learned label embedding (as models/gan.py's 'multiply' mode)."""
-  return z if embed is None else z * embed(label)
+def _condition_z(embed: nn.Embedding | None, z, label, label_mode: str):
+  """z, or z with a learned label embedding: multiplied or concatenated (models/gan.py's modes)."""
+  if embed is None:
+    return z
+  return z * embed(label) if label_mode == "multiply" else torch.cat([z, embed(label)], -1)
+
+
+def _g_input_width(z_dim: int, num_classes: int, label_mode: str) -> int:
+  return 2 * z_dim if num_classes and label_mode == "concat" else z_dim
 
 
 class ProjectionHead(nn.Module):
@@ -49,11 +55,12 @@ class ProjectionHead(nn.Module):
 class MLPGenerator(nn.Module):
   """PyTorch-GAN's gan.py generator: 256, 512 + BN(eps 0.8), 1024 + BN(eps 0.8), tanh output."""
 
-  def __init__(self, image_shape, z_dim: int, num_classes: int, hidden=(256, 512, 1024)):
+  def __init__(self, image_shape, z_dim: int, num_classes: int, label_mode: str = "multiply",
+               hidden=(256, 512, 1024)):
     super().__init__()
-    self.image_shape = tuple(image_shape)
+    self.image_shape, self.label_mode = tuple(image_shape), label_mode
     self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
-    layers, width = [], z_dim
+    layers, width = [], _g_input_width(z_dim, num_classes, label_mode)
     for i, out in enumerate(hidden):
       layers.append(nn.Linear(width, out))
       if i > 0:
@@ -65,7 +72,7 @@ class MLPGenerator(nn.Module):
 
   def forward(self, z, label=None):
     h, w, c = self.image_shape
-    return self.net(_condition_z(self.embed, z, label)).view(-1, c, h, w)
+    return self.net(_condition_z(self.embed, z, label, self.label_mode)).view(-1, c, h, w)
 
 
 class MLPDiscriminator(nn.Module):
@@ -99,19 +106,20 @@ class DCGANGenerator(nn.Module):
   """z -> Linear to (F, H/4, W/4) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up -> tanh."""
 
   def __init__(self, image_shape, z_dim: int, num_classes: int, upsample_mode: str,
-               features: int = 128):
+               label_mode: str = "multiply", features: int = 128):
     super().__init__()
     h, w, c = image_shape
-    self.start = (features, h // 4, w // 4)
+    self.start, self.label_mode = (features, h // 4, w // 4), label_mode
     self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
-    self.dense = nn.Linear(z_dim, math.prod(self.start))
+    self.dense = nn.Linear(_g_input_width(z_dim, num_classes, label_mode), math.prod(self.start))
     self.net = nn.Sequential(
         nn.BatchNorm2d(features), nn.ReLU(),
         upsample(upsample_mode, features, features // 2), nn.BatchNorm2d(features // 2), nn.ReLU(),
         upsample(upsample_mode, features // 2, c), nn.Tanh())
 
   def forward(self, z, label=None):
-    return self.net(self.dense(_condition_z(self.embed, z, label)).view(-1, *self.start))
+    z = _condition_z(self.embed, z, label, self.label_mode)
+    return self.net(self.dense(z).view(-1, *self.start))
 
 
 class DCGANDiscriminator(nn.Module):
@@ -175,10 +183,10 @@ class GANReference:
     num_classes = info.num_classes if config.conditional else 0
     shape, z_dim, sn = info.image_shape, config.latent_dim, config.spectral_norm
     if config.model == "gan_mlp":
-      self.g = MLPGenerator(shape, z_dim, num_classes)
+      self.g = MLPGenerator(shape, z_dim, num_classes, config.label_mode)
       self.d = MLPDiscriminator(shape, num_classes, sn)
     else:
-      self.g = DCGANGenerator(shape, z_dim, num_classes, config.upsample)
+      self.g = DCGANGenerator(shape, z_dim, num_classes, config.upsample, config.label_mode)
       self.d = DCGANDiscriminator(shape, num_classes, sn, batch_norm=config.d_batchnorm)
     self.ema = copy.deepcopy(self.g).requires_grad_(False)
     d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate

@@ -120,6 +120,17 @@ def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode):
   assert torch_reference.count_params(reference) == jax_param_count(config)
 
 
+@pytest.mark.parametrize("model", ["cgan", "gan_mlp"])
+@pytest.mark.parametrize("label_mode", gan_models.LABEL_MODES)
+def test_torch_conditional_generators_have_the_jax_parameter_count_per_label_mode(model, label_mode):
+  config = benchmark.experiment_config(model)
+  config.conditional, config.label_mode = True, label_mode
+  reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
+  assert torch_reference.count_params(reference) == jax_param_count(config)
+  z = torch.randn(3, config.latent_dim)
+  assert tuple(reference.g(z, torch.tensor([0, 1, 2])).shape) == (3, 1, 28, 28)
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_torch_step_trains_every_module(model):
   torch.manual_seed(0)

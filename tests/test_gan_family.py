@@ -67,6 +67,7 @@ def test_ema_follows_the_formula_with_its_warm_up(step, decay):
     ("gan_mlp", dict(gan_loss="wasserstein", gp_weight=10.0, n_critic=2, spectral_norm=True)),
     ("dcgan", dict(gan_loss="hinge", spectral_norm=True, conditional=True, r1_gamma=1.0)),
     ("dcgan", dict(conditional=True, aux_classifier=True)),
+    ("gan_mlp", dict(conditional=True, label_mode="concat")),
     ("dcgan", dict(gan_loss="wasserstein", gp_weight=10.0, d_batchnorm=False)),
 ])
 def test_variants_train_and_sample(model, overrides):
@@ -84,11 +85,20 @@ def test_variants_train_and_sample(model, overrides):
     np.testing.assert_array_equal(labels, np.arange(20) % 10)
 
 
+@pytest.mark.parametrize("label_mode,z_width", [("multiply", 100), ("concat", 200)])
+def test_label_mode_reaches_the_generator(label_mode, z_width):
+  """'concat' feeds [z, embed(y)] (twice z's width) to G's first layer; 'multiply' z * embed(y)."""
+  _, state = make("dcgan", conditional=True, label_mode=label_mode)
+  assert state.g_params["Dense_0"]["kernel"].shape[0] == z_width
+
+
 def test_config_errors():
   with pytest.raises(config_lib.ConfigError, match="gan_loss"):
     make(gan_loss="wgan")
   with pytest.raises(config_lib.ConfigError, match="aux_classifier"):
     make(aux_classifier=True)
+  with pytest.raises(config_lib.ConfigError, match="label_mode 'add' is unknown"):
+    make(conditional=True, label_mode="add")
   with pytest.raises(config_lib.ConfigError, match="set d_batchnorm=False or spectral_norm=True"):
     make("dcgan", gan_loss="wasserstein", gp_weight=10.0)
 

@@ -45,6 +45,7 @@ def default_config(model: str) -> dict:
       d_batchnorm=True,  # DCGAN D: BatchNorm after its second conv (never with spectral_norm)
       conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
       aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
+      label_mode="multiply",  # conditional G: z * embed(y) ('multiply') or [z, embed(y)] ('concat')
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
@@ -61,6 +62,8 @@ def validate_config(config, need) -> None:
   need(config.gp_weight >= 0 and config.r1_gamma >= 0, "gp_weight and r1_gamma must be >= 0")
   need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
   need(not config.aux_classifier or config.conditional, "aux_classifier=True needs conditional=True")
+  need(config.label_mode in gan_models.LABEL_MODES,
+       f"label_mode '{config.label_mode}' is unknown; choose one of {gan_models.LABEL_MODES}")
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
@@ -79,12 +82,13 @@ def batches_per_step(config) -> int:
 def build_models(config, info: data_lib.DatasetInfo):
   num_classes = info.num_classes if config.conditional else 0
   if config.model == "gan_mlp":
-    generator = gan_models.MLPGenerator(info.image_shape, num_classes=num_classes)
+    generator = gan_models.MLPGenerator(info.image_shape, num_classes=num_classes,
+                                        label_mode=config.label_mode)
     discriminator = gan_models.MLPDiscriminator(
         num_classes=0 if config.aux_classifier else num_classes, spectral_norm=config.spectral_norm)
   else:
     generator = gan_models.DCGANGenerator(info.image_shape, num_classes=num_classes,
-                                          upsample=config.upsample)
+                                          label_mode=config.label_mode, upsample=config.upsample)
     discriminator = gan_models.DCGANDiscriminator(
         num_classes=num_classes, spectral_norm=config.spectral_norm,
         aux_classifier=config.aux_classifier, batch_norm=config.d_batchnorm)

@@ -1,8 +1,8 @@
 """Class-conditional DCGAN: label embedding concatenated to z in G, projection discriminator.
 
-`label_mode='concat'` rather than multiplying z by the embedding: after 4 epochs (2000 samples,
-2026-12-01) recall 0.59 against 0.30, at precision 0.86 against 0.87 and label accuracy 0.91
-against 0.92 (FID 6.0 against 4.7).
+`label_mode='concat'` rather than multiplying z by the embedding: after 20 epochs (10,000
+samples, 2026-12-01) recall 0.731 against 0.144, FID 1.64 against 1.96, precision 0.799 against
+0.820, label accuracy 0.940 against 0.938.
 
 python experiments/cgan_fashion_mnist.py --workdir runs/cgan_fashion_mnist [--config.KEY=VALUE ...]
 """

@@ -264,19 +264,23 @@ class MLPVAE(VAE):
 class ConvVAE(VAE):
   """models/vae.py's ConvEncoder / ConvDecoder: 4x4 s2 convs, a 3x3 conv at 7x7, sub-pixel up."""
 
-  def __init__(self, image_shape, features, hidden: int, latent: int, num_classes: int):
+  ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
+
+  def __init__(self, image_shape, features, hidden: int, latent: int, num_classes: int,
+               activation: str = "relu"):
     super().__init__(image_shape, num_classes)
     (h, w, c), (f0, f1) = image_shape, features
+    act = self.ACTIVATIONS[activation]
     self.start = (f1, h // 4, w // 4)
     flat = math.prod(self.start)
-    self.conv = nn.Sequential(nn.Conv2d(c, f0, 4, 2, 1), nn.ReLU(), nn.Conv2d(f0, f1, 4, 2, 1),
-                              nn.ReLU(), nn.Conv2d(f1, f1, 3, padding=1), nn.ReLU(), nn.Flatten())
-    self.encoder = nn.Sequential(nn.Linear(flat + num_classes, hidden), nn.ReLU())
+    self.conv = nn.Sequential(nn.Conv2d(c, f0, 4, 2, 1), act(), nn.Conv2d(f0, f1, 4, 2, 1),
+                              act(), nn.Conv2d(f1, f1, 3, padding=1), act(), nn.Flatten())
+    self.encoder = nn.Sequential(nn.Linear(flat + num_classes, hidden), act())
     self.mean, self.logvar = nn.Linear(hidden, latent), nn.Linear(hidden, latent)
-    self.dense = nn.Sequential(nn.Linear(latent + num_classes, hidden), nn.ReLU(),
-                               nn.Linear(hidden, flat), nn.ReLU())
-    self.decoder = nn.Sequential(nn.Conv2d(f1, f1, 3, padding=1), nn.ReLU(),
-                                 upsample("subpixel", f1, f0), nn.ReLU(), upsample("subpixel", f0, c))
+    self.dense = nn.Sequential(nn.Linear(latent + num_classes, hidden), act(),
+                               nn.Linear(hidden, flat), act())
+    self.decoder = nn.Sequential(nn.Conv2d(f1, f1, 3, padding=1), act(),
+                                 upsample("subpixel", f1, f0), act(), upsample("subpixel", f0, c))
 
   def encode(self, x, label):
     h = self.encoder(self.with_label(self.conv(x), label))
@@ -297,7 +301,7 @@ class VAEReference:
       self.vae = MLPVAE(info.image_shape, config.hidden_dim, config.latent_dim, num_classes)
     else:
       self.vae = ConvVAE(info.image_shape, tuple(config.conv_features), config.hidden_dim,
-                         config.latent_dim, num_classes)
+                         config.latent_dim, num_classes, config.conv_activation)
     self.opt = _adam(self.vae.parameters(), config, config.learning_rate)
     self.schedule = None
     if config.lr_schedule == "cosine":

@@ -73,6 +73,23 @@ def test_conditional_decoder_depends_on_the_label():
   assert not np.allclose(out[0], out[1])
 
 
+def test_conv_activation_changes_the_function_not_the_parameters():
+  info = data_lib.DATASETS["fashion_mnist"]
+  models = {a: families.get("vae_conv").build_model(tiny_config("vae_conv", conv_activation=a), info)
+            for a in vae_models.ACTIVATIONS}
+  params = models["relu"].init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)),
+                               jax.random.PRNGKey(1))
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 28, 28, 1)), jnp.float32)
+  outs = {}
+  for name, model in models.items():
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, jax.random.PRNGKey(1))
+    chex.assert_trees_all_equal_shapes(shapes, params)
+    outs[name] = model.apply(params, x, method=vae_models.VAE.encode)[0]
+  assert len({float(jnp.sum(out)) for out in outs.values()}) == len(outs)
+  with pytest.raises(config_lib.ConfigError, match="conv_activation 'tanh' is unknown"):
+    config_lib.validate(tiny_config("vae_conv", conv_activation="tanh"))
+
+
 def test_eval_neg_elbo_matches_hand_computation():
   """A linear MLP VAE with a near-deterministic encoder: the ELBO by hand in numpy."""
   config = tiny_config(hidden_dim=4)

@@ -31,6 +31,7 @@ def default_config(model: str) -> dict:
       latent_dim=20,
       hidden_dim=400,  # MLP: one hidden layer of this width; conv: the dense layer's width
       conv_features=(32, 64),  # conv encoder channels; the decoder mirrors them
+      conv_activation="relu",  # the conv VAE's nonlinearity: 'relu', 'silu' or 'elu'
       likelihood="bernoulli",  # or 'gaussian'
       torch_init=False,  # MLP layers initialised like PyTorch's nn.Linear (U(+-1/sqrt(fan_in)))
       beta=1.0,  # weight of the KL term (beta-VAE); 1 = the ELBO
@@ -50,6 +51,9 @@ def validate_config(config, need) -> None:
        "likelihood='bernoulli' needs scale='zero_one' (pixels in [0, 1])")
   need(config.latent_dim > 0 and config.hidden_dim > 0, "latent_dim and hidden_dim must be > 0")
   need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}")
+  need(config.conv_activation in vae_models.ACTIVATIONS,
+       f"conv_activation '{config.conv_activation}' is unknown; choose one of "
+       f"{sorted(vae_models.ACTIVATIONS)}")
   need(config.beta > 0, f"beta must be > 0, got {config.beta}")
   need(config.iwae_samples >= 1, f"iwae_samples must be >= 1, got {config.iwae_samples}")
   need(config.iwae_samples == 1 or config.beta == 1.0,
@@ -67,8 +71,10 @@ def build_model(config, info: data_lib.DatasetInfo) -> vae_models.VAE:
                                     config.torch_init)
   else:
     features = tuple(config.conv_features)
-    encoder = vae_models.ConvEncoder(features, config.hidden_dim, config.latent_dim, num_classes)
-    decoder = vae_models.ConvDecoder(info.image_shape, features[::-1], config.hidden_dim, num_classes)
+    encoder = vae_models.ConvEncoder(features, config.hidden_dim, config.latent_dim, num_classes,
+                                     config.conv_activation)
+    decoder = vae_models.ConvDecoder(info.image_shape, features[::-1], config.hidden_dim, num_classes,
+                                     config.conv_activation)
   return vae_models.VAE(encoder, decoder, config.likelihood)
 
 

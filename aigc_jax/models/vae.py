@@ -62,6 +62,9 @@ class MLPDecoder(nn.Module):
     return out.reshape(z.shape[:-1] + tuple(self.image_shape))
 
 
+ACTIVATIONS = {"relu": nn.relu, "silu": nn.silu, "elu": nn.elu}
+
+
 class ConvEncoder(nn.Module):
   """Two stride-2 4x4 convolutions (28 -> 14 -> 7), a 3x3 one at 7x7, a dense layer, two heads."""
 
@@ -69,15 +72,17 @@ class ConvEncoder(nn.Module):
   hidden_dim: int = 256
   latent_dim: int = 20
   num_classes: int = 0
+  activation: str = "relu"  # a key of ACTIVATIONS
 
   @nn.compact
   def __call__(self, x, label=None):
+    act = ACTIVATIONS[self.activation]
     h = x
     for f in self.features:
-      h = nn.relu(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME")(h))
-    h = nn.relu(nn.Conv(self.features[-1], (3, 3), padding="SAME")(h))  # cheap at 7x7
+      h = act(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME")(h))
+    h = act(nn.Conv(self.features[-1], (3, 3), padding="SAME")(h))  # cheap at 7x7
     h = _with_label(h.reshape(h.shape[0], -1), label, self.num_classes)
-    h = nn.relu(nn.Dense(self.hidden_dim)(h))
+    h = act(nn.Dense(self.hidden_dim)(h))
     return nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim, name="logvar")(h)
 
 
@@ -91,20 +96,21 @@ class ConvDecoder(nn.Module):
   features: Sequence[int] = (64, 32)
   hidden_dim: int = 256
   num_classes: int = 0
+  activation: str = "relu"  # a key of ACTIVATIONS
 
   @nn.compact
   def __call__(self, z, label=None):
     height, width, channels = self.image_shape
     if height % 4 or width % 4:
       raise ValueError(f"ConvDecoder needs image sides divisible by 4, got {self.image_shape}")
+    act = ACTIVATIONS[self.activation]
     h = _with_label(z, label, self.num_classes)
-    h = nn.relu(nn.Dense(self.hidden_dim)(h))
-    h = nn.relu(nn.Dense(height // 4 * width // 4 * self.features[0])(h))
+    h = act(nn.Dense(self.hidden_dim)(h))
+    h = act(nn.Dense(height // 4 * width // 4 * self.features[0])(h))
     h = h.reshape(-1, height // 4, width // 4, self.features[0])
-    h = nn.relu(nn.Conv(self.features[0], (3, 3), padding="SAME")(h))
-    h = nn.relu(SubPixelUpsample(self.features[1])(h))
-    h = SubPixelUpsample(channels)(h)
-    return h
+    h = act(nn.Conv(self.features[0], (3, 3), padding="SAME")(h))
+    h = act(SubPixelUpsample(self.features[1])(h))
+    return SubPixelUpsample(channels)(h)
 
 
 class VAE(nn.Module):

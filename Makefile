@@ -34,7 +34,7 @@ data:
 # metrics' classifier once, ~2 min, if ~/.cache/aigc_jax has none) and its FID etc. with floors.
 demo: setup
 	$(PY) experiments/vae_conv_fashion_mnist.py --workdir $(DEMO_DIR)/vae_conv --config.num_train_steps=1000 \
-	  --config.batch_size=64 --config.eval_every_steps=500
+	  --config.batch_size=32 --config.eval_every_steps=500
 	$(PY) experiments/dcgan_fashion_mnist.py --workdir $(DEMO_DIR)/dcgan --config.num_train_steps=400 \
 	  --config.batch_size=32 --config.learning_rate=5e-4 --config.ema_decay=0.99 \
 	  --config.eval_every_steps=400 --config.eval_num_samples=1000

@@ -287,7 +287,7 @@ def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup
       "peak_gflops": round(peak, 2), "fraction_of_peak": round(gflop * 1e3 / step_ms / peak, 4),
   }
   if epoch:
-    result.update(epoch_s=round(jax_run["epoch_s"], 3), epoch_steps=jax_run["epoch_steps"],
+    result.update(epoch_s=round(jax_run["epoch_s"], 6), epoch_steps=jax_run["epoch_steps"],
                   epoch_vs_steps=round(jax_run["epoch_s"] * 1e3 / step_ms / jax_run["epoch_steps"], 3))
   if profile:
     print(step_profile.describe(jax_run["ops"], profile, step_ms), file=sys.stderr, flush=True)

@@ -103,10 +103,13 @@ def upsample(mode: str, in_channels: int, out_channels: int) -> nn.Module:
 
 
 class DCGANGenerator(nn.Module):
-  """z -> Linear to (F, H/4, W/4) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up -> tanh."""
+  """z -> Linear to (F, H/4, W/4) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up -> tanh.
+
+  With `final_features` the last upsampling outputs that many channels, then BN, ReLU and a
+  3x3 conv to the image channels (the JAX generator's `final_features`)."""
 
   def __init__(self, image_shape, z_dim: int, num_classes: int, upsample_mode: str,
-               label_mode: str = "multiply", features: int = 128):
+               label_mode: str = "multiply", features: int = 128, final_features: int = 0):
     super().__init__()
     h, w, c = image_shape
     self.start, self.label_mode = (features, h // 4, w // 4), label_mode
@@ -115,7 +118,10 @@ class DCGANGenerator(nn.Module):
     self.net = nn.Sequential(
         nn.BatchNorm2d(features), nn.ReLU(),
         upsample(upsample_mode, features, features // 2), nn.BatchNorm2d(features // 2), nn.ReLU(),
-        upsample(upsample_mode, features // 2, c), nn.Tanh())
+        *([upsample(upsample_mode, features // 2, final_features), nn.BatchNorm2d(final_features),
+           nn.ReLU(), nn.Conv2d(final_features, c, 3, padding=1)] if final_features else
+          [upsample(upsample_mode, features // 2, c)]),
+        nn.Tanh())
 
   def forward(self, z, label=None):
     z = _condition_z(self.embed, z, label, self.label_mode)
@@ -186,7 +192,8 @@ class GANReference:
       self.g = MLPGenerator(shape, z_dim, num_classes, config.label_mode)
       self.d = MLPDiscriminator(shape, num_classes, sn)
     else:
-      self.g = DCGANGenerator(shape, z_dim, num_classes, config.upsample, config.label_mode)
+      self.g = DCGANGenerator(shape, z_dim, num_classes, config.upsample, config.label_mode,
+                              final_features=config.g_final_features)
       self.d = DCGANDiscriminator(shape, num_classes, sn, batch_norm=config.d_batchnorm)
     self.ema = copy.deepcopy(self.g).requires_grad_(False)
     d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate

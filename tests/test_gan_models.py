@@ -80,6 +80,7 @@ MODELS = {
     **{f"dcgan_g_{mode}": (lambda m=mode: small_dcgan_g(upsample=m))
        for mode in gan.UPSAMPLE_MODES},
     "dcgan_g_cond": lambda: small_dcgan_g(num_classes=3),
+    "dcgan_g_final": lambda: small_dcgan_g(final_features=2),
     "mlp_d": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4)),
     "mlp_d_sn": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4), spectral_norm=True),
     "mlp_d_proj": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4), num_classes=3),
@@ -160,6 +161,15 @@ def test_dcgan_upsample_modes_same_shape_different_layers():
   assert shapes == {(B,) + IMAGE}
   # subpixel: 3x3 to 4 * 4 channels; resize_conv: 3x3 to 4; transpose: 2x2 to 4 * 4 (no bias).
   assert kernels == {(3, 3, 8, 16), (3, 3, 8, 4), (2, 2, 8, 16)}
+
+
+def test_dcgan_final_features_adds_a_full_resolution_stage():
+  variables, out = abstract_init_apply(small_dcgan_g(final_features=2), z_batch(), None)
+  params = variables["params"]
+  assert out.shape == (B,) + IMAGE
+  assert params["up_1"]["Conv_0"]["kernel"].shape == (3, 3, 4, 4 * 2)  # to 2 channels, 2x
+  assert params["out"]["kernel"].shape == (3, 3, 2, IMAGE[-1])  # full-resolution 3x3 conv
+  assert "out" not in abstract_init_apply(small_dcgan_g(), z_batch(), None)[0]["params"]
 
 
 def test_transpose_upsample_is_flax_conv_transpose_with_rearranged_weights():

@@ -48,6 +48,7 @@ def default_config(model: str) -> dict:
       label_mode="multiply",  # conditional G: z * embed(y) ('multiply') or [z, embed(y)] ('concat')
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
+      g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
       # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
       # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
       eval_num_samples=2000,
@@ -67,6 +68,8 @@ def validate_config(config, need) -> None:
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
+  need(config.g_final_features >= 0,
+       f"g_final_features must be >= 0 (0 = no full-resolution stage), got {config.g_final_features}")
   d_batchnorm = config.model == "dcgan" and config.d_batchnorm and not config.spectral_norm
   need(not (d_batchnorm and (config.gp_weight or config.r1_gamma)),
        "a gradient penalty (gp_weight, r1_gamma) needs a critic that treats examples "
@@ -88,7 +91,8 @@ def build_models(config, info: data_lib.DatasetInfo):
         num_classes=0 if config.aux_classifier else num_classes, spectral_norm=config.spectral_norm)
   else:
     generator = gan_models.DCGANGenerator(info.image_shape, num_classes=num_classes,
-                                          label_mode=config.label_mode, upsample=config.upsample)
+                                          label_mode=config.label_mode, upsample=config.upsample,
+                                          final_features=config.g_final_features)
     discriminator = gan_models.DCGANDiscriminator(
         num_classes=num_classes, spectral_norm=config.spectral_norm,
         aux_classifier=config.aux_classifier, batch_norm=config.d_batchnorm)

@@ -114,6 +114,11 @@ def _upsample(x, features: int, mode: str, name: str):
 class DCGANGenerator(nn.Module):
   """z -> Dense to (H/4, W/4, F) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up to C -> tanh.
 
+  With `final_features` > 0 the second upsampling outputs that many channels instead, followed
+  by BN, ReLU and a 3x3 convolution to C at full resolution (a smoothing stage: the classic last
+  layer computes each 2x2 output block from one input pixel's neighbourhood, which leaves
+  blocky, grainy texture).
+
   `upsample`: 'subpixel' (3x3 conv to 4x channels + pixel shuffle, the default: fast backward on
   XLA:CPU), 'resize_conv' (nearest 2x then 3x3 conv) or 'transpose' (the classic DCGAN's 4x4
   stride-2 transposed conv, computed as a 2x2 sub-pixel conv: `layers.TransposeUpsample`). BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
@@ -124,6 +129,7 @@ class DCGANGenerator(nn.Module):
   num_classes: int = 0
   label_mode: str = "multiply"
   upsample: str = "subpixel"
+  final_features: int = 0
 
   @nn.compact
   def __call__(self, z, label=None, train: bool = True, axis_name: str | None = None):
@@ -142,7 +148,10 @@ class DCGANGenerator(nn.Module):
     h = nn.Dense(height // 4 * width // 4 * f)(h).reshape(-1, height // 4, width // 4, f)
     h = bn_relu(h)
     h = bn_relu(_upsample(h, f // 2, self.upsample, "up_0"))
-    return nn.tanh(_upsample(h, channels, self.upsample, "up_1"))
+    if not self.final_features:
+      return nn.tanh(_upsample(h, channels, self.upsample, "up_1"))
+    h = bn_relu(_upsample(h, self.final_features, self.upsample, "up_1"))
+    return nn.tanh(nn.Conv(channels, (3, 3), padding="SAME", name="out")(h))
 
 
 class DCGANDiscriminator(nn.Module):

@@ -157,3 +157,26 @@ def test_label_accuracy():
   assert fid_lib.label_accuracy(logits, [0, 1, 1, 1]) == 0.75
   with pytest.raises(ValueError):
     fid_lib.label_accuracy(logits, [0, 1])
+
+
+def test_metric_sensitivity_variants_by_hand():
+  """benchmarks/metric_sensitivity.py damages real images in the ways its table names."""
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).parent.parent / "benchmarks" / "metric_sensitivity.py"
+  spec = importlib.util.spec_from_file_location("metric_sensitivity", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  images = np.zeros((2000, 4, 4, 1), np.uint8)
+  images[:, 0, 0] = 40  # one bright pixel in each top-left 2x2 block
+  out = module.variants(images)
+  assert all(v.shape == images.shape for v in out.values())
+  np.testing.assert_array_equal(out["real train images (the floor)"], images)
+  np.testing.assert_allclose(out["2x2 block average"][0, :2, :2, 0], 10.0)
+  np.testing.assert_allclose(out["2x2 block average"][0, 2:, 2:, 0], 0.0)
+  np.testing.assert_allclose(out["brightness x 0.9"][0, 0, 0, 0], 36.0)
+  noise = out["pixel noise, std 10/255"] - images
+  assert abs(noise.std() - 10.0) < 0.2 and abs(noise.mean()) < 0.2
+  blurred = out["gaussian blur, sigma 0.5 px"]
+  assert blurred[0, 0, 0, 0] < 40 and blurred[0, 0, 1, 0] > 0  # the bright pixel spreads
+  np.testing.assert_allclose(blurred.sum(axis=(1, 2, 3)), 40.0, rtol=0.05)  # ~mass-preserving

@@ -194,7 +194,8 @@ class GANReference:
     else:
       self.g = DCGANGenerator(shape, z_dim, num_classes, config.upsample, config.label_mode,
                               final_features=config.g_final_features)
-      self.d = DCGANDiscriminator(shape, num_classes, sn, batch_norm=config.d_batchnorm)
+      self.d = DCGANDiscriminator(shape, num_classes, sn, features=config.d_base_features,
+                                  batch_norm=config.d_batchnorm)
     self.ema = copy.deepcopy(self.g).requires_grad_(False)
     d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
     self.g_opt = _adam(self.g.parameters(), config, config.learning_rate)

@@ -112,11 +112,13 @@ def test_torch_reference_has_the_jax_models_parameter_count(model):
   assert torch_reference.count_params(reference) == jax_param_count(config)
 
 
-@pytest.mark.parametrize("final_features", [0, 32])
+@pytest.mark.parametrize("final_features, d_features", [(0, 64), (32, 16)])
 @pytest.mark.parametrize("mode", gan_models.UPSAMPLE_MODES)
-def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_features):
+def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_features,
+                                                                   d_features):
   config = benchmark.experiment_config("dcgan")
   config.upsample, config.g_final_features = mode, final_features
+  config.d_base_features = d_features
   reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
   assert torch_reference.count_params(reference) == jax_param_count(config)
   assert tuple(reference.g(torch.randn(3, config.latent_dim)).shape) == (3, 1, 28, 28)

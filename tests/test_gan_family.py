@@ -101,6 +101,10 @@ def test_config_errors():
     make(conditional=True, label_mode="add")
   with pytest.raises(config_lib.ConfigError, match="set d_batchnorm=False or spectral_norm=True"):
     make("dcgan", gan_loss="wasserstein", gp_weight=10.0)
+  with pytest.raises(config_lib.ConfigError, match="g_final_features must be >= 0"):
+    make("dcgan", g_final_features=-1)
+  with pytest.raises(config_lib.ConfigError, match="d_base_features must be a positive"):
+    make("dcgan", d_base_features=0)
 
 
 def test_each_critic_update_takes_its_own_real_batch():

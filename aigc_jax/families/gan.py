@@ -49,6 +49,7 @@ def default_config(model: str) -> dict:
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
+      d_base_features=64,  # DCGAN discriminator: its first conv's channels (the second has 2x)
       # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
       # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
       eval_num_samples=2000,
@@ -68,6 +69,8 @@ def validate_config(config, need) -> None:
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
+  need(config.d_base_features >= 1,
+       f"d_base_features must be a positive channel count, got {config.d_base_features}")
   need(config.g_final_features >= 0,
        f"g_final_features must be >= 0 (0 = no full-resolution stage), got {config.g_final_features}")
   d_batchnorm = config.model == "dcgan" and config.d_batchnorm and not config.spectral_norm
@@ -94,8 +97,9 @@ def build_models(config, info: data_lib.DatasetInfo):
                                           label_mode=config.label_mode, upsample=config.upsample,
                                           final_features=config.g_final_features)
     discriminator = gan_models.DCGANDiscriminator(
-        num_classes=num_classes, spectral_norm=config.spectral_norm,
-        aux_classifier=config.aux_classifier, batch_norm=config.d_batchnorm)
+        base_features=config.d_base_features, num_classes=num_classes,
+        spectral_norm=config.spectral_norm, aux_classifier=config.aux_classifier,
+        batch_norm=config.d_batchnorm)
   return generator, discriminator
 
 

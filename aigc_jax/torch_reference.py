@@ -115,13 +115,15 @@ class DCGANGenerator(nn.Module):
     self.start, self.label_mode = (features, h // 4, w // 4), label_mode
     self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
     self.dense = nn.Linear(_g_input_width(z_dim, num_classes, label_mode), math.prod(self.start))
+    if final_features:
+      last = [upsample(upsample_mode, features // 2, final_features),
+              nn.BatchNorm2d(final_features), nn.ReLU(), nn.Conv2d(final_features, c, 3, padding=1)]
+    else:
+      last = [upsample(upsample_mode, features // 2, c)]
     self.net = nn.Sequential(
         nn.BatchNorm2d(features), nn.ReLU(),
         upsample(upsample_mode, features, features // 2), nn.BatchNorm2d(features // 2), nn.ReLU(),
-        *([upsample(upsample_mode, features // 2, final_features), nn.BatchNorm2d(final_features),
-           nn.ReLU(), nn.Conv2d(final_features, c, 3, padding=1)] if final_features else
-          [upsample(upsample_mode, features // 2, c)]),
-        nn.Tanh())
+        *last, nn.Tanh())
 
   def forward(self, z, label=None):
     z = _condition_z(self.embed, z, label, self.label_mode)

@@ -46,7 +46,7 @@ def main():
   test, _ = data_lib.load_split(args.dataset, "test")
   train, _ = data_lib.load_split(args.dataset, "train")
   real = classifier.features(np.asarray(test)[:args.num])
-  rows = np.sort(np.random.default_rng(0).choice(len(train), args.num, replace=False))
+  rows = classifier_lib.floor_rows(len(train), args.num)  # the evaluation CLI's floor subset
   print(f"{args.num} images each vs {args.num} test images; classifier {classifier.path}")
   for name, images in variants(np.asarray(train)[rows]).items():
     fakes = np.clip(np.round(images), 0, 255).astype(np.uint8)

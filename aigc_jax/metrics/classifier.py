@@ -352,6 +352,13 @@ def evaluate_samples(classifier: Classifier,
   return out
 
 
+def floor_rows(num_images: int, num_train: int, seed: int = 0) -> np.ndarray:
+  """The sorted rows of the train subset `floors` scores: `num_train` of `num_images` (at most
+  all), drawn without replacement with `np.random.default_rng(seed)`."""
+  return np.sort(np.random.default_rng(seed).choice(num_images, min(num_train, num_images),
+                                                    replace=False))
+
+
 def floors(classifier: Classifier,
            train_images,
            real_features,
@@ -365,15 +372,13 @@ def floors(classifier: Classifier,
   What a generator that draws real images would score: the scale a model's metrics are read on.
   Compute them exactly as the model's metrics, with as many train images as the model has
   samples (`num_train`) and the same `real_features` and `kwargs`. The subset is `num_train`
-  train images drawn without replacement with `np.random.default_rng(seed)` (`kwargs` go to
-  `evaluate_samples`); with `train_labels`, label_acc is the classifier's accuracy on it.
+  train images chosen by `floor_rows` (`kwargs` go to `evaluate_samples`); with
+  `train_labels`, label_acc is the classifier's accuracy on it.
 
   Cached as ``floors-<key>.json`` beside a cached classifier (`classifier.path`); the key hashes
   the subset's images and labels, `real_features` and the options, so other data misses it.
   """
-  idx = np.sort(np.random.default_rng(seed).choice(len(train_images),
-                                                   min(num_train, len(train_images)),
-                                                   replace=False))
+  idx = floor_rows(len(train_images), num_train, seed)
   images = np.ascontiguousarray(np.asarray(train_images)[idx])
   labels = None if train_labels is None else np.asarray(train_labels, np.int64)[idx]
   real = np.ascontiguousarray(real_features, np.float32)

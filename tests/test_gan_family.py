@@ -69,6 +69,7 @@ def test_ema_follows_the_formula_with_its_warm_up(step, decay):
     ("dcgan", dict(conditional=True, aux_classifier=True)),
     ("gan_mlp", dict(conditional=True, label_mode="concat")),
     ("dcgan", dict(gan_loss="wasserstein", gp_weight=10.0, d_batchnorm=False)),
+    ("dcgan", dict(rotation_d_weight=1.0, rotation_g_weight=0.2, g_topk=0.5)),
 ])
 def test_variants_train_and_sample(model, overrides):
   trainable, state = make(model, **overrides)
@@ -92,6 +93,41 @@ def test_label_mode_reaches_the_generator(label_mode, z_width):
   assert state.g_params["Dense_0"]["kernel"].shape[0] == z_width
 
 
+def test_rotation_loss_teaches_d_the_rotations_and_g_weight_moves_only_g():
+  """SS-GAN: D's rotation head learns the turns of a fixed real batch (G frozen); the G-side
+  weight alone leaves D's update as without it and changes G's."""
+  trainable, state = make("dcgan", rotation_d_weight=1.0, learning_rate=1e-30, d_learning_rate=1e-3)
+  step = jax.jit(trainable.train_step)
+  losses = []
+  for _ in range(12):
+    state, metrics = step(state, batch())
+    losses.append(float(metrics["d_rotation_loss"]))
+  assert abs(losses[0] - np.log(4)) < 0.5 and losses[-1] < 0.5 * losses[0], losses
+
+  plain, state0 = make("dcgan")
+  rotating, state1 = make("dcgan", rotation_g_weight=1.0)
+  new0, _ = jax.jit(plain.train_step)(state0, batch())
+  new1, m1 = jax.jit(rotating.train_step)(state1, batch())
+  assert "g_rotation_loss" in m1 and "d_rotation_loss" not in m1
+  d1 = dict(new1.d_params)
+  assert max_change(d1.pop("rotation_logits"), state1.d_params["rotation_logits"]) == 0.0
+  assert max_change(d1, new0.d_params) < 1e-6
+  assert max_change(new1.g_params, new0.g_params) > 1e-5
+
+
+def test_g_topk_gives_g_the_gradient_of_the_top_rated_fakes_only():
+  """With D frozen, G's update with g_topk=0.5 differs from all fakes', and g_loss is the
+  non-saturating loss of the best half of the logits, so it is lower than all fakes'."""
+  frozen_d = dict(d_learning_rate=1e-30)
+  results = []
+  for topk in (1.0, 0.5):
+    trainable, state = make("dcgan", g_topk=topk, **frozen_d)
+    results.append(jax.jit(trainable.train_step)(state, batch()))
+  (all_state, all_metrics), (top_state, top_metrics) = results
+  assert float(top_metrics["g_loss"]) < float(all_metrics["g_loss"])
+  assert max_change(top_state.g_params, all_state.g_params) > 1e-5
+
+
 def test_config_errors():
   with pytest.raises(config_lib.ConfigError, match="gan_loss"):
     make(gan_loss="wgan")
@@ -105,6 +141,10 @@ def test_config_errors():
     make("dcgan", g_final_features=-1)
   with pytest.raises(config_lib.ConfigError, match="d_base_features must be a positive"):
     make("dcgan", d_base_features=0)
+  with pytest.raises(config_lib.ConfigError, match="rotation loss needs the DCGAN"):
+    make("gan_mlp", rotation_d_weight=1.0)
+  with pytest.raises(config_lib.ConfigError, match="g_topk must be in"):
+    make("dcgan", g_topk=0.0)
 
 
 def test_each_critic_update_takes_its_own_real_batch():

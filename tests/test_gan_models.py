@@ -172,6 +172,29 @@ def test_dcgan_final_features_adds_a_full_resolution_stage():
   assert "out" not in abstract_init_apply(small_dcgan_g(), z_batch(), None)[0]["params"]
 
 
+def test_rotate_quarters_turns_example_i_by_i_mod_4_quarter_turns():
+  x = jnp.arange(5 * 3 * 3, dtype=jnp.float32).reshape(5, 3, 3, 1)
+  turned, rotation = gan.rotate_quarters(x)
+  np.testing.assert_array_equal(rotation, [0, 1, 2, 3, 0])
+  first = np.arange(9).reshape(3, 3)
+  # one quarter turn counter-clockwise: the last column becomes the first row
+  np.testing.assert_array_equal(turned[1, ..., 0], np.array([[2, 5, 8], [1, 4, 7], [0, 3, 6]]) + 9)
+  np.testing.assert_array_equal(turned[2, ..., 0], first[::-1, ::-1] + 18)
+  np.testing.assert_array_equal(turned[0], x[0])
+  np.testing.assert_array_equal(turned[4], x[4])
+  with pytest.raises(ValueError, match="square"):
+    gan.rotate_quarters(jnp.zeros((2, 4, 3, 1)))
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_dcgan_discriminator_rotation_head(aux):
+  model = gan.DCGANDiscriminator(base_features=4, num_classes=3 if aux else 0, aux_classifier=aux,
+                                 rotation_head=True)
+  _, (out, rotation_logits) = abstract_init_apply(model, images())
+  assert rotation_logits.shape == (B, 4)
+  assert (out[0] if aux else out).shape == (B,)
+
+
 def test_transpose_upsample_is_flax_conv_transpose_with_rearranged_weights():
   """TransposeUpsample == nn.ConvTranspose((4, 4), (2, 2), 'SAME'), kernel mapped as documented;
   the same number of weights."""

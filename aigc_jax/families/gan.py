@@ -46,6 +46,12 @@ def default_config(model: str) -> dict:
       conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
       aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
       label_mode="multiply",  # conditional G: z * embed(y) ('multiply') or [z, embed(y)] ('concat')
+      # SS-GAN (DCGAN only): D also predicts the rotation (0/90/180/270) of real images, weighted
+      # rotation_d_weight (beta, 1.0 in Chen et al., 2019), and G is rewarded by
+      # rotation_g_weight (alpha, 0.2) when D can tell the rotation of its turned fakes.
+      rotation_d_weight=0.0,
+      rotation_g_weight=0.0,
+      g_topk=1.0,  # < 1: G's loss uses only that fraction of fakes D rates most real (Sinha et al.)
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
@@ -69,6 +75,12 @@ def validate_config(config, need) -> None:
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
+  need(config.rotation_d_weight >= 0 and config.rotation_g_weight >= 0,
+       "rotation_d_weight and rotation_g_weight must be >= 0 (0 = no SS-GAN rotation loss)")
+  need(config.model == "dcgan" or not (config.rotation_d_weight or config.rotation_g_weight),
+       f"the SS-GAN rotation loss needs the DCGAN discriminator, not model '{config.model}'")
+  need(0.0 < config.g_topk <= 1.0,
+       f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got {config.g_topk}")
   need(config.d_base_features >= 1,
        f"d_base_features must be a positive channel count, got {config.d_base_features}")
   need(config.g_final_features >= 0,
@@ -99,13 +111,15 @@ def build_models(config, info: data_lib.DatasetInfo):
     discriminator = gan_models.DCGANDiscriminator(
         base_features=config.d_base_features, num_classes=num_classes,
         spectral_norm=config.spectral_norm, aux_classifier=config.aux_classifier,
-        batch_norm=config.d_batchnorm)
+        batch_norm=config.d_batchnorm,
+        rotation_head=bool(config.rotation_d_weight or config.rotation_g_weight))
   return generator, discriminator
 
 
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
   generator, discriminator = build_models(config, info)
   conditional, aux = bool(config.conditional), bool(config.aux_classifier)
+  rotation = bool(config.rotation_d_weight or config.rotation_g_weight)
   d_loss_fn, g_loss_fn = gan_losses.LOSSES[config.gan_loss]
   g_tx = state_lib.adam(config, total_steps)
   d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
@@ -133,12 +147,19 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     return out, updates.get("batch_stats", g_stats)
 
   def discriminate(d_params, d_stats, x, label, axis_name):
-    """((logit, class logits or None), new d_stats), in train mode."""
+    """((logit, class logits or None, rotation logits or None), new d_stats), in train mode."""
     out, updates = discriminator.apply({"params": d_params, "batch_stats": d_stats}, x,
                                        None if aux else label, train=True, axis_name=axis_name,
                                        mutable=["batch_stats"])
+    out, rotation_logits = out if rotation else (out, None)
     logit, class_logits = out if aux else (out, None)
-    return (logit, class_logits), updates.get("batch_stats", d_stats)
+    return (logit, class_logits, rotation_logits), updates.get("batch_stats", d_stats)
+
+  def rotation_loss(d_params, d_stats, x, label, axis_name):
+    """SS-GAN's cross-entropy of D's rotation head on x turned by 0/90/180/270 degrees."""
+    turned, which = gan_models.rotate_quarters(x)
+    (_, _, rotation_logits), _ = discriminate(d_params, d_stats, turned, label, axis_name)
+    return gan_losses.classifier_loss(rotation_logits, which)
 
   def train_step(state: GANState, batch, axis_name: str | None = None):
     rng = step_rng(state)
@@ -148,6 +169,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     labels = batch["label"].reshape(config.n_critic, -1) if conditional else None
     g_label = labels[-1] if conditional else None
     size = reals.shape[1]
+    topk = max(1, round(config.g_topk * size))
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
     # The D updates leave G unchanged, so G's forward pass for its own update runs once, up
     # front; with n_critic == 1 the critic trains on those same fakes (as the PyTorch DCGAN
@@ -170,8 +192,8 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
       fake = jax.lax.stop_gradient(fake)
 
       def d_objective(params):
-        (real_logit, real_cls), stats = discriminate(params, d_stats, real, label, axis_name)
-        (fake_logit, fake_cls), stats = discriminate(params, stats, fake, label, axis_name)
+        (real_logit, real_cls, _), stats = discriminate(params, d_stats, real, label, axis_name)
+        (fake_logit, fake_cls, _), stats = discriminate(params, stats, fake, label, axis_name)
         loss = d_loss_fn(real_logit, fake_logit)
         terms = {"d_loss": loss, "d_real": jnp.mean(real_logit), "d_fake": jnp.mean(fake_logit)}
         critic = lambda x: discriminate(params, stats, x, label, axis_name)[0][0]
@@ -186,6 +208,9 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
           terms["d_class_loss"] = (gan_losses.classifier_loss(real_cls, label) +
                                    gan_losses.classifier_loss(fake_cls, label))
           loss = loss + terms["d_class_loss"]
+        if config.rotation_d_weight:  # its BatchNorm statistics are not kept
+          terms["d_rotation_loss"] = rotation_loss(params, stats, real, label, axis_name)
+          loss = loss + config.rotation_d_weight * terms["d_rotation_loss"]
         return loss, (stats, terms)
 
       grads, (d_stats, terms) = jax.grad(d_objective, has_aux=True)(d_params)
@@ -201,12 +226,17 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     d_params, d_opt_state, d_stats = carry
 
     def g_objective(fake):  # of G's output; chained to G's parameters by g_vjp
-      (logit, cls), _ = discriminate(d_params, d_stats, fake, g_label, axis_name)  # stats unused
+      (logit, cls, _), _ = discriminate(d_params, d_stats, fake, g_label, axis_name)  # stats unused
+      if topk < size:  # per device under pmap/shard_map
+        logit = jax.lax.top_k(logit, topk)[0]
       loss = g_loss_fn(logit)
       terms = {"g_loss": loss}
       if aux:
         terms["g_class_loss"] = gan_losses.classifier_loss(cls, g_label)
         loss = loss + terms["g_class_loss"]
+      if config.rotation_g_weight:
+        terms["g_rotation_loss"] = rotation_loss(d_params, d_stats, fake, g_label, axis_name)
+        loss = loss + config.rotation_g_weight * terms["g_rotation_loss"]
       return loss, terms
 
     fake_grad, g_terms = jax.grad(g_objective, has_aux=True)(fake_g)

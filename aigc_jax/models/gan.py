@@ -159,7 +159,9 @@ class DCGANDiscriminator(nn.Module):
   BatchNorm on the second conv if `batch_norm` and not `spectral_norm` (which normalizes every
   conv and dense layer instead). Conditional (num_classes > 0): a projection discriminator, or, with
   `aux_classifier=True`, ACGAN's discriminator, which takes no label and returns
-  (logit (B,), class_logits (B, num_classes)). The convolutions use
+  (logit (B,), class_logits (B, num_classes)). With `rotation_head=True` it returns
+  (that output, rotation_logits (B, 4)): SS-GAN's head that tells which multiple of 90 degrees
+  an image was rotated by (Chen et al., 2019). The convolutions use
   `layers.conv_general_dilated`, whose second derivatives (gradient penalties, R1) stay off
   XLA:CPU's slow path.
   """
@@ -169,6 +171,7 @@ class DCGANDiscriminator(nn.Module):
   spectral_norm: bool = False
   aux_classifier: bool = False
   batch_norm: bool = True
+  rotation_head: bool = False
 
   @nn.compact
   def __call__(self, x, label=None, train: bool = True, axis_name: str | None = None):
@@ -188,5 +191,18 @@ class DCGANDiscriminator(nn.Module):
     h = nn.leaky_relu(h, 0.2).reshape(x.shape[0], -1)
     if self.aux_classifier:
       logit = maybe_spectral(nn.Dense(1, name="logit"), sn, train)(h)[:, 0]
-      return logit, maybe_spectral(nn.Dense(self.num_classes, name="class_logits"), sn, train)(h)
-    return _projection_logit(h, label, self.num_classes, sn, train)
+      out = logit, maybe_spectral(nn.Dense(self.num_classes, name="class_logits"), sn, train)(h)
+    else:
+      out = _projection_logit(h, label, self.num_classes, sn, train)
+    if not self.rotation_head:
+      return out
+    return out, maybe_spectral(nn.Dense(4, name="rotation_logits"), sn, train)(h)
+
+
+def rotate_quarters(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Example i of x (B, H, H, C) turned by (i mod 4) * 90 degrees, and those rotation indices."""
+  if x.shape[1] != x.shape[2]:
+    raise ValueError(f"rotating by 90 degrees needs square images, got {x.shape[1:3]}")
+  rotation = jnp.arange(x.shape[0]) % 4
+  turned = jnp.stack([jnp.rot90(x, k, axes=(1, 2)) for k in range(4)])  # (4, B, H, W, C)
+  return turned[rotation, jnp.arange(x.shape[0])], rotation

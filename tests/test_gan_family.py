@@ -69,7 +69,7 @@ def test_ema_follows_the_formula_with_its_warm_up(step, decay):
     ("dcgan", dict(conditional=True, aux_classifier=True)),
     ("gan_mlp", dict(conditional=True, label_mode="concat")),
     ("dcgan", dict(gan_loss="wasserstein", gp_weight=10.0, d_batchnorm=False)),
-    ("dcgan", dict(rotation_d_weight=1.0, rotation_g_weight=0.2, g_topk=0.5)),
+    ("dcgan", dict(rotation_d_weight=1.0, rotation_g_weight=0.2, g_topk=0.5, cr_weight=10.0)),
 ])
 def test_variants_train_and_sample(model, overrides):
   trainable, state = make(model, **overrides)
@@ -143,6 +143,8 @@ def test_config_errors():
     make("dcgan", d_base_features=0)
   with pytest.raises(config_lib.ConfigError, match="rotation loss needs the DCGAN"):
     make("gan_mlp", rotation_d_weight=1.0)
+  with pytest.raises(config_lib.ConfigError, match="cr_weight must be >= 0"):
+    make("dcgan", cr_weight=-1.0)
   with pytest.raises(config_lib.ConfigError, match="g_topk must be in"):
     make("dcgan", g_topk=0.0)
 

@@ -104,3 +104,25 @@ def test_r1_penalty():
   x = jnp.array([[1.0, 2.0], [0.0, 3.0]])
   np.testing.assert_allclose(gan_losses.r1_penalty(lambda x: 0.5 * jnp.sum(x**2, axis=1), x),
                              mean([5.0, 9.0]), rtol=1e-6)
+
+
+def test_flip_and_shift_by_hand():
+  x = jnp.arange(2 * 3 * 3, dtype=jnp.float32).reshape(2, 3, 3, 1)
+  out = gan_losses.flip_and_shift(x, jnp.array([True, False]), jnp.array([[0, 0], [1, -1]]), 1)
+  np.testing.assert_array_equal(out[0, ..., 0], [[2, 1, 0], [5, 4, 3], [8, 7, 6]])  # mirrored
+  # moved one row down and one column left; the top row and right column repeat the edge
+  np.testing.assert_array_equal(out[1, ..., 0], [[10, 11, 11], [10, 11, 11], [13, 14, 14]])
+
+
+def test_consistency_penalty_of_symmetric_and_antisymmetric_critics():
+  """No shift: a left-right symmetric critic scores 0; c = sum(left) - sum(right) changes sign
+  when mirrored, so each mirrored image adds (2c)^2, and about half of them are mirrored."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(64, 4, 4, 1)), jnp.float32)
+  symmetric = lambda x: jnp.sum(x + x[:, :, ::-1], axis=(1, 2, 3))  # noqa: E731
+  antisymmetric = lambda x: jnp.sum(x[:, :, :2] - x[:, :, 2:], axis=(1, 2, 3))  # noqa: E731
+  key = jax.random.PRNGKey(3)
+  assert float(gan_losses.consistency_penalty(symmetric, x, key, max_shift=0)) < 1e-9
+  penalty = gan_losses.consistency_penalty(antisymmetric, x, key, max_shift=0)
+  per_image = np.asarray(4.0 * antisymmetric(x) ** 2)
+  # the penalty is the sum of per_image over the mirrored images, divided by 64
+  assert 0.25 * per_image.mean() < float(penalty) < 0.75 * per_image.mean()

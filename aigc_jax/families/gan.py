@@ -51,6 +51,7 @@ def default_config(model: str) -> dict:
       # rotation_g_weight (alpha, 0.2) when D can tell the rotation of its turned fakes.
       rotation_d_weight=0.0,
       rotation_g_weight=0.0,
+      cr_weight=0.0,  # CR-GAN's consistency penalty on reals, flipped and shifted (10 in the paper)
       g_topk=1.0,  # < 1: G's loss uses only that fraction of fakes D rates most real (Sinha et al.)
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
@@ -79,6 +80,7 @@ def validate_config(config, need) -> None:
        "rotation_d_weight and rotation_g_weight must be >= 0 (0 = no SS-GAN rotation loss)")
   need(config.model == "dcgan" or not (config.rotation_d_weight or config.rotation_g_weight),
        f"the SS-GAN rotation loss needs the DCGAN discriminator, not model '{config.model}'")
+  need(config.cr_weight >= 0, f"cr_weight must be >= 0 (0 = off), got {config.cr_weight}")
   need(0.0 < config.g_topk <= 1.0,
        f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got {config.g_topk}")
   need(config.d_base_features >= 1,
@@ -204,6 +206,11 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
         if config.r1_gamma:
           terms["r1"] = gan_losses.r1_penalty(critic, real)
           loss = loss + 0.5 * config.r1_gamma * terms["r1"]
+        if config.cr_weight:
+          cr_rng = jax.random.fold_in(rng, 2 * config.n_critic + 1 + i)
+          terms["cr"] = gan_losses.consistency_penalty(critic, real, cr_rng, axis_name=axis_name,
+                                                       real_logits=real_logit)
+          loss = loss + config.cr_weight * terms["cr"]
         if aux:
           terms["d_class_loss"] = (gan_losses.classifier_loss(real_cls, label) +
                                    gan_losses.classifier_loss(fake_cls, label))

@@ -74,10 +74,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   info = data_lib.DATASETS[config.dataset]
   sources = dict(idx_dir=config.idx_dir or None, tfds_data_dir=config.tfds_data_dir or None)
-  train_data = data_lib.to_device(*data_lib.load_split(config.dataset, "train", **sources))
+  family = families.get(config.model)
+  train_images, train_labels = data_lib.load_split(config.dataset, "train", **sources)
+  train_data = data_lib.to_device(train_images,
+                                  family.train_labels(config, train_images, train_labels))
   test_data = data_lib.to_device(*data_lib.load_split(config.dataset, "test", **sources))
   num_train = int(train_data.labels.shape[0])
-  family = families.get(config.model)
   batches_per_step = family.batches_per_step(config)
   steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size * batches_per_step)
   total = state_lib.total_train_steps(config, num_train, batches_per_step)

@@ -128,6 +128,26 @@ def test_g_topk_gives_g_the_gradient_of_the_top_rated_fakes_only():
   assert max_change(top_state.g_params, all_state.g_params) > 1e-5
 
 
+def test_pixel_clusters_condition_g_and_d_on_cluster_ids_not_labels():
+  config = config_lib.validate(config_lib.get_config("dcgan", pixel_clusters=4))
+  family = families.get("dcgan")
+  images = np.random.default_rng(0).integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+  ids = family.train_labels(config, images, np.zeros(40, np.int32))
+  assert sorted(np.bincount(ids)) == [10, 10, 10, 10]
+  plain = config_lib.validate(config_lib.get_config("dcgan"))
+  np.testing.assert_array_equal(family.train_labels(plain, images, np.arange(40)), np.arange(40))
+  trainable = family.build(config, INFO)
+  state = trainable.init(jax.random.PRNGKey(0))
+  assert state.d_params["label_embed"]["embedding"].shape[0] == 4  # projection on 4 clusters
+  state, metrics = jax.jit(trainable.train_step)(state, {"image": batch()["image"],
+                                                         "label": jnp.asarray(ids[:8])})
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  images, labels = trainable.sample(state, jax.random.PRNGKey(1), 6)
+  np.testing.assert_array_equal(labels, [0, 1, 2, 3, 0, 1])  # uniform over the clusters
+  grid, ncols = trainable.log_images(state, None)["samples"]
+  assert ncols == 4 and grid.shape[0] == 16
+
+
 def test_config_errors():
   with pytest.raises(config_lib.ConfigError, match="gan_loss"):
     make(gan_loss="wgan")
@@ -143,6 +163,8 @@ def test_config_errors():
     make("dcgan", d_base_features=0)
   with pytest.raises(config_lib.ConfigError, match="rotation loss needs the DCGAN"):
     make("gan_mlp", rotation_d_weight=1.0)
+  with pytest.raises(config_lib.ConfigError, match="pixel_clusters replaces the labels"):
+    make("dcgan", pixel_clusters=10, conditional=True)
   with pytest.raises(config_lib.ConfigError, match="cr_weight must be >= 0"):
     make("dcgan", cr_weight=-1.0)
   with pytest.raises(config_lib.ConfigError, match="g_topk must be in"):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from aigc_jax import clusters
 from aigc_jax import data as data_lib
 from aigc_jax import gan_losses
 from aigc_jax import writers
@@ -45,7 +46,11 @@ def default_config(model: str) -> dict:
       d_batchnorm=True,  # DCGAN D: BatchNorm after its second conv (never with spectral_norm)
       conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
       aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
-      label_mode="multiply",  # conditional G: z * embed(y) ('multiply') or [z, embed(y)] ('concat')
+      label_mode="multiply",
+      # > 0: self-conditioned. G and D are conditioned as with labels, but on that many balanced
+      # k-means clusters of the train images' pixels (`clusters.py`), sampled uniformly; no label
+      # is read, and evaluation is unconditional.
+      pixel_clusters=0,  # conditional G: z * embed(y) ('multiply') or [z, embed(y)] ('concat')
       # SS-GAN (DCGAN only): D also predicts the rotation (0/90/180/270) of real images, weighted
       # rotation_d_weight (beta, 1.0 in Chen et al., 2019), and G is rewarded by
       # rotation_g_weight (alpha, 0.2) when D can tell the rotation of its turned fakes.
@@ -71,6 +76,9 @@ def validate_config(config, need) -> None:
   need(config.gp_weight >= 0 and config.r1_gamma >= 0, "gp_weight and r1_gamma must be >= 0")
   need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
   need(not config.aux_classifier or config.conditional, "aux_classifier=True needs conditional=True")
+  need(config.pixel_clusters >= 0, f"pixel_clusters must be >= 0 (0 = off), got {config.pixel_clusters}")
+  need(not (config.pixel_clusters and config.conditional),
+       "pixel_clusters replaces the labels of conditional=True: set one of them")
   need(config.label_mode in gan_models.LABEL_MODES,
        f"label_mode '{config.label_mode}' is unknown; choose one of {gan_models.LABEL_MODES}")
   need(config.upsample in gan_models.UPSAMPLE_MODES,
@@ -99,8 +107,20 @@ def batches_per_step(config) -> int:
   return int(config.n_critic)
 
 
+def train_labels(config, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """The labels the train step sees: the dataset's, or balanced pixel k-means cluster ids."""
+  if not config.pixel_clusters:
+    return labels
+  return clusters.pixel_clusters(images, config.pixel_clusters, seed=config.seed)
+
+
+def num_labels(config, info: data_lib.DatasetInfo) -> int:
+  """Classes G and D are conditioned on: the dataset's, the pixel clusters' or 0."""
+  return info.num_classes if config.conditional else int(config.pixel_clusters)
+
+
 def build_models(config, info: data_lib.DatasetInfo):
-  num_classes = info.num_classes if config.conditional else 0
+  num_classes = num_labels(config, info)
   if config.model == "gan_mlp":
     generator = gan_models.MLPGenerator(info.image_shape, num_classes=num_classes,
                                         label_mode=config.label_mode)
@@ -121,6 +141,8 @@ def build_models(config, info: data_lib.DatasetInfo):
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
   generator, discriminator = build_models(config, info)
   conditional, aux = bool(config.conditional), bool(config.aux_classifier)
+  num_classes = num_labels(config, info)  # conditional (evaluated against labels) or clusters
+  labeled = num_classes > 0
   rotation = bool(config.rotation_d_weight or config.rotation_g_weight)
   d_loss_fn, g_loss_fn = gan_losses.LOSSES[config.gan_loss]
   g_tx = state_lib.adam(config, total_steps)
@@ -131,7 +153,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   def init(rng) -> GANState:
     z = jnp.zeros((2, zdim))
     x = jnp.zeros((2,) + tuple(info.image_shape))
-    label = jnp.zeros((2,), jnp.int32) if conditional else None
+    label = jnp.zeros((2,), jnp.int32) if labeled else None
     g_vars = generator.init(jax.random.fold_in(rng, 0), z, label, train=False)
     d_vars = discriminator.init(jax.random.fold_in(rng, 1), x, None if aux else label, train=False)
     g_params, d_params = g_vars["params"], d_vars["params"]
@@ -168,8 +190,8 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     normal = lambda key, shape: batch_noise(jax.random.normal, key, shape, axis_name)  # noqa: E731
     # n_critic real batches, one per D update; G's update takes the last one's labels.
     reals = batch["image"].reshape((config.n_critic, -1) + batch["image"].shape[1:])
-    labels = batch["label"].reshape(config.n_critic, -1) if conditional else None
-    g_label = labels[-1] if conditional else None
+    labels = batch["label"].reshape(config.n_critic, -1) if labeled else None
+    g_label = labels[-1] if labeled else None
     size = reals.shape[1]
     topk = max(1, round(config.g_topk * size))
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
@@ -185,7 +207,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     def critic_update(carry, i):
       """D update i on real batch i."""
       d_params, d_opt_state, d_stats = carry
-      real, label = reals[i], (labels[i] if conditional else None)
+      real, label = reals[i], (labels[i] if labeled else None)
       if config.n_critic == 1:
         fake = fake_g
       else:
@@ -267,7 +289,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     return (images + 1.0) / 2.0
 
   def sample(state: GANState, rng, num: int, use_ema: bool = True):
-    labels = jnp.arange(num, dtype=jnp.int32) % info.num_classes if conditional else None
+    labels = jnp.arange(num, dtype=jnp.int32) % num_classes if labeled else None
     images = np.asarray(_generate01(state, rng, labels, num, use_ema))
     return images, (None if labels is None else np.asarray(labels))
 
@@ -326,11 +348,11 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     return {**out, **{f"raw_{k}": v for k, v in raw.items()}, "num_samples": num}
 
   def log_images(state: GANState, test: data_lib.DeviceData) -> dict:
-    """Fixed-noise grid from the EMA generator (a class per row when conditional)."""
+    """Fixed-noise grid from the EMA generator (a class or pixel cluster per row)."""
     rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)
     return {"samples": writers.sample_grid(lambda num: sample(state, rng, num),
                                            config.num_sample_images,
-                                           info.num_classes if conditional else 0)}
+                                           num_classes)}
 
   return Trainable(init=init, train_step=train_step, evaluate=evaluate,
                    full_evaluate=full_evaluate, sample=sample, log_images=log_images,

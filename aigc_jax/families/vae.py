@@ -102,6 +102,12 @@ def batches_per_step(config) -> int:
   return 1
 
 
+def train_labels(config, images, labels):
+  """The dataset's labels: the VAEs (the CVAE included) train on them as they are."""
+  del config, images
+  return labels
+
+
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
   """The VAE `Trainable`; `total_steps` shapes the learning-rate schedule (if any)."""
   model = build_model(config, info)

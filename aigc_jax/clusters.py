@@ -1,0 +1,58 @@
+"""Pseudo-labels for an unconditional GAN: balanced k-means of the training images' pixels.
+
+A self-conditioned GAN (after Liu et al., 2020, who cluster discriminator features) trains a
+class-conditional G and D on cluster ids instead of labels and samples the ids uniformly. Here
+the clusters are computed once, from pixels, before training. They are balanced (every cluster
+holds N // k or N // k + 1 images), so sampling ids uniformly matches the data: no cluster
+frequencies need storing beside the checkpoint. No label is read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def balanced_assign(distances: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+  """Greedy assignment under capacities: the (row, cluster) pairs in order of distance, each
+  row to the nearest cluster that still has room. distances (N, k); sizes (k,) summing to N."""
+  num, k = distances.shape
+  if int(sizes.sum()) != num:
+    raise ValueError(f"cluster sizes sum to {int(sizes.sum())}, not the {num} rows")
+  assign = np.full(num, -1, np.int64)
+  room = sizes.astype(np.int64).copy()
+  for flat in np.argsort(distances, axis=None, kind="stable"):
+    row, cluster = divmod(int(flat), k)
+    if assign[row] < 0 and room[cluster] > 0:
+      assign[row] = cluster
+      room[cluster] -= 1
+  return assign
+
+
+def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 0) -> np.ndarray:
+  """Cluster ids (N,) int32 of the rows of x (N, D) into k clusters of N // k or N // k + 1 rows:
+  k-means++ seeding, then Lloyd iterations with `balanced_assign` as the assignment step."""
+  x = np.asarray(x, np.float32)
+  num = x.shape[0]
+  if not 1 <= k <= num:
+    raise ValueError(f"k-means needs 1 <= k <= the {num} rows, got k={k}")
+  rng = np.random.default_rng(seed)
+  norms = np.sum(x * x, axis=1)
+
+  def squared_distances(centers):
+    return np.maximum(norms[:, None] - 2.0 * x @ centers.T + np.sum(centers**2, axis=1), 0.0)
+
+  centers = x[rng.integers(num)][None]
+  for _ in range(1, k):  # k-means++: the next center far from the chosen ones
+    nearest = squared_distances(centers).min(axis=1).astype(np.float64)
+    centers = np.concatenate([centers, x[rng.choice(num, p=nearest / nearest.sum())][None]])
+  sizes = np.full(k, num // k) + (np.arange(k) < num % k)
+  for _ in range(iterations):
+    assign = balanced_assign(squared_distances(centers), sizes)
+    centers = np.stack([x[assign == j].mean(axis=0) for j in range(k)])
+  return balanced_assign(squared_distances(centers), sizes).astype(np.int32)
+
+
+def pixel_clusters(images: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+  """Balanced k-means ids of uint8 images (N, H, W, C) by their pixels scaled to [0, 1]."""
+  flat = np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
+  return balanced_kmeans(flat, k, seed=seed)

@@ -1,4 +1,4 @@
-"""GAN objectives on discriminator logits, gradient penalties and the EMA of generator weights.
+"""GAN objectives on discriminator logits and the discriminator penalties: GP, R1, consistency.
 
 Every loss returns a scalar: the mean over the batch (the real and fake terms are averaged
 separately, so their batches may differ in size). With D(x) = sigmoid(logit):

@@ -46,11 +46,11 @@ def default_config(model: str) -> dict:
       d_batchnorm=True,  # DCGAN D: BatchNorm after its second conv (never with spectral_norm)
       conditional=False,  # labels into G (embedding) and D (projection, or ACGAN's head)
       aux_classifier=False,  # ACGAN: D predicts the class instead of a projection
-      label_mode="multiply",
+      label_mode="multiply",  # conditional G: z * embed(y) ('multiply') or [z, embed(y)] ('concat')
       # > 0: self-conditioned. G and D are conditioned as with labels, but on that many balanced
       # k-means clusters of the train images' pixels (`clusters.py`), sampled uniformly; no label
       # is read, and evaluation is unconditional.
-      pixel_clusters=0,  # conditional G: z * embed(y) ('multiply') or [z, embed(y)] ('concat')
+      pixel_clusters=0,
       # SS-GAN (DCGAN only): D also predicts the rotation (0/90/180/270) of real images, weighted
       # rotation_d_weight (beta, 1.0 in Chen et al., 2019), and G is rewarded by
       # rotation_g_weight (alpha, 0.2) when D can tell the rotation of its turned fakes.
@@ -76,7 +76,8 @@ def validate_config(config, need) -> None:
   need(config.gp_weight >= 0 and config.r1_gamma >= 0, "gp_weight and r1_gamma must be >= 0")
   need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
   need(not config.aux_classifier or config.conditional, "aux_classifier=True needs conditional=True")
-  need(config.pixel_clusters >= 0, f"pixel_clusters must be >= 0 (0 = off), got {config.pixel_clusters}")
+  need(config.pixel_clusters >= 0,
+       f"pixel_clusters must be >= 0 (0 = off), got {config.pixel_clusters}")
   need(not (config.pixel_clusters and config.conditional),
        "pixel_clusters replaces the labels of conditional=True: set one of them")
   need(config.label_mode in gan_models.LABEL_MODES,
@@ -86,7 +87,7 @@ def validate_config(config, need) -> None:
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
   need(config.rotation_d_weight >= 0 and config.rotation_g_weight >= 0,
        "rotation_d_weight and rotation_g_weight must be >= 0 (0 = no SS-GAN rotation loss)")
-  need(config.model == "dcgan" or not (config.rotation_d_weight or config.rotation_g_weight),
+  need(config.model == "dcgan" or not uses_rotation(config),
        f"the SS-GAN rotation loss needs the DCGAN discriminator, not model '{config.model}'")
   need(config.cr_weight >= 0, f"cr_weight must be >= 0 (0 = off), got {config.cr_weight}")
   need(0.0 < config.g_topk <= 1.0,
@@ -114,6 +115,11 @@ def train_labels(config, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
   return clusters.pixel_clusters(images, config.pixel_clusters, seed=config.seed)
 
 
+def uses_rotation(config) -> bool:
+  """Whether SS-GAN's rotation loss is on (D then has a rotation head)."""
+  return bool(config.rotation_d_weight or config.rotation_g_weight)
+
+
 def num_labels(config, info: data_lib.DatasetInfo) -> int:
   """Classes G and D are conditioned on: the dataset's, the pixel clusters' or 0."""
   return info.num_classes if config.conditional else int(config.pixel_clusters)
@@ -134,7 +140,7 @@ def build_models(config, info: data_lib.DatasetInfo):
         base_features=config.d_base_features, num_classes=num_classes,
         spectral_norm=config.spectral_norm, aux_classifier=config.aux_classifier,
         batch_norm=config.d_batchnorm,
-        rotation_head=bool(config.rotation_d_weight or config.rotation_g_weight))
+        rotation_head=uses_rotation(config))
   return generator, discriminator
 
 
@@ -143,7 +149,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   conditional, aux = bool(config.conditional), bool(config.aux_classifier)
   num_classes = num_labels(config, info)  # conditional (evaluated against labels) or clusters
   labeled = num_classes > 0
-  rotation = bool(config.rotation_d_weight or config.rotation_g_weight)
+  rotation = uses_rotation(config)
   d_loss_fn, g_loss_fn = gan_losses.LOSSES[config.gan_loss]
   g_tx = state_lib.adam(config, total_steps)
   d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate

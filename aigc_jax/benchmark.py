@@ -272,6 +272,7 @@ def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup
     raise BenchmarkError(f"--images {num_images} is less than one call's {per_step} x "
                          f"{config.steps_per_call} images; use more images or a smaller batch")
   images, labels = synthetic_split(info, num_images)
+  labels = families.get(config.model).train_labels(config, images, labels)  # as in training
   jax_run = time_jax(config, images, labels, steps, warmup, epoch, bool(profile))
   step_ms = statistics.median(jax_run["samples_ms"])
   devices = jax_run["devices"]

@@ -185,10 +185,12 @@ class GANReference:
   """A GAN's modules, optimizers and eager train step: n_critic D updates, one G update, EMA."""
 
   def __init__(self, config, info):
-    if config.aux_classifier or config.r1_gamma:
+    if (config.aux_classifier or config.r1_gamma or config.cr_weight or config.g_topk < 1 or
+        config.rotation_d_weight or config.rotation_g_weight):
       raise NotImplementedError("the PyTorch reference covers the experiments' GANs: no "
-                                "aux_classifier or r1_gamma")
-    num_classes = info.num_classes if config.conditional else 0
+                                "aux_classifier, r1_gamma, cr_weight, g_topk or rotation loss")
+    # conditional on the dataset's labels or (pixel_clusters) on cluster ids: the same network
+    num_classes = info.num_classes if config.conditional else config.pixel_clusters
     shape, z_dim, sn = info.image_shape, config.latent_dim, config.spectral_norm
     if config.model == "gan_mlp":
       self.g = MLPGenerator(shape, z_dim, num_classes, config.label_mode)
@@ -203,14 +205,14 @@ class GANReference:
     self.g_opt = _adam(self.g.parameters(), config, config.learning_rate)
     self.d_opt = _adam(self.d.parameters(), config, d_lr)
     self.d_loss, self.g_loss = GAN_LOSSES[config.gan_loss]
-    self.config = config
+    self.config, self.num_classes = config, num_classes
     self.modules = (self.g, self.d)
 
   def step(self, images, labels) -> float:
     """One train step on n_critic uint8 NCHW batches, one per D update; returns the D + G loss."""
     config = self.config
     reals = _preprocess(images, config).chunk(config.n_critic)
-    label_chunks = labels.chunk(config.n_critic) if config.conditional else [None] * config.n_critic
+    label_chunks = labels.chunk(config.n_critic) if self.num_classes else [None] * config.n_critic
     size = reals[0].shape[0]
     # As families/gan.py: with n_critic == 1 the D update trains on the fakes that G's update
     # then backpropagates through (the PyTorch DCGAN example's step); otherwise fresh noise.

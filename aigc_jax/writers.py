@@ -23,18 +23,20 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
   return (grid * 255.0 + 0.5).astype(np.uint8)
 
 
-def sample_grid(sample, num_images: int, num_classes: int = 0):
+def sample_grid(sample, num_images: int, num_classes: int = 0, max_columns: int = 10):
   """(images, ncols) of a sample grid; with num_classes > 0, a row per class.
 
   `sample(num)` returns (images, labels), conditional samplers asking for labels
-  arange(num) % num_classes; the conditional grid is num_classes x num_classes.
+  arange(num) % num_classes; the conditional grid has num_classes rows of
+  min(num_classes, max_columns) images.
   """
   if not num_classes:
     images, _ = sample(num_images)
     return images, int(math.ceil(math.sqrt(num_images)))
-  images, _ = sample(num_classes**2)  # arange % C puts every class in a row: transpose
-  images = images.reshape((num_classes, num_classes) + images.shape[1:]).swapaxes(0, 1)
-  return images.reshape((-1,) + images.shape[2:]), num_classes
+  columns = min(num_classes, max_columns)
+  images, _ = sample(num_classes * columns)  # arange % C puts every class in a row: transpose
+  images = images.reshape((columns, num_classes) + images.shape[1:]).swapaxes(0, 1)
+  return images.reshape((-1,) + images.shape[2:]), columns
 
 
 def save_png(path: str, images: np.ndarray, ncols: int) -> str:

@@ -1,4 +1,4 @@
-"""The DCGAN, self-conditioned: G and D conditioned on 10 balanced pixel k-means clusters.
+"""The DCGAN, self-conditioned: G and D conditioned on 20 balanced pixel k-means clusters.
 
 Unconditional (no label is read; the clusters come from the train images' pixels and are
 sampled uniformly), evaluated like `dcgan_fashion_mnist.py`; the same networks plus a cluster
@@ -12,7 +12,7 @@ from aigc_jax import train
 
 
 def get_config():
-  return config_lib.get_config("dcgan", dataset="fashion_mnist", pixel_clusters=10,
+  return config_lib.get_config("dcgan", dataset="fashion_mnist", pixel_clusters=20,
                                label_mode="concat", batch_size=64, num_epochs=20)
 
 

@@ -3,7 +3,8 @@
 python -m aigc_jax.sample --workdir DIR --num N --out FILE.npz [--seed S] [--checkpoint best|latest]
 
 The file holds `images`, uint8 of shape (N, H, W) for one channel ((N, H, W, C) otherwise), and
-`labels` (int32) for conditional models, the label each image was asked to show.
+`labels` (int32) for conditional models, the label each image was asked to show (for a
+self-conditioned GAN, `pixel_clusters`, the cluster id).
 """
 
 from __future__ import annotations

@@ -9,7 +9,12 @@ frequencies need storing beside the checkpoint. No label is read.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def balanced_assign(distances: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -20,11 +25,15 @@ def balanced_assign(distances: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     raise ValueError(f"cluster sizes sum to {int(sizes.sum())}, not the {num} rows")
   assign = np.full(num, -1, np.int64)
   room = sizes.astype(np.int64).copy()
-  for flat in np.argsort(distances, axis=None, kind="stable"):
-    row, cluster = divmod(int(flat), k)
+  left = num
+  for flat in np.argsort(distances, axis=None, kind="stable").tolist():
+    row, cluster = divmod(flat, k)
     if assign[row] < 0 and room[cluster] > 0:
       assign[row] = cluster
       room[cluster] -= 1
+      left -= 1
+      if not left:
+        break
   return assign
 
 
@@ -54,5 +63,9 @@ def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 
 
 def pixel_clusters(images: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
   """Balanced k-means ids of uint8 images (N, H, W, C) by their pixels scaled to [0, 1]."""
+  start = time.perf_counter()
   flat = np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
-  return balanced_kmeans(flat, k, seed=seed)
+  ids = balanced_kmeans(flat, k, seed=seed)
+  log.info("%d balanced pixel k-means clusters of %d images in %.1f s", k, len(images),
+           time.perf_counter() - start)
+  return ids

@@ -4,15 +4,20 @@ A self-conditioned GAN (after Liu et al., 2020, who cluster discriminator featur
 class-conditional G and D on cluster ids instead of labels and samples the ids uniformly. Here
 the clusters are computed once, from pixels, before training. They are balanced (every cluster
 holds N // k or N // k + 1 images), so sampling ids uniformly matches the data: no cluster
-frequencies need storing beside the checkpoint. No label is read.
+frequencies need storing beside the checkpoint. No label is read. A training run keeps its ids
+in its workdir (`workdir_clusters`), so a resumed run conditions on the same clusters even where
+floating point would cluster differently.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
+
+from aigc_jax.data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +56,12 @@ def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 
     return np.maximum(norms[:, None] - 2.0 * x @ centers.T + np.sum(centers**2, axis=1), 0.0)
 
   centers = x[rng.integers(num)][None]
+  nearest = squared_distances(centers)[:, 0].astype(np.float64)
   for _ in range(1, k):  # k-means++: the next center far from the chosen ones
-    nearest = squared_distances(centers).min(axis=1).astype(np.float64)
-    centers = np.concatenate([centers, x[rng.choice(num, p=nearest / nearest.sum())][None]])
+    total = nearest.sum()
+    pick = rng.choice(num, p=nearest / total) if total > 0 else rng.integers(num)  # all equal
+    centers = np.concatenate([centers, x[pick][None]])
+    nearest = np.minimum(nearest, squared_distances(centers[-1:])[:, 0])
   sizes = np.full(k, num // k) + (np.arange(k) < num % k)
   for _ in range(iterations):
     assign = balanced_assign(squared_distances(centers), sizes)
@@ -68,4 +76,28 @@ def pixel_clusters(images: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
   ids = balanced_kmeans(flat, k, seed=seed)
   log.info("%d balanced pixel k-means clusters of %d images in %.1f s", k, len(images),
            time.perf_counter() - start)
+  return ids
+
+
+FILENAME = "pixel_clusters.npy"
+
+
+def workdir_clusters(workdir: str, images: np.ndarray, k: int, seed: int = 0,
+                     write: bool = True) -> np.ndarray:
+  """`pixel_clusters` of the images, read from workdir/pixel_clusters.npy when a run saved them
+  there, else computed and (if `write`) saved atomically for the runs that resume from it."""
+  path = os.path.join(workdir, FILENAME)
+  if os.path.exists(path):
+    ids = np.load(path)
+    if ids.shape != (len(images),) or ids.min() < 0 or ids.max() >= k:
+      raise DataError(f"{path} holds cluster ids of shape {ids.shape} in [{ids.min()}, "
+                       f"{ids.max()}], not {len(images)} ids in [0, {k}): the workdir was "
+                       "trained on other data or another pixel_clusters; use a new workdir")
+    return ids.astype(np.int32)
+  ids = pixel_clusters(images, k, seed=seed)
+  if write:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    np.save(tmp, ids)
+    os.replace(tmp, path)
   return ids

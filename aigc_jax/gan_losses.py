@@ -108,18 +108,16 @@ def flip_and_shift(x: jnp.ndarray, flip: jnp.ndarray, shift: jnp.ndarray,
 
 
 def consistency_penalty(critic_fn: Callable, real: jnp.ndarray, rng: jax.Array,
-                        max_shift: int = 2, axis_name: str | None = None,
-                        real_logits: jnp.ndarray | None = None) -> jnp.ndarray:
+                        max_shift: int = 2, axis_name: str | None = None) -> jnp.ndarray:
   """CR-GAN (Zhang et al., 2020): mean of (critic(x) - critic(T(x)))^2 over real x.
 
   T mirrors each image with probability 1/2 and shifts it by up to `max_shift` pixels per
   axis. The caller weights it (lambda = 10 in the paper); gradients flow through both critic
-  calls. `real_logits`, when given, must be critic(real): it saves a forward pass.
+  calls (both from the same critic state: a spectral norm's power iteration moves per call).
   """
   size = (real.shape[0],)
   flip = batch_noise(lambda key, shape: jax.random.bernoulli(key, 0.5, shape),
                      jax.random.fold_in(rng, 0), size, axis_name)
   shift = batch_noise(lambda key, shape: jax.random.randint(key, shape, -max_shift, max_shift + 1),
                       jax.random.fold_in(rng, 1), size + (2,), axis_name)
-  real_logits = critic_fn(real) if real_logits is None else real_logits
-  return jnp.mean(jnp.square(real_logits - critic_fn(flip_and_shift(real, flip, shift, max_shift))))
+  return jnp.mean(jnp.square(critic_fn(real) - critic_fn(flip_and_shift(real, flip, shift, max_shift))))

@@ -77,7 +77,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   family = families.get(config.model)
   train_images, train_labels = data_lib.load_split(config.dataset, "train", **sources)
   train_data = data_lib.to_device(train_images,
-                                  family.train_labels(config, train_images, train_labels))
+                                  family.train_labels(config, train_images, train_labels, workdir))
   test_data = data_lib.to_device(*data_lib.load_split(config.dataset, "test", **sources))
   num_train = int(train_data.labels.shape[0])
   batches_per_step = family.batches_per_step(config)

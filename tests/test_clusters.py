@@ -37,3 +37,22 @@ def test_pixel_clusters_are_deterministic_and_uneven_counts_differ_by_one():
   ids = clusters.pixel_clusters(images, 5, seed=3)
   np.testing.assert_array_equal(ids, clusters.pixel_clusters(images, 5, seed=3))
   assert sorted(np.bincount(ids, minlength=5)) == [4, 4, 5, 5, 5]
+
+
+def test_workdir_clusters_are_saved_once_and_read_back(tmp_path):
+  images = np.random.default_rng(2).integers(0, 256, (12, 4, 4, 1), dtype=np.uint8)
+  ids = clusters.workdir_clusters(str(tmp_path), images, 3)
+  saved = tmp_path / clusters.FILENAME
+  np.testing.assert_array_equal(np.load(saved), ids)
+  np.save(saved, (ids + 1) % 3)  # a resumed run takes the saved ids, not a new clustering
+  np.testing.assert_array_equal(clusters.workdir_clusters(str(tmp_path), images, 3), (ids + 1) % 3)
+  with pytest.raises(clusters.DataError, match="use a new workdir"):
+    clusters.workdir_clusters(str(tmp_path), images[:10], 3)
+  other = tmp_path / "other"
+  clusters.workdir_clusters(str(other), images, 3, write=False)
+  assert not other.exists()
+
+
+def test_kmeans_plus_plus_seeding_survives_identical_rows():
+  ids = clusters.balanced_kmeans(np.ones((6, 2)), 3)
+  assert sorted(np.bincount(ids)) == [2, 2, 2]

@@ -2,7 +2,8 @@
 
 A family module exposes `default_config(model) -> dict` (its keys and defaults), `validate_config(config,
 need)`, `batches_per_step(config) -> int` (the batches of `batch_size` one train step consumes),
-`train_labels(config, train images, labels) -> labels` (what the train step sees as labels) and
+`train_labels(config, train images, labels, workdir=None) -> labels` (what the train step sees
+as labels) and
 `build(config, info, total_steps) -> Trainable`. The model names map to family modules here.
 """
 

@@ -1,4 +1,5 @@
-"""The GAN family: MLP GAN and DCGAN, class-conditional, four losses, GP/R1, EMA generator.
+"""The GAN family: MLP GAN and DCGAN, class-conditional or self-conditioned on pixel clusters,
+four losses, GP / R1 / consistency penalties, SS-GAN rotation loss, top-k G updates, EMA G.
 
 One jitted step does `n_critic` discriminator updates, each on its own real batch, and one
 generator update; so an epoch has 1/n_critic as many steps. Images are in [-1, 1]
@@ -57,7 +58,10 @@ def default_config(model: str) -> dict:
       rotation_d_weight=0.0,
       rotation_g_weight=0.0,
       cr_weight=0.0,  # CR-GAN's consistency penalty on reals, flipped and shifted (10 in the paper)
-      g_topk=1.0,  # < 1: G's loss uses only that fraction of fakes D rates most real (Sinha et al.)
+      # < 1: G's loss uses only that fraction of the fakes D rates most real, a constant fraction
+      # from the first step (Sinha et al., 2020, anneal it from 1). Per device under pmap or
+      # shard_map, so the kept fakes depend on the device count; g_loss is that subset's mean.
+      g_topk=1.0,
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
@@ -76,8 +80,8 @@ def validate_config(config, need) -> None:
   need(config.gp_weight >= 0 and config.r1_gamma >= 0, "gp_weight and r1_gamma must be >= 0")
   need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
   need(not config.aux_classifier or config.conditional, "aux_classifier=True needs conditional=True")
-  need(config.pixel_clusters >= 0,
-       f"pixel_clusters must be >= 0 (0 = off), got {config.pixel_clusters}")
+  need(config.pixel_clusters == 0 or config.pixel_clusters >= 2,
+       f"pixel_clusters must be 0 (off) or >= 2 clusters, got {config.pixel_clusters}")
   need(not (config.pixel_clusters and config.conditional),
        "pixel_clusters replaces the labels of conditional=True: set one of them")
   need(config.label_mode in gan_models.LABEL_MODES,
@@ -87,6 +91,9 @@ def validate_config(config, need) -> None:
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
   need(config.rotation_d_weight >= 0 and config.rotation_g_weight >= 0,
        "rotation_d_weight and rotation_g_weight must be >= 0 (0 = no SS-GAN rotation loss)")
+  need(not config.rotation_g_weight or config.rotation_d_weight,
+       "rotation_g_weight > 0 needs rotation_d_weight > 0: only D's rotation loss trains the "
+       "rotation head that G's term is measured by")
   need(config.model == "dcgan" or not uses_rotation(config),
        f"the SS-GAN rotation loss needs the DCGAN discriminator, not model '{config.model}'")
   need(config.cr_weight >= 0, f"cr_weight must be >= 0 (0 = off), got {config.cr_weight}")
@@ -108,11 +115,16 @@ def batches_per_step(config) -> int:
   return int(config.n_critic)
 
 
-def train_labels(config, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  """The labels the train step sees: the dataset's, or balanced pixel k-means cluster ids."""
+def train_labels(config, images: np.ndarray, labels: np.ndarray,
+                 workdir: str | None = None) -> np.ndarray:
+  """The labels the train step sees: the dataset's, or balanced pixel k-means cluster ids (kept
+  in `workdir` by its first run, process 0 writing, and read back on resume)."""
   if not config.pixel_clusters:
     return labels
-  return clusters.pixel_clusters(images, config.pixel_clusters, seed=config.seed)
+  if workdir is None:
+    return clusters.pixel_clusters(images, config.pixel_clusters, seed=config.seed)
+  return clusters.workdir_clusters(workdir, images, config.pixel_clusters, seed=config.seed,
+                                   write=jax.process_index() == 0)
 
 
 def uses_rotation(config) -> bool:
@@ -236,8 +248,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
           loss = loss + 0.5 * config.r1_gamma * terms["r1"]
         if config.cr_weight:
           cr_rng = jax.random.fold_in(rng, 2 * config.n_critic + 1 + i)
-          terms["cr"] = gan_losses.consistency_penalty(critic, real, cr_rng, axis_name=axis_name,
-                                                       real_logits=real_logit)
+          terms["cr"] = gan_losses.consistency_penalty(critic, real, cr_rng, axis_name=axis_name)
           loss = loss + config.cr_weight * terms["cr"]
         if aux:
           terms["d_class_loss"] = (gan_losses.classifier_loss(real_cls, label) +

@@ -102,9 +102,9 @@ def batches_per_step(config) -> int:
   return 1
 
 
-def train_labels(config, images, labels):
+def train_labels(config, images, labels, workdir=None):
   """The dataset's labels: the VAEs (the CVAE included) train on them as they are."""
-  del config, images
+  del config, images, workdir
   return labels
 
 

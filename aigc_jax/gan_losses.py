@@ -120,4 +120,5 @@ def consistency_penalty(critic_fn: Callable, real: jnp.ndarray, rng: jax.Array,
                      jax.random.fold_in(rng, 0), size, axis_name)
   shift = batch_noise(lambda key, shape: jax.random.randint(key, shape, -max_shift, max_shift + 1),
                       jax.random.fold_in(rng, 1), size + (2,), axis_name)
-  return jnp.mean(jnp.square(critic_fn(real) - critic_fn(flip_and_shift(real, flip, shift, max_shift))))
+  turned = flip_and_shift(real, flip, shift, max_shift)
+  return jnp.mean(jnp.square(critic_fn(real) - critic_fn(turned)))

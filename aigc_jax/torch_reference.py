@@ -23,6 +23,8 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
   raise ImportError("PyTorch is missing: install the bench extra: pip install -e '.[bench]'") from e
 
+from aigc_jax.families import gan as gan_family
+
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
   return spectral_norm(module) if enabled else module
@@ -186,11 +188,10 @@ class GANReference:
 
   def __init__(self, config, info):
     if (config.aux_classifier or config.r1_gamma or config.cr_weight or config.g_topk < 1 or
-        config.rotation_d_weight or config.rotation_g_weight):
+        gan_family.uses_rotation(config)):
       raise NotImplementedError("the PyTorch reference covers the experiments' GANs: no "
                                 "aux_classifier, r1_gamma, cr_weight, g_topk or rotation loss")
-    # conditional on the dataset's labels or (pixel_clusters) on cluster ids: the same network
-    num_classes = info.num_classes if config.conditional else config.pixel_clusters
+    num_classes = gan_family.num_labels(config, info)  # labels or pixel clusters, as in JAX
     shape, z_dim, sn = info.image_shape, config.latent_dim, config.spectral_norm
     if config.model == "gan_mlp":
       self.g = MLPGenerator(shape, z_dim, num_classes, config.label_mode)

@@ -9,14 +9,14 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 2)  # 2 processes x 2 devices = the 4 of the reference
 
-from test_train import small_config  # noqa: E402  (tests/ is this script's directory)
+from test_train import STEADY_ADAM, small_config  # noqa: E402  (tests/ is this script's directory)
 
 from aigc_jax import train  # noqa: E402
 
 
 def main(idx_dir, workdir, mode, port, process_id):
   config = small_config(idx_dir, parallel=mode, coordinator_address=f"127.0.0.1:{port}",
-                        num_processes=2, process_id=int(process_id))
+                        num_processes=2, process_id=int(process_id), **STEADY_ADAM)
   train.train_and_evaluate(config, workdir)
   print(f"process {jax.process_index()} of {jax.process_count()}: {jax.device_count()} devices, "
         "done")

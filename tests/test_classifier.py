@@ -6,7 +6,6 @@ these tests need no dataset and never train the real recipe.
 
 import json
 import os
-import time
 
 import jax
 import numpy as np
@@ -115,9 +114,7 @@ def test_train_then_features_shapes_and_cache_files(trained):
 def test_second_call_loads_from_the_cache(trained, monkeypatch):
   cache, clf, feats = trained
   monkeypatch.setattr(clf_lib, "train", no_training)
-  start = time.time()
-  again = clf_lib.load_or_train(cache_dir=cache, recipe=TINY, progress=False)
-  assert time.time() - start < 5
+  again = clf_lib.load_or_train(cache_dir=cache, recipe=TINY, progress=False)  # no_training: cached
   assert again.test_accuracy == clf.test_accuracy
   np.testing.assert_array_equal(again.features(eval_images()), feats)
 

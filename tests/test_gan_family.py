@@ -9,6 +9,8 @@ from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
 
+from test_train import STEADY_ADAM
+
 INFO = data_lib.DATASETS["fashion_mnist"]
 
 
@@ -48,7 +50,7 @@ def test_cosine_schedule_reaches_zero_after_total_steps(schedule):
   first, _ = step(trainable.init(jax.random.PRNGKey(0)), batch())
   second, _ = step(first, batch())
   moved = min(max_change(second.g_params, first.g_params), max_change(second.d_params, first.d_params))
-  assert (moved == 0.0) if schedule == "cosine" else (moved > 1e-5)
+  assert (moved < 1e-9) if schedule == "cosine" else (moved > 1e-5)  # cos(pi) may be 1 ulp off
 
 
 @pytest.mark.parametrize("step,decay", [(0, 0.1), (5, 0.4), (1000, 0.9)])  # min(0.9, (1+t)/(10+t))
@@ -104,8 +106,10 @@ def test_rotation_loss_teaches_d_the_rotations_and_g_weight_moves_only_g():
     losses.append(float(metrics["d_rotation_loss"]))
   assert abs(losses[0] - np.log(4)) < 0.5 and losses[-1] < 0.5 * losses[0], losses
 
-  d_only, state0 = make("dcgan", rotation_d_weight=1.0)
-  both, state1 = make("dcgan", rotation_d_weight=1.0, rotation_g_weight=1.0)
+  # adam_eps 1e-3: D's bias before its BatchNorm has an exact gradient of 0, and Adam would turn
+  # the two programs' different rounding noise into +-lr steps (test_train.STEADY_ADAM)
+  d_only, state0 = make("dcgan", rotation_d_weight=1.0, **STEADY_ADAM)
+  both, state1 = make("dcgan", rotation_d_weight=1.0, rotation_g_weight=1.0, **STEADY_ADAM)
   new0, m0 = jax.jit(d_only.train_step)(state0, batch())
   new1, m1 = jax.jit(both.train_step)(state1, batch())
   assert "g_rotation_loss" in m1 and "g_rotation_loss" not in m0

@@ -40,6 +40,12 @@ def idx_dir(tmp_path_factory):
   return str(directory)
 
 
+# Adam whose step on a ~0 gradient is ~0 instead of a +-learning-rate step of random sign, so that
+# two differently compiled programs (other fusions, summation orders, device counts) that train
+# the same model stay within rounding of each other on any CPU.
+STEADY_ADAM = {"adam_eps": 1e-3}
+
+
 def small_config(idx_dir, **overrides):
   values = dict(idx_dir=idx_dir, hidden_dim=32, latent_dim=4, batch_size=32, eval_batch_size=50,
                 num_train_steps=16, log_every_steps=4, eval_every_steps=8, steps_per_call=4,
@@ -94,8 +100,10 @@ def test_same_seed_same_numbers_other_seed_other_numbers(idx_dir, tmp_path):
 
 
 def test_steps_per_call_does_not_change_the_result(idx_dir, tmp_path):
-  a = train.train_and_evaluate(small_config(idx_dir, steps_per_call=1), str(tmp_path / "a"))
-  b = train.train_and_evaluate(small_config(idx_dir, steps_per_call=4), str(tmp_path / "b"))
+  a = train.train_and_evaluate(small_config(idx_dir, steps_per_call=1, **STEADY_ADAM),
+                               str(tmp_path / "a"))
+  b = train.train_and_evaluate(small_config(idx_dir, steps_per_call=4, **STEADY_ADAM),
+                               str(tmp_path / "b"))
   np.testing.assert_allclose(a["neg_elbo"], b["neg_elbo"], rtol=1e-5)
 
 

@@ -1,20 +1,43 @@
 # `make demo` and `make test` work on a fresh clone: they run `setup` first when needed.
+# `make setup ACCEL=cuda12` (or cuda13, tpu) adds that jax backend; PYTHON picks the venv's Python
+# (jax 0.11 and 0.12 need Python >= 3.12: `make setup PYTHON=python3.12` in a fresh clone).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+ACCEL ?= cpu
+ACCELS := cpu cuda12 cuda13 tpu
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
+ifneq ($(words $(ACCEL))$(filter $(ACCELS),$(ACCEL)),1$(strip $(ACCEL)))
+$(error error: unknown ACCEL '$(ACCEL)'; use one of: $(ACCELS))
+endif
+# An existing venv of another Python is not silently reused.
+ifeq ($(origin PYTHON)$(if $(wildcard $(PY)),1),command line1)
+ifneq ($(shell $(PY) -V 2>&1),$(shell $(PYTHON) -V 2>&1))
+$(error error: $(VENV) has $(shell $(PY) -V 2>&1), not $(PYTHON); run 'make clean' first)
+endif
+endif
+
+comma := ,
+ACCEL_EXTRA := $(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
+# One stamp per set of extras, so that another ACCEL or extra installs again.
+stamp = $(VENV)/.installed-$(subst $(comma),-,$(1))
+SETUP_STAMP := $(call stamp,dev$(ACCEL_EXTRA))
+# The test suite and `make bench` also install torch, the PyTorch references' extra.
+BENCH_STAMP := $(call stamp,dev$(comma)bench$(ACCEL_EXTRA))
+
 .PHONY: setup data demo test bench clean
 
-setup: $(STAMP) data
+setup: $(SETUP_STAMP) data
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	@touch $(STAMP)
+
+$(VENV)/.installed-%: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[$(subst -,$(comma),$*)]'
+	@touch $@
 
 # Real data offline: Debian's dataset-fashion-mnist package (needs root and apt).
 data:
@@ -42,11 +65,11 @@ demo: setup
 	@echo "demo sample grids: $(DEMO_DIR)/vae_conv/samples/samples_latest.png," \
 	  "$(DEMO_DIR)/vae_conv/samples/reconstructions_latest.png, $(DEMO_DIR)/dcgan/samples/samples_latest.png"
 
-test: setup
+test: $(BENCH_STAMP) data
 	$(PY) -m pytest tests
 
 # JAX vs PyTorch eager train steps for every experiment; writes benchmarks/RESULTS.md (~15 min).
-bench: setup
+bench: $(BENCH_STAMP) data
 	$(PY) -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md
 
 clean:

@@ -9,9 +9,10 @@ family's `train_step` under `parallel.make_train_loop` over a synthetic uint8 da
 device; one step is a full train step (for a GAN, its n_critic D updates and the G update).
 Reported: compile time (the first call less a steady call), the median, min and max of the step
 time over the timed calls (call time / steps per call), images/s, XLA's FLOP count of one step,
-the GFLOP/s that makes and its fraction of this machine's fp32 matmul peak (a large `jnp.dot`
-timed here), and with --torch the same model and step in PyTorch eager
-(`aigc_jax.torch_reference`) timed in the same process, step by step, and the ratio.
+the GFLOP/s that makes and its fraction of this machine's fp32 matmul peak (a large float32
+`jnp.dot` at HIGHEST precision timed here, so no TF32 rate), the backend and device kind, and
+with --torch the same model and step in PyTorch eager (`aigc_jax.torch_reference`, on CUDA when
+PyTorch sees a GPU, else the CPU) timed in the same process, step by step, and the ratio.
 With --epoch, one whole epoch of the synthetic set run the way train.py runs it (chunks of
 log_every_steps steps, the state read back and the metric sums fetched after every chunk; no
 evaluation or checkpoints), against steps x the median step time. With --profile N, the N ops
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import aigc_jax
+from aigc_jax import backend
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
@@ -129,16 +131,24 @@ def bench_config(name: str, batch: int | None = None, steps_per_call: int | None
     config.steps_per_call = steps_per_call
   config.parallel = parallel_mode
   try:
-    return config_lib.validate(config)
+    config = config_lib.validate(config)
   except config_lib.ConfigError as e:
     raise BenchmarkError(str(e)) from None
+  config.steps_per_call = backend.steps_per_call(config.steps_per_call)  # 0: auto, resolved
+  return config
+
+
+def peak_matmul(a, b):
+  """The peak's matmul: float32 at HIGHEST precision, so a GPU's TF32 rate is not reported."""
+  return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 @functools.cache
 def peak_gflops(size: int = 4096, repeats: int = 3) -> float:
-  """This machine's fp32 matmul rate: the best of `repeats` jitted (size x size) @ (size x size)."""
+  """This machine's fp32 matmul rate: the best of `repeats` jitted (size x size) @ (size x size)
+  `peak_matmul`s."""
   a, b = jax.random.normal(jax.random.PRNGKey(0), (2, size, size), jnp.float32)
-  dot = jax.jit(jnp.dot)
+  dot = jax.jit(peak_matmul)
   dot(a, b).block_until_ready()
   best = math.inf
   for _ in range(repeats):
@@ -236,8 +246,14 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
   return result
 
 
-def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
-  """Per-step times in ms of the PyTorch eager reference on the same data, batch and config."""
+def torch_device(torch) -> str:
+  """Where the PyTorch reference runs: 'cuda' when PyTorch sees a GPU, else 'cpu'."""
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def time_torch(config, images, labels, steps: int, warmup: int) -> tuple[list[float], str]:
+  """Per-step times in ms of the PyTorch eager reference on the same data, batch and config, and
+  its device (`torch_device`): model, optimizer state, data and noise all live there."""
   try:
     from aigc_jax import torch_reference  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -248,18 +264,23 @@ def time_torch(config, images, labels, steps: int, warmup: int) -> list[float]:
   info = data_lib.DATASETS[config.dataset]
   n = families.get(config.model).batches_per_step(config)
   batch, num = config.batch_size * n, len(labels)  # the images of one step
-  reference = torch_reference.build(config, info, state_lib.total_train_steps(config, num, n))
+  device = torch_device(torch)
+  sync = torch.cuda.synchronize if device == "cuda" else lambda: None
   x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW, as PyTorch users keep it
-  y = torch.from_numpy(labels).long()
-  perm = torch.randperm(num)
+  x, y = x.to(device), torch.from_numpy(labels).long().to(device)
   per_epoch = data_lib.steps_per_epoch(num, batch)
   samples = []
-  for i in range(warmup + steps):
-    start = time.perf_counter()
-    idx = perm[(i % per_epoch) * batch:(i % per_epoch + 1) * batch]
-    reference.step(x[idx], y[idx])
-    samples.append(1e3 * (time.perf_counter() - start))
-  return samples[warmup:]
+  with torch.device(device):  # where the modules, the optimizer state and the noise are made
+    reference = torch_reference.build(config, info, state_lib.total_train_steps(config, num, n))
+    perm = torch.randperm(num)
+    for i in range(warmup + steps):
+      sync()
+      start = time.perf_counter()
+      idx = perm[(i % per_epoch) * batch:(i % per_epoch + 1) * batch]
+      reference.step(x[idx], y[idx])
+      sync()
+      samples.append(1e3 * (time.perf_counter() - start))
+  return samples[warmup:], device
 
 
 def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup: int = 5,
@@ -273,13 +294,16 @@ def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup
                          f"{config.steps_per_call} images; use more images or a smaller batch")
   images, labels = synthetic_split(info, num_images)
   labels = families.get(config.model).train_labels(config, images, labels)  # as in training
-  jax_run = time_jax(config, images, labels, steps, warmup, epoch, bool(profile))
+  with backend.matmul_precision(config):
+    jax_run = time_jax(config, images, labels, steps, warmup, epoch, bool(profile))
   step_ms = statistics.median(jax_run["samples_ms"])
   devices = jax_run["devices"]
   gflop = jax_run["flops"] / 1e9
   peak = peak_gflops(peak_size)
   result = {
       "model": ALIASES.get(name, name), "batch": config.batch_size, "devices": devices,
+      "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+      "dtype": config.compute_dtype,
       "compile_s": round(jax_run["compile_s"], 3), "step_ms": round(step_ms, 3),
       "step_ms_min": round(min(jax_run["samples_ms"]), 3),
       "step_ms_max": round(max(jax_run["samples_ms"]), 3),
@@ -293,15 +317,18 @@ def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup
   if profile:
     print(step_profile.describe(jax_run["ops"], profile, step_ms), file=sys.stderr, flush=True)
   if torch:
-    torch_ms = statistics.median(time_torch(config, images, labels, steps, warmup))
-    result.update(torch_step_ms=round(torch_ms, 3), speedup_vs_torch=round(torch_ms / step_ms, 3))
+    torch_samples, device = time_torch(config, images, labels, steps, warmup)
+    torch_ms = statistics.median(torch_samples)
+    result.update(torch_step_ms=round(torch_ms, 3), speedup_vs_torch=round(torch_ms / step_ms, 3),
+                  torch_device=device)
   return result
 
 
 def describe(result: dict, steps_per_call: int) -> str:
   """A few human-readable lines of one result."""
   r = result
-  lines = [f"{r['model']} batch {r['batch']} on {r['devices']} device(s), {steps_per_call} "
+  lines = [f"{r['model']} batch {r['batch']} on {r['devices']} device(s) ({r['backend']}, "
+           f"{r['device_kind']}), {steps_per_call} "
            f"step(s) per call: {r['step_ms']:.2f} ms/step (min {r['step_ms_min']:.2f}, max "
            f"{r['step_ms_max']:.2f}), {r['images_per_s']:.0f} images/s, compile "
            f"{r['compile_s']:.2f} s",
@@ -312,27 +339,38 @@ def describe(result: dict, steps_per_call: int) -> str:
     lines.append(f"one epoch ({r['epoch_steps']} steps, as train.py runs it): {r['epoch_s']:.2f} s "
                  f"= {r['epoch_vs_steps']:.3f} x steps x the median step time")
   if "torch_step_ms" in r:
-    lines.append(f"PyTorch eager: {r['torch_step_ms']:.2f} ms/step; JAX is "
+    lines.append(f"PyTorch eager on {r['torch_device']}: {r['torch_step_ms']:.2f} ms/step; JAX is "
                  f"{r['speedup_vs_torch']:.2f}x its speed")
   return "\n".join(lines)
 
 
-def machine_line(load_before: float) -> str:
-  """CPU, cores, library versions and thread counts, date, load average before the run."""
-  cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo (or what `platform` knows)."""
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
-    pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line(load_before: float) -> str:
+  """The processor that ran JAX (the CPU's model on the cpu backend, else the device kind), cores,
+  library versions and thread counts or devices, date, load average before the run."""
+  backend = jax.default_backend()
+  if backend == "cpu":
+    jax_part = (f"{cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__} on XLA:cpu (its "
+                "default thread pool, one thread per core)")
+  else:
+    jax_part = (f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} host "
+                f"cores; jax {jax.__version__} on XLA:{backend}")
   try:
     import torch  # pylint: disable=g-import-not-at-top
-    torch_part = f"torch {torch.__version__} ({torch.get_num_threads()} threads, its default)"
+    torch_part = (f"torch {torch.__version__} on {torch_device(torch)} "
+                  f"({torch.get_num_threads()} CPU threads, its default)")
   except ImportError:
     torch_part = "no torch"
-  return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on XLA:{jax.devices()[0].platform}"
-          f" (its default thread pool, one thread per core); {torch_part}; "
-          f"{datetime.datetime.now():%Y-%m-%d %H:%M}; load average {load_before:.2f} before the run")
+  return (f"{jax_part}; {torch_part}; {datetime.datetime.now():%Y-%m-%d %H:%M}; load average "
+          f"{load_before:.2f} before the run")
 
 
 def is_busy(load: float) -> bool:
@@ -365,7 +403,8 @@ def table(results: list[dict], command: str, load_before: float, steps: int, war
       "losses in eager mode (`aigc_jax/torch_reference.py`), median of "
       f"{steps} steps, in the same process. Ratio = PyTorch ms / JAX ms. % of peak: XLA's FLOP "
       f"count of the step per second over the measured fp32 matmul peak ({peak:.1f} GFLOP/s, "
-      "a 4096x4096 `jnp.dot`). Compile s: the first call less a steady one.", "",
+      "a 4096x4096 float32 `jnp.dot` at HIGHEST precision). Compile s: the first call less a "
+      "steady one.", "",
       *([f"**Warning**, {busy_warning(load_before)}", ""] if is_busy(load_before) else []),
       "| model | batch | JAX ms/step | PyTorch ms/step | ratio | % of peak | compile s |",
       "|---|---|---|---|---|---|---|", *rows, "", "Targets (issue 5):", ""]

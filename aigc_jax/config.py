@@ -11,6 +11,7 @@ import difflib
 
 import ml_collections
 
+from aigc_jax import backend
 from aigc_jax import data as data_lib
 from aigc_jax import families
 
@@ -38,7 +39,11 @@ def base_config() -> dict:
       adam_b2=0.999,
       adam_eps=1e-8,  # Adam's epsilon (optax's default)
       seed=0,
-      steps_per_call=1,  # train steps per device dispatch (lax.fori_loop); see parallel.py
+      # Train steps per device dispatch (lax.fori_loop; see parallel.py); 0 = auto: 1 on CPU,
+      # where convolutions inside loop bodies are slow, 100 on GPUs and TPUs.
+      steps_per_call=1,
+      compute_dtype="float32",  # or 'bfloat16': activations; params, losses, statistics float32
+      matmul_precision="default",  # 'high' or 'highest' (full float32 matmuls on GPUs and TPUs)
       parallel="none",  # 'none' (jit, one device), 'pmap' or 'shard_map' (data parallel, all devices)
       coordinator_address="",  # multi-host: 'host:port' of process 0 ('' = the JAX_COORDINATOR_ADDRESS
       num_processes=0,  # environment variable, or none); num_processes / process_id: 0 / -1 =
@@ -97,9 +102,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
        f"scale '{config.scale}' is unknown; use 'zero_one' or 'minus_one_one'")
   need(not (config.binarize and config.scale != "zero_one"),
        "binarize=True needs scale='zero_one' (pixels are Bernoulli probabilities)")
-  for key in ("batch_size", "eval_batch_size", "steps_per_call", "log_every_steps",
-              "num_sample_images"):
+  for key in ("batch_size", "eval_batch_size", "log_every_steps", "num_sample_images"):
     need(int(config[key]) > 0, f"{key} must be a positive integer, got {config[key]}")
+  need(int(config.steps_per_call) >= 0,
+       f"steps_per_call must be >= 0 (0 = auto for the backend), got {config.steps_per_call}")
+  need(config.compute_dtype in backend.COMPUTE_DTYPES,
+       f"compute_dtype '{config.compute_dtype}' is unknown; use one of {backend.COMPUTE_DTYPES}")
+  need(config.matmul_precision in backend.MATMUL_PRECISIONS,
+       f"matmul_precision '{config.matmul_precision}' is unknown; use one of "
+       f"{backend.MATMUL_PRECISIONS}")
   need(config.num_train_steps > 0 or config.num_epochs > 0,
        "set num_train_steps > 0 or num_epochs > 0 (num_train_steps wins when both are set)")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")

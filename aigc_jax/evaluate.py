@@ -16,12 +16,14 @@ images, so a reader knows the scale; then kid_std, is_std and raw_* (the raw gen
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from absl import app, flags
 from tqdm import tqdm
 
 from aigc_jax import data as data_lib
+from aigc_jax import backend
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 
@@ -31,11 +33,13 @@ flags.DEFINE_integer("iwae_samples", 0, "Importance samples per image (0: the co
 flags.DEFINE_integer("iwae_examples", 0, "Test images for nll_iwae (0: the config's).")
 flags.DEFINE_integer("num_samples", 0, "GAN: generated images per metric (0: 10000).")
 FLAGS = flags.FLAGS
+log = logging.getLogger("aigc_jax.evaluate")  # not __name__: "__main__" under python -m
 
 
 def evaluate_workdir(workdir: str, which: str = "best", progress: bool = False, **options) -> dict:
   run = workdir_lib.load_trained(workdir, which)
   test = workdir_lib.load_test_data(run.config)
+  log.info("%s", backend.describe_devices())
   bar = (lambda xs: tqdm(xs, desc="nll_iwae", unit="batch", file=sys.stderr)) if progress else None
   metrics = run.trainable.full_evaluate(run.state, test, progress=bar, **options)
   return {"model": run.config.model, "dataset": run.config.dataset, "step": run.step,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from aigc_jax import backend
 from aigc_jax import data as data_lib
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class TrainLoop:
   With `steps_per_call` K > 1, up to K steps run inside one `lax.fori_loop` dispatch (the trip
   count is traced, so a shorter chunk does not recompile). With K = 1 every step is one
   dispatch: XLA:CPU runs convolutions inside loop bodies on a slow path (jax#12868, measured 8x
-  slower here for the conv VAE), so convolutional models use K = 1 on CPU.
+  slower here for the conv VAE), so convolutional models use K = 1 on CPU. K = 0 is auto
+  (`backend.steps_per_call`).
   """
 
   def __init__(self, train_step: Callable, *, batch_size: int, scale: str, binarize: bool,
@@ -64,7 +66,7 @@ class TrainLoop:
       raise ValueError(
           f"batch_size {batch_size} is not divisible by the {self.num_devices} devices of "
           f"parallel='{mode}'; use a multiple of {self.num_devices}")
-    self.steps_per_call = steps_per_call
+    self.steps_per_call = backend.steps_per_call(steps_per_call)
     self._mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
     axis = None if mode == "none" else DATA_AXIS
     local_batch = batch_size // self.num_devices

@@ -9,6 +9,7 @@ self-conditioned GAN, `pixel_clusters`, the cluster id).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from aigc_jax import backend
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 
@@ -25,10 +27,12 @@ flags.DEFINE_string("out", None, "Output .npz path.")
 flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same images).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to sample from.")
 FLAGS = flags.FLAGS
+log = logging.getLogger("aigc_jax.sample")  # not __name__: "__main__" under python -m
 
 
 def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str = "best") -> dict:
   run = workdir_lib.load_trained(workdir, which)
+  log.info("%s", backend.describe_devices())
   images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num)
   images = np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
   if images.shape[-1] == 1:

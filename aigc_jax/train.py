@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from aigc_jax import backend
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
@@ -53,23 +54,37 @@ def _early_stop_state(history: list[dict], metric: str, mode: str):
 def initialize_distributed(config) -> None:
   """`jax.distributed.initialize` when the config or the environment asks for several processes.
 
-  Call before JAX runs anything. Every process runs the same command; process 0 writes the logs,
-  samples and metrics.jsonl, all of them take part in checkpointing.
+  A coordinator address (config or JAX_COORDINATOR_ADDRESS) is passed on; without one, a job of
+  several processes (`backend.cluster_environment`) lets jax read the cluster. num_processes and
+  process_id, when set, win over the cluster's. Call before JAX runs anything. Every process
+  runs the same command; process 0 writes the logs, samples and metrics.jsonl, all of them take
+  part in checkpointing. Raises ConfigError when jax cannot tell the job's processes.
   """
   address = config.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-  if not address or jax.distributed.is_initialized():
+  cluster = None if address else backend.cluster_environment()
+  if not (address or cluster) or jax.distributed.is_initialized():
     return
-  jax.distributed.initialize(address, num_processes=config.num_processes or None,
-                             process_id=None if config.process_id < 0 else config.process_id)
+  try:
+    jax.distributed.initialize(address or None, num_processes=config.num_processes or None,
+                               process_id=None if config.process_id < 0 else config.process_id)
+  except ValueError as e:  # jax found no coordinator or process count
+    raise config_lib.ConfigError(
+        f"cannot start the processes of this {cluster or 'multi-host'} job ({e}); set "
+        "coordinator_address (process 0's host:port), num_processes and process_id") from None
   log.info("process %d of %d (coordinator %s): %d local / %d global devices",
-           jax.process_index(), jax.process_count(), address, jax.local_device_count(),
-           jax.device_count())
+           jax.process_index(), jax.process_count(), address or f"from {cluster}",
+           jax.local_device_count(), jax.device_count())
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) `config` in `workdir`; returns the last evaluation's metrics."""
   config = config_lib.validate(config)
   initialize_distributed(config)
+  with backend.matmul_precision(config):  # every function of the run traces inside it
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   info = data_lib.DATASETS[config.dataset]
@@ -94,6 +109,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_every = _every(config.eval_every_steps, steps_per_epoch)
   checkpoint_every = _every(config.checkpoint_every_steps, eval_every)
   log_every = config.log_every_steps
+  log.info("%s", backend.describe_devices())
   log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), parallel=%s on %d "
            "device(s)", config.model, config.dataset, num_train, int(test_data.labels.shape[0]),
            total, steps_per_epoch, config.parallel, run.num_devices)

@@ -1,4 +1,8 @@
-"""The benchmark command on every model, and the PyTorch references against the JAX models."""
+"""The benchmark command on every model, and the PyTorch references against the JAX models.
+
+The tests that need PyTorch (the bench extra) take the `torch` or `torch_reference` fixture and
+are skipped where it is not installed; the rest run without it.
+"""
 
 import json
 import math
@@ -8,7 +12,6 @@ import sys
 
 import jax
 import pytest
-import torch
 
 from aigc_jax import benchmark
 from aigc_jax import data as data_lib
@@ -16,14 +19,32 @@ from aigc_jax import families
 from aigc_jax import state as state_lib
 from aigc_jax import step_profile
 from aigc_jax.models import gan as gan_models
-from aigc_jax import torch_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = benchmark.model_names()
-KEYS = {"model", "batch", "devices", "compile_s", "step_ms", "step_ms_min", "step_ms_max",
-        "images_per_s", "gflop_per_step", "gflops", "peak_gflops", "fraction_of_peak",
-        "torch_step_ms", "speedup_vs_torch"}
+TORCH_KEYS = {"torch_step_ms", "speedup_vs_torch", "torch_device"}
+KEYS = {"model", "batch", "devices", "backend", "device_kind", "dtype", "compile_s", "step_ms",
+        "step_ms_min", "step_ms_max", "images_per_s", "gflop_per_step", "gflops", "peak_gflops",
+        "fraction_of_peak", *TORCH_KEYS}
 TINY = ["--batch", "4", "--steps", "2", "--warmup", "1", "--peak-size", "1024"]
+
+
+@pytest.fixture(name="torch")
+def torch_module():
+  """PyTorch, or a skip where the bench extra is not installed."""
+  return pytest.importorskip("torch")
+
+
+@pytest.fixture(name="torch_reference")
+def torch_reference_module(torch):  # pylint: disable=unused-argument
+  from aigc_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  return torch_reference
+
+
+def assert_cpu_machine(result):
+  assert result["backend"] == "cpu"
+  assert result["device_kind"] == jax.devices()[0].device_kind
+  assert result["dtype"] == "float32"
 
 
 def test_the_issues_models_are_presets():
@@ -36,11 +57,13 @@ def test_mlp_gan_is_gan_mlp():
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_command_prints_json_with_the_required_keys(model, capsys):
+def test_command_prints_json_with_the_required_keys(model, capsys, torch_reference):
   benchmark.main(["--model", model, "--torch", "--json", "--steps-per-call", "1", *TINY])
   result = json.loads(capsys.readouterr().out)
   assert set(result) == KEYS
   assert result["model"] == model
+  assert_cpu_machine(result)
+  assert result["torch_device"] == "cpu"
   assert result["batch"] == 4 and result["devices"] == 1
   assert 0 < result["step_ms_min"] <= result["step_ms"] <= result["step_ms_max"]
   assert result["gflop_per_step"] > 0 and result["torch_step_ms"] > 0
@@ -70,9 +93,13 @@ def test_table_and_human_readable_output(tmp_path, capsys):
                   *TINY[2:]])
   text = out.read_text()
   assert "| vae_mlp | 8 |" in text and "cores; jax" in text
+  machine = next(line for line in text.splitlines() if "Machine:" in line)
+  assert f"Machine: {benchmark.cpu_model()}, {os.cpu_count()} cores; jax" in machine
+  assert "on XLA:cpu" in machine
   assert "MLP GAN b64: >= 3x PyTorch: not measured" in text
   printed = capsys.readouterr().out
-  assert "vae_mlp batch 8 on 1 device(s), 2 step(s) per call" in printed
+  kind = jax.devices()[0].device_kind
+  assert f"vae_mlp batch 8 on 1 device(s) (cpu, {kind}), 2 step(s) per call" in printed
   assert "GFLOP/s" in printed and "PyTorch" not in printed
 
 
@@ -108,16 +135,29 @@ def jax_param_count(config) -> int:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_torch_reference_has_the_jax_models_parameter_count(model):
+def test_torch_reference_has_the_jax_models_parameter_count(model, torch_reference):
   config = benchmark.experiment_config(model)
   reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
   assert torch_reference.count_params(reference) == jax_param_count(config)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_torch_reference_is_made_on_the_default_device(model, torch, torch_reference):
+  """The benchmark puts the reference on a GPU by making it under `torch.device`: every module,
+  the EMA copy included, must take its tensors from that default."""
+  config = benchmark.experiment_config(model)
+  with torch.device("meta"):
+    reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
+  modules = [*reference.modules, *([reference.ema] if reference.ema is not None else [])]
+  tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]]
+  assert tensors and {t.device.type for t in tensors} == {"meta"}
+
+
 @pytest.mark.parametrize("final_features, d_features", [(0, 64), (32, 16)])
 @pytest.mark.parametrize("mode", gan_models.UPSAMPLE_MODES)
 def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_features,
-                                                                   d_features):
+                                                                   d_features, torch,
+                                                                   torch_reference):
   config = benchmark.experiment_config("dcgan")
   config.upsample, config.g_final_features = mode, final_features
   config.d_base_features = d_features
@@ -128,7 +168,8 @@ def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_f
 
 @pytest.mark.parametrize("model", ["cgan", "gan_mlp"])
 @pytest.mark.parametrize("label_mode", gan_models.LABEL_MODES)
-def test_torch_conditional_generators_have_the_jax_parameter_count_per_label_mode(model, label_mode):
+def test_torch_conditional_generators_have_the_jax_parameter_count_per_label_mode(
+    model, label_mode, torch, torch_reference):
   config = benchmark.experiment_config(model)
   config.conditional, config.label_mode = True, label_mode
   reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
@@ -138,14 +179,15 @@ def test_torch_conditional_generators_have_the_jax_parameter_count_per_label_mod
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_torch_step_trains_every_module(model):
+def test_torch_step_trains_every_module(model, torch, torch_reference):
   torch.manual_seed(0)
   config = benchmark.experiment_config(model)
   info = data_lib.DATASETS[config.dataset]
   reference = torch_reference.build(config, info, total_steps=10)
   before = [[p.detach().clone() for p in m.parameters()] for m in reference.modules]
   images, labels = benchmark.synthetic_split(info, 8)
-  loss = reference.step(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels).long())
+  loss = reference.step(torch.from_numpy(images).permute(0, 3, 1, 2),
+                        torch.from_numpy(labels).long())
   assert math.isfinite(loss)
   for module, old in zip(reference.modules, before):
     assert any(not torch.equal(p, q) for p, q in zip(module.parameters(), old)), type(module)
@@ -155,8 +197,8 @@ def test_epoch_timing_keys(capsys):
   benchmark.main(["--model", "vae_mlp", "--json", "--steps-per-call", "2", "--epoch",
                   "--images", "64", *TINY])
   result = json.loads(capsys.readouterr().out)
-  assert set(result) == KEYS - {"torch_step_ms", "speedup_vs_torch"} | {
-      "epoch_s", "epoch_steps", "epoch_vs_steps"}
+  assert set(result) == KEYS - TORCH_KEYS | {"epoch_s", "epoch_steps", "epoch_vs_steps"}
+  assert_cpu_machine(result)
   assert result["epoch_steps"] == 16  # 64 images / batch 4
   # The printed values are rounded (epoch_s to 1e-6 s, step_ms to 1e-3 ms, the ratio to 1e-3):
   # the ratio must lie within what those roundings allow.
@@ -167,6 +209,30 @@ def test_epoch_timing_keys(capsys):
   with pytest.raises(SystemExit):
     benchmark.main(["--model", "vae_mlp", "--steps-per-call", "20", "--images", "64", *TINY])
   assert "--images 64 is less than one call's 4 x 20 images" in capsys.readouterr().err
+
+
+def test_peak_is_measured_at_float32_highest_precision(monkeypatch):
+  a = jax.numpy.ones((8, 8), jax.numpy.float32)
+  assert "HIGHEST" in jax.jit(benchmark.peak_matmul).lower(a, a).as_text()
+  measured, calls = benchmark.peak_matmul, []
+
+  def recording(x, y):
+    calls.append((x.dtype, x.shape, y.shape))
+    return measured(x, y)
+
+  monkeypatch.setattr(benchmark, "peak_matmul", recording)
+  assert benchmark.peak_gflops.__wrapped__(64, 1) > 0  # not the cached value
+  assert calls == [(jax.numpy.float32, (64, 64), (64, 64))]  # traced once, then cached by jit
+
+
+def test_machine_line_names_the_accelerator_off_cpu(monkeypatch):
+  device = type("FakeDevice", (), {"device_kind": "NVIDIA H200", "platform": "gpu"})()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", lambda *args: [device])
+  monkeypatch.setattr(jax, "device_count", lambda *args: 1)
+  line = benchmark.machine_line(0.0)
+  assert line.startswith(f"1 x NVIDIA H200, {os.cpu_count()} host cores; jax ")
+  assert "on XLA:gpu" in line and benchmark.cpu_model() not in line
 
 
 def test_step_profile_names_the_ops_of_the_compiled_step():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from aigc_jax.models import gan
-from aigc_jax.models.layers import TransposeUpsample, conv_general_dilated, maybe_spectral
+from aigc_jax.models.layers import (TRANSPOSE_IMPLS, TransposeUpsample, conv_general_dilated,
+                                     maybe_spectral)
 
 B, Z = 3, 6
 IMAGE = (28, 28, 1)
@@ -195,12 +196,15 @@ def test_dcgan_discriminator_rotation_head(aux):
   assert (out[0] if aux else out).shape == (B,)
 
 
-def test_transpose_upsample_is_flax_conv_transpose_with_rearranged_weights():
-  """TransposeUpsample == nn.ConvTranspose((4, 4), (2, 2), 'SAME'), kernel mapped as documented;
-  the same number of weights."""
+@pytest.mark.parametrize("impl", TRANSPOSE_IMPLS)
+def test_transpose_upsample_is_flax_conv_transpose_with_rearranged_weights(impl):
+  """TransposeUpsample == nn.ConvTranspose((4, 4), (2, 2), 'SAME'), kernel mapped as documented,
+  in both formulations, with the same parameter tree; the same number of weights."""
   x = np.random.default_rng(0).normal(size=(2, 5, 6, 3)).astype(np.float32)
-  ours = TransposeUpsample(4)
-  variables = ours.init(key(), x)
+  ours = TransposeUpsample(4, impl=impl)
+  variables = TransposeUpsample(4).init(key(), x)
+  assert (jax.tree_util.tree_structure(ours.init(key(), x))
+          == jax.tree_util.tree_structure(variables))
   kernel = np.asarray(variables["params"]["Conv_0"]["kernel"]).reshape(2, 2, 3, 2, 2, 4)
   bias = np.random.default_rng(1).normal(size=4).astype(np.float32)
   big = np.zeros((4, 4, 3, 4), np.float32)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from aigc_jax import backend
 from aigc_jax import clusters
 from aigc_jax import data as data_lib
 from aigc_jax import gan_losses
@@ -22,10 +23,12 @@ from aigc_jax import writers
 from aigc_jax.families import Trainable
 from aigc_jax.metrics import classifier as classifier_lib
 from aigc_jax.models import gan as gan_models
+from aigc_jax.models.layers import TRANSPOSE_IMPLS
 from aigc_jax import state as state_lib
 from aigc_jax.state import GANState, batch_noise, step_rng
 
 SAMPLE_STREAM = 2
+CRITIC_LOOPS = ("unroll", "scan")
 FLOOR_METRICS = ("fid", "kid", "precision", "recall", "is", "label_acc")  # the CLI's *_floor keys
 
 
@@ -37,7 +40,7 @@ def default_config(model: str) -> dict:
       d_learning_rate=-1.0,  # two-timescale updates when set
       adam_b1=0.5,
       adam_b2=0.999,
-      steps_per_call=100 if model == "gan_mlp" else 1,  # conv nets: one step per dispatch on CPU
+      steps_per_call=100 if model == "gan_mlp" else 0,  # conv nets: 0 = auto (1 on CPU)
       latent_dim=100,
       gan_loss="non_saturating",  # 'minimax', 'hinge' or 'wasserstein'
       n_critic=1,  # discriminator updates per generator update
@@ -66,6 +69,14 @@ def default_config(model: str) -> dict:
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
       d_base_features=64,  # DCGAN discriminator: its first conv's channels (the second has 2x)
+      # Formulations of one function, for the backend ('auto': the CPU one on XLA:CPU, the plain
+      # one elsewhere). d_conv: DCGAN D's convolutions, 'custom_vjp' (derivatives of every order
+      # on XLA:CPU's fast paths) or 'lax'. upsample_impl: upsample='transpose' as 'subpixel'
+      # convolutions or 'conv_transpose'. critic_loop: n_critic > 1 updates 'unroll'ed (XLA:CPU
+      # runs convolutions in loop bodies slowly) or in a lax.'scan'.
+      d_conv="auto",
+      upsample_impl="auto",
+      critic_loop="auto",
       # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
       # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
       eval_num_samples=2000,
@@ -89,6 +100,10 @@ def validate_config(config, need) -> None:
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
   need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
+  for key, choices in (("d_conv", gan_models.D_CONVS), ("upsample_impl", TRANSPOSE_IMPLS),
+                       ("critic_loop", CRITIC_LOOPS)):
+    need(config[key] in ("auto",) + choices,
+         f"{key} '{config[key]}' is unknown; choose 'auto' or one of {choices}")
   need(config.rotation_d_weight >= 0 and config.rotation_g_weight >= 0,
        "rotation_d_weight and rotation_g_weight must be >= 0 (0 = no SS-GAN rotation loss)")
   need(not config.rotation_g_weight or config.rotation_d_weight,
@@ -138,21 +153,26 @@ def num_labels(config, info: data_lib.DatasetInfo) -> int:
 
 
 def build_models(config, info: data_lib.DatasetInfo):
+  """(generator, discriminator) of `config`, with its `auto` formulations resolved."""
   num_classes = num_labels(config, info)
+  dtype = backend.compute_dtype(config)
   if config.model == "gan_mlp":
     generator = gan_models.MLPGenerator(info.image_shape, num_classes=num_classes,
-                                        label_mode=config.label_mode)
+                                        label_mode=config.label_mode, dtype=dtype)
     discriminator = gan_models.MLPDiscriminator(
-        num_classes=0 if config.aux_classifier else num_classes, spectral_norm=config.spectral_norm)
+        num_classes=0 if config.aux_classifier else num_classes, spectral_norm=config.spectral_norm,
+        dtype=dtype)
   else:
-    generator = gan_models.DCGANGenerator(info.image_shape, num_classes=num_classes,
-                                          label_mode=config.label_mode, upsample=config.upsample,
-                                          final_features=config.g_final_features)
+    generator = gan_models.DCGANGenerator(
+        info.image_shape, num_classes=num_classes, label_mode=config.label_mode,
+        upsample=config.upsample, final_features=config.g_final_features,
+        transpose_impl=backend.choose(config.upsample_impl, "subpixel", "conv_transpose"),
+        dtype=dtype)
     discriminator = gan_models.DCGANDiscriminator(
         base_features=config.d_base_features, num_classes=num_classes,
         spectral_norm=config.spectral_norm, aux_classifier=config.aux_classifier,
-        batch_norm=config.d_batchnorm,
-        rotation_head=uses_rotation(config))
+        batch_norm=config.d_batchnorm, rotation_head=uses_rotation(config),
+        conv=backend.choose(config.d_conv, "custom_vjp", "lax"), dtype=dtype)
   return generator, discriminator
 
 
@@ -167,6 +187,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
   d_tx = state_lib.adam(config, total_steps * config.n_critic, d_lr)  # n_critic D updates a step
   zdim = config.latent_dim
+  critic_loop = backend.choose(config.critic_loop, "unroll", "scan")
 
   def init(rng) -> GANState:
     z = jnp.zeros((2, zdim))
@@ -264,11 +285,15 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
       updates, d_opt_state = state.d_tx.update(grads, d_opt_state, d_params)
       return (optax.apply_updates(d_params, updates), d_opt_state, d_stats), terms
 
-    # Unrolled: a lax.scan over the updates compiles in half the time, but XLA:CPU runs
+    # Unrolled on CPU: a lax.scan over the updates compiles in half the time, but XLA:CPU runs
     # convolutions inside loop bodies on a slow path (measured: WGAN-GP step 0.66 -> 6.1 s).
     carry = (state.d_params, state.d_opt_state, state.d_stats)
-    for i in range(config.n_critic):
-      carry, metrics = critic_update(carry, i)  # the metrics are the last update's
+    if critic_loop == "scan":
+      carry, metrics = jax.lax.scan(critic_update, carry, jnp.arange(config.n_critic))
+      metrics = jax.tree_util.tree_map(lambda m: m[-1], metrics)  # the last update's
+    else:
+      for i in range(config.n_critic):
+        carry, metrics = critic_update(carry, i)  # the metrics are the last update's
     d_params, d_opt_state, d_stats = carry
 
     def g_objective(fake):  # of G's output; chained to G's parameters by g_vjp

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aigc_jax import backend
 from aigc_jax import data as data_lib
 from aigc_jax import losses
 from aigc_jax import writers
@@ -26,8 +27,9 @@ SAMPLE_STREAM = 2
 
 def default_config(model: str) -> dict:
   return dict(
-      # Dense steps run fastest many per dispatch; XLA:CPU runs convolutions in loops slowly.
-      steps_per_call=100 if model == "vae_mlp" else 1,
+      # Dense steps run fastest many per dispatch; 0 (auto): one on CPU, where convolutions in
+      # loop bodies are slow, 100 elsewhere.
+      steps_per_call=100 if model == "vae_mlp" else 0,
       latent_dim=20,
       hidden_dim=400,  # MLP: one hidden layer of this width; conv: the dense layer's width
       conv_features=(32, 64),  # conv encoder channels; the decoder mirrors them
@@ -64,17 +66,18 @@ def validate_config(config, need) -> None:
 
 def build_model(config, info: data_lib.DatasetInfo) -> vae_models.VAE:
   num_classes = info.num_classes if config.conditional else 0
+  dtype = backend.compute_dtype(config)
   if config.model == "vae_mlp":
     encoder = vae_models.MLPEncoder((config.hidden_dim,), config.latent_dim, num_classes,
-                                    config.torch_init)
+                                    config.torch_init, dtype)
     decoder = vae_models.MLPDecoder(info.image_shape, (config.hidden_dim,), num_classes,
-                                    config.torch_init)
+                                    config.torch_init, dtype)
   else:
     features = tuple(config.conv_features)
     encoder = vae_models.ConvEncoder(features, config.hidden_dim, config.latent_dim, num_classes,
-                                     config.conv_activation)
+                                     config.conv_activation, dtype)
     decoder = vae_models.ConvDecoder(info.image_shape, features[::-1], config.hidden_dim, num_classes,
-                                     config.conv_activation)
+                                     config.conv_activation, dtype)
   return vae_models.VAE(encoder, decoder, config.likelihood)
 
 

@@ -11,14 +11,18 @@ Mutable state is in 'batch_stats': BatchNorm statistics and, with `spectral_norm
 power-iteration vectors of spectral normalization (see `layers.maybe_spectral`). Train with
 `train=True, mutable=['batch_stats']`; evaluate with `train=False`. Under a data axis (pmap or
 shard_map), pass `axis_name` so that BatchNorm normalizes with the global batch's statistics.
+
+`dtype` is the computation's (float32 or bfloat16): parameters and BatchNorm statistics stay
+float32, and images and logits come out in float32.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from aigc_jax.models.layers import (SubPixelUpsample, TransposeUpsample, conv_general_dilated,
@@ -26,9 +30,11 @@ from aigc_jax.models.layers import (SubPixelUpsample, TransposeUpsample, conv_ge
 
 UPSAMPLE_MODES = ("subpixel", "resize_conv", "transpose")
 LABEL_MODES = ("multiply", "concat")
+D_CONVS = ("custom_vjp", "lax")  # layers.conv_general_dilated or lax.conv_general_dilated
 
 
-def _condition_z(z: jnp.ndarray, label, num_classes: int, label_mode: str) -> jnp.ndarray:
+def _condition_z(z: jnp.ndarray, label, num_classes: int, label_mode: str,
+                 dtype=jnp.float32) -> jnp.ndarray:
   """z, or z combined with a learned label embedding of z's width."""
   if not num_classes:
     return z
@@ -36,7 +42,8 @@ def _condition_z(z: jnp.ndarray, label, num_classes: int, label_mode: str) -> jn
     raise ValueError(f"a conditional generator (num_classes={num_classes}) needs a label")
   if label_mode not in LABEL_MODES:
     raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
-  emb = nn.Embed(num_classes, z.shape[-1], name="label_embed")(label)
+  emb = nn.Embed(num_classes, z.shape[-1], name="label_embed", dtype=dtype)(label)
+  z = z.astype(dtype)
   return z * emb if label_mode == "multiply" else jnp.concatenate([z, emb], axis=-1)
 
 
@@ -57,30 +64,33 @@ class MLPGenerator(nn.Module):
   use_bn: bool = True
   bn_momentum: float = 0.9
   bn_epsilon: float = 0.8
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, label=None, train: bool = True, axis_name: str | None = None):
-    h = _condition_z(z, label, self.num_classes, self.label_mode)
+    h = _condition_z(z, label, self.num_classes, self.label_mode, self.dtype)
     for i, width in enumerate(self.hidden_dims):
-      h = nn.Dense(width)(h)
+      h = nn.Dense(width, dtype=self.dtype)(h)
       if self.use_bn and i > 0:
         h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, axis_name=axis_name)(h)
+                         epsilon=self.bn_epsilon, axis_name=axis_name, dtype=self.dtype)(h)
       h = nn.leaky_relu(h, 0.2)
-    h = nn.tanh(nn.Dense(math.prod(self.image_shape))(h))
-    return h.reshape((z.shape[0],) + tuple(self.image_shape))
+    h = nn.tanh(nn.Dense(math.prod(self.image_shape), dtype=self.dtype)(h))
+    return h.astype(jnp.float32).reshape((z.shape[0],) + tuple(self.image_shape))
 
 
-def _projection_logit(h, label, num_classes: int, spectral_norm: bool, train: bool):
-  """psi(h) (+ <embed(y), h> when conditional): the (B,) logit of a projection discriminator."""
-  logit = maybe_spectral(nn.Dense(1, name="logit"), spectral_norm, train)(h)[:, 0]
+def _projection_logit(h, label, num_classes: int, spectral_norm: bool, train: bool,
+                      dtype=jnp.float32):
+  """psi(h) (+ <embed(y), h> when conditional): the (B,) float32 logit of a projection D."""
+  logit = maybe_spectral(nn.Dense(1, name="logit", dtype=dtype), spectral_norm, train)(h)[:, 0]
+  logit = logit.astype(jnp.float32)
   if not num_classes:
     return logit
   if label is None:
     raise ValueError(f"a conditional discriminator (num_classes={num_classes}) needs a label")
-  embed = maybe_spectral(nn.Embed(num_classes, h.shape[-1], name="label_embed"), spectral_norm,
-                         train)
-  return logit + jnp.sum(embed(label) * h, axis=-1)
+  embed = maybe_spectral(nn.Embed(num_classes, h.shape[-1], name="label_embed", dtype=dtype),
+                         spectral_norm, train)
+  return logit + jnp.sum(embed(label) * h, axis=-1, dtype=jnp.float32)
 
 
 class MLPDiscriminator(nn.Module):
@@ -89,25 +99,27 @@ class MLPDiscriminator(nn.Module):
   hidden_dims: Sequence[int] = (512, 256)
   num_classes: int = 0
   spectral_norm: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, label=None, train: bool = True, axis_name: str | None = None):
     del axis_name  # no BatchNorm: nothing to share across devices
     h = x.reshape(x.shape[0], -1)
     for width in self.hidden_dims:
-      h = nn.leaky_relu(maybe_spectral(nn.Dense(width), self.spectral_norm, train)(h), 0.2)
-    return _projection_logit(h, label, self.num_classes, self.spectral_norm, train)
+      dense = nn.Dense(width, dtype=self.dtype)
+      h = nn.leaky_relu(maybe_spectral(dense, self.spectral_norm, train)(h), 0.2)
+    return _projection_logit(h, label, self.num_classes, self.spectral_norm, train, self.dtype)
 
 
-def _upsample(x, features: int, mode: str, name: str):
+def _upsample(x, features: int, mode: str, name: str, dtype, transpose_impl: str = "subpixel"):
   """2x spatial upsampling to `features` channels: sub-pixel, nearest + conv, or transposed conv."""
   if mode == "subpixel":
-    return SubPixelUpsample(features, name=name)(x)
+    return SubPixelUpsample(features, name=name, dtype=dtype)(x)
   if mode == "resize_conv":
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return nn.Conv(features, (3, 3), padding="SAME", name=name)(x)
+    return nn.Conv(features, (3, 3), padding="SAME", name=name, dtype=dtype)(x)
   if mode == "transpose":
-    return TransposeUpsample(features, name=name)(x)
+    return TransposeUpsample(features, impl=transpose_impl, name=name, dtype=dtype)(x)
   raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
 
 
@@ -120,7 +132,8 @@ class DCGANGenerator(nn.Module):
 
   `upsample`: 'subpixel' (3x3 conv to 4x channels + pixel shuffle, the default: fast backward on
   XLA:CPU), 'resize_conv' (nearest 2x then 3x3 conv) or 'transpose' (the classic DCGAN's 4x4
-  stride-2 transposed conv, computed as a 2x2 sub-pixel conv: `layers.TransposeUpsample`). BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
+  stride-2 transposed conv: `layers.TransposeUpsample`, computed by `transpose_impl`).
+  BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
   """
 
   image_shape: Sequence[int] = (28, 28, 1)
@@ -129,6 +142,8 @@ class DCGANGenerator(nn.Module):
   label_mode: str = "multiply"
   upsample: str = "subpixel"
   final_features: int = 0
+  transpose_impl: str = "subpixel"  # a layers.TRANSPOSE_IMPLS formulation of upsample='transpose'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, label=None, train: bool = True, axis_name: str | None = None):
@@ -140,17 +155,21 @@ class DCGANGenerator(nn.Module):
 
     def bn_relu(h):
       return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                  axis_name=axis_name)(h))
+                                  axis_name=axis_name, dtype=self.dtype)(h))
+
+    def up(h, features, name):
+      return _upsample(h, features, self.upsample, name, self.dtype, self.transpose_impl)
 
     f = self.base_features
-    h = _condition_z(z, label, self.num_classes, self.label_mode)
-    h = nn.Dense(height // 4 * width // 4 * f)(h).reshape(-1, height // 4, width // 4, f)
-    h = bn_relu(h)
-    h = bn_relu(_upsample(h, f // 2, self.upsample, "up_0"))
+    h = _condition_z(z, label, self.num_classes, self.label_mode, self.dtype)
+    h = nn.Dense(height // 4 * width // 4 * f, dtype=self.dtype)(h)
+    h = bn_relu(h.reshape(-1, height // 4, width // 4, f))
+    h = bn_relu(up(h, f // 2, "up_0"))
     if not self.final_features:
-      return nn.tanh(_upsample(h, channels, self.upsample, "up_1"))
-    h = bn_relu(_upsample(h, self.final_features, self.upsample, "up_1"))
-    return nn.tanh(nn.Conv(channels, (3, 3), padding="SAME", name="out")(h))
+      return nn.tanh(up(h, channels, "up_1")).astype(jnp.float32)
+    h = bn_relu(up(h, self.final_features, "up_1"))
+    out = nn.Conv(channels, (3, 3), padding="SAME", name="out", dtype=self.dtype)(h)
+    return nn.tanh(out).astype(jnp.float32)
 
 
 class DCGANDiscriminator(nn.Module):
@@ -161,9 +180,9 @@ class DCGANDiscriminator(nn.Module):
   `aux_classifier=True`, ACGAN's discriminator, which takes no label and returns
   (logit (B,), class_logits (B, num_classes)). With `rotation_head=True` it returns
   (that output, rotation_logits (B, 4)): SS-GAN's head that tells which multiple of 90 degrees
-  an image was rotated by (Chen et al., 2019). The convolutions use
+  an image was rotated by (Chen et al., 2019). With `conv='custom_vjp'` the convolutions use
   `layers.conv_general_dilated`, whose second derivatives (gradient penalties, R1) stay off
-  XLA:CPU's slow path.
+  XLA:CPU's slow path; 'lax' is `lax.conv_general_dilated`, the same function. Logits are float32.
   """
 
   base_features: int = 64
@@ -172,31 +191,39 @@ class DCGANDiscriminator(nn.Module):
   aux_classifier: bool = False
   batch_norm: bool = True
   rotation_head: bool = False
+  conv: str = "custom_vjp"  # one of D_CONVS
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, label=None, train: bool = True, axis_name: str | None = None):
     if self.aux_classifier and not self.num_classes:
       raise ValueError("aux_classifier=True needs num_classes > 0")
-    sn, f = self.spectral_norm, self.base_features
+    if self.conv not in D_CONVS:
+      raise ValueError(f"conv must be one of {D_CONVS}, got {self.conv!r}")
+    sn, f, dtype = self.spectral_norm, self.base_features, self.dtype
+    impl = conv_general_dilated if self.conv == "custom_vjp" else jax.lax.conv_general_dilated
 
     def conv(features):
-      return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME",
-                     conv_general_dilated=conv_general_dilated)
+      return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", dtype=dtype,
+                     conv_general_dilated=impl)
+
+    def head(features, name):  # float32 logits
+      dense = maybe_spectral(nn.Dense(features, name=name, dtype=dtype), sn, train)
+      return lambda h: dense(h).astype(jnp.float32)
 
     h = nn.leaky_relu(maybe_spectral(conv(f), sn, train)(x), 0.2)
     h = maybe_spectral(conv(2 * f), sn, train)(h)
     if self.batch_norm and not sn:
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=axis_name)(h)
+                       axis_name=axis_name, dtype=dtype)(h)
     h = nn.leaky_relu(h, 0.2).reshape(x.shape[0], -1)
     if self.aux_classifier:
-      logit = maybe_spectral(nn.Dense(1, name="logit"), sn, train)(h)[:, 0]
-      out = logit, maybe_spectral(nn.Dense(self.num_classes, name="class_logits"), sn, train)(h)
+      out = head(1, "logit")(h)[:, 0], head(self.num_classes, "class_logits")(h)
     else:
-      out = _projection_logit(h, label, self.num_classes, sn, train)
+      out = _projection_logit(h, label, self.num_classes, sn, train, dtype)
     if not self.rotation_head:
       return out
-    return out, maybe_spectral(nn.Dense(4, name="rotation_logits"), sn, train)(h)
+    return out, head(4, "rotation_logits")(h)
 
 
 def rotate_quarters(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

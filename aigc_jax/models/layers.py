@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,11 +32,12 @@ class SubPixelUpsample(nn.Module):
   features: int
   factor: int = 2
   kernel_size: int = 3
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     k = self.kernel_size
-    x = nn.Conv(self.features * self.factor**2, (k, k), padding="SAME")(x)
+    x = nn.Conv(self.features * self.factor**2, (k, k), padding="SAME", dtype=self.dtype)(x)
     return depth_to_space(x, self.factor)
 
 
@@ -49,16 +51,41 @@ class TransposeUpsample(nn.Module):
   a forward convolution, whose gradients stay off XLA:CPU's slow transposed-convolution path.
   `kernel` (2, 2, in, (phase_y, phase_x, out)) maps to the flax ConvTranspose kernel K as
   K[2 dy + 1 - phase_y, 2 dx + 1 - phase_x] = kernel[dy, dx, :, (phase_y, phase_x)].
+
+  `impl`: 'subpixel' (the above) or 'conv_transpose' (`lax.conv_transpose` with K, the plain
+  formulation for GPUs and TPUs); both take the same parameters and compute the same function.
   """
 
   features: int
+  impl: str = "subpixel"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.impl not in TRANSPOSE_IMPLS:
+      raise ValueError(f"TransposeUpsample impl must be one of {TRANSPOSE_IMPLS}, got {self.impl!r}")
+    bias = self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    if self.impl == "conv_transpose":
+      kernel = self.param("Conv_0", lambda key: {"kernel": nn.initializers.lecun_normal()(
+          key, (2, 2, x.shape[-1], 4 * self.features))})["kernel"]
+      y = jax.lax.conv_transpose(x.astype(self.dtype), transpose_kernel(kernel).astype(self.dtype),
+                                 (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return y + bias
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # explicit: a padded 2x2 conv's gradient is slow
-    x = nn.Conv(4 * self.features, (2, 2), padding="VALID", use_bias=False)(x)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    x = nn.Conv(4 * self.features, (2, 2), padding="VALID", use_bias=False, dtype=self.dtype)(x)
     return depth_to_space(x, 2)[:, 1:-1, 1:-1] + bias
+
+
+TRANSPOSE_IMPLS = ("subpixel", "conv_transpose")
+
+
+def transpose_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
+  """TransposeUpsample's (2, 2, in, 4 * out) kernel as the (4, 4, in, out) transposed-conv K."""
+  _, _, c_in, c4 = kernel.shape
+  k = kernel.reshape(2, 2, c_in, 2, 2, c4 // 4).transpose(0, 3, 1, 4, 2, 5)  # dy, py, dx, px
+  k = k.reshape(4, 4, c_in, c4 // 4)  # row 2 dy + py holds K's row 2 dy + 1 - py
+  order = jnp.array([1, 0, 3, 2])
+  return k[order][:, order]
 
 
 def torch_linear_init(fan_in: int):

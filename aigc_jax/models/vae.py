@@ -3,12 +3,15 @@
 The encoder maps an image (and a label) to the mean and log-variance of a diagonal Gaussian
 q(z|x); the decoder maps a latent (and a label) to per-pixel logits (Bernoulli likelihood) or
 means (Gaussian likelihood, with a learned global log-scale kept in the `VAE` module).
+
+`dtype` is the computation's (float32 or bfloat16): parameters stay float32, and the encoder's
+mean and log-variance and the decoder's output come out in float32.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,11 +21,15 @@ from aigc_jax.models.layers import SubPixelUpsample, torch_linear_init
 from aigc_jax.state import batch_noise
 
 
-def _dense(features: int, fan_in: int, torch_init: bool, name=None) -> nn.Dense:
+def _dense(features: int, fan_in: int, torch_init: bool, name=None, dtype=jnp.float32) -> nn.Dense:
   if not torch_init:
-    return nn.Dense(features, name=name)
+    return nn.Dense(features, name=name, dtype=dtype)
   kernel_init, bias_init = torch_linear_init(fan_in)
-  return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name)
+  return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name, dtype=dtype)
+
+
+def _f32(*arrays):
+  return tuple(a.astype(jnp.float32) for a in arrays)
 
 
 def _with_label(h: jnp.ndarray, label, num_classes: int) -> jnp.ndarray:
@@ -36,15 +43,16 @@ class MLPEncoder(nn.Module):
   latent_dim: int = 20
   num_classes: int = 0  # > 0: conditional on a label
   torch_init: bool = False  # PyTorch nn.Linear initialisation, to match a PyTorch reference
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, label=None):
     h = _with_label(x.reshape(x.shape[0], -1), label, self.num_classes)
     for width in self.hidden_dims:
-      h = nn.relu(_dense(width, h.shape[-1], self.torch_init)(h))
+      h = nn.relu(_dense(width, h.shape[-1], self.torch_init, dtype=self.dtype)(h))
     fan_in = h.shape[-1]
-    return (_dense(self.latent_dim, fan_in, self.torch_init, "mean")(h),
-            _dense(self.latent_dim, fan_in, self.torch_init, "logvar")(h))
+    return _f32(_dense(self.latent_dim, fan_in, self.torch_init, "mean", self.dtype)(h),
+                _dense(self.latent_dim, fan_in, self.torch_init, "logvar", self.dtype)(h))
 
 
 class MLPDecoder(nn.Module):
@@ -52,14 +60,15 @@ class MLPDecoder(nn.Module):
   hidden_dims: Sequence[int] = (400,)
   num_classes: int = 0
   torch_init: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, label=None):
     h = _with_label(z, label, self.num_classes)
     for width in self.hidden_dims:
-      h = nn.relu(_dense(width, h.shape[-1], self.torch_init)(h))
-    out = _dense(math.prod(self.image_shape), h.shape[-1], self.torch_init)(h)
-    return out.reshape(z.shape[:-1] + tuple(self.image_shape))
+      h = nn.relu(_dense(width, h.shape[-1], self.torch_init, dtype=self.dtype)(h))
+    out = _dense(math.prod(self.image_shape), h.shape[-1], self.torch_init, dtype=self.dtype)(h)
+    return out.astype(jnp.float32).reshape(z.shape[:-1] + tuple(self.image_shape))
 
 
 ACTIVATIONS = {"relu": nn.relu, "silu": nn.silu, "elu": nn.elu}
@@ -73,17 +82,19 @@ class ConvEncoder(nn.Module):
   latent_dim: int = 20
   num_classes: int = 0
   activation: str = "relu"  # a key of ACTIVATIONS
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, label=None):
-    act = ACTIVATIONS[self.activation]
+    act, dtype = ACTIVATIONS[self.activation], self.dtype
     h = x
     for f in self.features:
-      h = act(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME")(h))
-    h = act(nn.Conv(self.features[-1], (3, 3), padding="SAME")(h))  # cheap at 7x7
+      h = act(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME", dtype=dtype)(h))
+    h = act(nn.Conv(self.features[-1], (3, 3), padding="SAME", dtype=dtype)(h))  # cheap at 7x7
     h = _with_label(h.reshape(h.shape[0], -1), label, self.num_classes)
-    h = act(nn.Dense(self.hidden_dim)(h))
-    return nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim, name="logvar")(h)
+    h = act(nn.Dense(self.hidden_dim, dtype=dtype)(h))
+    return _f32(nn.Dense(self.latent_dim, name="mean", dtype=dtype)(h),
+                nn.Dense(self.latent_dim, name="logvar", dtype=dtype)(h))
 
 
 class ConvDecoder(nn.Module):
@@ -97,20 +108,21 @@ class ConvDecoder(nn.Module):
   hidden_dim: int = 256
   num_classes: int = 0
   activation: str = "relu"  # a key of ACTIVATIONS
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, label=None):
     height, width, channels = self.image_shape
     if height % 4 or width % 4:
       raise ValueError(f"ConvDecoder needs image sides divisible by 4, got {self.image_shape}")
-    act = ACTIVATIONS[self.activation]
+    act, dtype = ACTIVATIONS[self.activation], self.dtype
     h = _with_label(z, label, self.num_classes)
-    h = act(nn.Dense(self.hidden_dim)(h))
-    h = act(nn.Dense(height // 4 * width // 4 * self.features[0])(h))
+    h = act(nn.Dense(self.hidden_dim, dtype=dtype)(h))
+    h = act(nn.Dense(height // 4 * width // 4 * self.features[0], dtype=dtype)(h))
     h = h.reshape(-1, height // 4, width // 4, self.features[0])
-    h = act(nn.Conv(self.features[0], (3, 3), padding="SAME")(h))
-    h = act(SubPixelUpsample(self.features[1])(h))
-    return SubPixelUpsample(channels)(h)
+    h = act(nn.Conv(self.features[0], (3, 3), padding="SAME", dtype=dtype)(h))
+    h = act(SubPixelUpsample(self.features[1], dtype=dtype)(h))
+    return SubPixelUpsample(channels, dtype=dtype)(h).astype(jnp.float32)
 
 
 class VAE(nn.Module):

@@ -1,0 +1,83 @@
+"""The backend JAX runs on: what `auto` config values mean there, its devices, its cluster.
+
+XLA:CPU runs some formulations on slow paths (transposed-convolution and strided-convolution
+derivatives, convolutions inside loop bodies), so the project computes those differently there.
+On GPUs and TPUs the plain formulation is the default. Every such choice is a config value
+whose `auto` resolves here; the alternatives compute the same function.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import jax
+import jax.numpy as jnp
+
+AUTO_STEPS_PER_CALL = 100  # steps_per_call=0 off the CPU: one dispatch per 100 steps
+MATMUL_PRECISIONS = ("default", "high", "highest")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def is_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
+def choose(value: str, cpu: str, accelerator: str) -> str:
+  """`value`, or for 'auto' the CPU formulation on XLA:CPU and the plain one elsewhere."""
+  if value != "auto":
+    return value
+  return cpu if is_cpu() else accelerator
+
+
+def steps_per_call(value: int) -> int:
+  """`value`, or for 0 (auto) 1 on CPU (convolutions inside a loop body are slow there) and
+  `AUTO_STEPS_PER_CALL` elsewhere."""
+  if value > 0:
+    return int(value)
+  return 1 if is_cpu() else AUTO_STEPS_PER_CALL
+
+
+def compute_dtype(config) -> jnp.dtype:
+  """The dtype models compute in (`compute_dtype`); parameters and losses stay float32."""
+  return jnp.dtype(config.compute_dtype)
+
+
+def matmul_precision(config):
+  """A context for `jax.default_matmul_precision` of the config's `matmul_precision`: trace and
+  compile a run's functions inside it ('default' leaves the backend's choice, e.g. TF32 on
+  recent NVIDIA GPUs; 'highest' is full float32)."""
+  return jax.default_matmul_precision(config.matmul_precision)
+
+
+def _count(name: str) -> int:
+  """The environment variable `name` as a count (0 when unset or not a number)."""
+  text = os.environ.get(name, "").strip()
+  return int(text) if text.isdigit() else 0
+
+
+def cluster_environment() -> str | None:
+  """'slurm', 'ompi' or 'tpu' when the environment shows a job of several processes that
+  `jax.distributed.initialize()` finds by itself; None otherwise (one SLURM task, a lone TPU VM).
+
+  SLURM: the variables jax's own detection reads (srun sets them) and SLURM_NTASKS > 1. Open MPI:
+  OMPI_COMM_WORLD_SIZE > 1. TPU pod: several hosts in TPU_PROCESS_ADDRESSES (or
+  TPU_WORKER_HOSTNAMES), or MEGASCALE_NUM_SLICES > 1.
+  """
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+  if all(name in os.environ for name in slurm) and _count("SLURM_NTASKS") > 1:
+    return "slurm"
+  if _count("OMPI_COMM_WORLD_SIZE") > 1:
+    return "ompi"
+  hosts = os.environ.get("TPU_PROCESS_ADDRESSES", os.environ.get("TPU_WORKER_HOSTNAMES", ""))
+  if len([h for h in hosts.split(",") if h.strip()]) > 1 or _count("MEGASCALE_NUM_SLICES") > 1:
+    return "tpu"
+  return None
+
+
+def describe_devices() -> str:
+  """'backend gpu, 1 x NVIDIA H200 (process 0 of 1)': the backend and this process's devices."""
+  kinds = collections.Counter(device.device_kind for device in jax.local_devices())
+  devices = ", ".join(f"{count} x {kind}" for kind, count in kinds.items())
+  return (f"backend {jax.default_backend()}, {devices} "
+          f"(process {jax.process_index()} of {jax.process_count()})")

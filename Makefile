@@ -27,7 +27,7 @@ SETUP_STAMP := $(call stamp,dev$(ACCEL_EXTRA))
 # The test suite and `make bench` also install torch, the PyTorch references' extra.
 BENCH_STAMP := $(call stamp,dev$(comma)bench$(ACCEL_EXTRA))
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test bench wheels clean
 
 setup: $(SETUP_STAMP) data
 
@@ -71,6 +71,15 @@ test: $(BENCH_STAMP) data
 # JAX vs PyTorch eager train steps for every experiment; writes benchmarks/RESULTS.md (~15 min).
 bench: $(BENCH_STAMP) data
 	$(PY) -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md
+
+# wheels/ for benchmarks/accelerator_check.sh on an offline GPU machine (Python $(WHEEL_PYTHON), x86-64)
+# that already has jax, flax, optax, orbax-checkpoint, chex and torch.
+WHEEL_PYTHON ?= 3.12
+wheels: | $(PY)
+	$(PY) -m pip download --quiet -d wheels --only-binary=:all: --python-version $(WHEEL_PYTHON) \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux_2_28_x86_64 --platform any \
+	  ml_collections tensorboardX tensorflow-datasets importlib_resources tqdm
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

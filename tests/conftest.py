@@ -28,6 +28,19 @@ def has_fashion_mnist() -> bool:
       name.startswith("t10k-labels") for name in os.listdir(FASHION_DIR))
 
 
+@pytest.fixture(name="cache_dir", scope="session")
+def fixture_cache_dir(tmp_path_factory):
+  """A metrics cache whose default-recipe classifier is a quick stand-in (2 epochs on 2,048
+  images): point AIGC_JAX_CACHE here to evaluate GANs without the full classifier."""
+  from aigc_jax.metrics import classifier as clf_lib  # pylint: disable=g-import-not-at-top
+  cache = str(tmp_path_factory.mktemp("cache"))
+  variables, info = clf_lib.train(clf_lib.resolve_recipe(train_examples=2048, epochs=2),
+                                  progress=False)
+  clf_lib.save(clf_lib.cache_path(clf_lib.RECIPE, cache), variables,
+               {**info, "key": clf_lib.recipe_key(clf_lib.RECIPE)})
+  return cache
+
+
 needs_fashion_mnist = pytest.mark.skipif(
     not has_fashion_mnist(),
     reason=f"Fashion-MNIST not in {FASHION_DIR} (make setup installs dataset-fashion-mnist)")

@@ -31,16 +31,6 @@ STEPS, EVAL_EVERY, EVAL_SAMPLES = 120, 60, 500
 SAMPLE_METRICS = {"fid", "kid", "kid_std", "precision", "recall", "is", "is_std"}
 
 
-@pytest.fixture(name="cache_dir", scope="module")
-def fixture_cache_dir(tmp_path_factory):
-  cache = str(tmp_path_factory.mktemp("cache"))
-  variables, info = clf_lib.train(clf_lib.resolve_recipe(train_examples=2048, epochs=2),
-                                  progress=False)
-  clf_lib.save(clf_lib.cache_path(clf_lib.RECIPE, cache), variables,
-               {**info, "key": clf_lib.recipe_key(clf_lib.RECIPE)})
-  return cache
-
-
 @pytest.fixture(name="cache")
 def fixture_cache(cache_dir, monkeypatch):
   monkeypatch.setenv(clf_lib.CACHE_ENV, cache_dir)

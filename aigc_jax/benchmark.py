@@ -356,13 +356,13 @@ def cpu_model() -> str:
 def machine_line(load_before: float) -> str:
   """The processor that ran JAX (the CPU's model on the cpu backend, else the device kind), cores,
   library versions and thread counts or devices, date, load average before the run."""
-  backend = jax.default_backend()
-  if backend == "cpu":
+  name = jax.default_backend()  # not `backend`: that is the aigc_jax module here
+  if name == "cpu":
     jax_part = (f"{cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__} on XLA:cpu (its "
                 "default thread pool, one thread per core)")
   else:
     jax_part = (f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} host "
-                f"cores; jax {jax.__version__} on XLA:{backend}")
+                f"cores; jax {jax.__version__} on XLA:{name}")
   try:
     import torch  # pylint: disable=g-import-not-at-top
     torch_part = (f"torch {torch.__version__} on {torch_device(torch)} "

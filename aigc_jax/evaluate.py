@@ -22,8 +22,8 @@ import sys
 from absl import app, flags
 from tqdm import tqdm
 
-from aigc_jax import data as data_lib
 from aigc_jax import backend
+from aigc_jax import data as data_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 

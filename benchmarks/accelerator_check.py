@@ -12,7 +12,7 @@ Writes OUTDIR/accelerator_check.json and OUTDIR/accelerator_check.md with:
 - one whole DCGAN training (20 epochs at batch 64) with its wall time, then FID, precision and
   recall of 10,000 EMA samples (Fashion-MNIST from AIGC_JAX_IDX_DIR or the Debian directory).
 `--tiny` shrinks every part (2 models at batch 8, 20 training steps, 200 samples) so that the
-whole path runs on a CPU in about a minute.
+whole path runs on a CPU (tests/test_accelerator_check.py runs it).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def accelerator_tests(out: str) -> dict:
                   "no:cacheprovider", f"--junitxml={report}",
                   os.path.join(ROOT, "tests", "test_accelerator.py")], cwd=ROOT, env=env,
                  check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  suite = ET.parse(report).getroot().iter("testsuite").__next__()
+  suite = next(ET.parse(report).getroot().iter("testsuite"))
   counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
   counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
   return counts

@@ -26,9 +26,7 @@ def worst(got, want, init):
 
 def adam_worst(got, want, init, learning_rate):
   moments, steps = 0.0, 0.0
-  players = ("g", "d") if isinstance(want, tp.GANState) else ("",)
-  for p in players:
-    params, opt = (f"{p}_params", f"{p}_opt_state") if p else ("params", "opt_state")
+  for params, opt in tp.optimized_fields(want):
     g_opt, w_opt, i_opt = (tp.adam_moments(getattr(s, opt)) for s in (got, want, init))
     moments = max(moments, worst({opt: g_opt}, {opt: w_opt}, {opt: i_opt}))
     for _, (g, w, m) in tp.float_leaves({params: getattr(got, params)},

@@ -1,6 +1,7 @@
 """Times an experiment's real train step on this machine, optionally against PyTorch eager.
 
-  python -m aigc_jax.benchmark --model gan_mlp --batch 64 [--steps-per-call K] [--torch] [--json]
+  python -m aigc_jax.benchmark --model gan_mlp --batch 64 [256 ...] [--steps-per-call K] [--torch]
+      [--torch-compile] [--json]
   python -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md    # what `make bench` runs
 
 A model is an experiment preset, `experiments/NAME_fashion_mnist.py`'s `get_config()`, with the
@@ -12,7 +13,8 @@ time over the timed calls (call time / steps per call), images/s, XLA's FLOP cou
 the GFLOP/s that makes and its fraction of this machine's fp32 matmul peak (a large float32
 `jnp.dot` at HIGHEST precision timed here, so no TF32 rate), the backend and device kind, and
 with --torch the same model and step in PyTorch eager (`aigc_jax.torch_reference`, on CUDA when
-PyTorch sees a GPU, else the CPU) timed in the same process, step by step, and the ratio.
+PyTorch sees a GPU, else the CPU) timed in the same process, step by step, and the ratio; with
+--torch-compile the same with its modules `torch.compile`d. Several --batch values sweep.
 With --epoch, one whole epoch of the synthetic set run the way train.py runs it (chunks of
 log_every_steps steps, the state read back and the metric sums fetched after every chunk; no
 evaluation or checkpoints), against steps x the median step time. With --profile N, the N ops
@@ -251,9 +253,12 @@ def torch_device(torch) -> str:
   return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def time_torch(config, images, labels, steps: int, warmup: int) -> tuple[list[float], str]:
-  """Per-step times in ms of the PyTorch eager reference on the same data, batch and config, and
-  its device (`torch_device`): model, optimizer state, data and noise all live there."""
+def time_torch(config, images, labels, steps: int, warmup: int,
+               compiled: bool = False) -> tuple[list[float], str]:
+  """Per-step times in ms of the PyTorch reference on the same data, batch and config, and its
+  device (`torch_device`): model, optimizer state, data and noise all live there. Eager, or with
+  `compiled` its networks `torch.compile`d (`reference.compile()`; the optimizer stays eager); the first of the
+  returned samples is then the compiling step, the rest follow `warmup` more steps."""
   try:
     from aigc_jax import torch_reference  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -272,6 +277,8 @@ def time_torch(config, images, labels, steps: int, warmup: int) -> tuple[list[fl
   samples = []
   with torch.device(device):  # where the modules, the optimizer state and the noise are made
     reference = torch_reference.build(config, info, state_lib.total_train_steps(config, num, n))
+    if compiled:
+      reference.compile()
     perm = torch.randperm(num)
     for i in range(warmup + steps):
       sync()
@@ -280,12 +287,32 @@ def time_torch(config, images, labels, steps: int, warmup: int) -> tuple[list[fl
       reference.step(x[idx], y[idx])
       sync()
       samples.append(1e3 * (time.perf_counter() - start))
-  return samples[warmup:], device
+  return samples[:1] + samples[1 + warmup:] if compiled else samples[warmup:], device
 
 
-def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup: int = 5,
-              peak_size: int = 4096, epoch: bool = False, num_images: int = NUM_IMAGES,
-              profile: int = 0) -> dict:
+def torch_results(config, images, labels, steps: int, warmup: int, step_ms: float,
+                  compiled: bool) -> dict:
+  """The PyTorch keys of a result: eager (torch_step_ms, speedup_vs_torch, torch_device) or
+  compiled (torch_compile_step_ms, speedup_vs_torch_compile, torch_compile_s: the first step;
+  torch_compile_error instead where torch.compile fails on the model)."""
+  if not compiled:
+    samples, device = time_torch(config, images, labels, steps, warmup)
+    torch_ms = statistics.median(samples)
+    return {"torch_step_ms": round(torch_ms, 3), "speedup_vs_torch": round(torch_ms / step_ms, 3),
+            "torch_device": device}
+  try:
+    samples, _ = time_torch(config, images, labels, steps, warmup, compiled=True)
+  except Exception as e:  # pylint: disable=broad-except  # e.g. no double backward (WGAN-GP)
+    return {"torch_compile_error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+  torch_ms = statistics.median(samples[1:])
+  return {"torch_compile_step_ms": round(torch_ms, 3),
+          "speedup_vs_torch_compile": round(torch_ms / step_ms, 3),
+          "torch_compile_s": round(samples[0] / 1e3, 3)}
+
+
+def benchmark(name: str, config, *, torch: bool = False, torch_compile: bool = False,
+              steps: int = 50, warmup: int = 5, peak_size: int = 4096, epoch: bool = False,
+              num_images: int = NUM_IMAGES, profile: int = 0) -> dict:
   """The result (the command's JSON keys) of preset `name` with its `bench_config`."""
   info = data_lib.DATASETS[config.dataset]
   per_step = config.batch_size * families.get(config.model).batches_per_step(config)
@@ -317,10 +344,9 @@ def benchmark(name: str, config, *, torch: bool = False, steps: int = 50, warmup
   if profile:
     print(step_profile.describe(jax_run["ops"], profile, step_ms), file=sys.stderr, flush=True)
   if torch:
-    torch_samples, device = time_torch(config, images, labels, steps, warmup)
-    torch_ms = statistics.median(torch_samples)
-    result.update(torch_step_ms=round(torch_ms, 3), speedup_vs_torch=round(torch_ms / step_ms, 3),
-                  torch_device=device)
+    result.update(torch_results(config, images, labels, steps, warmup, step_ms, False))
+  if torch_compile:
+    result.update(torch_results(config, images, labels, steps, warmup, step_ms, True))
   return result
 
 
@@ -341,6 +367,12 @@ def describe(result: dict, steps_per_call: int) -> str:
   if "torch_step_ms" in r:
     lines.append(f"PyTorch eager on {r['torch_device']}: {r['torch_step_ms']:.2f} ms/step; JAX is "
                  f"{r['speedup_vs_torch']:.2f}x its speed")
+  if "torch_compile_step_ms" in r:
+    lines.append(f"PyTorch torch.compile: {r['torch_compile_step_ms']:.2f} ms/step (first step "
+                 f"{r['torch_compile_s']:.1f} s); JAX is {r['speedup_vs_torch_compile']:.2f}x its "
+                 "speed")
+  if "torch_compile_error" in r:
+    lines.append(f"PyTorch torch.compile failed: {r['torch_compile_error']}")
   return "\n".join(lines)
 
 
@@ -391,7 +423,8 @@ def table(results: list[dict], command: str, load_before: float, steps: int, war
     return format(r[key], fmt) if key in r else "-"
 
   rows = [f"| {r['model']} | {r['batch']} | {r['step_ms']:.2f} | {cell(r, 'torch_step_ms', '.2f')} "
-          f"| {cell(r, 'speedup_vs_torch', '.2f')} | {100 * r['fraction_of_peak']:.1f} "
+          f"| {cell(r, 'speedup_vs_torch', '.2f')} | {cell(r, 'torch_compile_step_ms', '.2f')} "
+          f"| {cell(r, 'speedup_vs_torch_compile', '.2f')} | {100 * r['fraction_of_peak']:.1f} "
           f"| {r['compile_s']:.2f} |" for r in results]
   peak = results[0]["peak_gflops"] if results else 0.0
   lines = [
@@ -401,13 +434,16 @@ def table(results: list[dict], command: str, load_before: float, steps: int, war
       "training loop's path (`parallel.make_train_loop`, the experiment's steps_per_call), median "
       f"over >= {steps} steps after {warmup} warm-up steps; PyTorch: the same model, optimizer and "
       "losses in eager mode (`aigc_jax/torch_reference.py`), median of "
-      f"{steps} steps, in the same process. Ratio = PyTorch ms / JAX ms. % of peak: XLA's FLOP "
+      f"{steps} steps, in the same process; with --torch-compile also with every module "
+      "`torch.compile`d (default mode; its compiling first step not counted). Ratio = PyTorch ms "
+      "/ JAX ms. % of peak: XLA's FLOP "
       f"count of the step per second over the measured fp32 matmul peak ({peak:.1f} GFLOP/s, "
       "a 4096x4096 float32 `jnp.dot` at HIGHEST precision). Compile s: the first call less a "
       "steady one.", "",
       *([f"**Warning**, {busy_warning(load_before)}", ""] if is_busy(load_before) else []),
-      "| model | batch | JAX ms/step | PyTorch ms/step | ratio | % of peak | compile s |",
-      "|---|---|---|---|---|---|---|", *rows, "", "Targets (issue 5):", ""]
+      "| model | batch | JAX ms/step | PyTorch ms/step | ratio | torch.compile ms/step | ratio "
+      "| % of peak | compile s |",
+      "|---|---|---|---|---|---|---|---|---|", *rows, "", "Targets (issue 5):", ""]
   def verdict(met: bool) -> str:
     return "no verdict: busy machine" if is_busy(load_before) else "met" if met else "missed"
 
@@ -451,13 +487,16 @@ def main(argv: list[str] | None = None) -> None:
       "experiment files take it, e.g. --config.upsample=transpose.")
   parser.add_argument("--model", metavar="NAME", help=f"an experiment preset: {', '.join(model_names())} "
                       "(mlp_gan = gan_mlp)")
-  parser.add_argument("--batch", type=positive_int, metavar="B", help="batch size (default: the experiment's)")
+  parser.add_argument("--batch", type=positive_int, nargs="+", metavar="B",
+                      help="batch size, or several to sweep (default: the experiment's)")
   parser.add_argument("--parallel", default="none", choices=PARALLEL_MODES, metavar="MODE",
                       help=f"data-parallel mode: {', '.join(PARALLEL_MODES)} (default none: one "
                       "device)")
   parser.add_argument("--steps-per-call", type=positive_int, metavar="K",
                       help="train steps per dispatch (default: the experiment's)")
   parser.add_argument("--torch", action="store_true", help="also time the PyTorch eager reference")
+  parser.add_argument("--torch-compile", action="store_true", help="also time the PyTorch "
+                      "reference with its modules torch.compile'd")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   parser.add_argument("--epoch", action="store_true", help="also time one epoch as train.py runs it "
                       "(keys epoch_s, epoch_steps, epoch_vs_steps)")
@@ -479,9 +518,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.error("--model is required (or --table OUT.md)")
   if args.warmup < 0:
     parser.error(f"--warmup must be >= 0, got {args.warmup}")
-  runs = [(args.model, args.batch)]
-  if args.table is not None:
+  runs = [(args.model, None)]
+  if args.table is not None and not args.model:
     runs = args.models or [parse_run(run) for run in TABLE_RUNS]
+  if args.batch:  # a sweep: every model at every batch
+    runs = [(name, batch) for name in dict.fromkeys(name for name, _ in runs)
+            for batch in args.batch]
   load_before = os.getloadavg()[0]
   results = []
   try:  # every run's config is checked before anything is timed
@@ -490,7 +532,8 @@ def main(argv: list[str] | None = None) -> None:
     if is_busy(load_before):
       print(f"warning, {busy_warning(load_before)}", file=sys.stderr)
     for name, config in configs:
-      result = benchmark(name, config, torch=args.torch, steps=args.steps, warmup=args.warmup,
+      result = benchmark(name, config, torch=args.torch, torch_compile=args.torch_compile,
+                         steps=args.steps, warmup=args.warmup,
                          peak_size=args.peak_size, epoch=args.epoch, num_images=args.images,
                          profile=args.profile or 0)
       results.append(result)

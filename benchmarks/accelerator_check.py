@@ -7,8 +7,9 @@ Writes OUTDIR/accelerator_check.json and OUTDIR/accelerator_check.md with:
 - the backend and devices;
 - the `accelerator` tests (tests/test_accelerator.py): per family the accelerator's step equals
   the CPU's, a bfloat16 step runs, 2 devices equal 1 (they skip on a CPU);
-- the step benchmark of every model at batch 64 and 1024, float32 and bfloat16, with PyTorch
-  eager beside it where torch is installed;
+- the step benchmark of every model at batch 64 and 1024, float32 and bfloat16, with the float32
+  PyTorch reference beside it where torch is installed: eager, and `torch.compile`d for the MLP
+  GAN, DCGAN and MLP VAE at batch 64;
 - one whole DCGAN training (20 epochs at batch 64) with its wall time, then FID, precision and
   recall of 10,000 EMA samples (Fashion-MNIST from AIGC_JAX_IDX_DIR or the Debian directory).
 `--tiny` shrinks every part (2 models at batch 8, 20 training steps, 200 samples) so that the
@@ -31,9 +32,12 @@ sys.path.insert(0, ROOT)
 from aigc_jax import backend  # noqa: E402
 from aigc_jax import benchmark  # noqa: E402
 
+# compiled: the (model, batch) runs that also time torch.compile'd PyTorch (compiling is slow).
 FULL = dict(models=None, batches=(64, 1024), steps=50, warmup=5, peak_size=4096,
+            compiled={("gan_mlp", 64), ("dcgan", 64), ("vae_mlp", 64)},
             train=["--config.num_epochs=20", "--config.batch_size=64"], eval_samples=10_000)
 TINY = dict(models=("vae_mlp", "dcgan"), batches=(8,), steps=2, warmup=1, peak_size=256,
+            compiled={("vae_mlp", 8)},
             train=["--config.num_train_steps=20", "--config.batch_size=16",
                    "--config.eval_every_steps=20", "--config.eval_num_samples=200"],
             eval_samples=200)
@@ -56,7 +60,8 @@ def accelerator_tests(out: str) -> dict:
 
 
 def step_benchmarks(part: dict) -> list[dict]:
-  """benchmark.benchmark of each model, batch and dtype (with PyTorch eager when installed)."""
+  """benchmark.benchmark of each model, batch and dtype; where torch is installed, PyTorch (a
+  float32 reference) beside the float32 rows: eager, and compiled for `part["compiled"]`."""
   try:
     import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     with_torch = True
@@ -67,8 +72,10 @@ def step_benchmarks(part: dict) -> list[dict]:
     for batch in part["batches"]:
       for dtype in DTYPES:
         config = benchmark.bench_config(name, batch, overrides=[f"--config.compute_dtype={dtype}"])
-        rows.append(benchmark.benchmark(name, config, torch=with_torch, steps=part["steps"],
-                                        warmup=part["warmup"], peak_size=part["peak_size"]))
+        torch = with_torch and dtype == "float32"
+        rows.append(benchmark.benchmark(
+            name, config, torch=torch, torch_compile=torch and (name, batch) in part["compiled"],
+            steps=part["steps"], warmup=part["warmup"], peak_size=part["peak_size"]))
         print(json.dumps(rows[-1]), flush=True)
   return rows
 
@@ -92,12 +99,14 @@ def dcgan_run(out: str, part: dict) -> dict:
 def markdown(result: dict) -> str:
   lines = [f"# Accelerator check: {result['devices']}", "",
            f"accelerator tests: {result['accelerator_tests']}", "",
-           "| model | batch | dtype | step ms | images/s | % of peak | torch ms | speedup |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| model | batch | dtype | step ms | images/s | % of peak | torch ms | speedup | "
+           "torch.compile ms | speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in result["benchmarks"]:
     lines.append(f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['step_ms']} | "
                  f"{r['images_per_s']} | {100 * r['fraction_of_peak']:.1f} | "
-                 f"{r.get('torch_step_ms', '-')} | {r.get('speedup_vs_torch', '-')} |")
+                 f"{r.get('torch_step_ms', '-')} | {r.get('speedup_vs_torch', '-')} | "
+                 f"{r.get('torch_compile_step_ms', '-')} | "
+                 f"{r.get('speedup_vs_torch_compile', '-')} |")
   d = result["dcgan"]
   lines += ["", f"DCGAN ({' '.join(result['dcgan_args'])}): {d['train_wall_s']} s of training; "
             f"step {d.get('step')}, FID {d.get('fid')} (floor {d.get('fid_floor')}), precision "

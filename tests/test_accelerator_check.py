@@ -1,5 +1,6 @@
 """benchmarks/accelerator_check.sh end to end on CPU with --tiny, so that it cannot rot."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +31,10 @@ def test_tiny_accelerator_check_writes_every_part(cache_dir, tmp_path):
   runs = [(r["model"], r["batch"], r["dtype"]) for r in result["benchmarks"]]
   assert runs == [(m, 8, d) for m in ("vae_mlp", "dcgan") for d in ("float32", "bfloat16")]
   assert all(r["step_ms"] > 0 and r["backend"] == "cpu" for r in result["benchmarks"])
+  if importlib.util.find_spec("torch"):  # PyTorch beside the float32 rows only
+    assert [("torch_step_ms" in r, "torch_compile_step_ms" in r)
+            for r in result["benchmarks"]] == [(True, True), (False, False), (True, False),
+                                               (False, False)]
   dcgan = result["dcgan"]
   assert dcgan["step"] == 20 and dcgan["num_samples"] == 200 and dcgan["train_wall_s"] > 0
   assert np.isfinite(dcgan["fid"]) and 0 <= dcgan["precision"] <= 1 and 0 <= dcgan["recall"] <= 1

@@ -263,3 +263,34 @@ def test_config_overrides_reach_the_benchmarked_config():
                        ("--config.n_critic=abc", "not a int"), ("--bogus", "--config.KEY=VALUE")]:
     with pytest.raises(benchmark.BenchmarkError, match=message):
       benchmark.bench_config("dcgan", overrides=[bad])
+
+
+def test_batch_sweep_runs_every_batch(capsys):
+  benchmark.main(["--model", "vae_mlp", "--json", "--batch", "4", "8", "--steps-per-call", "1",
+                  *TINY[2:]])
+  results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["batch"] for r in results] == [4, 8]
+  assert results[1]["gflop_per_step"] > results[0]["gflop_per_step"]
+
+
+def test_torch_compile_times_the_compiled_reference(capsys, torch):
+  torch._dynamo.reset()  # pylint: disable=protected-access
+  benchmark.main(["--model", "vae_mlp", "--json", "--torch-compile", *TINY])
+  result = json.loads(capsys.readouterr().out)
+  graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # pylint: disable=protected-access
+  assert graphs >= 2  # encode and decode were compiled
+  assert set(result) == KEYS - TORCH_KEYS | {"torch_compile_step_ms", "speedup_vs_torch_compile",
+                                             "torch_compile_s"}
+  assert result["torch_compile_step_ms"] > 0 and result["torch_compile_s"] > 0
+  ratio = result["torch_compile_step_ms"] / result["step_ms"]
+  assert abs(result["speedup_vs_torch_compile"] - ratio) <= 1e-3 * ratio + 2e-3
+
+
+@pytest.mark.parametrize("model,d_compiled", [("dcgan", True), ("wgan_gp", False)])
+def test_torch_compile_leaves_d_eager_only_under_a_gradient_penalty(model, d_compiled,
+                                                                     torch_reference):
+  config = benchmark.experiment_config(model)
+  reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
+  reference.compile()
+  assert reference.g._compiled_call_impl is not None  # pylint: disable=protected-access
+  assert (reference.d._compiled_call_impl is not None) == d_compiled  # pylint: disable=protected-access

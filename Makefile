@@ -27,7 +27,7 @@ SETUP_STAMP := $(call stamp,dev$(ACCEL_EXTRA))
 # The test suite and `make bench` also install torch, the PyTorch references' extra.
 BENCH_STAMP := $(call stamp,dev$(comma)bench$(ACCEL_EXTRA))
 
-.PHONY: setup data demo test bench wheels clean
+.PHONY: setup data demo test test-fast lint bench wheels clean
 
 setup: $(SETUP_STAMP) data
 
@@ -65,8 +65,23 @@ demo: setup
 	@echo "demo sample grids: $(DEMO_DIR)/vae_conv/samples/samples_latest.png," \
 	  "$(DEMO_DIR)/vae_conv/samples/reconstructions_latest.png, $(DEMO_DIR)/dcgan/samples/samples_latest.png"
 
+# The suite in parallel (pytest-xdist): TEST_WORKERS processes (0: serial, in this process),
+# TEST_DIST how xdist hands them tests. PYTEST_ARGS adds options, e.g. PYTEST_ARGS='-k vae -x'.
+TEST_WORKERS ?= auto
+TEST_DIST ?= load
+PYTEST := $(PY) -m pytest tests $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) \
+  --dist $(TEST_DIST)) $(PYTEST_ARGS)
+
 test: $(BENCH_STAMP) data
-	$(PY) -m pytest tests
+	$(PYTEST)
+
+# Everything but the tests marked `slow` (the long end-to-end runs): a few minutes.
+test-fast: $(BENCH_STAMP) data
+	$(PYTEST) -m "not slow"
+
+# Lint (ruff check, rules in pyproject.toml); formatting is not checked.
+lint: $(SETUP_STAMP)
+	$(PY) -m ruff check aigc_jax tests benchmarks experiments
 
 # JAX vs PyTorch eager train steps for every experiment; writes benchmarks/RESULTS.md (~15 min).
 bench: $(BENCH_STAMP) data

@@ -7,13 +7,15 @@ at the boundary: a misspelt key or a bad value fails there with a sentence sayin
 
 from __future__ import annotations
 
-import difflib
+import ast
+from typing import Sequence
 
 import ml_collections
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
 from aigc_jax import families
+from aigc_jax.suggest import unknown_key_message
 
 
 class ConfigError(ValueError):
@@ -44,10 +46,14 @@ def base_config() -> dict:
       steps_per_call=1,
       compute_dtype="float32",  # or 'bfloat16': activations; params, losses, statistics float32
       matmul_precision="default",  # 'high' or 'highest' (full float32 matmuls on GPUs and TPUs)
-      parallel="none",  # 'none' (jit, one device), 'pmap' or 'shard_map' (data parallel, all devices)
-      coordinator_address="",  # multi-host: 'host:port' of process 0 ('' = the JAX_COORDINATOR_ADDRESS
-      num_processes=0,  # environment variable, or none); num_processes / process_id: 0 / -1 =
-      process_id=-1,  # detected from the cluster environment (SLURM, Open MPI, TPU pods)
+      # 'none' (jit, one device), 'pmap' or 'shard_map' (data parallel, all devices)
+      parallel="none",
+      # Multi-host: coordinator_address is 'host:port' of process 0 ('' = the
+      # JAX_COORDINATOR_ADDRESS environment variable, or none); num_processes / process_id:
+      # 0 / -1 = detected from the cluster environment (SLURM, Open MPI, TPU pods).
+      coordinator_address="",
+      num_processes=0,
+      process_id=-1,
       log_every_steps=100,
       eval_every_steps=-1,  # <= 0: once per epoch
       checkpoint_every_steps=-1,  # <= 0: at every evaluation
@@ -71,12 +77,6 @@ def get_config(model: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
-def unknown_key_message(key: str, known) -> str:
-  close = difflib.get_close_matches(key, list(known), n=1)
-  hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
-  return f"unknown config key '{key}': {hint}"
-
-
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys and values; returns the config unchanged or raises ConfigError."""
   try:
@@ -90,7 +90,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(unknown_key_message(key, known))
   for key in known:
     if key not in config:
-      raise ConfigError(f"config key '{key}' is missing; start from aigc_jax.config.get_config('{config.model}')")
+      raise ConfigError(f"config key '{key}' is missing; start from "
+                        f"aigc_jax.config.get_config('{config.model}')")
 
   def need(ok: bool, message: str):
     if not ok:
@@ -120,8 +121,48 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
        f"parallel '{config.parallel}' is unknown; use 'none', 'pmap' or 'shard_map'")
   need(config.num_processes >= 0 and config.process_id >= -1,
        "num_processes must be >= 0 and process_id >= -1 (0 and -1: from the environment)")
-  need(config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+  need(config.keep_checkpoints >= 1,
+       f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
   need(config.early_stopping_patience >= 0,
        f"early_stopping_patience must be >= 0 (0 = off), got {config.early_stopping_patience}")
   family.validate_config(config, need)
   return config
+
+
+def parse_value(key: str, text: str, default):
+  """`text` as a value of `default`'s type: true/false for booleans, the text itself for strings,
+  else a Python literal (a number, a tuple). Raises ConfigError naming the key."""
+  if isinstance(default, bool):
+    if text.lower() not in ("true", "false"):
+      raise ConfigError(f"--config.{key} takes true or false, got '{text}'")
+    return text.lower() == "true"
+  if isinstance(default, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise ConfigError(f"--config.{key}={text}: not a {type(default).__name__}") from None
+  if isinstance(default, int) and not (isinstance(value, int) or
+                                       (isinstance(value, float) and value.is_integer())):
+    raise ConfigError(f"--config.{key}={text}: not an int")
+  return type(default)(value) if isinstance(default, (int, float, tuple)) else value
+
+
+def apply_overrides(config, args: Sequence[str]) -> list[str]:
+  """Applies every '--config.KEY=VALUE' (or '--config.KEY VALUE') of `args` to `config` in
+  place; returns the other arguments. Raises ConfigError for an unknown key or a bad value."""
+  rest, args = [], list(args)
+  while args:
+    arg = args.pop(0)
+    if not arg.startswith("--config."):
+      rest.append(arg)
+      continue
+    key, has_value, text = arg[len("--config."):].partition("=")
+    if not has_value:
+      if not args:
+        raise ConfigError(f"{arg} needs a value: {arg}=VALUE")
+      text = args.pop(0)
+    if key not in config:
+      raise ConfigError(f"{unknown_key_message(key, config.keys())} (in {arg})")
+    config[key] = parse_value(key, text, config[key])
+  return rest

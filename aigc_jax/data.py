@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aigc_jax.state import batch_noise
+from aigc_jax.noise import batch_noise
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,16 @@ class DatasetInfo:
   num_classes: int
   tfds_name: str
   debian_dir: str | None
+  debian_package: str | None = None  # the Debian package that installs debian_dir's files
+  idx_files: bool = False  # published as IDX files (the MNIST format): idx_dir can serve it
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist":
         DatasetInfo("fashion_mnist", (28, 28, 1), 10, "fashion_mnist",
-                    "/usr/share/datasets/fashion-mnist"),
+                    "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist", idx_files=True),
     "mnist":
-        DatasetInfo("mnist", (28, 28, 1), 10, "mnist", None),
+        DatasetInfo("mnist", (28, 28, 1), 10, "mnist", None, idx_files=True),
     "cifar10":
         DatasetInfo("cifar10", (32, 32, 3), 10, "cifar10", None),
 }
@@ -171,6 +173,20 @@ def read_idx_split(directory: PathLike,
 # ------------------------------------------------------------------- sources
 
 
+def missing_data_fix(info: DatasetInfo) -> str:
+  """How to make `info`'s data available: only the sources that can provide that dataset."""
+  fixes = []
+  if info.debian_package:
+    fixes.append(f"install it with 'apt-get install {info.debian_package}'")
+  if info.idx_files:
+    fixes.append(f"pass --config.idx_dir=DIR (or set {IDX_DIR_ENV}) with its IDX files")
+  fixes.append(f"run once with network access, so that TFDS downloads and prepares "
+               f"{info.tfds_name!r} into its data_dir (--config.tfds_data_dir=DIR, else "
+               "$TFDS_DATA_DIR or ~/tensorflow_datasets), or point --config.tfds_data_dir at "
+               "a directory where it is already prepared")
+  return ", ".join(fixes[:-1]) + (", or " if len(fixes) > 1 else "") + fixes[-1]
+
+
 def _from_tfds(info: DatasetInfo, split: str, data_dir: str | None,
                tried: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """Reads a whole split through `tfds.data_source` into numpy arrays."""
@@ -181,9 +197,7 @@ def _from_tfds(info: DatasetInfo, split: str, data_dir: str | None,
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"dataset '{info.name}' split '{split}': no data found (tried "
                     f"{'; '.join([*tried, f'TFDS {info.tfds_name!r}'])}; TFDS failed with "
-                    f"{type(e).__name__}: {e}); install it with 'apt-get install "
-                    "dataset-fashion-mnist', pass --config.idx_dir=DIR (or set "
-                    f"{IDX_DIR_ENV}) with IDX files, or a prepared TFDS data_dir") from e
+                    f"{type(e).__name__}: {e}); {missing_data_fix(info)}") from e
   if not records:
     raise DataError(f"TFDS '{info.tfds_name}' split '{split}' is empty; "
                     "choose a non-empty split")
@@ -256,6 +270,12 @@ def load_split(name: str,
   return images, labels
 
 
+def load_config_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """`load_split` of config.dataset from the config's sources (idx_dir, tfds_data_dir)."""
+  return load_split(config.dataset, split, idx_dir=config.idx_dir or None,
+                    tfds_data_dir=config.tfds_data_dir or None)
+
+
 # -------------------------------------------------------------- device side
 
 
@@ -301,7 +321,7 @@ def preprocess(images_uint8: jax.Array | np.ndarray,
   """uint8 -> float32 in [0,1] or [-1,1]; optional dynamic binarization.
 
   Binarization draws Bernoulli(pixel) from `binarize_rng`; under a named data axis, for the whole
-  global batch and keeps this device's rows (`state.batch_noise`), so it does not depend on the
+  global batch and keeps this device's rows (`noise.batch_noise`), so it does not depend on the
   device count.
   """
   if scale not in _SCALES:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from aigc_jax.state import batch_noise
+from aigc_jax.noise import batch_noise
 
 
 def non_saturating_d_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
@@ -76,7 +76,7 @@ def gradient_penalty(critic_fn: Callable, real: jnp.ndarray, fake: jnp.ndarray,
 
   x_hat = eps * real + (1 - eps) * fake with eps ~ U(0, 1) per example; the norm is over all
   non-batch axes. `critic_fn` maps a batch to logits (B,); the caller weights it (lambda = 10).
-  Under a data axis, eps is drawn for the global batch and sliced (`state.batch_noise`).
+  Under a data axis, eps is drawn for the global batch and sliced (`noise.batch_noise`).
   """
   eps = batch_noise(lambda key, shape: jax.random.uniform(key, shape, real.dtype), rng,
                     (real.shape[0],) + (1,) * (real.ndim - 1), axis_name)

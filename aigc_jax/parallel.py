@@ -18,13 +18,15 @@ not depend on the number of devices.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
@@ -34,6 +36,23 @@ log = logging.getLogger(__name__)
 DATA_AXIS = "data"
 MODES = ("none", "pmap", "shard_map")
 BINARIZE_STREAM = 3  # fold_in constant of the dynamic-binarization noise
+
+
+def batch_at(state, data, perm, index, *, batch_size: int, batches_per_step: int,
+             local_batch: int, scale: str, binarize: bool, axis_name: str | None):
+  """This device's rows of global batches index*n ... index*n + n - 1 (n = batches_per_step) of
+  the epoch permutation `perm`, preprocessed (binarized with the state's step noise if asked)."""
+  offsets = (index * batches_per_step + jnp.arange(batches_per_step)) * batch_size
+  if axis_name is not None:
+    offsets = offsets + jax.lax.axis_index(axis_name) * local_batch
+  idx = jax.vmap(lambda o: jax.lax.dynamic_slice_in_dim(perm, o, local_batch))(offsets)
+  idx = idx.reshape(-1)
+  rng = None
+  if binarize:
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, BINARIZE_STREAM), state.step)
+  image = data_lib.preprocess(jnp.take(data.images, idx, axis=0), scale=scale,
+                              binarize_rng=rng, axis_name=axis_name)
+  return {"image": image, "label": jnp.take(data.labels, idx, axis=0)}
 
 
 class TrainLoop:
@@ -50,8 +69,8 @@ class TrainLoop:
 
   With `steps_per_call` K > 1, up to K steps run inside one `lax.fori_loop` dispatch (the trip
   count is traced, so a shorter chunk does not recompile). With K = 1 every step is one
-  dispatch: XLA:CPU runs convolutions inside loop bodies on a slow path (jax#12868, measured 8x
-  slower here for the conv VAE), so convolutional models use K = 1 on CPU. K = 0 is auto
+  dispatch: XLA:CPU runs convolutions inside loop bodies on a slow path (jax#12868), so
+  convolutional models use K = 1 on CPU. K = 0 is auto
   (`backend.steps_per_call`).
   """
 
@@ -69,26 +88,13 @@ class TrainLoop:
     self.steps_per_call = backend.steps_per_call(steps_per_call)
     self._mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
     axis = None if mode == "none" else DATA_AXIS
-    local_batch = batch_size // self.num_devices
-
-    def batch_at(state, data, perm, index):
-      """This device's rows of global batches index*n ... index*n + n - 1 (n batches_per_step)."""
-      offsets = (index * batches_per_step + jnp.arange(batches_per_step)) * batch_size
-      if axis is not None:
-        offsets = offsets + jax.lax.axis_index(axis) * local_batch
-      idx = jax.vmap(lambda o: jax.lax.dynamic_slice_in_dim(perm, o, local_batch))(offsets)
-      idx = idx.reshape(-1)
-      rng = None
-      if binarize:
-        rng = jax.random.fold_in(jax.random.fold_in(state.rng, BINARIZE_STREAM), state.step)
-      image = data_lib.preprocess(jnp.take(data.images, idx, axis=0), scale=scale,
-                                  binarize_rng=rng, axis_name=axis)
-      return {"image": image, "label": jnp.take(data.labels, idx, axis=0)}
-
+    batch = functools.partial(batch_at, batch_size=batch_size, batches_per_step=batches_per_step,
+                              local_batch=batch_size // self.num_devices, scale=scale,
+                              binarize=binarize, axis_name=axis)
     step_kwargs = {} if axis is None else {"axis_name": axis}
 
     def one_step(state, data, perm, index):
-      return train_step(state, batch_at(state, data, perm, index), **step_kwargs)
+      return train_step(state, batch(state, data, perm, index), **step_kwargs)
 
     def loop(state, data, perm, start, num_steps):
       def body(i, carry):
@@ -99,31 +105,27 @@ class TrainLoop:
       zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
       return jax.lax.fori_loop(0, num_steps, body, (state, zeros))
 
-    # Positional arguments: (state, data, perm, index) or (state, data, perm, start, num_steps);
-    # the leading `placed` ones are placed per device, the trailing step indices are scalars.
-    if mode == "none":
-      wrap = lambda fn, placed, donate: jax.jit(fn, donate_argnums=donate)  # noqa: E731
-    elif mode == "pmap":
-      def wrap(fn, placed, donate):
-        return jax.pmap(fn, DATA_AXIS, in_axes=(0,) * placed + (None,) * (_arity(fn) - placed),
-                        donate_argnums=donate, devices=self.devices)
-    else:
-      spec = PartitionSpec()  # everything replicated; each device slices its rows itself
-
-      def wrap(fn, placed, donate):
-        # check_vma=False: gradients of the replicated parameters stay per device, as under
-        # pmap, and the step's own pmean averages them (with the check on, shard_map's autodiff
-        # would already sum them over devices, and the same step code would count them twice).
-        del placed
-        return jax.jit(jax.shard_map(fn, mesh=self._mesh, in_specs=spec, out_specs=spec,
-                                     check_vma=False), donate_argnums=donate)
-
     # One step per dispatch traces and compiles the step once; its metrics are summed by a
     # separate tiny add (which also sums the chunks of the K-step loop), so the step's trace is
     # not repeated to learn the metrics' shapes.
-    self._one = wrap(one_step, 3, (0,))
+    self._one = self._wrap(one_step, 3, (0,))
     self._add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b), donate_argnums=0)
-    self._loop = wrap(loop, 3, (0,))
+    self._loop = self._wrap(loop, 3, (0,))
+
+  def _wrap(self, fn: Callable, placed: int, donate: tuple[int, ...]) -> Callable:
+    """`fn` compiled for the mode; its first `placed` positional arguments are placed per device
+    (`put_state`), the trailing step indices are scalars."""
+    if self.mode == "none":
+      return jax.jit(fn, donate_argnums=donate)
+    if self.mode == "pmap":
+      return jax.pmap(fn, DATA_AXIS, in_axes=(0,) * placed + (None,) * (_arity(fn) - placed),
+                      donate_argnums=donate, devices=self.devices)
+    # check_vma=False: gradients of the replicated parameters stay per device, as under pmap,
+    # and the step's own pmean averages them (with the check on, shard_map's autodiff would
+    # already sum them over devices, and the same step code would count them twice).
+    spec = PartitionSpec()  # everything replicated; each device slices its rows itself
+    return jax.jit(jax.shard_map(fn, mesh=self._mesh, in_specs=spec, out_specs=spec,
+                                 check_vma=False), donate_argnums=donate)
 
   def put_state(self, tree: Any) -> Any:
     """A single-copy pytree (state or data) placed for this loop: replicated on its devices.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax
@@ -10,34 +10,53 @@ import jax.numpy as jnp
 import optax
 
 
+class Player(flax.struct.PyTreeNode):
+  """One network's trainable state: its params, optimizer state, model state (mutable collections
+  such as BatchNorm statistics and spectral-norm vectors) and optimizer (static)."""
+
+  params: Any
+  opt_state: Any
+  model_state: Any
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, params, tx: optax.GradientTransformation, model_state=None) -> "Player":
+    return cls(params=params, opt_state=tx.init(params),
+               model_state={} if model_state is None else model_state, tx=tx)
+
+  def apply_gradients(self, grads, model_state=None) -> "Player":
+    """One optimizer update of the params; `model_state` replaces the model state when given."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(params=optax.apply_updates(self.params, updates), opt_state=opt_state,
+                        model_state=self.model_state if model_state is None else model_state)
+
+
 class TrainState(flax.struct.PyTreeNode):
-  """step, params, optimizer state, model state (e.g. batch statistics) and the base rng.
+  """What every family's train step carries: the step, the base rng, the players by name and the
+  moving average of the sampled player's params (`ema_params`, {} when a run keeps none).
 
   Per-step randomness is `step_rng(state)`: `fold_in(rng, step)`, so a resumed run draws the same
   numbers as an unbroken one. `rng` is a raw uint32 key so it checkpoints as a plain array.
   """
 
   step: jax.Array
-  params: Any
-  opt_state: Any
-  model_state: Any
   rng: jax.Array
-  apply_fn: Callable = flax.struct.field(pytree_node=False)
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  players: dict[str, Player]
+  ema_params: Any
 
   @classmethod
-  def create(cls, *, apply_fn, params, tx, rng, model_state=None) -> "TrainState":
-    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-               model_state={} if model_state is None else model_state, rng=rng,
-               apply_fn=apply_fn, tx=tx)
-
-  def apply_gradients(self, grads, **changes) -> "TrainState":
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state, **changes)
+  def create(cls, rng: jax.Array, ema_params=None, **players: Player) -> "TrainState":
+    return cls(step=jnp.zeros((), jnp.int32), rng=rng, players=players,
+               ema_params={} if ema_params is None else ema_params)
 
 
-def adam(config, total_steps: int, learning_rate: float | None = None) -> optax.GradientTransformation:
+def with_ema(state: TrainState, params, decay: float) -> Any:
+  """The state's `ema_params` moved toward `params` at the warmed-up decay of its step."""
+  return ema_update(state.ema_params, params, warmed_up_ema_decay(decay, state.step))
+
+
+def adam(config, total_steps: int,
+         learning_rate: float | None = None) -> optax.GradientTransformation:
   """Adam with the config's betas and schedule over `total_steps` updates; the learning rate is
   `learning_rate`, or config.learning_rate when None."""
   peak = config.learning_rate if learning_rate is None else learning_rate
@@ -48,7 +67,7 @@ def adam(config, total_steps: int, learning_rate: float | None = None) -> optax.
 
 
 def ema_update(ema_params, params, decay):
-  """decay * ema + (1 - decay) * params, leaf by leaf (Polyak averaging; StyleGAN's EMA generator)."""
+  """decay * ema + (1 - decay) * params, leaf by leaf (Polyak averaging, StyleGAN's EMA G)."""
   return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
@@ -67,49 +86,11 @@ def total_train_steps(config, num_train_examples: int, batches_per_step: int = 1
   return int(config.num_epochs) * (num_train_examples // (config.batch_size * batches_per_step))
 
 
-def step_rng(state: TrainState) -> jax.Array:
-  """The rng of this step: fold_in(rng, step). Draw per-example noise from it with `batch_noise`."""
+def step_rng(state) -> jax.Array:
+  """The rng of this step: fold_in(rng, step). Draw per-example noise from it with
+  `noise.batch_noise`."""
   return jax.random.fold_in(state.rng, state.step)
-
-
-def batch_noise(sampler: Callable, rng: jax.Array, shape, axis_name: str | None = None,
-                batch_axis: int = 0) -> jax.Array:
-  """`sampler(rng, shape)` for this device's rows of the global batch.
-
-  Under a named data axis of n devices, `shape[batch_axis]` is the per-device batch: the noise of
-  the whole global batch (n times as many rows) is drawn and this device keeps its rows, so every
-  example gets the same numbers whatever the device count (1 device draws exactly the same).
-  """
-  if axis_name is None:
-    return sampler(rng, tuple(shape))
-  local = shape[batch_axis]
-  full_shape = list(shape)
-  full_shape[batch_axis] = local * jax.lax.axis_size(axis_name)
-  full = sampler(rng, tuple(full_shape))
-  return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * local, local,
-                                      batch_axis)
 
 
 def count_params(params) -> int:
   return sum(x.size for x in jax.tree_util.tree_leaves(params))
-
-
-class GANState(flax.struct.PyTreeNode):
-  """Generator and discriminator parameters, optimizer states and mutable collections.
-
-  `g_stats` / `d_stats` hold the 'batch_stats' collections (BatchNorm statistics and spectral
-  normalization's power-iteration vectors); `ema_params` is the moving average of `g_params`,
-  used for sampling and evaluation.
-  """
-
-  step: jax.Array
-  g_params: Any
-  d_params: Any
-  g_opt_state: Any
-  d_opt_state: Any
-  g_stats: Any
-  d_stats: Any
-  ema_params: Any
-  rng: jax.Array
-  g_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  d_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)

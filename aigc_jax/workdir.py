@@ -12,7 +12,8 @@ import ml_collections
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
-from aigc_jax.checkpoint import CheckpointError, Checkpoints
+from aigc_jax.checkpoint import CheckpointError
+from aigc_jax.checkpoint import Checkpoints
 
 CONFIG_FILE = "config.json"
 
@@ -76,6 +77,4 @@ def load_trained(workdir: str, which: str = "best") -> TrainedRun:
 
 
 def load_test_data(config) -> data_lib.DeviceData:
-  images, labels = data_lib.load_split(config.dataset, "test", idx_dir=config.idx_dir or None,
-                                       tfds_data_dir=config.tfds_data_dir or None)
-  return data_lib.to_device(images, labels)
+  return data_lib.to_device(*data_lib.load_config_split(config, "test"))

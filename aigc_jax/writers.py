@@ -19,7 +19,8 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
   grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
   for i in range(n):
     r, col = divmod(i, ncols)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+    top, left = pad + r * (h + pad), pad + col * (w + pad)
+    grid[top:top + h, left:left + w] = images[i]
   return (grid * 255.0 + 0.5).astype(np.uint8)
 
 

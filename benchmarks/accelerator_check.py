@@ -8,8 +8,9 @@ Writes OUTDIR/accelerator_check.json and OUTDIR/accelerator_check.md with:
 - the `accelerator` tests (tests/test_accelerator.py): per family the accelerator's step equals
   the CPU's, a bfloat16 step runs, 2 devices equal 1 (they skip on a CPU);
 - the step benchmark of every model at batch 64 and 1024, float32 and bfloat16, with the float32
-  PyTorch reference beside it where torch is installed: eager, and `torch.compile`d for the MLP
-  GAN, DCGAN and MLP VAE at batch 64;
+  PyTorch reference beside it where torch is installed and the model has one
+  (`aigc_jax.bench.torch_reference.MODELS`): eager, and `torch.compile`d for the MLP GAN, DCGAN
+  and MLP VAE at batch 64;
 - one whole DCGAN training (20 epochs at batch 64) with its wall time, then FID, precision and
   recall of 10,000 EMA samples (Fashion-MNIST from AIGC_JAX_IDX_DIR or the Debian directory).
 `--tiny` shrinks every part (2 models at batch 8, 20 training steps, 200 samples) so that the
@@ -30,7 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from aigc_jax import backend  # noqa: E402
-from aigc_jax import benchmark  # noqa: E402
+from aigc_jax.bench import presets  # noqa: E402
+from aigc_jax.bench import timing  # noqa: E402
+from aigc_jax.bench import torch_reference  # noqa: E402
 
 # compiled: the (model, batch) runs that also time torch.compile'd PyTorch (compiling is slow).
 FULL = dict(models=None, batches=(64, 1024), steps=50, warmup=5, peak_size=4096,
@@ -42,7 +45,8 @@ TINY = dict(models=("vae_mlp", "dcgan"), batches=(8,), steps=2, warmup=1, peak_s
                    "--config.eval_every_steps=20", "--config.eval_num_samples=200"],
             eval_samples=200)
 DTYPES = ("float32", "bfloat16")
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+ENV = {**os.environ,
+       "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
 
 
 def accelerator_tests(out: str) -> dict:
@@ -60,20 +64,21 @@ def accelerator_tests(out: str) -> dict:
 
 
 def step_benchmarks(part: dict) -> list[dict]:
-  """benchmark.benchmark of each model, batch and dtype; where torch is installed, PyTorch (a
-  float32 reference) beside the float32 rows: eager, and compiled for `part["compiled"]`."""
+  """timing.benchmark of each model, batch and dtype; where torch is installed, PyTorch (a
+  float32 reference) beside the float32 rows of the models that have one: eager, and compiled
+  for `part["compiled"]`."""
   try:
     import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     with_torch = True
   except ImportError:
     with_torch = False
   rows = []
-  for name in part["models"] or benchmark.model_names():
+  for name in part["models"] or presets.model_names():
     for batch in part["batches"]:
       for dtype in DTYPES:
-        config = benchmark.bench_config(name, batch, overrides=[f"--config.compute_dtype={dtype}"])
-        torch = with_torch and dtype == "float32"
-        rows.append(benchmark.benchmark(
+        config = presets.bench_config(name, batch, overrides=[f"--config.compute_dtype={dtype}"])
+        torch = with_torch and dtype == "float32" and name in torch_reference.MODELS
+        rows.append(timing.benchmark(
             name, config, torch=torch, torch_compile=torch and (name, batch) in part["compiled"],
             steps=part["steps"], warmup=part["warmup"], peak_size=part["peak_size"]))
         print(json.dumps(rows[-1]), flush=True)

@@ -4,7 +4,8 @@
 
 `--num` real train images, as they are and after a Gaussian blur, additive Gaussian pixel noise,
 2x2 block averaging and a brightness change, are scored like a generator's samples against as
-many test images (`classifier.evaluate_samples`, the evaluation CLI's classifier and features).
+many test images (`sample_metrics.evaluate_samples`, the evaluation CLI's classifier and
+features).
 The first row is the real-vs-real floor. Prints one line per variant: FID, precision, recall.
 """
 
@@ -17,6 +18,7 @@ import scipy.ndimage
 
 from aigc_jax import data as data_lib
 from aigc_jax.metrics import classifier as classifier_lib
+from aigc_jax.metrics import sample_metrics
 
 
 def variants(images: np.ndarray, seed: int = 1) -> dict[str, np.ndarray]:
@@ -46,12 +48,13 @@ def main():
   test, _ = data_lib.load_split(args.dataset, "test")
   train, _ = data_lib.load_split(args.dataset, "train")
   real = classifier.features(np.asarray(test)[:args.num])
-  rows = classifier_lib.floor_rows(len(train), args.num)  # the evaluation CLI's floor subset
+  rows = sample_metrics.floor_rows(len(train), args.num)  # the evaluation CLI's floor subset
   print(f"{args.num} images each vs {args.num} test images; classifier {classifier.path}")
   for name, images in variants(np.asarray(train)[rows]).items():
     fakes = np.clip(np.round(images), 0, 255).astype(np.uint8)
-    m = classifier_lib.evaluate_samples(classifier, fakes, real)
-    print(f"{name:32s} fid {m['fid']:6.2f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}")
+    m = sample_metrics.evaluate_samples(classifier, fakes, real)
+    print(f"{name:32s} fid {m['fid']:6.2f}  precision {m['precision']:.3f}  "
+          f"recall {m['recall']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """DCGAN for 28x28 Fashion-MNIST: dense to 7x7x128, two sub-pixel 2x upsamplings; strided-conv D.
 
-python experiments/dcgan_fashion_mnist.py --workdir runs/dcgan_fashion_mnist [--config.KEY=VALUE ...]
+python experiments/dcgan_fashion_mnist.py --workdir runs/dcgan_fashion_mnist \\
+  [--config.KEY=VALUE ...]
 """
 
 from aigc_jax import config as config_lib

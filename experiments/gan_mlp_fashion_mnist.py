@@ -1,6 +1,7 @@
 """MLP GAN (PyTorch-GAN's fully connected G and D, z=100, tanh output) on Fashion-MNIST.
 
-python experiments/gan_mlp_fashion_mnist.py --workdir runs/gan_mlp_fashion_mnist [--config.KEY=VALUE ...]
+python experiments/gan_mlp_fashion_mnist.py --workdir runs/gan_mlp_fashion_mnist \\
+  [--config.KEY=VALUE ...]
 """
 
 from aigc_jax import config as config_lib

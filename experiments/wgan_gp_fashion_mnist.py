@@ -3,7 +3,8 @@
 The critic uses spectral normalization instead of BatchNorm: a gradient penalty needs a critic
 that treats examples independently.
 
-python experiments/wgan_gp_fashion_mnist.py --workdir runs/wgan_gp_fashion_mnist [--config.KEY=VALUE ...]
+python experiments/wgan_gp_fashion_mnist.py --workdir runs/wgan_gp_fashion_mnist \\
+  [--config.KEY=VALUE ...]
 """
 
 from aigc_jax import config as config_lib
@@ -11,8 +12,8 @@ from aigc_jax import train
 
 
 def get_config():
-  return config_lib.get_config("dcgan", dataset="fashion_mnist", gan_loss="wasserstein", gp_weight=10.0,
-                               n_critic=5, spectral_norm=True, learning_rate=1e-4,
+  return config_lib.get_config("dcgan", dataset="fashion_mnist", gan_loss="wasserstein",
+                               gp_weight=10.0, n_critic=5, spectral_norm=True, learning_rate=1e-4,
                                adam_b1=0.0, adam_b2=0.9, batch_size=64, num_epochs=20)
 
 

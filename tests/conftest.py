@@ -4,9 +4,20 @@ The suite runs on CPU devices, also on a machine with a GPU or TPU, and so do th
 starts. A run that selects the `accelerator` tests (`-m accelerator`, or the environment variable
 AIGC_JAX_TEST_ACCELERATOR=1) keeps JAX's default backend instead; so does an explicit
 JAX_PLATFORMS. Tests marked `accelerator` skip unless the default backend is a GPU or TPU.
+
+Under pytest-xdist (`make test` runs `-n`), each worker is a process with its own session
+fixtures; what is expensive to build is built once per run in a directory that the workers share
+(`shared_tmp_dir`), under a file lock, and what a test may write into is copied per worker. The
+ports of the multi-host tests come from a block of ports that is the worker's own (`free_port`).
 """
 
+import contextlib
+import fcntl
+import itertools
 import os
+import pathlib
+import shutil
+import socket
 
 import jax
 import pytest
@@ -28,17 +39,87 @@ def has_fashion_mnist() -> bool:
       name.startswith("t10k-labels") for name in os.listdir(FASHION_DIR))
 
 
+def worker_index() -> int:
+  """This xdist worker's number (gw3 -> 3); 0 outside xdist."""
+  worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+  return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+def shared_tmp_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+  """The run's base temporary directory, shared by all xdist workers (each worker's own
+  basetemp is a subdirectory of it); the basetemp itself without xdist."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def file_lock(path: pathlib.Path):
+  """An exclusive lock on `path` (created) across processes, released on exit."""
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> pathlib.Path:
+  """`<shared tmp>/<name>`, filled by `build(path)` by the first worker that asks; the others
+  wait for it and reuse it. Treat it as read-only: copy it before writing into it."""
+  shared = shared_tmp_dir(tmp_path_factory)
+  path, done = shared / name, shared / f"{name}.done"
+  with file_lock(shared / f"{name}.lock"):
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)  # a build that failed part-way
+      path.mkdir()
+      build(path)
+      done.touch()
+  return path
+
+
 @pytest.fixture(name="cache_dir", scope="session")
 def fixture_cache_dir(tmp_path_factory):
   """A metrics cache whose default-recipe classifier is a quick stand-in (2 epochs on 2,048
-  images): point AIGC_JAX_CACHE here to evaluate GANs without the full classifier."""
-  from aigc_jax.metrics import classifier as clf_lib  # pylint: disable=g-import-not-at-top
-  cache = str(tmp_path_factory.mktemp("cache"))
-  variables, info = clf_lib.train(clf_lib.resolve_recipe(train_examples=2048, epochs=2),
-                                  progress=False)
-  clf_lib.save(clf_lib.cache_path(clf_lib.RECIPE, cache), variables,
-               {**info, "key": clf_lib.recipe_key(clf_lib.RECIPE)})
-  return cache
+  images): point AIGC_JAX_CACHE here to evaluate GANs without the full classifier.
+
+  Trained once per run; each xdist worker gets its own copy, since evaluations write their
+  floors beside the classifier."""
+  # pylint: disable=g-import-not-at-top
+  from aigc_jax.metrics import classifier as clf_lib
+  from aigc_jax.metrics import classifier_net as net_lib
+  from aigc_jax.metrics import classifier_train as train_lib
+
+  def build(cache):
+    variables, info = train_lib.train(net_lib.resolve_recipe(train_examples=2048, epochs=2),
+                                      progress=False)
+    clf_lib.save(clf_lib.cache_path(net_lib.RECIPE, cache), variables,
+                 {**info, "key": net_lib.recipe_key(net_lib.RECIPE)})
+
+  trained = build_once(tmp_path_factory, "stand_in_classifier_cache", build)
+  cache = tmp_path_factory.mktemp("cache")
+  shutil.copytree(trained, cache, dirs_exist_ok=True)
+  return str(cache)
+
+
+# Ports for processes that a test starts: each xdist worker has its own block, below the
+# kernel's ephemeral range (32768+ on Linux), so no two workers, and no port the kernel hands
+# out for bind(0) or connect(), can be the same.
+PORT_BASE, PORT_BLOCK = 20000, 250
+_next_port = itertools.count()
+
+
+def free_port() -> int:
+  """A port of this worker's block that is free now; successive calls cycle through the block."""
+  block = PORT_BASE + PORT_BLOCK * (worker_index() % 40)
+  for _ in range(PORT_BLOCK):
+    port = block + next(_next_port) % PORT_BLOCK
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+      except OSError:
+        continue
+    return port
+  raise RuntimeError(f"no free port in {block}..{block + PORT_BLOCK - 1}")
 
 
 needs_fashion_mnist = pytest.mark.skipif(

@@ -9,9 +9,8 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 2)  # 2 processes x 2 devices = the 4 of the reference
 
-from test_train import STEADY_ADAM, small_config  # noqa: E402  (tests/ is this script's directory)
-
 from aigc_jax import train  # noqa: E402
+from test_train import STEADY_ADAM, small_config  # noqa: E402  (tests/ is this script's directory)
 
 
 def main(idx_dir, workdir, mode, port, process_id):

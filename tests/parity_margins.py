@@ -10,9 +10,10 @@ each planted bug, which must exceed the limits.
 
 import os
 
-import conftest  # noqa: F401  (4 fake CPU devices)
 import numpy as np
 import pytest
+
+import conftest  # noqa: F401  (4 fake CPU devices)
 import test_parallel as tp
 
 
@@ -26,11 +27,9 @@ def worst(got, want, init):
 
 def adam_worst(got, want, init, learning_rate):
   moments, steps = 0.0, 0.0
-  for params, opt in tp.optimized_fields(want):
-    g_opt, w_opt, i_opt = (tp.adam_moments(getattr(s, opt)) for s in (got, want, init))
-    moments = max(moments, worst({opt: g_opt}, {opt: w_opt}, {opt: i_opt}))
-    for _, (g, w, m) in tp.float_leaves({params: getattr(got, params)},
-                                        {params: getattr(want, params)}, {params: w_opt[0]}):
+  for trees, params in tp.adam_trees(got, want, init):
+    moments = max(moments, worst(*trees))
+    for _, (g, w, m) in tp.float_leaves(*params):
       sure = np.abs(m) > tp.NOT_ZERO * np.abs(m).max()
       if sure.any():
         steps = max(steps, np.abs(g - w)[sure].max() / learning_rate)

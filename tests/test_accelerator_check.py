@@ -16,6 +16,7 @@ pytestmark = needs_fashion_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_tiny_accelerator_check_writes_every_part(cache_dir, tmp_path):
   out, cache = str(tmp_path / "check"), str(tmp_path / "cache")
   shutil.copytree(cache_dir, cache)  # its own copy: evaluation caches floors beside the classifier

@@ -52,8 +52,10 @@ def test_cpu_and_accelerator_formulations_train_the_same():
   data = batch("dcgan", config)
   want, want_metrics = jax.jit(cpu.train_step)(state, data)
   got, got_metrics = jax.jit(plain.train_step)(state, data)
-  for field in ("g_params", "d_params", "g_stats", "d_stats"):
-    chex.assert_trees_all_close(getattr(got, field), getattr(want, field), rtol=1e-4, atol=1e-6)
+  for name in ("g", "d"):
+    for field in ("params", "model_state"):
+      chex.assert_trees_all_close(getattr(got.players[name], field),
+                                  getattr(want.players[name], field), rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_close(got_metrics, want_metrics, rtol=1e-4, atol=1e-5)
 
 
@@ -67,7 +69,7 @@ def test_gradient_penalty_is_the_same_with_both_d_convolutions():
                                                 batch("dcgan", config)))
   (a, a_metrics), (b, b_metrics) = states
   assert float(a_metrics["gp"]) > 0
-  chex.assert_trees_all_close(a.d_params, b.d_params, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(a.players["d"].params, b.players["d"].params, rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_close(a_metrics, b_metrics, rtol=1e-4, atol=1e-5)
 
 
@@ -87,6 +89,7 @@ def dtypes_of_products(fn, *args):
 
 
 @pytest.mark.parametrize("model", MODELS)
+@pytest.mark.slow
 def test_bfloat16_step_computes_in_bfloat16_and_keeps_float32_state(model):
   products = {}
   for dtype in ("float32", "bfloat16"):
@@ -103,6 +106,7 @@ def test_bfloat16_step_computes_in_bfloat16_and_keeps_float32_state(model):
 
 
 @pytest.mark.parametrize("model", MODELS)
+@pytest.mark.slow
 def test_bfloat16_training_learns(model):
   """VAEs: the loss on a fixed batch falls. GANs, G frozen: D learns to tell reals from fakes."""
   gan = model in ("gan_mlp", "dcgan")

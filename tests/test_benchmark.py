@@ -1,7 +1,9 @@
-"""The benchmark command on every model, and the PyTorch references against the JAX models.
+"""The benchmark command (aigc_jax.bench) on the compared models, and the PyTorch references
+against the JAX models.
 
 The tests that need PyTorch (the bench extra) take the `torch` or `torch_reference` fixture and
-are skipped where it is not installed; the rest run without it.
+are skipped where it is not installed; the rest run without it. The references cover
+`torch_reference.MODELS` only: a preset outside it needs none.
 """
 
 import json
@@ -13,15 +15,19 @@ import sys
 import jax
 import pytest
 
-from aigc_jax import benchmark
 from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import state as state_lib
-from aigc_jax import step_profile
+from aigc_jax.bench import cli
+from aigc_jax.bench import presets
+from aigc_jax.bench import report
+from aigc_jax.bench import step_profile
+from aigc_jax.bench import timing
+from aigc_jax.bench import torch_reference as reference_lib
 from aigc_jax.models import gan as gan_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = benchmark.model_names()
+MODELS = reference_lib.MODELS  # the presets with a PyTorch reference
 TORCH_KEYS = {"torch_step_ms", "speedup_vs_torch", "torch_device"}
 KEYS = {"model", "batch", "devices", "backend", "device_kind", "dtype", "compile_s", "step_ms",
         "step_ms_min", "step_ms_max", "images_per_s", "gflop_per_step", "gflops", "peak_gflops",
@@ -37,8 +43,8 @@ def torch_module():
 
 @pytest.fixture(name="torch_reference")
 def torch_reference_module(torch):  # pylint: disable=unused-argument
-  from aigc_jax import torch_reference  # pylint: disable=g-import-not-at-top
-  return torch_reference
+  """aigc_jax.bench.torch_reference, whose `build` needs PyTorch."""
+  return reference_lib
 
 
 def assert_cpu_machine(result):
@@ -47,18 +53,20 @@ def assert_cpu_machine(result):
   assert result["dtype"] == "float32"
 
 
-def test_the_issues_models_are_presets():
+def test_the_compared_models_are_presets_with_a_reference():
   assert {"gan_mlp", "dcgan", "cgan", "wgan_gp", "sngan_hinge", "vae_mlp", "vae_conv",
-          "cvae"} <= set(MODELS)
+          "cvae"} <= set(MODELS) <= set(presets.model_names())
+  assert {cli.parse_run(run)[0] for run in cli.TABLE_RUNS} <= set(MODELS)  # `make bench` --torch
 
 
 def test_mlp_gan_is_gan_mlp():
-  assert benchmark.bench_config("mlp_gan").to_dict() == benchmark.bench_config("gan_mlp").to_dict()
+  assert presets.bench_config("mlp_gan").to_dict() == presets.bench_config("gan_mlp").to_dict()
 
 
 @pytest.mark.parametrize("model", MODELS)
+@pytest.mark.slow
 def test_command_prints_json_with_the_required_keys(model, capsys, torch_reference):
-  benchmark.main(["--model", model, "--torch", "--json", "--steps-per-call", "1", *TINY])
+  cli.main(["--model", model, "--torch", "--json", "--steps-per-call", "1", *TINY])
   result = json.loads(capsys.readouterr().out)
   assert set(result) == KEYS
   assert result["model"] == model
@@ -68,7 +76,7 @@ def test_command_prints_json_with_the_required_keys(model, capsys, torch_referen
   assert 0 < result["step_ms_min"] <= result["step_ms"] <= result["step_ms_max"]
   assert result["gflop_per_step"] > 0 and result["torch_step_ms"] > 0
   assert 0 < result["fraction_of_peak"] < 1.5
-  config = benchmark.bench_config(model)  # real images per step: 4 per batch, n batches
+  config = presets.bench_config(model)  # real images per step: 4 per batch, n batches
   per_step = 4 * families.get(config.model).batches_per_step(config)
   step_ms = result["step_ms"]  # rounded to 1e-3 ms, which is coarse for a fast step
   assert (per_step * 1e3 / (step_ms + 5e-4) - 0.05 <= result["images_per_s"]
@@ -79,8 +87,9 @@ def test_command_prints_json_with_the_required_keys(model, capsys, torch_referen
 
 
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+@pytest.mark.slow
 def test_data_parallel_modes_use_every_device(mode, capsys):
-  benchmark.main(["--model", "vae_mlp", "--json", "--parallel", mode, "--batch", "8",
+  cli.main(["--model", "vae_mlp", "--json", "--parallel", mode, "--batch", "8",
                   "--steps", "2", "--warmup", "1", "--peak-size", "256"])
   result = json.loads(capsys.readouterr().out)
   assert result["devices"] == 4 and result["batch"] == 8  # the global batch, 2 per device
@@ -89,12 +98,12 @@ def test_data_parallel_modes_use_every_device(mode, capsys):
 
 def test_table_and_human_readable_output(tmp_path, capsys):
   out = tmp_path / "RESULTS.md"
-  benchmark.main(["--table", str(out), "--models", "vae_mlp:8", "--steps-per-call", "2",
+  cli.main(["--table", str(out), "--models", "vae_mlp:8", "--steps-per-call", "2",
                   *TINY[2:]])
   text = out.read_text()
   assert "| vae_mlp | 8 |" in text and "cores; jax" in text
   machine = next(line for line in text.splitlines() if "Machine:" in line)
-  assert f"Machine: {benchmark.cpu_model()}, {os.cpu_count()} cores; jax" in machine
+  assert f"Machine: {report.cpu_model()}, {os.cpu_count()} cores; jax" in machine
   assert "on XLA:cpu" in machine
   assert "MLP GAN b64: >= 3x PyTorch: not measured" in text
   printed = capsys.readouterr().out
@@ -112,10 +121,28 @@ def test_table_and_human_readable_output(tmp_path, capsys):
 ])
 def test_bad_arguments_exit_2_with_one_error_line(argv, message, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    benchmark.main(argv)
+    cli.main(argv)
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
-  assert message in err and len([l for l in err.splitlines() if "error:" in l]) == 1
+  assert message in err and len([line for line in err.splitlines() if "error:" in line]) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "dcgan", "--torch"], "error: no PyTorch reference for model dcgan; --torch"),
+    (["--table", "unused.md", "--models", "gan_mlp:4", "dcgan:4", "--torch-compile"],
+     "error: no PyTorch reference for model dcgan; "),
+    (["--model", "mlp_gan", "--torch", "--config.r1_gamma=1.0"],
+     "error: no PyTorch reference for model gan_mlp with this config: "),
+])
+def test_torch_without_a_reference_exits_2_before_timing(argv, message, monkeypatch, capsys):
+  """Needs no torch: the reference's coverage is checked before anything is timed."""
+  monkeypatch.setattr(reference_lib, "MODELS", ("gan_mlp",))
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(argv)
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and message in captured.err
+  assert len([line for line in captured.err.splitlines() if "error:" in line]) == 1
 
 
 def test_runs_as_a_module():
@@ -129,14 +156,12 @@ def jax_param_count(config) -> int:
   info = data_lib.DATASETS[config.dataset]
   state = jax.eval_shape(families.get(config.model).build(config, info).init,
                          jax.random.PRNGKey(0))
-  if hasattr(state, "g_params"):
-    return state_lib.count_params(state.g_params) + state_lib.count_params(state.d_params)
-  return state_lib.count_params(state.params)
+  return sum(state_lib.count_params(player.params) for player in state.players.values())
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_torch_reference_has_the_jax_models_parameter_count(model, torch_reference):
-  config = benchmark.experiment_config(model)
+  config = presets.experiment_config(model)
   reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
   assert torch_reference.count_params(reference) == jax_param_count(config)
 
@@ -145,7 +170,7 @@ def test_torch_reference_has_the_jax_models_parameter_count(model, torch_referen
 def test_torch_reference_is_made_on_the_default_device(model, torch, torch_reference):
   """The benchmark puts the reference on a GPU by making it under `torch.device`: every module,
   the EMA copy included, must take its tensors from that default."""
-  config = benchmark.experiment_config(model)
+  config = presets.experiment_config(model)
   with torch.device("meta"):
     reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
   modules = [*reference.modules, *([reference.ema] if reference.ema is not None else [])]
@@ -158,7 +183,7 @@ def test_torch_reference_is_made_on_the_default_device(model, torch, torch_refer
 def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_features,
                                                                    d_features, torch,
                                                                    torch_reference):
-  config = benchmark.experiment_config("dcgan")
+  config = presets.experiment_config("dcgan")
   config.upsample, config.g_final_features = mode, final_features
   config.d_base_features = d_features
   reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
@@ -170,7 +195,7 @@ def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_f
 @pytest.mark.parametrize("label_mode", gan_models.LABEL_MODES)
 def test_torch_conditional_generators_have_the_jax_parameter_count_per_label_mode(
     model, label_mode, torch, torch_reference):
-  config = benchmark.experiment_config(model)
+  config = presets.experiment_config(model)
   config.conditional, config.label_mode = True, label_mode
   reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
   assert torch_reference.count_params(reference) == jax_param_count(config)
@@ -181,11 +206,11 @@ def test_torch_conditional_generators_have_the_jax_parameter_count_per_label_mod
 @pytest.mark.parametrize("model", MODELS)
 def test_torch_step_trains_every_module(model, torch, torch_reference):
   torch.manual_seed(0)
-  config = benchmark.experiment_config(model)
+  config = presets.experiment_config(model)
   info = data_lib.DATASETS[config.dataset]
   reference = torch_reference.build(config, info, total_steps=10)
   before = [[p.detach().clone() for p in m.parameters()] for m in reference.modules]
-  images, labels = benchmark.synthetic_split(info, 8)
+  images, labels = timing.synthetic_split(info, 8)
   loss = reference.step(torch.from_numpy(images).permute(0, 3, 1, 2),
                         torch.from_numpy(labels).long())
   assert math.isfinite(loss)
@@ -194,7 +219,7 @@ def test_torch_step_trains_every_module(model, torch, torch_reference):
 
 
 def test_epoch_timing_keys(capsys):
-  benchmark.main(["--model", "vae_mlp", "--json", "--steps-per-call", "2", "--epoch",
+  cli.main(["--model", "vae_mlp", "--json", "--steps-per-call", "2", "--epoch",
                   "--images", "64", *TINY])
   result = json.loads(capsys.readouterr().out)
   assert set(result) == KEYS - TORCH_KEYS | {"epoch_s", "epoch_steps", "epoch_vs_steps"}
@@ -207,21 +232,21 @@ def test_epoch_timing_keys(capsys):
   high = (epoch_ms + 5e-4) / (step_ms - 5e-4) / 16 + 5e-4
   assert low <= result["epoch_vs_steps"] <= high
   with pytest.raises(SystemExit):
-    benchmark.main(["--model", "vae_mlp", "--steps-per-call", "20", "--images", "64", *TINY])
+    cli.main(["--model", "vae_mlp", "--steps-per-call", "20", "--images", "64", *TINY])
   assert "--images 64 is less than one call's 4 x 20 images" in capsys.readouterr().err
 
 
 def test_peak_is_measured_at_float32_highest_precision(monkeypatch):
   a = jax.numpy.ones((8, 8), jax.numpy.float32)
-  assert "HIGHEST" in jax.jit(benchmark.peak_matmul).lower(a, a).as_text()
-  measured, calls = benchmark.peak_matmul, []
+  assert "HIGHEST" in jax.jit(timing.peak_matmul).lower(a, a).as_text()
+  measured, calls = timing.peak_matmul, []
 
   def recording(x, y):
     calls.append((x.dtype, x.shape, y.shape))
     return measured(x, y)
 
-  monkeypatch.setattr(benchmark, "peak_matmul", recording)
-  assert benchmark.peak_gflops.__wrapped__(64, 1) > 0  # not the cached value
+  monkeypatch.setattr(timing, "peak_matmul", recording)
+  assert timing.peak_gflops.__wrapped__(64, 1) > 0  # not the cached value
   assert calls == [(jax.numpy.float32, (64, 64), (64, 64))]  # traced once, then cached by jit
 
 
@@ -230,9 +255,9 @@ def test_machine_line_names_the_accelerator_off_cpu(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(jax, "devices", lambda *args: [device])
   monkeypatch.setattr(jax, "device_count", lambda *args: 1)
-  line = benchmark.machine_line(0.0)
+  line = report.machine_line(0.0)
   assert line.startswith(f"1 x NVIDIA H200, {os.cpu_count()} host cores; jax ")
-  assert "on XLA:gpu" in line and benchmark.cpu_model() not in line
+  assert "on XLA:gpu" in line and report.cpu_model() not in line
 
 
 def test_step_profile_names_the_ops_of_the_compiled_step():
@@ -247,26 +272,27 @@ def test_step_profile_names_the_ops_of_the_compiled_step():
   assert text.startswith(f"top {min(2, len(ops))} of {len(ops)} ops") and ops[0].name in text
 
 
+@pytest.mark.slow
 def test_benchmark_profile_flag(capsys):
-  benchmark.main(["--model", "gan_mlp", "--json", "--steps-per-call", "1", "--profile", "3", *TINY])
+  cli.main(["--model", "gan_mlp", "--json", "--steps-per-call", "1", "--profile", "3", *TINY])
   captured = capsys.readouterr()
   assert json.loads(captured.out)["model"] == "gan_mlp"
   assert "top 3 of" in captured.err and "ms" in captured.err
 
 
 def test_config_overrides_reach_the_benchmarked_config():
-  config = benchmark.bench_config("dcgan", overrides=["--config.upsample=transpose",
+  config = presets.bench_config("dcgan", overrides=["--config.upsample=transpose",
                                                       "--config.spectral_norm=true",
                                                       "--config.n_critic=3"])
   assert (config.upsample, config.spectral_norm, config.n_critic) == ("transpose", True, 3)
   for bad, message in [("--config.upsampel=x", "did you mean 'upsample'"),
                        ("--config.n_critic=abc", "not a int"), ("--bogus", "--config.KEY=VALUE")]:
-    with pytest.raises(benchmark.BenchmarkError, match=message):
-      benchmark.bench_config("dcgan", overrides=[bad])
+    with pytest.raises(presets.BenchmarkError, match=message):
+      presets.bench_config("dcgan", overrides=[bad])
 
 
 def test_batch_sweep_runs_every_batch(capsys):
-  benchmark.main(["--model", "vae_mlp", "--json", "--batch", "4", "8", "--steps-per-call", "1",
+  cli.main(["--model", "vae_mlp", "--json", "--batch", "4", "8", "--steps-per-call", "1",
                   *TINY[2:]])
   results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r["batch"] for r in results] == [4, 8]
@@ -275,9 +301,10 @@ def test_batch_sweep_runs_every_batch(capsys):
 
 def test_torch_compile_times_the_compiled_reference(capsys, torch):
   torch._dynamo.reset()  # pylint: disable=protected-access
-  benchmark.main(["--model", "vae_mlp", "--json", "--torch-compile", *TINY])
+  cli.main(["--model", "vae_mlp", "--json", "--torch-compile", *TINY])
   result = json.loads(capsys.readouterr().out)
-  graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # pylint: disable=protected-access
+  counters = torch._dynamo.utils.counters  # pylint: disable=protected-access
+  graphs = counters["stats"]["unique_graphs"]
   assert graphs >= 2  # encode and decode were compiled
   assert set(result) == KEYS - TORCH_KEYS | {"torch_compile_step_ms", "speedup_vs_torch_compile",
                                              "torch_compile_s"}
@@ -289,8 +316,9 @@ def test_torch_compile_times_the_compiled_reference(capsys, torch):
 @pytest.mark.parametrize("model,d_compiled", [("dcgan", True), ("wgan_gp", False)])
 def test_torch_compile_leaves_d_eager_only_under_a_gradient_penalty(model, d_compiled,
                                                                      torch_reference):
-  config = benchmark.experiment_config(model)
+  config = presets.experiment_config(model)
   reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
   reference.compile()
-  assert reference.g._compiled_call_impl is not None  # pylint: disable=protected-access
-  assert (reference.d._compiled_call_impl is not None) == d_compiled  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  assert reference.g._compiled_call_impl is not None
+  assert (reference.d._compiled_call_impl is not None) == d_compiled

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from aigc_jax.checkpoint import CheckpointError, Checkpoints
-from aigc_jax.state import TrainState
+from aigc_jax.checkpoint import CheckpointError
+from aigc_jax.checkpoint import Checkpoints
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """A small train state with pytree fields and static ones, as the families' states have."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any
+  rng: jax.Array
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
 def _apply(params, x):

@@ -11,9 +11,13 @@ import jax
 import numpy as np
 import pytest
 
+from aigc_jax import data as data_lib
 from aigc_jax.metrics import classifier as clf_lib
+from aigc_jax.metrics import classifier_net as net_lib
+from aigc_jax.metrics import classifier_train as train_lib
+from aigc_jax.metrics import sample_metrics as sm_lib
 
-TINY = clf_lib.resolve_recipe(conv_features=(4, 8), dense_features=16, epochs=1, batch_size=50,
+TINY = net_lib.resolve_recipe(conv_features=(4, 8), dense_features=16, epochs=1, batch_size=50,
                               dropout=0.0)
 
 
@@ -32,18 +36,18 @@ def eval_images(n=30):
 
 @pytest.fixture(name="fake_data")
 def fixture_fake_data(monkeypatch):
-  monkeypatch.setattr(clf_lib.data_lib, "load_split", synthetic_split)
+  monkeypatch.setattr(data_lib, "load_split", synthetic_split)
 
 
 def count_trainings(monkeypatch):
   calls = []
-  real_train = clf_lib.train
+  real_train = train_lib.train
 
   def counting_train(*args, **kwargs):
     calls.append(1)
     return real_train(*args, **kwargs)
 
-  monkeypatch.setattr(clf_lib, "train", counting_train)
+  monkeypatch.setattr(train_lib, "train", counting_train)
   return calls
 
 
@@ -56,24 +60,24 @@ def fixture_trained(tmp_path_factory):
   """(cache_dir, classifier, features of `eval_images()`): one tiny training for the module."""
   cache = tmp_path_factory.mktemp("cache")
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(clf_lib.data_lib, "load_split", synthetic_split)
+    mp.setattr(data_lib, "load_split", synthetic_split)
     clf = clf_lib.load_or_train(cache_dir=cache, recipe=TINY, progress=False)
   return cache, clf, clf.features(eval_images())
 
 
 def test_recipe_key_tracks_the_recipe():
-  key = clf_lib.recipe_key(clf_lib.RECIPE)
-  assert len(key) == 12 and key == clf_lib.recipe_key(dict(clf_lib.RECIPE))
-  assert clf_lib.recipe_key(clf_lib.resolve_recipe(conv_features=[32, 64, 128])) == key
+  key = net_lib.recipe_key(net_lib.RECIPE)
+  assert len(key) == 12 and key == net_lib.recipe_key(dict(net_lib.RECIPE))
+  assert net_lib.recipe_key(net_lib.resolve_recipe(conv_features=[32, 64, 128])) == key
   for change in [dict(epochs=5), dict(learning_rate=1e-4), dict(conv_features=(32, 32)),
                  dict(seed=1), dict(dataset="mnist")]:
-    assert clf_lib.recipe_key(clf_lib.resolve_recipe(**change)) != key, change
+    assert net_lib.recipe_key(net_lib.resolve_recipe(**change)) != key, change
   with pytest.raises(ValueError, match="unknown classifier recipe key 'epoch'"):
-    clf_lib.resolve_recipe(epoch=3)
+    net_lib.resolve_recipe(epoch=3)
 
 
 def test_cache_path_from_argument_env_and_home(monkeypatch, tmp_path):
-  key = clf_lib.recipe_key(TINY)
+  key = net_lib.recipe_key(TINY)
   assert clf_lib.cache_path(TINY, tmp_path) == os.path.join(tmp_path, "classifier",
                                                             f"fashion_mnist-{key}")
   monkeypatch.setenv(clf_lib.CACHE_ENV, str(tmp_path / "env"))
@@ -84,12 +88,12 @@ def test_cache_path_from_argument_env_and_home(monkeypatch, tmp_path):
 
 def test_to_input():
   x = np.array([[[0, 255], [51, 102]]], np.uint8)
-  out = clf_lib.to_input(x)
+  out = net_lib.to_input(x)
   assert out.shape == (1, 2, 2, 1) and out.dtype == np.float32
   np.testing.assert_allclose(out[0, :, :, 0], [[0.0, 1.0], [0.2, 0.4]], rtol=1e-6)
-  np.testing.assert_array_equal(clf_lib.to_input(out), out)
+  np.testing.assert_array_equal(net_lib.to_input(out), out)
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
-    clf_lib.to_input(out * 2 - 1)
+    net_lib.to_input(out * 2 - 1)
 
 
 def test_train_then_features_shapes_and_cache_files(trained):
@@ -102,7 +106,7 @@ def test_train_then_features_shapes_and_cache_files(trained):
   assert clf.path == path and sorted(os.listdir(path)) == ["info.json", "params.npz"]
   with open(os.path.join(path, "info.json")) as f:
     info = json.load(f)
-  assert info["key"] == clf_lib.recipe_key(TINY) and info["test_accuracy"] == clf.test_accuracy
+  assert info["key"] == net_lib.recipe_key(TINY) and info["test_accuracy"] == clf.test_accuracy
   # Padded fixed-size batches: a prefix alone gives the same features.
   np.testing.assert_allclose(clf.features(eval_images(3)), feats[:3], rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match=r"takes \(28, 28, 1\) images"):
@@ -113,14 +117,14 @@ def test_train_then_features_shapes_and_cache_files(trained):
 
 def test_second_call_loads_from_the_cache(trained, monkeypatch):
   cache, clf, feats = trained
-  monkeypatch.setattr(clf_lib, "train", no_training)
+  monkeypatch.setattr(train_lib, "train", no_training)
   again = clf_lib.load_or_train(cache_dir=cache, recipe=TINY, progress=False)  # no_training: cached
   assert again.test_accuracy == clf.test_accuracy
   np.testing.assert_array_equal(again.features(eval_images()), feats)
 
 
 def write_corrupt_cache(path, variables, corrupt):
-  clf_lib.save(path, variables, {"key": clf_lib.recipe_key(TINY), "test_accuracy": 0.5})
+  clf_lib.save(path, variables, {"key": net_lib.recipe_key(TINY), "test_accuracy": 0.5})
   params, info = os.path.join(path, "params.npz"), os.path.join(path, "info.json")
   if corrupt == "truncated_params":
     with open(params, "r+b") as f:
@@ -131,12 +135,12 @@ def write_corrupt_cache(path, variables, corrupt):
   elif corrupt == "other_recipe_info":
     clf_lib.save(path, variables, {"key": "0123456789ab", "test_accuracy": 0.5})
   elif corrupt == "other_widths_params":
-    other = clf_lib.CNN((4, 8), dense_features=8).init(jax.random.PRNGKey(0),
+    other = net_lib.CNN((4, 8), dense_features=8).init(jax.random.PRNGKey(0),
                                                        np.zeros((1, 28, 28, 1)))
-    clf_lib.save(path, other, {"key": clf_lib.recipe_key(TINY), "test_accuracy": 0.5})
+    clf_lib.save(path, other, {"key": net_lib.recipe_key(TINY), "test_accuracy": 0.5})
   elif corrupt == "nan_params":
     bad = jax.tree.map(lambda x: np.full_like(x, np.nan), variables)
-    clf_lib.save(path, bad, {"key": clf_lib.recipe_key(TINY), "test_accuracy": 0.5})
+    clf_lib.save(path, bad, {"key": net_lib.recipe_key(TINY), "test_accuracy": 0.5})
 
 
 @pytest.mark.parametrize("corrupt", ["truncated_params", "garbage_info", "other_recipe_info",
@@ -160,7 +164,7 @@ def test_corrupt_cache_retrains_with_a_warning(trained, tmp_path, monkeypatch, f
   assert calls == [1]
   # Training is deterministic: the retrained classifier is the one trained before.
   np.testing.assert_allclose(retrained.features(eval_images()), feats, rtol=1e-5, atol=1e-5)
-  monkeypatch.setattr(clf_lib, "train", no_training)  # and the repaired cache now loads
+  monkeypatch.setattr(train_lib, "train", no_training)  # and the repaired cache now loads
   assert clf_lib.load_or_train(cache_dir=tmp_path, recipe=TINY,
                                progress=False).test_accuracy == retrained.test_accuracy
 
@@ -169,7 +173,7 @@ def test_evaluate_samples_and_floors(trained):
   _, clf, _ = trained
   images, labels = synthetic_split("fashion_mnist", "test")
   kwargs = dict(kid_subsets=5, kid_subset_size=100, is_splits=2)
-  same = clf_lib.evaluate_samples(clf, images[:250], clf.features(images[:250]), labels[:250],
+  same = sm_lib.evaluate_samples(clf, images[:250], clf.features(images[:250]), labels[:250],
                                   **kwargs)
   assert set(same) == {"fid", "kid", "kid_std", "precision", "recall", "is", "is_std",
                        "label_acc"}
@@ -180,13 +184,13 @@ def test_evaluate_samples_and_floors(trained):
   # Real vs noise: every distance is far worse than the floor of real vs real.
   real = clf.features(images[250:])
   noise = np.random.default_rng(0).integers(0, 256, (250, 28, 28, 1)).astype(np.uint8)
-  bad = clf_lib.evaluate_samples(clf, noise, real, **kwargs)
+  bad = sm_lib.evaluate_samples(clf, noise, real, **kwargs)
   assert "label_acc" not in bad
-  floor = clf_lib.floors(clf, images[:250], real, labels[:250], num_train=200, **kwargs)
+  floor = sm_lib.floors(clf, images[:250], real, labels[:250], num_train=200, **kwargs)
   assert bad["fid"] > 5 * floor["fid"] and bad["kid"] > 5 * floor["kid"]
   assert bad["precision"] < floor["precision"]
   with pytest.raises(ValueError, match=r"classifier.features\(real_images\)"):
-    clf_lib.evaluate_samples(clf, noise, images[250:], **kwargs)  # images, not features
+    sm_lib.evaluate_samples(clf, noise, images[250:], **kwargs)  # images, not features
 
 
 def test_floors_are_cached_beside_the_classifier(trained, tmp_path, monkeypatch):
@@ -194,30 +198,30 @@ def test_floors_are_cached_beside_the_classifier(trained, tmp_path, monkeypatch)
   images, labels = synthetic_split("fashion_mnist", "test")
   train_images, real = images[:300], clf.features(images[300:])
   kwargs = dict(kid_subsets=5, kid_subset_size=100, is_splits=2)
-  local = clf_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe,
+  local = net_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe,
                              str(tmp_path))
-  first = clf_lib.floors(local, train_images, real, labels[:300], num_train=200, **kwargs)
+  first = sm_lib.floors(local, train_images, real, labels[:300], num_train=200, **kwargs)
   # Computed exactly as a model's metrics: evaluate_samples of the same-size train subset.
   idx = np.sort(np.random.default_rng(0).choice(300, 200, replace=False))
-  assert first == clf_lib.evaluate_samples(clf, train_images[idx], real, labels[idx], **kwargs)
+  assert first == sm_lib.evaluate_samples(clf, train_images[idx], real, labels[idx], **kwargs)
   [cached] = [name for name in os.listdir(tmp_path) if name.startswith("floors-")]
 
   def no_features(*args, **kwargs):
     raise AssertionError("recomputed floors that are cached")
 
   with monkeypatch.context() as mp:
-    mp.setattr(clf_lib.Classifier, "features_and_logits", no_features)
-    assert clf_lib.floors(local, train_images, real, labels[:300], num_train=200,
+    mp.setattr(net_lib.Classifier, "features_and_logits", no_features)
+    assert sm_lib.floors(local, train_images, real, labels[:300], num_train=200,
                           **kwargs) == first
   # Another size, other real features or other options: other entries, other values.
-  fewer = clf_lib.floors(local, train_images, real, labels[:300], num_train=100, **kwargs)
+  fewer = sm_lib.floors(local, train_images, real, labels[:300], num_train=100, **kwargs)
   assert fewer != first
-  clf_lib.floors(local, train_images, real[:150], labels[:300], num_train=200, **kwargs)
-  clf_lib.floors(local, train_images, real, num_train=200, **kwargs)
+  sm_lib.floors(local, train_images, real[:150], labels[:300], num_train=200, **kwargs)
+  sm_lib.floors(local, train_images, real, num_train=200, **kwargs)
   assert len([n for n in os.listdir(tmp_path) if n.startswith("floors-")]) == 4
   # A corrupt entry is recomputed with a warning.
   with open(tmp_path / cached, "w") as f:
     f.write("{not json")
   with pytest.warns(RuntimeWarning, match="unreadable"):
-    assert clf_lib.floors(local, train_images, real, labels[:300], num_train=200,
+    assert sm_lib.floors(local, train_images, real, labels[:300], num_train=200,
                           **kwargs) == first

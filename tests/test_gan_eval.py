@@ -22,9 +22,11 @@ from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.evaluate import evaluate_workdir
 from aigc_jax.metrics import classifier as clf_lib
+from aigc_jax.metrics import classifier_net as net_lib
+from aigc_jax.metrics import sample_metrics as sm_lib
 from conftest import needs_fashion_mnist
 
-pytestmark = needs_fashion_mnist
+pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVAL_EVERY, EVAL_SAMPLES = 120, 60, 500
@@ -58,13 +60,13 @@ def fixture_run(cache_dir, tmp_path_factory):
 
 def spy_on_classifier(monkeypatch):
   """The image batches given to Classifier.features_and_logits, in call order."""
-  calls, real = [], clf_lib.Classifier.features_and_logits
+  calls, real = [], net_lib.Classifier.features_and_logits
 
   def spy(self, images):
     calls.append(np.asarray(images))
     return real(self, images)
 
-  monkeypatch.setattr(clf_lib.Classifier, "features_and_logits", spy)
+  monkeypatch.setattr(net_lib.Classifier, "features_and_logits", spy)
   return calls
 
 
@@ -105,10 +107,10 @@ def test_evaluate_command_prints_each_metric_with_its_floor(run, cache):
   # computed here without the cache the command wrote beside the classifier.
   clf = clf_lib.load_or_train(progress=False)
   assert any(name.startswith("floors-") for name in os.listdir(clf.path))
-  uncached = clf_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe)
+  uncached = net_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe)
   test_images = data_lib.load_split("fashion_mnist", "test")[0][:300]
   train_images = data_lib.load_split("fashion_mnist", "train")[0]
-  floors = clf_lib.floors(uncached, train_images, clf.features(test_images), num_train=300)
+  floors = sm_lib.floors(uncached, train_images, clf.features(test_images), num_train=300)
   for name in ("fid", "kid", "precision", "recall", "is"):
     assert result[f"{name}_floor"] == pytest.approx(floors[name], rel=1e-6), name
 

@@ -8,7 +8,7 @@ import pytest
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
-
+from aigc_jax.families import gan_step
 from test_train import STEADY_ADAM
 
 INFO = data_lib.DATASETS["fashion_mnist"]
@@ -30,15 +30,16 @@ def max_change(a, b):
              zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.slow
 def test_discriminator_update_leaves_generator_alone_and_vice_versa():
   trainable, state = make(learning_rate=1e-30, d_learning_rate=1e-3)  # G frozen, D learns
   new, _ = jax.jit(trainable.train_step)(state, batch())
-  assert max_change(new.g_params, state.g_params) < 1e-20
-  assert max_change(new.d_params, state.d_params) > 1e-4
+  assert max_change(new.players["g"].params, state.players["g"].params) < 1e-20
+  assert max_change(new.players["d"].params, state.players["d"].params) > 1e-4
   trainable, state = make(learning_rate=1e-3, d_learning_rate=1e-30)  # D frozen, G learns
   new, _ = jax.jit(trainable.train_step)(state, batch())
-  assert max_change(new.d_params, state.d_params) < 1e-20
-  assert max_change(new.g_params, state.g_params) > 1e-4
+  assert max_change(new.players["d"].params, state.players["d"].params) < 1e-20
+  assert max_change(new.players["g"].params, state.players["g"].params) > 1e-4
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
@@ -49,7 +50,7 @@ def test_cosine_schedule_reaches_zero_after_total_steps(schedule):
   step = jax.jit(trainable.train_step)
   first, _ = step(trainable.init(jax.random.PRNGKey(0)), batch())
   second, _ = step(first, batch())
-  moved = min(max_change(second.g_params, first.g_params), max_change(second.d_params, first.d_params))
+  moved = min(max_change(second.players[p].params, first.players[p].params) for p in "gd")
   assert (moved < 1e-9) if schedule == "cosine" else (moved > 1e-5)  # cos(pi) may be 1 ulp off
 
 
@@ -59,8 +60,9 @@ def test_ema_follows_the_formula_with_its_warm_up(step, decay):
   state = state.replace(step=jnp.asarray(step, jnp.int32))
   new, _ = jax.jit(trainable.train_step)(state, batch())
   expected = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params,
-                                    new.g_params)
-  for got, want in zip(jax.tree_util.tree_leaves(new.ema_params), jax.tree_util.tree_leaves(expected)):
+                                    new.players["g"].params)
+  for got, want in zip(jax.tree_util.tree_leaves(new.ema_params),
+                       jax.tree_util.tree_leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
@@ -73,6 +75,7 @@ def test_ema_follows_the_formula_with_its_warm_up(step, decay):
     ("dcgan", dict(gan_loss="wasserstein", gp_weight=10.0, d_batchnorm=False)),
     ("dcgan", dict(rotation_d_weight=1.0, rotation_g_weight=0.2, g_topk=0.5, cr_weight=10.0)),
 ])
+@pytest.mark.slow
 def test_variants_train_and_sample(model, overrides):
   trainable, state = make(model, **overrides)
   step = jax.jit(trainable.train_step)
@@ -92,9 +95,10 @@ def test_variants_train_and_sample(model, overrides):
 def test_label_mode_reaches_the_generator(label_mode, z_width):
   """'concat' feeds [z, embed(y)] (twice z's width) to G's first layer; 'multiply' z * embed(y)."""
   _, state = make("dcgan", conditional=True, label_mode=label_mode)
-  assert state.g_params["Dense_0"]["kernel"].shape[0] == z_width
+  assert state.players["g"].params["Dense_0"]["kernel"].shape[0] == z_width
 
 
+@pytest.mark.slow
 def test_rotation_loss_teaches_d_the_rotations_and_g_weight_moves_only_g():
   """SS-GAN: D's rotation head learns the turns of a fixed real batch (G frozen); the G-side
   weight leaves D's update as without it and changes G's."""
@@ -113,8 +117,8 @@ def test_rotation_loss_teaches_d_the_rotations_and_g_weight_moves_only_g():
   new0, m0 = jax.jit(d_only.train_step)(state0, batch())
   new1, m1 = jax.jit(both.train_step)(state1, batch())
   assert "g_rotation_loss" in m1 and "g_rotation_loss" not in m0
-  assert max_change(new1.d_params, new0.d_params) < 1e-6
-  assert max_change(new1.g_params, new0.g_params) > 1e-5
+  assert max_change(new1.players["d"].params, new0.players["d"].params) < 1e-6
+  assert max_change(new1.players["g"].params, new0.players["g"].params) > 1e-5
 
 
 def test_g_topk_gives_g_the_gradient_of_the_top_rated_fakes_only():
@@ -127,7 +131,7 @@ def test_g_topk_gives_g_the_gradient_of_the_top_rated_fakes_only():
     results.append(jax.jit(trainable.train_step)(state, batch()))
   (all_state, all_metrics), (top_state, top_metrics) = results
   assert float(top_metrics["g_loss"]) < float(all_metrics["g_loss"])
-  assert max_change(top_state.g_params, all_state.g_params) > 1e-5
+  assert max_change(top_state.players["g"].params, all_state.players["g"].params) > 1e-5
 
 
 def test_pixel_clusters_condition_g_and_d_on_cluster_ids_not_labels():
@@ -140,7 +144,8 @@ def test_pixel_clusters_condition_g_and_d_on_cluster_ids_not_labels():
   np.testing.assert_array_equal(family.train_labels(plain, images, np.arange(40)), np.arange(40))
   trainable = family.build(config, INFO)
   state = trainable.init(jax.random.PRNGKey(0))
-  assert state.d_params["label_embed"]["embedding"].shape[0] == 4  # projection on 4 clusters
+  # projection on 4 clusters
+  assert state.players["d"].params["label_embed"]["embedding"].shape[0] == 4
   state, metrics = jax.jit(trainable.train_step)(state, {"image": batch()["image"],
                                                          "label": jnp.asarray(ids[:8])})
   assert all(np.isfinite(float(v)) for v in metrics.values())
@@ -189,8 +194,17 @@ def test_each_critic_update_takes_its_own_real_batch():
   reference, _ = step(state, data)
   shuffled, _ = step(state, take(np.concatenate([first[::-1], np.roll(second, 3)])))
   swapped, _ = step(state, take(np.concatenate([second, first])))
-  for got, want in zip(jax.tree_util.tree_leaves(shuffled.d_params),
-                       jax.tree_util.tree_leaves(reference.d_params)):
+  for got, want in zip(jax.tree_util.tree_leaves(shuffled.players["d"].params),
+                       jax.tree_util.tree_leaves(reference.players["d"].params)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-  assert max_change(swapped.d_params, reference.d_params) > 1e-5
+  assert max_change(swapped.players["d"].params, reference.players["d"].params) > 1e-5
   assert families.get("gan_mlp").batches_per_step(config_lib.get_config("gan_mlp", n_critic=5)) == 5
+
+
+def test_loss_terms_add_only_what_the_config_weights():
+  table = {"a": ("gp_weight", 1.0, lambda t: 2.0), "b": ("r1_gamma", 0.5, lambda t: 3.0),
+           "off": ("cr_weight", 1.0, lambda t: 1 / 0)}  # a term that is off is never computed
+  config = {"gp_weight": 10.0, "r1_gamma": 4.0, "cr_weight": 0.0}
+  loss, metrics = gan_step.add_terms(table, config, None, 1.0, {"base": 1.0})
+  assert loss == 1.0 + 10.0 * 2.0 + 0.5 * 4.0 * 3.0
+  assert metrics == {"base": 1.0, "a": 2.0, "b": 3.0}

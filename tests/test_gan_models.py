@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from aigc_jax.models import gan
-from aigc_jax.models.layers import (TRANSPOSE_IMPLS, TransposeUpsample, conv_general_dilated,
-                                     maybe_spectral)
+from aigc_jax.models.layers import TRANSPOSE_IMPLS
+from aigc_jax.models.layers import TransposeUpsample
+from aigc_jax.models.layers import conv_general_dilated
+from aigc_jax.models.layers import maybe_spectral
 
 B, Z = 3, 6
 IMAGE = (28, 28, 1)
@@ -239,7 +241,8 @@ def test_mlp_generator_by_hand():
   assert set(p) == {"Dense_0", "Dense_1", "Dense_2", "BatchNorm_0"}  # one BN: on the 2nd layer
   p["BatchNorm_0"] = {"scale": np.array([1.0, 2.0, 0.5, 1.0]), "bias": np.array([0, 0.1, 0, -1])}
   variables = {**variables, "params": p}
-  leaky = lambda x: np.where(x > 0, x, 0.2 * x)
+  def leaky(x):
+    return np.where(x > 0, x, 0.2 * x)
   h = leaky(np.asarray(z) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
   pre_bn = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
   h = leaky(pre_bn / np.sqrt(1.0 + 0.8) * p["BatchNorm_0"]["scale"] + p["BatchNorm_0"]["bias"])

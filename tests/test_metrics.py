@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from aigc_jax.metrics import fid as fid_lib
+from aigc_jax.metrics import inception_score as is_lib
+from aigc_jax.metrics import kid as kid_lib
+from aigc_jax.metrics import precision_recall as pr_lib
 
 
 def gaussian(n, mean, std, seed):
@@ -72,7 +75,8 @@ def test_fid_rejects_bad_shapes():
 def brute_force_mmd2(x, y):
   """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, by explicit loops."""
   d, m = x.shape[1], len(x)
-  k = lambda a, b: (a @ b / d + 1.0)**3
+  def k(a, b):
+    return (a @ b / d + 1.0)**3
   xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
   yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
   xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
@@ -81,24 +85,25 @@ def brute_force_mmd2(x, y):
 
 def test_kid_matches_a_brute_force_unbiased_mmd():
   x, y = gaussian(12, [0.0] * 3, [1.0] * 3, 0), gaussian(12, [0.5] * 3, [2.0] * 3, 1)
-  mean, std = fid_lib.kid(x, y, num_subsets=3, subset_size=12)  # full sets: no sampling noise
+  mean, std = kid_lib.kid(x, y, num_subsets=3, subset_size=12)  # full sets: no sampling noise
   assert mean == pytest.approx(brute_force_mmd2(x, y), rel=1e-10)
   assert std == pytest.approx(0.0, abs=1e-12)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_shifted_sets():
   data = gaussian(2000, [0.0] * 8, [1.0] * 8, 0)
-  same, same_std = fid_lib.kid(data[:1000], data[1000:], num_subsets=20, subset_size=500)
-  shifted, shifted_std = fid_lib.kid(data[:1000], data[1000:] + 0.5, num_subsets=20,
+  same, same_std = kid_lib.kid(data[:1000], data[1000:], num_subsets=20, subset_size=500)
+  shifted, shifted_std = kid_lib.kid(data[:1000], data[1000:] + 0.5, num_subsets=20,
                                      subset_size=500)
   assert shifted > 10 * max(abs(same), shifted_std)
   assert abs(same) < 3 * same_std  # unbiased: zero within its spread over subsets
-  assert fid_lib.kid(data[:1000], data[1000:], num_subsets=2, seed=3) == fid_lib.kid(
+  assert kid_lib.kid(data[:1000], data[1000:], num_subsets=2, seed=3) == kid_lib.kid(
       data[:1000], data[1000:], num_subsets=2, seed=3)
 
 
 def brute_force_precision_recall(real, fake, k):
-  dist = lambda a, b: np.linalg.norm(a[:, None] - b[None], axis=-1)
+  def dist(a, b):
+    return np.linalg.norm(a[:, None] - b[None], axis=-1)
   real_r = np.sort(dist(real, real), axis=1)[:, k]
   fake_r = np.sort(dist(fake, fake), axis=1)[:, k]
   d = dist(real, fake)
@@ -108,23 +113,23 @@ def brute_force_precision_recall(real, fake, k):
 def test_precision_recall_in_chunks_matches_brute_force(monkeypatch):
   real, fake = gaussian(300, [0.0] * 3, [1.0] * 3, 0), gaussian(200, [0.7] * 3, [1.0] * 3, 1)
   expected = brute_force_precision_recall(real, fake, k=3)
-  monkeypatch.setattr(fid_lib, "_CHUNK", 7)  # many ragged chunks
-  got = fid_lib.precision_recall(real, fake, k=3)
+  monkeypatch.setattr(pr_lib, "_CHUNK", 7)  # many ragged chunks
+  got = pr_lib.precision_recall(real, fake, k=3)
   np.testing.assert_allclose(got, expected)
   assert 0.5 < got[0] < 0.99 and 0.5 < got[1] < 0.99  # a non-trivial case
 
 
 def test_precision_recall_identical_and_disjoint_sets():
   x = gaussian(500, [0.0] * 8, [1.0] * 8, 0)
-  assert fid_lib.precision_recall(x, x) == (1.0, 1.0)
-  assert fid_lib.precision_recall(x, x + 100.0) == (0.0, 0.0)
+  assert pr_lib.precision_recall(x, x) == (1.0, 1.0)
+  assert pr_lib.precision_recall(x, x + 100.0) == (0.0, 0.0)
 
 
 def test_precision_recall_when_the_fakes_cover_half_the_modes():
   centers = 50.0 * np.eye(4)  # 4 well-separated modes in 4-d
   real = np.concatenate([gaussian(500, c, [1.0] * 4, i) for i, c in enumerate(centers)])
   fake = np.concatenate([gaussian(500, c, [1.0] * 4, 10 + i) for i, c in enumerate(centers[:2])])
-  precision, recall = fid_lib.precision_recall(real, fake, k=5)
+  precision, recall = pr_lib.precision_recall(real, fake, k=5)
   assert precision > 0.95
   assert 0.45 < recall <= 0.5
 
@@ -137,26 +142,26 @@ def one_hot_probs(labels, num_classes, smooth=0.0):
 
 def test_inception_score_of_confident_uniform_and_single_class_predictions():
   labels = np.arange(1000) % 10  # every split sees all classes equally often
-  mean, std = fid_lib.inception_score(one_hot_probs(labels, 10), num_splits=10)
+  mean, std = is_lib.inception_score(one_hot_probs(labels, 10), num_splits=10)
   assert mean == pytest.approx(10.0, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
-  assert fid_lib.inception_score(one_hot_probs(labels, 10, smooth=0.01))[0] == pytest.approx(
+  assert is_lib.inception_score(one_hot_probs(labels, 10, smooth=0.01))[0] == pytest.approx(
       10.0, rel=0.1)
-  mean, _ = fid_lib.inception_score(one_hot_probs(np.zeros(1000, int), 10, smooth=0.01))
+  mean, _ = is_lib.inception_score(one_hot_probs(np.zeros(1000, int), 10, smooth=0.01))
   assert mean == pytest.approx(1.0, abs=1e-9)
   uniform = np.full((100, 10), 0.1)  # unsure about everything: also 1
-  assert fid_lib.inception_score(uniform, num_splits=2)[0] == pytest.approx(1.0)
+  assert is_lib.inception_score(uniform, num_splits=2)[0] == pytest.approx(1.0)
 
 
 def test_inception_score_rejects_logits():
   with pytest.raises(ValueError, match="probabilities"):
-    fid_lib.inception_score(np.random.default_rng(0).normal(size=(100, 10)))
+    is_lib.inception_score(np.random.default_rng(0).normal(size=(100, 10)))
 
 
 def test_label_accuracy():
   logits = np.array([[2.0, 1.0], [0.0, 3.0], [5.0, -1.0], [0.0, 1.0]])
-  assert fid_lib.label_accuracy(logits, [0, 1, 1, 1]) == 0.75
+  assert is_lib.label_accuracy(logits, [0, 1, 1, 1]) == 0.75
   with pytest.raises(ValueError):
-    fid_lib.label_accuracy(logits, [0, 1])
+    is_lib.label_accuracy(logits, [0, 1])
 
 
 def test_metric_sensitivity_variants_by_hand():
@@ -180,3 +185,20 @@ def test_metric_sensitivity_variants_by_hand():
   blurred = out["gaussian blur, sigma 0.5 px"]
   assert blurred[0, 0, 0, 0] < 40 and blurred[0, 0, 1, 0] > 0  # the bright pixel spreads
   np.testing.assert_allclose(blurred.sum(axis=(1, 2, 3)), 40.0, rtol=0.05)  # ~mass-preserving
+
+
+def test_metrics_import_only_the_data_module_of_the_project():
+  """aigc_jax.metrics sits below the training loop: it imports aigc_jax.data and itself only."""
+  import ast
+  import pathlib
+  package = pathlib.Path(fid_lib.__file__).parent
+  for path in sorted(package.glob("*.py")):
+    imported = []
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        imported += [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        imported += [f"{node.module}.{alias.name}" for alias in node.names]
+    for name in imported:
+      if name.startswith("aigc_jax"):
+        assert name.startswith(("aigc_jax.data", "aigc_jax.metrics")), (path.name, name)

@@ -1,9 +1,7 @@
 """Data-parallel training end to end: 2 processes x 2 devices == 1 process x 4 devices, and a
 checkpoint written on 4 devices continues on 1."""
 
-import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,15 +11,11 @@ import pytest
 
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
-from test_train import STEADY_ADAM, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
+from conftest import free_port
+from test_train import STEADY_ADAM, arrays, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
 
+pytestmark = pytest.mark.slow
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def trained(workdir):
@@ -29,7 +23,7 @@ def trained(workdir):
 
 
 @pytest.mark.parametrize("mode", ["shard_map", "pmap"])
-def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mode):
+def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mode):  # noqa: F811
   shared = str(tmp_path / "two_processes")
   port = free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -44,17 +38,18 @@ def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mo
   reference = str(tmp_path / "one_process")
   train.train_and_evaluate(small_config(idx_dir, parallel=mode, **STEADY_ADAM), reference)
   assert jax.device_count() == 4
-  chex.assert_trees_all_close(trained(shared).params, trained(reference).params, rtol=1e-5,
+  chex.assert_trees_all_close(arrays(trained(shared)), arrays(trained(reference)), rtol=1e-5,
                               atol=1e-6)
 
   # Only process 0 wrote the logs: every record once, exactly as the one-process run has them.
   records = read_jsonl(os.path.join(shared, "metrics.jsonl"))
   steps = [(r["step"], r["split"]) for r in records]
-  assert steps == [(r["step"], r["split"]) for r in read_jsonl(os.path.join(reference, "metrics.jsonl"))]
+  reference_records = read_jsonl(os.path.join(reference, "metrics.jsonl"))
+  assert steps == [(r["step"], r["split"]) for r in reference_records]
   assert len(set(steps)) == len(steps)
 
 
-def test_checkpoint_from_four_devices_continues_on_one(idx_dir, tmp_path):
+def test_checkpoint_from_four_devices_continues_on_one(idx_dir, tmp_path):  # noqa: F811
   unbroken = str(tmp_path / "unbroken")
   train.train_and_evaluate(small_config(idx_dir, **STEADY_ADAM), unbroken)  # 16 steps, 1 device
 
@@ -65,4 +60,4 @@ def test_checkpoint_from_four_devices_continues_on_one(idx_dir, tmp_path):
   train.train_and_evaluate(small_config(idx_dir, parallel="none", **STEADY_ADAM), resumed)
   state = trained(resumed)
   assert int(state.step) == 16
-  chex.assert_trees_all_close(state.params, trained(unbroken).params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(arrays(state), arrays(trained(unbroken)), rtol=1e-5, atol=1e-6)

@@ -32,8 +32,7 @@ from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import parallel
-from aigc_jax.families import gan as gan_family
-from aigc_jax.state import GANState
+from aigc_jax.families import gan_step
 
 INFO = data_lib.DATASETS["fashion_mnist"]
 BATCH = 16
@@ -48,10 +47,10 @@ NOT_ZERO = 1e-2  # a gradient within 1% of its leaf's largest is not rounding no
 # BatchNorm that adds such a bias, and the Wasserstein critic's output bias (it cancels between
 # the real and fake means).
 ZERO_GRADIENT_LEAVES = (
-    r"^\.(g_params|g_opt_state.*|ema_params)\['(Dense_0|up_0'\]\['Conv_0)'\]\['bias'\]",
-    r"^\.(d_params|d_opt_state.*)\['Conv_1'\]\['bias'\]",
-    r"^\.d_stats\['BatchNorm_0'\]\['mean'\]",
-    r"^\.(d_params|d_opt_state.*)\['logit'\]\['bias'\]")
+    r"^(players/g/(params|opt_state.*)|ema_params)/(Dense_0|up_0/Conv_0)/bias$",
+    r"^players/d/(params|opt_state.*)/Conv_1/bias$",
+    r"^players/d/model_state/BatchNorm_0/mean$",
+    r"^players/d/(params|opt_state.*)/logit/bias$")
 
 
 def synthetic_data(n=ROWS):
@@ -63,10 +62,8 @@ def synthetic_data(n=ROWS):
 def with_sgd(state, learning_rate):
   """`state` with plain SGD in place of each player's Adam: updates linear in the gradients."""
   tx = optax.sgd(learning_rate)
-  if isinstance(state, GANState):
-    return state.replace(g_tx=tx, d_tx=tx, g_opt_state=tx.init(state.g_params),
-                         d_opt_state=tx.init(state.d_params))
-  return state.replace(tx=tx, opt_state=tx.init(state.params))
+  return state.replace(players={name: player.replace(tx=tx, opt_state=tx.init(player.params))
+                                for name, player in state.players.items()})
 
 
 def train(model, overrides, mode, steps, optimizer, wrap_step=lambda step: step):
@@ -91,11 +88,16 @@ def train(model, overrides, mode, steps, optimizer, wrap_step=lambda step: step)
 single_device = functools.cache(functools.partial(train, mode="none"))
 
 
+def path_name(path) -> str:
+  """A key path as 'players/g/params/Dense_0/bias' (attributes, dict keys and indices alike)."""
+  return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
 def float_leaves(*trees, skip=ZERO_GRADIENT_LEAVES):
   """(path, leaf of each tree as float64) for the leaves of `trees[0]` not matched by `skip`."""
   paths = jax.tree_util.tree_leaves_with_path(trees[0])
   for (path, _), *leaves in zip(paths, *map(jax.tree_util.tree_leaves, trees)):
-    key = re.sub(r"^\['(\w+)'\]", r".\1", jax.tree_util.keystr(path))  # {'a': x} as state.a
+    key = path_name(path)
     if not any(re.match(pattern, key) for pattern in skip):
       yield key, [np.asarray(x, np.float64) for x in leaves]
 
@@ -116,23 +118,29 @@ def adam_moments(opt_state):
   return adam.mu, adam.nu
 
 
-def optimized_fields(state):
-  """(parameters field, optimizer-state field) of each player of `state`."""
-  if isinstance(state, GANState):
-    return [("g_params", "g_opt_state"), ("d_params", "d_opt_state")]
-  return [("params", "opt_state")]
+def as_tree(player_name: str, field: str, value):
+  """`value` at the path it has in a state: players/NAME/FIELD."""
+  return {"players": {player_name: {field: value}}}
+
+
+def adam_trees(got, want, init):
+  """Per player: its Adam moments in (got, want, init), then its params in (got, want) and want's
+  first moment; each at its path in the state (players/NAME/...)."""
+  for name in want.players:
+    yield (tuple(as_tree(name, "opt_state", adam_moments(s.players[name].opt_state))
+                 for s in (got, want, init)),
+           (as_tree(name, "params", got.players[name].params),
+            as_tree(name, "params", want.players[name].params),
+            as_tree(name, "params", adam_moments(want.players[name].opt_state)[0])))
 
 
 def assert_adam_steps_agree(got, want, init, learning_rate, rel=REL, not_zero=NOT_ZERO):
   """After an Adam step: the moments agree as `assert_moved_alike` asks, and every parameter
   whose first moment is not ~0 (> `not_zero` of its leaf's largest) took the same step (same
   sign, size within 10% of the learning rate)."""
-  for params, opt in optimized_fields(want):
-    g_opt, w_opt, i_opt = (adam_moments(getattr(s, opt)) for s in (got, want, init))
-    assert_moved_alike({opt: g_opt}, {opt: w_opt}, {opt: i_opt}, rel)
-    mu = {params: w_opt[0]}
-    for key, (g, w, m) in float_leaves({params: getattr(got, params)},
-                                       {params: getattr(want, params)}, mu):
+  for moments, params in adam_trees(got, want, init):
+    assert_moved_alike(*moments, rel)
+    for key, (g, w, m) in float_leaves(*params):
       sure = np.abs(m) > not_zero * np.abs(m).max()
       off = np.abs(g - w)[sure]
       assert off.size == 0 or off.max() <= 0.1 * learning_rate, (  # a flipped step is off by 2
@@ -157,6 +165,7 @@ IDS = [f"{m}-{i}" for i, (m, *_) in enumerate(CASES)]
 
 @pytest.mark.parametrize("model,overrides,steps", CASES, ids=IDS)
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+@pytest.mark.slow
 def test_data_parallel_equals_single_device(model, overrides, steps, mode):
   """SGD steps: params, BatchNorm statistics, spectral-norm vectors, EMA, rng and metrics."""
   init, want, want_sums = single_device(model, overrides, steps=steps, optimizer="sgd")
@@ -167,6 +176,7 @@ def test_data_parallel_equals_single_device(model, overrides, steps, mode):
 
 
 @pytest.mark.parametrize("model,overrides,steps", CASES, ids=IDS)
+@pytest.mark.slow
 def test_data_parallel_adam_step_equals_single_device(model, overrides, steps):
   del steps
   init, want, want_sums = single_device(model, overrides, steps=1, optimizer="adam")
@@ -191,7 +201,7 @@ def plant(bug, monkeypatch):
     batch_norm = nn.BatchNorm
     monkeypatch.setattr(nn, "BatchNorm", lambda *a, axis_name=None, **kw: batch_norm(*a, **kw))
   elif bug == "same_noise_on_every_device":
-    monkeypatch.setattr(gan_family, "batch_noise",
+    monkeypatch.setattr(gan_step, "batch_noise",
                         lambda sampler, rng, shape, axis_name=None: sampler(rng, tuple(shape)))
   elif bug == "device_0s_rows":
     return every_device_reads_device_0s_rows
@@ -200,6 +210,7 @@ def plant(bug, monkeypatch):
 
 @pytest.mark.parametrize("bug", ["missing_pmean", "batchnorm_not_averaged",
                                  "same_noise_on_every_device", "device_0s_rows"])
+@pytest.mark.slow
 def test_parity_checks_catch_planted_bugs(bug, monkeypatch):
   wrap_step = plant(bug, monkeypatch)
   init, want, _ = single_device("dcgan", (), steps=3, optimizer="sgd")

@@ -8,13 +8,21 @@ import pytest
 
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
-from aigc_jax import families, parallel
+from aigc_jax import families
+from aigc_jax import parallel
 from aigc_jax.models import vae as vae_models
-
 from conftest import needs_fashion_mnist
 from test_train import STEADY_ADAM
 
 TINY = data_lib.DatasetInfo("tiny", (2, 2, 1), 3, "tiny", None)
+
+
+def params_of(state):
+  return state.players["vae"].params
+
+
+def with_params(state, params):
+  return state.replace(players={"vae": state.players["vae"].replace(params=params)})
 
 
 def tiny_config(model="vae_mlp", **overrides):
@@ -52,13 +60,13 @@ def test_gaussian_likelihood_learns_its_scale():
   config = tiny_config(likelihood="gaussian", scale="minus_one_one", learning_rate=0.05)
   trainable = families.get("vae_mlp").build(config, TINY)
   state = trainable.init(jax.random.PRNGKey(0))
-  assert float(state.params["params"]["log_scale"]) == 0.0
+  assert float(params_of(state)["params"]["log_scale"]) == 0.0
   batch = {"image": jnp.linspace(-1, 1, 16).reshape(4, 2, 2, 1), "label": jnp.arange(4) % 3}
   step = jax.jit(trainable.train_step)
   for _ in range(50):
     state, metrics = step(state, batch)
   # A unit-scale Gaussian is far too wide for these pixels: the learned scale must shrink.
-  assert float(state.params["params"]["log_scale"]) < -0.3
+  assert float(params_of(state)["params"]["log_scale"]) < -0.3
   assert np.isfinite(float(metrics["loss"]))
   images, _ = trainable.sample(state, jax.random.PRNGKey(1), 3)
   assert images.shape == (3, 2, 2, 1) and images.min() >= 0 and images.max() <= 1
@@ -70,13 +78,14 @@ def test_conditional_decoder_depends_on_the_label():
   state = trainable.init(jax.random.PRNGKey(0))
   model = families.get("vae_mlp").build_model(tiny_config(conditional=True), info)
   z = jnp.zeros((2, 2))
-  out = model.apply(state.params, z, jnp.array([0, 1]), method=vae_models.VAE.decode)
+  out = model.apply(params_of(state), z, jnp.array([0, 1]), method=vae_models.VAE.decode)
   assert not np.allclose(out[0], out[1])
 
 
 def test_conv_activation_changes_the_function_not_the_parameters():
   info = data_lib.DATASETS["fashion_mnist"]
-  models = {a: families.get("vae_conv").build_model(tiny_config("vae_conv", conv_activation=a), info)
+  family = families.get("vae_conv")
+  models = {a: family.build_model(tiny_config("vae_conv", conv_activation=a), info)
             for a in vae_models.ACTIVATIONS}
   params = models["relu"].init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)),
                                jax.random.PRNGKey(1))
@@ -96,11 +105,11 @@ def test_eval_neg_elbo_matches_hand_computation():
   config = tiny_config(hidden_dim=4)
   trainable = families.get("vae_mlp").build(config, TINY)
   state = trainable.init(jax.random.PRNGKey(0))
-  params = jax.tree_util.tree_map(np.asarray, state.params)["params"]
+  params = jax.tree_util.tree_map(np.asarray, params_of(state))["params"]
   p = jax.tree_util.tree_map(lambda a: a.copy(), params)
   p["encoder"]["logvar"]["kernel"][:] = 0.0
   p["encoder"]["logvar"]["bias"][:] = -30.0  # q(z|x) nearly a point mass: z == mean
-  state = state.replace(params={"params": p})
+  state = with_params(state, {"params": p})
   test = tiny_data(3)
   x = np.asarray(test.images, np.float64).reshape(3, 4) / 255.0
 
@@ -118,6 +127,44 @@ def test_eval_neg_elbo_matches_hand_computation():
   np.testing.assert_allclose(metrics["kl"], np.mean(kl), rtol=1e-4)
 
 
+def test_discretized_logistic_eval_neg_elbo_matches_hand_computation():
+  """The decoder's 2C channels are (mean, log-scale); bin probabilities from the logistic CDF."""
+  config = tiny_config(likelihood="discretized_logistic")
+  trainable = families.get("vae_mlp").build(config_lib.validate(config), TINY)
+  state = trainable.init(jax.random.PRNGKey(0))
+  p = jax.tree_util.tree_map(lambda a: np.array(a, np.float64), params_of(state))["params"]
+  p["encoder"]["logvar"]["kernel"][:] = 0.0
+  p["encoder"]["logvar"]["bias"][:] = -30.0  # q(z|x) nearly a point mass: z == mean
+  p["decoder"]["Dense_1"]["bias"][1::2] = -1.5  # narrower logistics than at initialisation
+  state = with_params(state, {"params": jax.tree_util.tree_map(np.float32, p)})
+  test = tiny_data(3)
+  levels = np.asarray(test.images, np.float64).reshape(3, 4)
+  dense = lambda h, layer: h @ layer["kernel"] + layer["bias"]  # noqa: E731
+  enc, dec = p["encoder"], p["decoder"]
+  mean = dense(np.maximum(dense(levels / 255.0, enc["Dense_0"]), 0), enc["mean"])
+  logvar = dense(np.maximum(dense(levels / 255.0, enc["Dense_0"]), 0), enc["logvar"])
+  out = dense(np.maximum(dense(mean, dec["Dense_0"]), 0), dec["Dense_1"]).reshape(3, 4, 2)
+  loc, scale = out[..., 0], np.exp(out[..., 1])
+  cdf = lambda t: 1.0 / (1.0 + np.exp(-(t - loc) / scale))  # noqa: E731
+  upper = np.where(levels == 255, 1.0, cdf((levels + 0.5) / 255.0))
+  lower = np.where(levels == 0, 0.0, cdf((levels - 0.5) / 255.0))
+  log_lik = np.sum(np.log(upper - lower), axis=1)
+  kl = 0.5 * np.sum(np.exp(logvar) + mean**2 - 1 - logvar, axis=1)
+  metrics = trainable.evaluate(state, test)
+  np.testing.assert_allclose(metrics["recon"], np.mean(-log_lik), rtol=1e-4)
+  np.testing.assert_allclose(metrics["neg_elbo"], np.mean(kl - log_lik), rtol=1e-4)
+  # The same images on the [-1, 1] scale are the same intensity levels: with an encoder that
+  # ignores its input (so z does not depend on the scale), the same likelihood.
+  p["encoder"]["Dense_0"]["kernel"][:] = 0.0
+  blind = with_params(state, {"params": jax.tree_util.tree_map(np.float32, p)})
+  other = families.get("vae_mlp").build(tiny_config(likelihood="discretized_logistic",
+                                                    scale="minus_one_one"), TINY)
+  np.testing.assert_allclose(other.evaluate(blind, test)["recon"],
+                             trainable.evaluate(blind, test)["recon"], rtol=1e-5)
+  images, _ = trainable.sample(state, jax.random.PRNGKey(1), 5)
+  assert images.shape == (5, 2, 2, 1) and images.min() >= 0 and images.max() <= 1
+
+
 class JitAgreesTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -132,7 +179,7 @@ class JitAgreesTest(chex.TestCase):
     reference = trainable.init(jax.random.PRNGKey(0))
     for _ in range(3):
       reference, ref_metrics = trainable.train_step(reference, batch)
-    chex.assert_trees_all_close(state.params, reference.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(params_of(state), params_of(reference), rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(metrics, ref_metrics, rtol=1e-5)
     assert int(state.step) == 3
 
@@ -143,18 +190,18 @@ def test_ema_params_follow_the_formula_and_are_what_evaluation_uses():
   state = trainable.init(jax.random.PRNGKey(0))
   batch = {"image": jnp.linspace(0, 1, 16).reshape(4, 2, 2, 1), "label": jnp.arange(4) % 3}
   state, _ = trainable.train_step(state, batch)  # step 0: warmed-up decay min(0.5, 1/10) = 0.1
-  first = state.params
+  first = params_of(state)
   state, _ = trainable.train_step(state, batch)  # step 1: min(0.5, 2/11)
+  init = params_of(trainable.init(jax.random.PRNGKey(0)))
   want = jax.tree_util.tree_map(lambda e, p: 2 / 11 * e + 9 / 11 * p,
                                 jax.tree_util.tree_map(lambda p0, p1: 0.1 * p0 + 0.9 * p1,
-                                                       trainable.init(jax.random.PRNGKey(0)).params,
-                                                       first), state.params)
-  chex.assert_trees_all_close(state.model_state["ema_params"], want, rtol=1e-5, atol=1e-7)
+                                                       init, first), params_of(state))
+  chex.assert_trees_all_close(state.ema_params, want, rtol=1e-5, atol=1e-7)
   test = tiny_data(3)
   with_ema = trainable.evaluate(state, test)
-  swapped = state.replace(params=state.model_state["ema_params"], model_state={})
+  swapped = with_params(state, state.ema_params).replace(ema_params={})
   assert with_ema == trainable.evaluate(swapped, test)  # the EMA parameters, not the raw ones
-  assert with_ema != trainable.evaluate(state.replace(model_state={}), test)
+  assert with_ema != trainable.evaluate(state.replace(ema_params={}), test)
 
 
 def test_full_evaluate_iwae_is_tighter_than_elbo_on_the_same_images():

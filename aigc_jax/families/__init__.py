@@ -1,10 +1,11 @@
 """Model families plug into the loop through one small record of functions, `Trainable`.
 
-A family module exposes `default_config(model) -> dict` (its keys and defaults), `validate_config(config,
-need)`, `batches_per_step(config) -> int` (the batches of `batch_size` one train step consumes),
-`train_labels(config, train images, labels, workdir=None) -> labels` (what the train step sees
-as labels) and
-`build(config, info, total_steps) -> Trainable`. The model names map to family modules here.
+A family module exposes `default_config(model) -> dict` (its keys and defaults),
+`validate_config(config, need)`, `batches_per_step(config) -> int` (the batches of `batch_size`
+one train step consumes), `train_labels(config, train images, labels, workdir=None) -> labels`
+(what the train step sees as labels) and `build(config, info, total_steps) -> Trainable`, which
+binds the family's module-level pure functions (its `train_step` above all) to its networks and
+config. The model names map to family modules here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class Trainable(NamedTuple):
   # n > 1 the batch holds n batches, one after the other (see parallel.TrainLoop).
   train_step: Callable[..., Any]
   evaluate: Callable[..., dict]  # (state, test DeviceData) -> {name: float}; the periodic eval
-  full_evaluate: Callable[..., dict]  # (state, test DeviceData, **options) -> {name: value}; the CLI's
+  # (state, test DeviceData, **options) -> {name: value}; what `python -m aigc_jax.evaluate` prints
+  full_evaluate: Callable[..., dict]
   sample: Callable[..., Any]  # (state, rng, num) -> (images in [0, 1] (N,H,W,C) np, labels or None)
   log_images: Callable[..., dict]  # (state, test DeviceData) -> {name: (images (N,H,W,C), ncols)}
   best_metric: str  # a key of `evaluate`'s result

@@ -13,23 +13,23 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from aigc_jax import backend
 from aigc_jax import clusters
 from aigc_jax import data as data_lib
 from aigc_jax import gan_losses
+from aigc_jax import state as state_lib
 from aigc_jax import writers
 from aigc_jax.families import Trainable
-from aigc_jax.metrics import classifier as classifier_lib
+from aigc_jax.families import gan_step
+from aigc_jax.families import sample_eval
 from aigc_jax.models import gan as gan_models
 from aigc_jax.models.layers import TRANSPOSE_IMPLS
-from aigc_jax import state as state_lib
-from aigc_jax.state import GANState, batch_noise, step_rng
+from aigc_jax.state import Player
+from aigc_jax.state import TrainState
 
 SAMPLE_STREAM = 2
 CRITIC_LOOPS = ("unroll", "scan")
-FLOOR_METRICS = ("fid", "kid", "precision", "recall", "is", "label_acc")  # the CLI's *_floor keys
 
 
 def default_config(model: str) -> dict:
@@ -90,7 +90,8 @@ def validate_config(config, need) -> None:
   need(config.n_critic >= 1, f"n_critic must be >= 1, got {config.n_critic}")
   need(config.gp_weight >= 0 and config.r1_gamma >= 0, "gp_weight and r1_gamma must be >= 0")
   need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
-  need(not config.aux_classifier or config.conditional, "aux_classifier=True needs conditional=True")
+  need(not config.aux_classifier or config.conditional,
+       "aux_classifier=True needs conditional=True")
   need(config.pixel_clusters == 0 or config.pixel_clusters >= 2,
        f"pixel_clusters must be 0 (off) or >= 2 clusters, got {config.pixel_clusters}")
   need(not (config.pixel_clusters and config.conditional),
@@ -113,11 +114,13 @@ def validate_config(config, need) -> None:
        f"the SS-GAN rotation loss needs the DCGAN discriminator, not model '{config.model}'")
   need(config.cr_weight >= 0, f"cr_weight must be >= 0 (0 = off), got {config.cr_weight}")
   need(0.0 < config.g_topk <= 1.0,
-       f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got {config.g_topk}")
+       f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got "
+       f"{config.g_topk}")
   need(config.d_base_features >= 1,
        f"d_base_features must be a positive channel count, got {config.d_base_features}")
   need(config.g_final_features >= 0,
-       f"g_final_features must be >= 0 (0 = no full-resolution stage), got {config.g_final_features}")
+       f"g_final_features must be >= 0 (0 = no full-resolution stage), got "
+       f"{config.g_final_features}")
   d_batchnorm = config.model == "dcgan" and config.d_batchnorm and not config.spectral_norm
   need(not (d_batchnorm and (config.gp_weight or config.r1_gamma)),
        "a gradient penalty (gp_weight, r1_gamma) needs a critic that treats examples "
@@ -177,225 +180,54 @@ def build_models(config, info: data_lib.DatasetInfo):
 
 
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
+  """The GAN `Trainable`: `gan_step.train_step` wired to the config's networks and optimizers."""
   generator, discriminator = build_models(config, info)
-  conditional, aux = bool(config.conditional), bool(config.aux_classifier)
   num_classes = num_labels(config, info)  # conditional (evaluated against labels) or clusters
-  labeled = num_classes > 0
-  rotation = uses_rotation(config)
-  d_loss_fn, g_loss_fn = gan_losses.LOSSES[config.gan_loss]
-  g_tx = state_lib.adam(config, total_steps)
+  nets = gan_step.Nets(generator, discriminator, labeled=num_classes > 0,
+                       aux=bool(config.aux_classifier), rotation=uses_rotation(config),
+                       critic_loop=backend.choose(config.critic_loop, "unroll", "scan"))
   d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
-  d_tx = state_lib.adam(config, total_steps * config.n_critic, d_lr)  # n_critic D updates a step
-  zdim = config.latent_dim
-  critic_loop = backend.choose(config.critic_loop, "unroll", "scan")
+  txs = (state_lib.adam(config, total_steps),  # n_critic D updates a step
+         state_lib.adam(config, total_steps * config.n_critic, d_lr))
 
-  def init(rng) -> GANState:
-    z = jnp.zeros((2, zdim))
-    x = jnp.zeros((2,) + tuple(info.image_shape))
-    label = jnp.zeros((2,), jnp.int32) if labeled else None
-    g_vars = generator.init(jax.random.fold_in(rng, 0), z, label, train=False)
-    d_vars = discriminator.init(jax.random.fold_in(rng, 1), x, None if aux else label, train=False)
-    g_params, d_params = g_vars["params"], d_vars["params"]
-    return GANState(step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_params,
-                    g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_params),
-                    g_stats=g_vars.get("batch_stats", {}), d_stats=d_vars.get("batch_stats", {}),
-                    ema_params=g_params, rng=rng, g_tx=g_tx, d_tx=d_tx)
-
-  def generate(g_params, g_stats, z, label, train, axis_name=None):
-    variables = {"params": g_params, "batch_stats": g_stats}
-    if not train:
-      return generator.apply(variables, z, label, train=False), g_stats
-    out, updates = generator.apply(variables, z, label, train=True, axis_name=axis_name,
-                                   mutable=["batch_stats"])
-    return out, updates.get("batch_stats", g_stats)
-
-  def discriminate(d_params, d_stats, x, label, axis_name):
-    """((logit, class logits or None, rotation logits or None), new d_stats), in train mode."""
-    out, updates = discriminator.apply({"params": d_params, "batch_stats": d_stats}, x,
-                                       None if aux else label, train=True, axis_name=axis_name,
-                                       mutable=["batch_stats"])
-    out, rotation_logits = out if rotation else (out, None)
-    logit, class_logits = out if aux else (out, None)
-    return (logit, class_logits, rotation_logits), updates.get("batch_stats", d_stats)
-
-  def rotation_loss(d_params, d_stats, x, label, axis_name):
-    """SS-GAN's cross-entropy of D's rotation head on x turned by 0/90/180/270 degrees."""
-    turned, which = gan_models.rotate_quarters(x)
-    (_, _, rotation_logits), _ = discriminate(d_params, d_stats, turned, label, axis_name)
-    return gan_losses.classifier_loss(rotation_logits, which)
-
-  def train_step(state: GANState, batch, axis_name: str | None = None):
-    rng = step_rng(state)
-    normal = lambda key, shape: batch_noise(jax.random.normal, key, shape, axis_name)  # noqa: E731
-    # n_critic real batches, one per D update; G's update takes the last one's labels.
-    reals = batch["image"].reshape((config.n_critic, -1) + batch["image"].shape[1:])
-    labels = batch["label"].reshape(config.n_critic, -1) if labeled else None
-    g_label = labels[-1] if labeled else None
-    size = reals.shape[1]
-    topk = max(1, round(config.g_topk * size))
-    mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
-    # The D updates leave G unchanged, so G's forward pass for its own update runs once, up
-    # front; with n_critic == 1 the critic trains on those same fakes (as the PyTorch DCGAN
-    # example does), which saves a generator forward pass per step.
-    z_g = normal(jax.random.fold_in(rng, 0 if config.n_critic == 1 else 2 * config.n_critic),
-                 (size, zdim))
-    fake_g, g_vjp, g_stats = jax.vjp(
-        lambda params: generate(params, state.g_stats, z_g, g_label, True, axis_name), state.g_params,
-        has_aux=True)
-
-    def critic_update(carry, i):
-      """D update i on real batch i."""
-      d_params, d_opt_state, d_stats = carry
-      real, label = reals[i], (labels[i] if labeled else None)
-      if config.n_critic == 1:
-        fake = fake_g
-      else:
-        z = normal(jax.random.fold_in(rng, 2 * i), (size, zdim))
-        fake, _ = generate(state.g_params, state.g_stats, z, label, True, axis_name)
-      fake = jax.lax.stop_gradient(fake)
-
-      def d_objective(params):
-        (real_logit, real_cls, _), stats = discriminate(params, d_stats, real, label, axis_name)
-        (fake_logit, fake_cls, _), stats = discriminate(params, stats, fake, label, axis_name)
-        loss = d_loss_fn(real_logit, fake_logit)
-        terms = {"d_loss": loss, "d_real": jnp.mean(real_logit), "d_fake": jnp.mean(fake_logit)}
-        critic = lambda x: discriminate(params, stats, x, label, axis_name)[0][0]
-        if config.gp_weight:
-          terms["gp"] = gan_losses.gradient_penalty(critic, real, fake,
-                                                    jax.random.fold_in(rng, 2 * i + 1), axis_name)
-          loss = loss + config.gp_weight * terms["gp"]
-        if config.r1_gamma:
-          terms["r1"] = gan_losses.r1_penalty(critic, real)
-          loss = loss + 0.5 * config.r1_gamma * terms["r1"]
-        if config.cr_weight:
-          cr_rng = jax.random.fold_in(rng, 2 * config.n_critic + 1 + i)
-          terms["cr"] = gan_losses.consistency_penalty(critic, real, cr_rng, axis_name=axis_name)
-          loss = loss + config.cr_weight * terms["cr"]
-        if aux:
-          terms["d_class_loss"] = (gan_losses.classifier_loss(real_cls, label) +
-                                   gan_losses.classifier_loss(fake_cls, label))
-          loss = loss + terms["d_class_loss"]
-        if config.rotation_d_weight:  # its BatchNorm statistics are not kept
-          terms["d_rotation_loss"] = rotation_loss(params, stats, real, label, axis_name)
-          loss = loss + config.rotation_d_weight * terms["d_rotation_loss"]
-        return loss, (stats, terms)
-
-      grads, (d_stats, terms) = jax.grad(d_objective, has_aux=True)(d_params)
-      grads, d_stats = mean((grads, d_stats))
-      updates, d_opt_state = state.d_tx.update(grads, d_opt_state, d_params)
-      return (optax.apply_updates(d_params, updates), d_opt_state, d_stats), terms
-
-    # Unrolled on CPU: a lax.scan over the updates compiles in half the time, but XLA:CPU runs
-    # convolutions inside loop bodies on a slow path (measured: WGAN-GP step 0.66 -> 6.1 s).
-    carry = (state.d_params, state.d_opt_state, state.d_stats)
-    if critic_loop == "scan":
-      carry, metrics = jax.lax.scan(critic_update, carry, jnp.arange(config.n_critic))
-      metrics = jax.tree_util.tree_map(lambda m: m[-1], metrics)  # the last update's
-    else:
-      for i in range(config.n_critic):
-        carry, metrics = critic_update(carry, i)  # the metrics are the last update's
-    d_params, d_opt_state, d_stats = carry
-
-    def g_objective(fake):  # of G's output; chained to G's parameters by g_vjp
-      (logit, cls, _), _ = discriminate(d_params, d_stats, fake, g_label, axis_name)  # stats unused
-      if topk < size:  # per device under pmap/shard_map
-        logit = jax.lax.top_k(logit, topk)[0]
-      loss = g_loss_fn(logit)
-      terms = {"g_loss": loss}
-      if aux:
-        terms["g_class_loss"] = gan_losses.classifier_loss(cls, g_label)
-        loss = loss + terms["g_class_loss"]
-      if config.rotation_g_weight:
-        terms["g_rotation_loss"] = rotation_loss(d_params, d_stats, fake, g_label, axis_name)
-        loss = loss + config.rotation_g_weight * terms["g_rotation_loss"]
-      return loss, terms
-
-    fake_grad, g_terms = jax.grad(g_objective, has_aux=True)(fake_g)
-    (grads,) = g_vjp(fake_grad)
-    grads, g_stats = mean((grads, g_stats))
-    updates, g_opt_state = state.g_tx.update(grads, state.g_opt_state, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
-    metrics = mean({**metrics, **g_terms, "loss": metrics["d_loss"] + g_terms["g_loss"]})
-    new_state = state.replace(
-        step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
-        d_opt_state=d_opt_state, g_stats=g_stats, d_stats=d_stats,
-        ema_params=state_lib.ema_update(state.ema_params, g_params,
-                                        state_lib.warmed_up_ema_decay(config.ema_decay, state.step)))
-    return new_state, metrics
-
-  @functools.partial(jax.jit, static_argnames=("num", "use_ema"))
-  def _generate01(state, rng, labels, num, use_ema=True):
-    z = jax.random.normal(rng, (num, zdim))
-    params = state.ema_params if use_ema else state.g_params
-    images, _ = generate(params, state.g_stats, z, labels, False)
-    return (images + 1.0) / 2.0
-
-  def sample(state: GANState, rng, num: int, use_ema: bool = True):
-    labels = jnp.arange(num, dtype=jnp.int32) % num_classes if labeled else None
-    images = np.asarray(_generate01(state, rng, labels, num, use_ema))
+  def sample(state: TrainState, rng, num: int, use_ema: bool = True):
+    labels = jnp.arange(num, dtype=jnp.int32) % num_classes if nets.labeled else None
+    images = np.asarray(generate01(state, rng, labels, nets, config.latent_dim, num, use_ema))
     return images, (None if labels is None else np.asarray(labels))
 
-  @functools.cache
-  def classifier():  # loaded (or trained, once per recipe) at the first evaluation only
-    return classifier_lib.load_or_train(config.dataset, progress=False)
-
-  real_cache = {}  # num -> (test images, their features): one extraction per test set and size
-
-  def real_features(test: data_lib.DeviceData, num: int):
-    """The classifier's features of the first `num` test images, extracted once and reused."""
-    images, features = real_cache.get(num, (None, None))
-    if images is not test.images:
-      images, features = test.images, classifier().features(np.asarray(test.images[:num]))
-      real_cache[num] = images, features
-    return features
-
-  def _metrics(state, real, num, use_ema=True) -> dict:
-    """The sample metrics of `num` generated images against `real` (test features)."""
-    fakes, labels = [], []
-    for i, start in enumerate(range(0, num, 1000)):
-      images, lab = sample(state, jax.random.PRNGKey(1000 + i), min(1000, num - start), use_ema)
-      fakes.append(np.round(images * 255).astype(np.uint8))
-      labels.append(lab)
-    requested = np.concatenate(labels) if conditional else None
-    return classifier_lib.evaluate_samples(classifier(), np.concatenate(fakes), real, requested)
-
-  def _floors(real, num) -> dict:
-    """The same metrics of `num` real train images vs the same test features (cached)."""
-    images, labels = data_lib.load_split(config.dataset, "train", idx_dir=config.idx_dir or None,
-                                         tfds_data_dir=config.tfds_data_dir or None)
-    return classifier_lib.floors(classifier(), images, real, labels if conditional else None,
-                                 num_train=num)
-
-  def evaluate(state: GANState, test: data_lib.DeviceData) -> dict:
-    num = min(config.eval_num_samples, int(test.labels.shape[0]))
-    return _metrics(state, real_features(test, num), num)
-
-  def full_evaluate(state: GANState, test: data_lib.DeviceData, *, num_samples=10_000,
-                    progress=None, **unused) -> dict:
-    """EMA metrics, each followed by its real-train-vs-real-test `<name>_floor`; raw_* metrics.
-
-    num_samples generated images per generator against as many test images; the floors use as
-    many train images. The test features are extracted once for all three.
-    """
-    del progress, unused
-    num = min(num_samples, int(test.labels.shape[0]))
-    real = real_features(test, num)
-    ema, floor = _metrics(state, real, num), _floors(real, num)
-    raw = _metrics(state, real, num, use_ema=False)
-    out = {}
-    for name, value in ema.items():
-      out[name] = value
-      if name in FLOOR_METRICS:
-        out[f"{name}_floor"] = floor[name]
-    return {**out, **{f"raw_{k}": v for k, v in raw.items()}, "num_samples": num}
-
-  def log_images(state: GANState, test: data_lib.DeviceData) -> dict:
+  def log_images(state: TrainState, test: data_lib.DeviceData) -> dict:
     """Fixed-noise grid from the EMA generator (a class or pixel cluster per row)."""
+    del test
     rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)
     return {"samples": writers.sample_grid(lambda num: sample(state, rng, num),
-                                           config.num_sample_images,
-                                           num_classes)}
+                                           config.num_sample_images, num_classes)}
 
-  return Trainable(init=init, train_step=train_step, evaluate=evaluate,
-                   full_evaluate=full_evaluate, sample=sample, log_images=log_images,
-                   best_metric="fid", best_mode="min")
+  scores = sample_eval.SampleEvaluator(config, sample, conditional=bool(config.conditional))
+  return Trainable(init=functools.partial(init, nets=nets, txs=txs, info=info, config=config),
+                   train_step=functools.partial(gan_step.train_step, nets=nets, config=config),
+                   evaluate=scores.evaluate, full_evaluate=scores.full_evaluate, sample=sample,
+                   log_images=log_images, best_metric="fid", best_mode="min")
+
+
+def init(rng, *, nets: gan_step.Nets, txs, info: data_lib.DatasetInfo, config) -> TrainState:
+  """G and D initialised from `rng` (folds 0 and 1), each with its optimizer; EMA = G's params."""
+  z = jnp.zeros((2, config.latent_dim))
+  x = jnp.zeros((2,) + tuple(info.image_shape))
+  label = jnp.zeros((2,), jnp.int32) if nets.labeled else None
+  g_vars = nets.generator.init(jax.random.fold_in(rng, 0), z, label, train=False)
+  d_vars = nets.discriminator.init(jax.random.fold_in(rng, 1), x, None if nets.aux else label,
+                                   train=False)
+  g = Player.create(g_vars["params"], txs[0], g_vars.get("batch_stats", {}))
+  d = Player.create(d_vars["params"], txs[1], d_vars.get("batch_stats", {}))
+  return TrainState.create(rng, ema_params=g.params, g=g, d=d)
+
+
+@functools.partial(jax.jit, static_argnames=("nets", "latent_dim", "num", "use_ema"))
+def generate01(state: TrainState, rng, labels, nets: gan_step.Nets, latent_dim: int, num: int,
+               use_ema: bool = True):
+  """`num` images in [0, 1] from the EMA (or the trained) generator in eval mode."""
+  z = jax.random.normal(rng, (num, latent_dim))
+  g = state.players["g"]
+  params = state.ema_params if use_ema else g.params
+  images, _ = gan_step.generate(nets, params, g.model_state, z, labels, False)
+  return (images + 1.0) / 2.0

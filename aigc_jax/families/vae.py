@@ -1,12 +1,14 @@
 """The VAE family: MLP and conv VAEs, beta weight, class-conditional, IWAE training bound.
 
-Units: every reported number is in nats per image, summed over pixels (Bernoulli likelihood of
-[0, 1] intensities, or Gaussian with a learned global scale).
+Units: every reported number is in nats per image, summed over pixels and channels (Bernoulli
+likelihood of [0, 1] intensities, Gaussian with a learned global scale, or a per-pixel logistic
+discretized to the 256 intensity levels: a discrete likelihood, as in PixelCNN++).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +17,15 @@ import numpy as np
 from aigc_jax import backend
 from aigc_jax import data as data_lib
 from aigc_jax import losses
+from aigc_jax import state as state_lib
 from aigc_jax import writers
 from aigc_jax.families import Trainable
 from aigc_jax.models import vae as vae_models
-from aigc_jax import state as state_lib
-from aigc_jax.state import TrainState, step_rng
+from aigc_jax.state import Player
+from aigc_jax.state import TrainState
+from aigc_jax.state import step_rng
+from aigc_jax.state import with_ema
+from aigc_jax.suggest import unknown_choice_message
 
 EVAL_STREAM = 1  # fold_in constants that keep eval and sampling noise apart from training noise
 SAMPLE_STREAM = 2
@@ -34,7 +40,7 @@ def default_config(model: str) -> dict:
       hidden_dim=400,  # MLP: one hidden layer of this width; conv: the dense layer's width
       conv_features=(32, 64),  # conv encoder channels; the decoder mirrors them
       conv_activation="relu",  # the conv VAE's nonlinearity: 'relu', 'silu' or 'elu'
-      likelihood="bernoulli",  # or 'gaussian'
+      likelihood="bernoulli",  # 'gaussian' or 'discretized_logistic' (decoder: 2C channels)
       torch_init=False,  # MLP layers initialised like PyTorch's nn.Linear (U(+-1/sqrt(fan_in)))
       beta=1.0,  # weight of the KL term (beta-VAE); 1 = the ELBO
       ema_decay=0.0,  # > 0: evaluate and sample with a moving average of the parameters (warmed
@@ -47,12 +53,13 @@ def default_config(model: str) -> dict:
 
 
 def validate_config(config, need) -> None:
-  need(config.likelihood in ("bernoulli", "gaussian"),
-       f"likelihood '{config.likelihood}' is unknown; use 'bernoulli' or 'gaussian'")
+  need(config.likelihood in vae_models.LIKELIHOODS,
+       unknown_choice_message("likelihood", config.likelihood, vae_models.LIKELIHOODS))
   need(not (config.likelihood == "bernoulli" and config.scale != "zero_one"),
        "likelihood='bernoulli' needs scale='zero_one' (pixels in [0, 1])")
   need(config.latent_dim > 0 and config.hidden_dim > 0, "latent_dim and hidden_dim must be > 0")
-  need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}")
+  need(0.0 <= config.ema_decay < 1.0,
+       f"ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}")
   need(config.conv_activation in vae_models.ACTIVATIONS,
        f"conv_activation '{config.conv_activation}' is unknown; choose one of "
        f"{sorted(vae_models.ACTIVATIONS)}")
@@ -67,37 +74,45 @@ def validate_config(config, need) -> None:
 def build_model(config, info: data_lib.DatasetInfo) -> vae_models.VAE:
   num_classes = info.num_classes if config.conditional else 0
   dtype = backend.compute_dtype(config)
+  out_shape = vae_models.decoder_shape(info.image_shape, config.likelihood)
   if config.model == "vae_mlp":
     encoder = vae_models.MLPEncoder((config.hidden_dim,), config.latent_dim, num_classes,
                                     config.torch_init, dtype)
-    decoder = vae_models.MLPDecoder(info.image_shape, (config.hidden_dim,), num_classes,
+    decoder = vae_models.MLPDecoder(out_shape, (config.hidden_dim,), num_classes,
                                     config.torch_init, dtype)
   else:
     features = tuple(config.conv_features)
     encoder = vae_models.ConvEncoder(features, config.hidden_dim, config.latent_dim, num_classes,
                                      config.conv_activation, dtype)
-    decoder = vae_models.ConvDecoder(info.image_shape, features[::-1], config.hidden_dim, num_classes,
+    decoder = vae_models.ConvDecoder(out_shape, features[::-1], config.hidden_dim, num_classes,
                                      config.conv_activation, dtype)
   return vae_models.VAE(encoder, decoder, config.likelihood)
 
 
-def _log_likelihood(params, likelihood: str, out, x):
+def _log_likelihood(params, likelihood: str, scale: str, out, x):
+  """log p(x | decoder output `out`) per example, in nats; x on the config's `scale`."""
   if likelihood == "bernoulli":
     return losses.bernoulli_log_likelihood(out, x)
-  return losses.gaussian_log_likelihood(out, params["params"]["log_scale"], x)
+  if likelihood == "gaussian":
+    return losses.gaussian_log_likelihood(out, params["params"]["log_scale"], x)
+  mean, log_scale = jnp.split(out, 2, axis=-1)  # location in [0, 1] units, whatever the scale
+  x01 = (x + 1.0) / 2.0 if scale == "minus_one_one" else x
+  return losses.discretized_logistic_log_likelihood(mean, log_scale, x01)
 
 
 def mean_image(likelihood: str, scale: str, out):
-  """The decoder's expected image in [0, 1] for display."""
+  """The decoder's expected image in [0, 1] for display (the logistic's location, clipped)."""
   if likelihood == "bernoulli":
     return jax.nn.sigmoid(out)
+  if likelihood == "discretized_logistic":
+    return jnp.clip(jnp.split(out, 2, axis=-1)[0], 0.0, 1.0)
   return jnp.clip((out + 1.0) / 2.0 if scale == "minus_one_one" else out, 0.0, 1.0)
 
 
 def eval_params(state: TrainState):
   """The parameters evaluation and sampling use: their moving average when the run keeps one
   (ema_decay > 0), else the trained parameters."""
-  return state.model_state.get("ema_params", state.params)
+  return state.ema_params or state.players["vae"].params
 
 
 def batches_per_step(config) -> int:
@@ -111,128 +126,160 @@ def train_labels(config, images, labels, workdir=None):
   return labels
 
 
+class Net(NamedTuple):
+  """The VAE and the static choices its functions are traced with (hashable: a jit static)."""
+
+  model: vae_models.VAE
+  likelihood: str
+  scale: str
+  conditional: bool
+  latent_dim: int
+
+  def labels(self, batch):
+    return batch["label"] if self.conditional else None
+
+
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
   """The VAE `Trainable`; `total_steps` shapes the learning-rate schedule (if any)."""
-  model = build_model(config, info)
-  likelihood = config.likelihood
-  conditional = bool(config.conditional)
+  net = Net(build_model(config, info), config.likelihood, config.scale, bool(config.conditional),
+            config.latent_dim)
   tx = state_lib.adam(config, total_steps)
+  num_classes = info.num_classes if net.conditional else 0
+  return Trainable(
+      init=functools.partial(init, net=net, tx=tx, info=info, config=config),
+      train_step=functools.partial(train_step, net=net, config=config),
+      evaluate=functools.partial(evaluate, net=net, config=config),
+      full_evaluate=functools.partial(full_evaluate, net=net, config=config),
+      sample=functools.partial(sample, net=net, num_classes=num_classes),
+      log_images=functools.partial(log_images, net=net, config=config, num_classes=num_classes),
+      best_metric="neg_elbo", best_mode="min")
 
-  def labels_of(batch):
-    return batch["label"] if conditional else None
 
-  def init(rng) -> TrainState:
-    x = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
-    label = jnp.zeros((1,), jnp.int32) if conditional else None
-    params = model.init(jax.random.fold_in(rng, 0), x, jax.random.fold_in(rng, 1), label)
-    model_state = {"ema_params": params} if config.ema_decay > 0 else None
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=rng,
-                             model_state=model_state)
+def init(rng, *, net: Net, tx, info: data_lib.DatasetInfo, config) -> TrainState:
+  """The VAE's params from `rng` (folds 0 and 1) with its optimizer; EMA = params when kept."""
+  x = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
+  label = jnp.zeros((1,), jnp.int32) if net.conditional else None
+  params = net.model.init(jax.random.fold_in(rng, 0), x, jax.random.fold_in(rng, 1), label)
+  return TrainState.create(rng, ema_params=params if config.ema_decay > 0 else None,
+                         vae=Player.create(params, tx))
 
-  def per_example_terms(params, batch, rng, num_samples: int, axis_name=None):
-    x = batch["image"]
-    out, mean, logvar, z = model.apply(params, x, rng, labels_of(batch), num_samples, axis_name)
-    log_lik = _log_likelihood(params, likelihood, out, x)  # (S, B)
-    return log_lik, losses.gaussian_kl(mean, logvar), (z, mean, logvar)
 
-  def train_step(state: TrainState, batch, axis_name: str | None = None):
-    rng = step_rng(state)
-    k = config.iwae_samples
+def per_example_terms(net: Net, params, batch, rng, num_samples: int, axis_name=None):
+  """(log p(x|z) (S, B), KL (B,), (z, mean, logvar)) of `num_samples` posterior samples."""
+  x = batch["image"]
+  out, mean, logvar, z = net.model.apply(params, x, rng, net.labels(batch), num_samples,
+                                         axis_name)
+  log_lik = _log_likelihood(params, net.likelihood, net.scale, out, x)  # (S, B)
+  return log_lik, losses.gaussian_kl(mean, logvar), (z, mean, logvar)
 
-    def loss_fn(params):
-      log_lik, kl, (z, mean, logvar) = per_example_terms(params, batch, rng, k, axis_name)
-      neg_elbo = -log_lik.mean(0) + kl
-      if k == 1:
-        loss = jnp.mean(-log_lik[0] + config.beta * kl)
-      else:
-        loss = -jnp.mean(losses.iwae_bound(log_lik, z, mean, logvar))
-      return loss, {"loss": loss, "neg_elbo": jnp.mean(neg_elbo), "recon": -jnp.mean(log_lik),
-                    "kl": jnp.mean(kl)}
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    if axis_name is not None:
-      grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-    if config.ema_decay <= 0:
-      return state.apply_gradients(grads), metrics
-    new = state.apply_gradients(grads)
-    decay = state_lib.warmed_up_ema_decay(config.ema_decay, state.step)
-    ema = state_lib.ema_update(state.model_state["ema_params"], new.params, decay)
-    return new.replace(model_state={"ema_params": ema}), metrics
+def loss_fn(params, batch, rng, *, net: Net, config, axis_name=None):
+  """The training loss (beta-ELBO, or the IWAE bound with iwae_samples k > 1) and metrics."""
+  k = config.iwae_samples
+  log_lik, kl, (z, mean, logvar) = per_example_terms(net, params, batch, rng, k, axis_name)
+  neg_elbo = -log_lik.mean(0) + kl
+  if k == 1:
+    loss = jnp.mean(-log_lik[0] + config.beta * kl)
+  else:
+    loss = -jnp.mean(losses.iwae_bound(log_lik, z, mean, logvar))
+  return loss, {"loss": loss, "neg_elbo": jnp.mean(neg_elbo), "recon": -jnp.mean(log_lik),
+                "kl": jnp.mean(kl)}
 
-  @jax.jit
-  def eval_sums(params, batch, rng):
-    log_lik, kl, _ = per_example_terms(params, batch, rng, 1)
-    m = batch["mask"]
-    return {"neg_elbo": jnp.sum(m * (kl - log_lik[0])), "recon": jnp.sum(m * -log_lik[0]),
-            "kl": jnp.sum(m * kl), "count": jnp.sum(m)}
 
-  def evaluate(state: TrainState, test: data_lib.DeviceData) -> dict:
-    """One-sample ELBO terms over the whole split, with fixed noise (the same at every eval)."""
-    rng = jax.random.fold_in(state.rng, EVAL_STREAM)
-    totals = None
-    for i, batch in enumerate(data_lib.eval_batches(test, config.eval_batch_size, scale=config.scale)):
-      sums = eval_sums(eval_params(state), batch, jax.random.fold_in(rng, i))
-      totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = totals.pop("count")
-    return {k: float(v / count) for k, v in totals.items()}
+def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | None = None):
+  """One Adam step on the loss of `batch` (images on the config's scale), and the EMA's."""
+  vae = state.players["vae"]
+  objective = functools.partial(loss_fn, net=net, config=config, axis_name=axis_name)
+  grads, metrics = jax.grad(objective, has_aux=True)(vae.params, batch, step_rng(state))
+  if axis_name is not None:
+    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+  vae = vae.apply_gradients(grads)
+  ema = with_ema(state, vae.params, config.ema_decay) if config.ema_decay > 0 else {}
+  return state.replace(step=state.step + 1, players={"vae": vae}, ema_params=ema), metrics
 
-  @functools.partial(jax.jit, static_argnames="num_samples")
-  def iwae_chunk(params, batch, rng, num_samples):
-    """Per image: the k-sample bound and the k-sample mean ELBO (same samples, so bound >= ELBO)."""
-    log_lik, _, (z, mean, logvar) = per_example_terms(params, batch, rng, num_samples)
-    log_w = losses.importance_log_weights(log_lik, z, mean, logvar)
-    return losses.iwae_bound_from_log_weights(log_w), jnp.mean(log_w, axis=0)
 
-  def full_evaluate(state: TrainState, test: data_lib.DeviceData, *, iwae_samples=None,
-                    iwae_examples=None, progress=None) -> dict:
-    """The periodic metrics as test_*, plus nll_iwae: -log p(x) by k-sample importance sampling."""
-    k = iwae_samples or config.eval_iwae_samples
-    n = min(iwae_examples or config.eval_iwae_examples, int(test.labels.shape[0]))
-    result = {f"test_{name}": value for name, value in evaluate(state, test).items()}
-    subset = data_lib.DeviceData(test.images[:n], test.labels[:n])
-    chunk = max(1, min(n, 10_000 // k))  # about 10k decoder evaluations per call
-    rng = jax.random.fold_in(state.rng, EVAL_STREAM + 100)
-    bound_sum, elbo_sum = 0.0, 0.0
-    batches = list(data_lib.eval_batches(subset, chunk, scale=config.scale))
-    for i, batch in enumerate(progress(batches) if progress else batches):
-      bound, elbo = iwae_chunk(eval_params(state), batch, jax.random.fold_in(rng, i), k)
-      bound_sum += float(jnp.sum(bound * batch["mask"]))
-      elbo_sum += float(jnp.sum(elbo * batch["mask"]))
-    result.update(nll_iwae=-bound_sum / n, nll_iwae_samples=k, nll_iwae_examples=n,
-                  nll_iwae_subset_neg_elbo=-elbo_sum / n)
-    return result
+@functools.partial(jax.jit, static_argnames="net")
+def eval_sums(params, batch, rng, net: Net):
+  log_lik, kl, _ = per_example_terms(net, params, batch, rng, 1)
+  m = batch["mask"]
+  return {"neg_elbo": jnp.sum(m * (kl - log_lik[0])), "recon": jnp.sum(m * -log_lik[0]),
+          "kl": jnp.sum(m * kl), "count": jnp.sum(m)}
 
-  @functools.partial(jax.jit, static_argnames="num")
-  def _sample(params, rng, labels, num):
-    z = jax.random.normal(rng, (num, config.latent_dim))
-    out = model.apply(params, z, labels, method=vae_models.VAE.decode)
-    return mean_image(likelihood, config.scale, out)
 
-  def sample(state: TrainState, rng, num: int):
-    labels = jnp.arange(num, dtype=jnp.int32) % info.num_classes if conditional else None
-    images = np.asarray(_sample(eval_params(state), rng, labels, num))
-    return images, (None if labels is None else np.asarray(labels))
+def evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) -> dict:
+  """One-sample ELBO terms over the whole split, with fixed noise (the same at every eval)."""
+  rng = jax.random.fold_in(state.rng, EVAL_STREAM)
+  totals = None
+  batches = data_lib.eval_batches(test, config.eval_batch_size, scale=config.scale)
+  for i, batch in enumerate(batches):
+    sums = eval_sums(eval_params(state), batch, jax.random.fold_in(rng, i), net)
+    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = totals.pop("count")
+  return {k: float(v / count) for k, v in totals.items()}
 
-  @jax.jit
-  def _reconstruct(params, batch, rng):
-    out, *_ = model.apply(params, batch["image"], rng, labels_of(batch))
-    return mean_image(likelihood, config.scale, out[0])
 
-  def log_images(state: TrainState, test: data_lib.DeviceData) -> dict:
-    """A sample grid (class per row when conditional) and test originals over reconstructions."""
-    rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)  # the same noise at every step
-    samples, ncols = writers.sample_grid(lambda num: sample(state, rng, num),
-                                         config.num_sample_images,
-                                         info.num_classes if conditional else 0)
-    batch = next(data_lib.eval_batches(test, 32, scale=config.scale))
-    recon = np.asarray(_reconstruct(eval_params(state), batch, rng))
-    originals = np.asarray(batch["image"])
-    if config.scale == "minus_one_one":
-      originals = (originals + 1.0) / 2.0
-    pairs = np.concatenate([originals[:16], recon[:16], originals[16:], recon[16:]])
-    return {"samples": (samples, ncols), "reconstructions": (pairs, 16)}
+@functools.partial(jax.jit, static_argnames=("net", "num_samples"))
+def iwae_chunk(params, batch, rng, net: Net, num_samples: int):
+  """Per image: the k-sample bound and the k-sample mean ELBO (same samples, so bound >= ELBO)."""
+  log_lik, _, (z, mean, logvar) = per_example_terms(net, params, batch, rng, num_samples)
+  log_w = losses.importance_log_weights(log_lik, z, mean, logvar)
+  return losses.iwae_bound_from_log_weights(log_w), jnp.mean(log_w, axis=0)
 
-  return Trainable(init=init, train_step=train_step, evaluate=evaluate,
-                   full_evaluate=full_evaluate, sample=sample, log_images=log_images,
-                   best_metric="neg_elbo", best_mode="min")
+
+def full_evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, config,
+                  iwae_samples=None, iwae_examples=None, progress=None) -> dict:
+  """The periodic metrics as test_*, plus nll_iwae: -log p(x) by k-sample importance sampling."""
+  k = iwae_samples or config.eval_iwae_samples
+  n = min(iwae_examples or config.eval_iwae_examples, int(test.labels.shape[0]))
+  result = {f"test_{name}": value
+            for name, value in evaluate(state, test, net=net, config=config).items()}
+  subset = data_lib.DeviceData(test.images[:n], test.labels[:n])
+  chunk = max(1, min(n, 10_000 // k))  # about 10k decoder evaluations per call
+  rng = jax.random.fold_in(state.rng, EVAL_STREAM + 100)
+  bound_sum, elbo_sum = 0.0, 0.0
+  batches = list(data_lib.eval_batches(subset, chunk, scale=config.scale))
+  for i, batch in enumerate(progress(batches) if progress else batches):
+    bound, elbo = iwae_chunk(eval_params(state), batch, jax.random.fold_in(rng, i), net, k)
+    bound_sum += float(jnp.sum(bound * batch["mask"]))
+    elbo_sum += float(jnp.sum(elbo * batch["mask"]))
+  result.update(nll_iwae=-bound_sum / n, nll_iwae_samples=k, nll_iwae_examples=n,
+                nll_iwae_subset_neg_elbo=-elbo_sum / n)
+  return result
+
+
+@functools.partial(jax.jit, static_argnames=("net", "num"))
+def decode_prior(params, rng, labels, net: Net, num: int):
+  """`num` mean images in [0, 1] decoded from prior samples z ~ N(0, I)."""
+  z = jax.random.normal(rng, (num, net.latent_dim))
+  out = net.model.apply(params, z, labels, method=vae_models.VAE.decode)
+  return mean_image(net.likelihood, net.scale, out)
+
+
+def sample(state: TrainState, rng, num: int, *, net: Net, num_classes: int):
+  """(num images in [0, 1], their labels (class i % num_classes) or None)."""
+  labels = jnp.arange(num, dtype=jnp.int32) % num_classes if net.conditional else None
+  images = np.asarray(decode_prior(eval_params(state), rng, labels, num=num, net=net))
+  return images, (None if labels is None else np.asarray(labels))
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def reconstruct(params, batch, rng, net: Net):
+  out, *_ = net.model.apply(params, batch["image"], rng, net.labels(batch))
+  return mean_image(net.likelihood, net.scale, out[0])
+
+
+def log_images(state: TrainState, test: data_lib.DeviceData, *, net: Net, config,
+               num_classes: int) -> dict:
+  """A sample grid (class per row when conditional) and test originals over reconstructions."""
+  rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)  # the same noise at every step
+  samples, ncols = writers.sample_grid(
+      lambda num: sample(state, rng, num, net=net, num_classes=num_classes),
+      config.num_sample_images, num_classes)
+  batch = next(data_lib.eval_batches(test, 32, scale=config.scale))
+  recon = np.asarray(reconstruct(eval_params(state), batch, rng, net))
+  originals = np.asarray(batch["image"])
+  if config.scale == "minus_one_one":
+    originals = (originals + 1.0) / 2.0
+  pairs = np.concatenate([originals[:16], recon[:16], originals[16:], recon[16:]])
+  return {"samples": (samples, ncols), "reconstructions": (pairs, 16)}

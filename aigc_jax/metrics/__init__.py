@@ -1,5 +1,19 @@
-"""Sample-quality metrics: FID, KID, precision/recall, IS on the project's own classifier.
+"""Sample-quality metrics of generated images, on the project's own feature classifier.
 
-`fid` holds the metrics on feature arrays (numpy, float64); `classifier` trains and caches the
-Fashion-MNIST feature extractor and evaluates generated images against real ones.
+One module per metric, on (N, D) feature arrays (numpy, float64):
+
+- `fid`: feature statistics, the Frechet distance, FID.
+- `kid`: KID (unbiased MMD^2 with a cubic kernel, over subsets).
+- `precision_recall`: improved precision and recall (k-NN balls).
+- `inception_score`: IS and label accuracy, on class probabilities / logits.
+- `feature_arrays`: the input check they share.
+
+The feature classifier and the evaluation of images:
+
+- `classifier_net`: the CNN, its training recipe and key, `to_input`, a trained `Classifier`.
+- `classifier_train`: the classifier's own small training loop.
+- `classifier`: the on-disk cache and `load_or_train`, the usual entry point.
+- `sample_metrics`: `evaluate_samples` (all metrics of fake images) and the real-vs-real floors.
+
+docs/metrics.md describes how the metrics and floors are computed.
 """

@@ -25,8 +25,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aigc_jax.models.layers import (SubPixelUpsample, TransposeUpsample, conv_general_dilated,
-                                     maybe_spectral)
+from aigc_jax.models.layers import SubPixelUpsample
+from aigc_jax.models.layers import TransposeUpsample
+from aigc_jax.models.layers import conv_general_dilated
+from aigc_jax.models.layers import maybe_spectral
 
 UPSAMPLE_MODES = ("subpixel", "resize_conv", "transpose")
 LABEL_MODES = ("multiply", "concat")

@@ -63,7 +63,8 @@ class TransposeUpsample(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     if self.impl not in TRANSPOSE_IMPLS:
-      raise ValueError(f"TransposeUpsample impl must be one of {TRANSPOSE_IMPLS}, got {self.impl!r}")
+      raise ValueError(f"TransposeUpsample impl must be one of {TRANSPOSE_IMPLS}, got "
+                       f"{self.impl!r}")
     bias = self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     if self.impl == "conv_transpose":
       kernel = self.param("Conv_0", lambda key: {"kernel": nn.initializers.lecun_normal()(
@@ -71,7 +72,8 @@ class TransposeUpsample(nn.Module):
       y = jax.lax.conv_transpose(x.astype(self.dtype), transpose_kernel(kernel).astype(self.dtype),
                                  (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
       return y + bias
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # explicit: a padded 2x2 conv's gradient is slow
+    # explicit padding: a padded 2x2 conv's gradient is slow
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     x = nn.Conv(4 * self.features, (2, 2), padding="VALID", use_bias=False, dtype=self.dtype)(x)
     return depth_to_space(x, 2)[:, 1:-1, 1:-1] + bias
 
@@ -123,8 +125,8 @@ def maybe_spectral(layer: nn.Module, enabled: bool, update_stats: bool):
 #
 # A gradient penalty (WGAN-GP, R1) differentiates the critic's input gradient w.r.t. its
 # weights. For a strided convolution XLA derives that term as a reversed, dilated convolution
-# that XLA:CPU runs ~15x slower than the equivalent weight gradient (measured: 151 of the
-# 228 ms of a 2-conv critic's penalty step at batch 64). A convolution y = conv(x, w) is
+# that XLA:CPU runs far slower than the equivalent weight gradient (benchmarks/README.md has
+# the measurement). A convolution y = conv(x, w) is
 # bilinear, so all its derivatives are one of three linear maps: conv itself and its
 # transposes in x (the input gradient) and in w (the weight gradient). Giving each a custom
 # VJP written with the others keeps every derivative in the first-order forms.

@@ -1,8 +1,10 @@
 """VAE encoders and decoders (MLP and convolutional), optionally class-conditional.
 
 The encoder maps an image (and a label) to the mean and log-variance of a diagonal Gaussian
-q(z|x); the decoder maps a latent (and a label) to per-pixel logits (Bernoulli likelihood) or
-means (Gaussian likelihood, with a learned global log-scale kept in the `VAE` module).
+q(z|x); the decoder maps a latent (and a label) to the parameters of p(x|z) per pixel and
+channel: logits (Bernoulli likelihood), means (Gaussian, with a learned global log-scale kept in
+the `VAE` module), or means then log-scales along the channel axis (discretized logistic). Its
+output has `LIKELIHOODS[likelihood] * C` channels for C image channels (`decoder_shape`).
 
 `dtype` is the computation's (float32 or bfloat16): parameters stay float32, and the encoder's
 mean and log-variance and the decoder's output come out in float32.
@@ -17,8 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aigc_jax.models.layers import SubPixelUpsample, torch_linear_init
-from aigc_jax.state import batch_noise
+from aigc_jax.models.layers import SubPixelUpsample
+from aigc_jax.models.layers import torch_linear_init
+from aigc_jax.noise import batch_noise
 
 
 def _dense(features: int, fan_in: int, torch_init: bool, name=None, dtype=jnp.float32) -> nn.Dense:
@@ -72,10 +75,18 @@ class MLPDecoder(nn.Module):
 
 
 ACTIVATIONS = {"relu": nn.relu, "silu": nn.silu, "elu": nn.elu}
+# likelihood -> decoder outputs per image channel
+LIKELIHOODS = {"bernoulli": 1, "gaussian": 1, "discretized_logistic": 2}
+
+
+def decoder_shape(image_shape: Sequence[int], likelihood: str) -> tuple[int, int, int]:
+  """(H, W, C * LIKELIHOODS[likelihood]): the decoder's output for (H, W, C) images."""
+  height, width, channels = image_shape
+  return height, width, channels * LIKELIHOODS[likelihood]
 
 
 class ConvEncoder(nn.Module):
-  """Two stride-2 4x4 convolutions (28 -> 14 -> 7), a 3x3 one at 7x7, a dense layer, two heads."""
+  """Two stride-2 4x4 convolutions (H -> H/2 -> H/4), a 3x3 one at H/4, a dense layer, two heads."""
 
   features: Sequence[int] = (32, 64)
   hidden_dim: int = 256
@@ -90,7 +101,7 @@ class ConvEncoder(nn.Module):
     h = x
     for f in self.features:
       h = act(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME", dtype=dtype)(h))
-    h = act(nn.Conv(self.features[-1], (3, 3), padding="SAME", dtype=dtype)(h))  # cheap at 7x7
+    h = act(nn.Conv(self.features[-1], (3, 3), padding="SAME", dtype=dtype)(h))  # cheap at H/4
     h = _with_label(h.reshape(h.shape[0], -1), label, self.num_classes)
     h = act(nn.Dense(self.hidden_dim, dtype=dtype)(h))
     return _f32(nn.Dense(self.latent_dim, name="mean", dtype=dtype)(h),
@@ -100,7 +111,8 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
   """Dense to (H/4, W/4, features[0]), a 3x3 conv there, then two sub-pixel 2x upsamplings.
 
-  Takes z of shape (N, D); returns (N, H, W, C).
+  Takes z of shape (N, D); returns (N, H, W, C) for image_shape (H, W, C) (the decoder's output
+  shape: see `decoder_shape`).
   """
 
   image_shape: Sequence[int] = (28, 28, 1)
@@ -130,7 +142,7 @@ class VAE(nn.Module):
 
   encoder: nn.Module
   decoder: nn.Module
-  likelihood: str = "bernoulli"  # or 'gaussian'
+  likelihood: str = "bernoulli"  # a key of LIKELIHOODS
 
   def setup(self):
     if self.likelihood == "gaussian":
@@ -140,11 +152,11 @@ class VAE(nn.Module):
     return self.encoder(x, label)
 
   def decode(self, z, label=None):
-    """Logits (Bernoulli) or means (Gaussian) with the shape of z's batch dims + image."""
+    """The likelihood's parameters, (N, H, W, LIKELIHOODS[likelihood] * C) for z (N, D)."""
     return self.decoder(z, label)
 
   def __call__(self, x, rng, label=None, num_samples: int = 1, axis_name: str | None = None):
-    """Returns (decoder output (S, B, H, W, C), mean, logvar, z (S, B, D)).
+    """Returns (decoder output (S, B, H, W, C'), mean, logvar, z (S, B, D)); C' as in `decode`.
 
     Under a data axis `axis_name` the noise is that of the global batch, sliced (`batch_noise`).
     """
@@ -155,4 +167,4 @@ class VAE(nn.Module):
     flat_z = z.reshape(-1, z.shape[-1])
     flat_label = None if label is None else jnp.tile(label, num_samples)
     out = self.decode(flat_z, flat_label)
-    return out.reshape((num_samples,) + x.shape), mean, logvar, z
+    return out.reshape((num_samples, x.shape[0]) + out.shape[1:]), mean, logvar, z

@@ -2,9 +2,8 @@
 
 `op_times(fn, *args)` compiles `fn`, runs it under `jax.profiler` and returns the ops of the
 compiled module by total time per call, each with its line of the optimized HLO (shapes, window,
-dimension labels), e.g. the reversed, dilated weight-gradient convolution that made WGAN-GP's
-gradient penalty slow on XLA:CPU. `python -m aigc_jax.benchmark --model M --profile N` prints the
-top N for an experiment's train step.
+dimension labels). `python -m aigc_jax.benchmark --model M --profile N` prints the top N for an
+experiment's train step.
 """
 
 from __future__ import annotations

@@ -1,0 +1,117 @@
+"""Every sample metric of generated images at once (`evaluate_samples`) and its real floors.
+
+`evaluate_samples` scores fake images against real features with the classifier: fid, kid,
+precision/recall, is and label_acc (modules `fid`, `kid`, `precision_recall`,
+`inception_score`). `floors` scores real train images the same way: the values a generator that
+draws real images would get, cached beside the classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+
+import numpy as np
+import scipy.special
+
+from aigc_jax.metrics import classifier as classifier_lib
+from aigc_jax.metrics import classifier_net
+from aigc_jax.metrics import fid as fid_lib
+from aigc_jax.metrics import inception_score as is_lib
+from aigc_jax.metrics import kid as kid_lib
+from aigc_jax.metrics import precision_recall as pr_lib
+
+
+def evaluate_samples(classifier: classifier_net.Classifier,
+                     fake_images_uint8,
+                     real_features,
+                     fake_requested_labels=None,
+                     *,
+                     kid_subsets: int = 100,
+                     kid_subset_size: int = 1000,
+                     k: int = 5,
+                     is_splits: int = 10,
+                     seed: int = 0) -> dict[str, float]:
+  """fid, kid (and kid_std), precision, recall, is (and is_std), label_acc when labels are given.
+
+  All on the classifier's features of the fake images vs `real_features`, the same classifier's
+  (N, D) features of the real images (`classifier.features(real_images)`: extract them once per
+  real set and reuse them for every model, checkpoint and floor); IS on the fake images' class
+  probabilities. Use equal set sizes (e.g. 10k each): FID and KID depend on them.
+  """
+  real_features = np.asarray(real_features)
+  if real_features.ndim != 2:
+    raise ValueError(f"real_features must be (N, D) features, got shape {real_features.shape}; "
+                     "pass classifier.features(real_images)")
+  fake_feats, fake_logits = classifier.features_and_logits(fake_images_uint8)
+  kid_mean, kid_std = kid_lib.kid(fake_feats, real_features, kid_subsets, kid_subset_size, seed)
+  precision, recall = pr_lib.precision_recall(real_features, fake_feats, k=k)
+  probs = scipy.special.softmax(fake_logits.astype(np.float64), axis=-1)
+  is_mean, is_std = is_lib.inception_score(probs, is_splits)
+  out = {"fid": fid_lib.fid(fake_feats, real_features), "kid": kid_mean, "kid_std": kid_std,
+         "precision": precision, "recall": recall, "is": is_mean, "is_std": is_std}
+  if fake_requested_labels is not None:
+    out["label_acc"] = is_lib.label_accuracy(fake_logits, fake_requested_labels)
+  return out
+
+
+def floor_rows(num_images: int, num_train: int, seed: int = 0) -> np.ndarray:
+  """The sorted rows of the train subset `floors` scores: `num_train` of `num_images` (at most
+  all), drawn without replacement with `np.random.default_rng(seed)`."""
+  return np.sort(np.random.default_rng(seed).choice(num_images, min(num_train, num_images),
+                                                    replace=False))
+
+
+def _floors_file(classifier: classifier_net.Classifier, images: np.ndarray, real: np.ndarray,
+                 labels: np.ndarray | None, kwargs: dict) -> str | None:
+  """``<classifier.path>/floors-<hash>.json``, the hash of the inputs; None when not cached."""
+  if not classifier.path:
+    return None
+  digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode())
+  for array in (images, real) if labels is None else (images, real, labels):
+    digest.update(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.tobytes())
+  return os.path.join(classifier.path, f"floors-{digest.hexdigest()[:16]}.json")
+
+
+def floors(classifier: classifier_net.Classifier,
+           train_images,
+           real_features,
+           train_labels=None,
+           *,
+           num_train: int = 10_000,
+           seed: int = 0,
+           **kwargs) -> dict[str, float]:
+  """`evaluate_samples` of a real-train subset (as the fakes) vs `real_features`: the floors.
+
+  What a generator that draws real images would score: the scale a model's metrics are read on.
+  Compute them exactly as the model's metrics, with as many train images as the model has
+  samples (`num_train`) and the same `real_features` and `kwargs`. The subset is `num_train`
+  train images chosen by `floor_rows` (`kwargs` go to `evaluate_samples`); with
+  `train_labels`, label_acc is the classifier's accuracy on it.
+
+  Cached as ``floors-<hash>.json`` beside a cached classifier (`classifier.path`); the hash
+  covers the subset's images and labels, `real_features` and the options, so other data misses.
+  """
+  idx = floor_rows(len(train_images), num_train, seed)
+  images = np.ascontiguousarray(np.asarray(train_images)[idx])
+  labels = None if train_labels is None else np.asarray(train_labels, np.int64)[idx]
+  real = np.ascontiguousarray(real_features, np.float32)
+  path = _floors_file(classifier, images, real, labels, kwargs)
+  if path and os.path.exists(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      warnings.warn(f"floors cache {path} is unreadable ({e}); recomputing", RuntimeWarning,
+                    stacklevel=2)
+  out = evaluate_samples(classifier, images, real, labels, **kwargs)
+  if path:
+    text = json.dumps(out, indent=2, sort_keys=True).encode()
+    try:
+      classifier_lib.atomic_write(path, lambda f: f.write(text))
+    except OSError as e:
+      warnings.warn(f"could not cache floors in {path} ({e})", RuntimeWarning, stacklevel=2)
+  return out

@@ -4,6 +4,11 @@
 samples, 2026-12-01) recall 0.731 against 0.144, FID 1.64 against 1.96, precision 0.799 against
 0.820, label accuracy 0.940 against 0.938.
 
+Result (2026-12-01, 2-core CPU; wall time not recorded): after 20 epochs (best checkpoint, step
+18740), 10,000 EMA samples: FID 1.64, precision 0.799, recall 0.731, IS 8.65, label_acc 0.940
+(floors 0.20 / 0.905 / 0.901 / 8.83 / 0.975); raw G FID 2.15.
+Evaluate with: python -m aigc_jax.evaluate --workdir runs/cgan_fashion_mnist
+
 python experiments/cgan_fashion_mnist.py --workdir runs/cgan_fashion_mnist [--config.KEY=VALUE ...]
 """
 

@@ -1,5 +1,7 @@
 """Class-conditional MLP VAE on Fashion-MNIST: the label enters encoder and decoder.
 
+Result: none recorded yet (its step time is in benchmarks/RESULTS.md, model `cvae`).
+
 python experiments/cvae_fashion_mnist.py --workdir runs/cvae [--config.KEY=VALUE ...]
 """
 

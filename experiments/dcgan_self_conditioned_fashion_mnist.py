@@ -4,6 +4,11 @@ Unconditional (no label is read; the clusters come from the train images' pixels
 sampled uniformly), evaluated like `dcgan_fashion_mnist.py`; the same networks plus a cluster
 embedding concatenated to z and a projection in D.
 
+Result (2026-12-02, 2-core CPU; wall time not recorded): after 20 epochs (step 18740), 10,000 EMA
+samples: FID 2.03, precision 0.820, recall 0.761, IS 7.69 (raw G: 2.58 / 0.802 / 0.728), against
+6.61 / 0.613 / 0.717 for dcgan_fashion_mnist.py; floors 0.20 / 0.905 / 0.901 / 8.83.
+Evaluate with: python -m aigc_jax.evaluate --workdir runs/dcgan_self_conditioned
+
 python experiments/dcgan_self_conditioned_fashion_mnist.py --workdir runs/dcgan_self_conditioned
 """
 

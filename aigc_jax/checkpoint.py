@@ -13,6 +13,7 @@ pending writes are done and re-raise a failed write's error.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ __all__ = ["CheckpointError", "Checkpoints", "abstract_like"]
 
 _log = logging.getLogger(__name__)
 _ITEM = "state"
+_SUMS = "checksums"
 S = TypeVar("S")
 
 
@@ -89,7 +91,7 @@ class Checkpoints:
     )
     # A registry lets a fresh manager read the item's metadata before any save/restore.
     registry = ocp.handlers.create_default_handler_registry(
-        **{_ITEM: ocp.StandardCheckpointHandler()})
+        **{_ITEM: ocp.StandardCheckpointHandler(), _SUMS: ocp.JsonCheckpointHandler()})
     self._mngr = ocp.CheckpointManager(directory, options=options, handler_registry=registry)
     self.directory = self._mngr.directory
 
@@ -117,12 +119,22 @@ class Checkpoints:
     try:
       self._mngr.save(
           step,
-          args=ocp.args.Composite(**{_ITEM: ocp.args.StandardSave(state)}),
+          args=ocp.args.Composite(**{_ITEM: ocp.args.StandardSave(state),
+                                     _SUMS: ocp.args.JsonSave(checksums(state))}),
           metrics=self._json_metrics(metrics),
           force=True,  # the training loop decides when to save, not orbax's policy
       )
+    except Exception as e:  # a previous save's failure surfaces here too
+      raise self._write_error(e) from e
     finally:
       absl_logger.removeFilter(quiet)
+
+  def _write_error(self, error: Exception) -> CheckpointError:
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return CheckpointError(
+        f"writing a checkpoint into {self.directory} failed ({type(error).__name__}: {first}); "
+        f"free disk space or fix the directory's permissions, then resume: the checkpoints "
+        f"already there ({self.all_steps()}) are kept")
 
   def _json_metrics(self, metrics: Mapping[str, Any] | None) -> dict[str, float] | None:
     """Finite scalar metrics as floats; None unless they hold a finite `best_metric`."""
@@ -139,8 +151,11 @@ class Checkpoints:
     return out if self.best_metric in out else None
 
   def wait(self) -> None:
-    """Blocks until pending saves are committed; re-raises a failed save's error."""
-    self._mngr.wait_until_finished()
+    """Blocks until pending saves are committed; a failed save raises CheckpointError."""
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:
+      raise self._write_error(e) from e
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -153,10 +168,11 @@ class Checkpoints:
     return sorted(self._mngr.all_steps())
 
   def restore(self, state_template: S, step: int | None = None) -> S:
-    """Restores `step` (default latest) into the template's type, static fields and devices.
+    """Restores `step` (default latest) into the template's type, static fields and devices,
+    verified: its arrays must match the checksums saved with them and be finite.
 
-        `state_template` may be concrete or abstract (`jax.eval_shape`).
-        """
+    `state_template` may be concrete or abstract (`jax.eval_shape`).
+    """
     self.wait()
     steps = self.all_steps()
     step = self.latest_step() if step is None else int(step)
@@ -171,7 +187,14 @@ class Checkpoints:
       detail = self._mismatch(step, target)
       if detail is None:
         args = ocp.args.Composite(**{_ITEM: ocp.args.StandardRestore(target)})
-        return self._mngr.restore(step, args=args)[_ITEM]
+        state = self._mngr.restore(step, args=args)[_ITEM]
+        detail = self._corruption(step, state)
+        if detail is None:
+          return state
+        raise CheckpointError(f"checkpoint {self._path(step)} is corrupt ({detail}); restore "
+                              f"an earlier step of {steps} (--step N) or use a new --workdir")
+    except CheckpointError:
+      raise
     except Exception as e:
       raise CheckpointError(
           f"checkpoint {self._path(step)} could not be read ({type(e).__name__}: {e}); "
@@ -179,6 +202,47 @@ class Checkpoints:
     raise CheckpointError(
         f"checkpoint {self._path(step)} does not match the model built from the config "
         f"({detail}); use the config it was trained with or a new --workdir")
+
+  def restore_verified(self, state_template: S, newest: int | None = None) -> tuple[S, int]:
+    """(state, step) of the newest checkpoint (at most `newest`) that restores and verifies;
+    every newer one that does not is logged with the reason. Raises CheckpointError when none
+    does."""
+    steps = [s for s in reversed(self.all_steps()) if newest is None or s <= newest]
+    if not steps:
+      return self.restore(state_template, newest), newest  # raises the right error
+    skipped = []
+    for step in steps:
+      try:
+        return self.restore(state_template, step), step
+      except CheckpointError as e:
+        _log.warning("skipping checkpoint %s: %s", self._path(step), e)
+        skipped.append(f"{step}: {e}")
+    raise CheckpointError(f"no checkpoint in {self.directory} can be restored: "
+                          + "; ".join(skipped))
+
+  def delete_after(self, step: int) -> list[int]:
+    """Deletes the checkpoints newer than `step` (so that training can go on from it)."""
+    self.wait()
+    newer = [s for s in self.all_steps() if s > step]
+    for s in newer:
+      _log.warning("deleting checkpoint %s: training goes on from step %d", self._path(s), step)
+      self._mngr.delete(s)
+    return newer
+
+  def _corruption(self, step: int, state: Any) -> str | None:
+    """Why the restored `state` of `step` is not what was saved (checksums), or not finite."""
+    if (self.directory / str(step) / _SUMS).exists():
+      saved = self._mngr.restore(step, args=ocp.args.Composite(
+          **{_SUMS: ocp.args.JsonRestore()}))[_SUMS]
+      got = checksums(state)
+      bad = next((path for path, digest in saved.items() if got.get(path) != digest), None)
+      if bad is not None:
+        return f"the arrays at {bad} differ from the checksum saved with them"
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+      leaf = np.asarray(leaf)
+      if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
+        return f"{jax.tree_util.keystr(path)} is not finite"
+    return None
 
   def _mismatch(self, step: int, target: Any) -> str | None:
     """The first path where the saved arrays differ from `target`, or None."""
@@ -198,11 +262,29 @@ class Checkpoints:
     return f"'{'/'.join(extra)}' is in the checkpoint but not in the model"
 
   def close(self) -> None:
-    """Waits for pending saves and releases orbax resources."""
-    self._mngr.close()
+    """Waits for pending saves and releases orbax resources; a failed save raises
+    CheckpointError."""
+    try:
+      self._mngr.close()
+    except Exception as e:
+      raise self._write_error(e) from e
 
   def __enter__(self) -> Checkpoints:
     return self
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
+
+
+def checksums(tree: Any) -> dict[str, str]:
+  """The sha256 of every array leaf's bytes (C order), by its key path."""
+  return {jax.tree_util.keystr(path): hashlib.sha256(
+      np.ascontiguousarray(np.asarray(leaf)).tobytes()).hexdigest()
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every floating-point leaf of `tree` is finite."""
+  return all(np.isfinite(np.asarray(leaf)).all()
+             for leaf in jax.tree_util.tree_leaves(tree)
+             if np.issubdtype(np.asarray(leaf).dtype, np.floating))

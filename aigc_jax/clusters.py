@@ -16,6 +16,7 @@ import os
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from aigc_jax.data import DataError
 
@@ -42,9 +43,11 @@ def balanced_assign(distances: np.ndarray, sizes: np.ndarray) -> np.ndarray:
   return assign
 
 
-def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 0) -> np.ndarray:
+def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 0,
+                    progress: bool = False) -> np.ndarray:
   """Cluster ids (N,) int32 of the rows of x (N, D) into k clusters of N // k or N // k + 1 rows:
-  k-means++ seeding, then Lloyd iterations with `balanced_assign` as the assignment step."""
+  k-means++ seeding, then Lloyd iterations with `balanced_assign` as the assignment step.
+  `progress`: a progress bar over the seeding and the iterations."""
   x = np.asarray(x, np.float32)
   num = x.shape[0]
   if not 1 <= k <= num:
@@ -55,6 +58,8 @@ def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 
   def squared_distances(centers):
     return np.maximum(norms[:, None] - 2.0 * x @ centers.T + np.sum(centers**2, axis=1), 0.0)
 
+  bar = tqdm(total=k + iterations, desc="k-means", unit="step", disable=not progress,
+             leave=False)
   centers = x[rng.integers(num)][None]
   nearest = squared_distances(centers)[:, 0].astype(np.float64)
   for _ in range(1, k):  # k-means++: the next center far from the chosen ones
@@ -62,18 +67,24 @@ def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 
     pick = rng.choice(num, p=nearest / total) if total > 0 else rng.integers(num)  # all equal
     centers = np.concatenate([centers, x[pick][None]])
     nearest = np.minimum(nearest, squared_distances(centers[-1:])[:, 0])
+    bar.update()
   sizes = np.full(k, num // k) + (np.arange(k) < num % k)
   for _ in range(iterations):
     assign = balanced_assign(squared_distances(centers), sizes)
     centers = np.stack([x[assign == j].mean(axis=0) for j in range(k)])
-  return balanced_assign(squared_distances(centers), sizes).astype(np.int32)
+    bar.update()
+  ids = balanced_assign(squared_distances(centers), sizes).astype(np.int32)
+  bar.update()
+  bar.close()
+  return ids
 
 
-def pixel_clusters(images: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+def pixel_clusters(images: np.ndarray, k: int, seed: int = 0, progress: bool = True) -> np.ndarray:
   """Balanced k-means ids of uint8 images (N, H, W, C) by their pixels scaled to [0, 1]."""
   start = time.perf_counter()
+  log.info("clustering %d images into %d balanced pixel k-means clusters", len(images), k)
   flat = np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
-  ids = balanced_kmeans(flat, k, seed=seed)
+  ids = balanced_kmeans(flat, k, seed=seed, progress=progress)
   log.info("%d balanced pixel k-means clusters of %d images in %.1f s", k, len(images),
            time.perf_counter() - start)
   return ids

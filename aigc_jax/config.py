@@ -61,6 +61,9 @@ def base_config() -> dict:
       early_stopping_patience=0,  # evaluations without improvement before stopping; 0 = off
       num_sample_images=64,
       progress_bar=True,
+      # On resume, keys that change what the run computes (seed, batch size, model, ...) are
+      # refused unless this is True; the changes are then recorded (metrics.jsonl, config.json).
+      allow_config_change=False,
   )
 
 

@@ -11,6 +11,7 @@ import functools
 import gzip
 import logging
 import os
+import socket
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 IDX_DIR_ENV = "AIGC_JAX_IDX_DIR"
+TFDS_HOST = "storage.googleapis.com"  # where TFDS downloads from
 _IDX_FIX = "re-download the file or point --config.idx_dir elsewhere"
 _GZIP_MAGIC = b"\x1f\x8b"
 # IDX type code -> dtype (multi-byte types are stored big-endian).
@@ -187,13 +189,33 @@ def missing_data_fix(info: DatasetInfo) -> str:
   return ", ".join(fixes[:-1]) + (", or " if len(fixes) > 1 else "") + fixes[-1]
 
 
+def network_reachable(host: str = TFDS_HOST, timeout: float = 3.0) -> bool:
+  """Whether a TCP connection to `host`:443 opens within `timeout` seconds."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _tfds_source(info: DatasetInfo, split: str, data_dir: str | None):
+  """`tfds.data_source` of a prepared split; downloads and prepares it only when the network is
+  reachable (without one, TFDS would retry for minutes and leave partial downloads)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
+  except Exception:  # pylint: disable=broad-except  # not prepared in data_dir
+    if not network_reachable():
+      raise DataError(f"TFDS has not prepared {info.tfds_name!r} in its data_dir and there is no "
+                      f"network to download it ({TFDS_HOST} is unreachable)") from None
+  return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir)
+
+
 def _from_tfds(info: DatasetInfo, split: str, data_dir: str | None,
                tried: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """Reads a whole split through `tfds.data_source` into numpy arrays."""
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    source = tfds.data_source(info.tfds_name, split=split, data_dir=data_dir)
-    records = _read_records(source)
+    records = _read_records(_tfds_source(info, split, data_dir))
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"dataset '{info.name}' split '{split}': no data found (tried "
                     f"{'; '.join([*tried, f'TFDS {info.tfds_name!r}'])}; TFDS failed with "

@@ -1,7 +1,8 @@
-"""Evaluate a trained workdir on the test split and print one JSON object of metrics.
+"""Evaluate a trained workdir, or a file of samples, on the test split; print one JSON object.
 
-python -m aigc_jax.evaluate --workdir DIR [--checkpoint best|latest] [--iwae_samples K]
+python -m aigc_jax.evaluate --workdir DIR [--checkpoint best|latest | --step N] [--iwae_samples K]
     [--iwae_examples N] [--num_samples N]
+python -m aigc_jax.evaluate --samples FILE.npz [--dataset fashion_mnist] [--num_samples N]
 
 For a VAE: test_neg_elbo, test_recon, test_kl (nats per image over the whole test split) and
 nll_iwae (-log p(x) estimated with K importance samples on the first N test images; the JSON
@@ -11,14 +12,21 @@ For a GAN: fid, kid, precision, recall, is (and label_acc when conditional) of N
 EMA generator against the first N test images (N = num_samples, 10000 by default), each followed
 by its floor, e.g. fid_floor: the same metric of N real train images against the same test
 images, so a reader knows the scale; then kid_std, is_std and raw_* (the raw generator's).
+
+For a samples file (from any model, e.g. `python -m aigc_jax.sample` or a PyTorch one): the same
+metrics and floors of its first N images (N = num_samples, by default all, at most 10000).
+The file holds `images`, uint8 (N, H, W) or (N, H, W, C) of the dataset's image size, and
+optionally `labels` (N,), the classes the images were asked to show (adds label_acc).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
+import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
@@ -26,39 +34,119 @@ from aigc_jax import backend
 from aigc_jax import data as data_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
+from aigc_jax.families import sample_eval
+from aigc_jax.metrics import classifier as classifier_lib
 
 flags.DEFINE_string("workdir", None, "A training run's directory.")
+flags.DEFINE_string("samples", None, "Instead of --workdir: an .npz of uint8 `images` to score.")
+flags.DEFINE_string("dataset", "fashion_mnist", "--samples: the dataset they are scored against.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to evaluate.")
+flags.DEFINE_integer("step", None, "Evaluate this checkpoint step instead.")
 flags.DEFINE_integer("iwae_samples", 0, "Importance samples per image (0: the config's).")
 flags.DEFINE_integer("iwae_examples", 0, "Test images for nll_iwae (0: the config's).")
-flags.DEFINE_integer("num_samples", 0, "GAN: generated images per metric (0: 10000).")
+flags.DEFINE_integer("num_samples", 0, "GAN or --samples: images per metric (0: 10000, or all "
+                     "the file's).")
 FLAGS = flags.FLAGS
 log = logging.getLogger("aigc_jax.evaluate")  # not __name__: "__main__" under python -m
 
 
-def evaluate_workdir(workdir: str, which: str = "best", progress: bool = False, **options) -> dict:
+class UsageError(ValueError):
+  """A flag or input file the command cannot use; the message names the fix."""
+
+
+def progress_bar(xs, desc: str = "nll_iwae"):
+  return tqdm(xs, desc=desc, unit="batch", file=sys.stderr)
+
+
+def evaluate_workdir(workdir: str, which: str | int = "best", progress: bool = False,
+                     **options) -> dict:
   run = workdir_lib.load_trained(workdir, which)
   test = workdir_lib.load_test_data(run.config)
   log.info("%s", backend.describe_devices())
-  bar = (lambda xs: tqdm(xs, desc="nll_iwae", unit="batch", file=sys.stderr)) if progress else None
+  bar = progress_bar if progress else None
   metrics = run.trainable.full_evaluate(run.state, test, progress=bar, **options)
   return {"model": run.config.model, "dataset": run.config.dataset, "step": run.step,
           "checkpoint": which, **metrics}
 
 
+def _are_classes(labels: np.ndarray, num: int, num_classes: int) -> bool:
+  if labels.shape != (num,) or labels.dtype.kind not in "iu":
+    return False
+  return not num or 0 <= int(labels.min()) <= int(labels.max()) < num_classes
+
+
+def load_samples(path: str, dataset: str, num_samples: int = 0):
+  """(images uint8 (n, H, W, C), labels (n,) or None) of a samples file; UsageError if unfit."""
+  if dataset not in data_lib.DATASETS:
+    raise UsageError(f"unknown --dataset {dataset!r}; use one of {sorted(data_lib.DATASETS)}")
+  info = data_lib.DATASETS[dataset]
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files if k in ("images", "labels")}
+  except (OSError, ValueError, EOFError) as e:
+    raise UsageError(f"cannot read {path} as an .npz file ({e}); write one with "
+                     "np.savez(path, images=uint8 array) or python -m aigc_jax.sample") from None
+  images, labels = arrays.get("images"), arrays.get("labels")
+  shape = info.image_shape
+  if images is None or images.dtype != np.uint8 or not (
+      images.shape[1:] == shape or (shape[-1] == 1 and images.shape[1:] == shape[:2])):
+    got = "no `images`" if images is None else f"`images` {images.dtype}{images.shape}"
+    want = "(N, H, W) or " * (shape[-1] == 1) + "(N, H, W, C)"
+    raise UsageError(f"{path} holds {got}; {dataset} needs uint8 {want} with (H, W, C) = "
+                     f"{shape}: scale floats in [0, 1] by 255, round and cast to uint8")
+  images = images.reshape((len(images),) + shape)
+  if labels is not None and not _are_classes(labels, len(images), info.num_classes):
+    raise UsageError(f"{path}: `labels` must be (N,) integer classes in [0, {info.num_classes}), "
+                     f"got {labels.dtype}{labels.shape}; drop them or fix them")
+  num = num_samples or min(len(images), 10_000)
+  if len(images) < sample_eval.MIN_SAMPLES:
+    raise UsageError(f"{path} holds {len(images)} images; the metrics need at least "
+                     f"{sample_eval.MIN_SAMPLES}: draw more")
+  if len(images) < num:
+    raise UsageError(f"{path} holds {len(images)} images, fewer than --num_samples {num}; draw "
+                     f"more, or pass --num_samples {len(images)} or less")
+  return images[:num], None if labels is None else labels[:num]
+
+
+def evaluate_samples_file(path: str, dataset: str = "fashion_mnist", num_samples: int = 0,
+                          **unused) -> dict:
+  """The GAN evaluation's metrics and floors of a samples file (see the module's docstring)."""
+  del unused
+  images, labels = load_samples(path, dataset, num_samples)
+  metrics = sample_eval.score_images(dataset, images, labels)
+  return {"samples": path, "dataset": dataset, **metrics}
+
+
+def check_flags() -> None:
+  """Raises UsageError for flag values the evaluation cannot use."""
+  if bool(FLAGS.workdir) == bool(FLAGS.samples):
+    raise UsageError("give one of --workdir (a training run) or --samples (an .npz), e.g. "
+                     "python -m aigc_jax.evaluate --workdir runs/vae")
+  if FLAGS.num_samples and FLAGS.num_samples < sample_eval.MIN_SAMPLES:
+    raise UsageError(f"--num_samples must be >= {sample_eval.MIN_SAMPLES} (the inception "
+                     f"score's splits), got {FLAGS.num_samples}; or 0 for the default")
+  for name in ("iwae_samples", "iwae_examples"):
+    if FLAGS[name].value < 0:
+      raise UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}; or 0 for the config's")
+  if FLAGS.samples and not os.path.isfile(FLAGS.samples):
+    raise UsageError(f"--samples {FLAGS.samples}: no such file; write one with "
+                     "python -m aigc_jax.sample --workdir DIR --num 10000 --out FILE.npz")
+
+
 def main(argv):
   del argv
   train.quiet_dependencies()
-  if not FLAGS.workdir:
-    print("error: --workdir is required, e.g. python -m aigc_jax.evaluate --workdir runs/vae",
-          file=sys.stderr)
-    sys.exit(2)
   try:
+    check_flags()
     options = {name: FLAGS[name].value for name in ("iwae_samples", "iwae_examples",
                                                     "num_samples") if FLAGS[name].value}
-    result = evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, progress=True, **options)
-  except (workdir_lib.CheckpointError, workdir_lib.config_lib.ConfigError,
-          data_lib.DataError) as e:
+    if FLAGS.samples:
+      result = evaluate_samples_file(FLAGS.samples, FLAGS.dataset, **options)
+    else:
+      which = FLAGS.checkpoint if FLAGS.step is None else FLAGS.step
+      result = evaluate_workdir(FLAGS.workdir, which, progress=True, **options)
+  except (UsageError, workdir_lib.CheckpointError, workdir_lib.config_lib.ConfigError,
+          data_lib.DataError, classifier_lib.CacheError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(json.dumps(result))

@@ -1,10 +1,12 @@
 """Draw samples from a trained workdir into an .npz file.
 
-python -m aigc_jax.sample --workdir DIR --num N --out FILE.npz [--seed S] [--checkpoint best|latest]
+python -m aigc_jax.sample --workdir DIR --num N --out FILE.npz [--seed S]
+    [--checkpoint best|latest | --step N]
 
 The file holds `images`, uint8 of shape (N, H, W) for one channel ((N, H, W, C) otherwise), and
-`labels` (int32) for conditional models, the label each image was asked to show (for a
-self-conditioned GAN, `pixel_clusters`, the cluster id).
+`labels` (int32) for conditional models, the class each image was asked to show (for a
+self-conditioned GAN, `clusters` instead: the pixel cluster id each image was drawn from).
+`python -m aigc_jax.evaluate --samples FILE.npz` scores such a file.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ flags.DEFINE_integer("num", 64, "How many images to draw.")
 flags.DEFINE_string("out", None, "Output .npz path.")
 flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same images).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to sample from.")
+flags.DEFINE_integer("step", None, "Sample from this checkpoint step instead.")
 FLAGS = flags.FLAGS
 log = logging.getLogger("aigc_jax.sample")  # not __name__: "__main__" under python -m
 
 
-def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str = "best") -> dict:
+def sample_to_file(workdir: str, num: int, out: str, seed: int = 0,
+                   which: str | int = "best") -> dict:
   run = workdir_lib.load_trained(workdir, which)
   log.info("%s", backend.describe_devices())
   images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num)
@@ -38,8 +42,9 @@ def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str =
   if images.shape[-1] == 1:
     images = images[..., 0]
   arrays = {"images": images}
-  if labels is not None:
-    arrays["labels"] = np.asarray(labels, np.int32)
+  if labels is not None:  # cluster ids are no classes: evaluate must not score them as labels
+    key = "clusters" if run.config.get("pixel_clusters", 0) else "labels"
+    arrays[key] = np.asarray(labels, np.int32)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   tmp = out + ".tmp.npz"
   np.savez_compressed(tmp, **arrays)
@@ -57,10 +62,18 @@ def main(argv):
   if FLAGS.num <= 0:
     print(f"error: --num must be positive, got {FLAGS.num}", file=sys.stderr)
     sys.exit(2)
+  if os.path.isdir(FLAGS.out) or FLAGS.out.endswith(("/", os.sep)):
+    print(f"error: --out {FLAGS.out} is a directory; name a file in it, e.g. --out "
+          f"{os.path.join(FLAGS.out, 'samples.npz')}", file=sys.stderr)
+    sys.exit(2)
   try:
-    info = sample_to_file(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.seed, FLAGS.checkpoint)
+    which = FLAGS.checkpoint if FLAGS.step is None else FLAGS.step
+    info = sample_to_file(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.seed, which)
   except (workdir_lib.CheckpointError, workdir_lib.config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    print(f"error: cannot write {FLAGS.out} ({e}); choose a writable --out", file=sys.stderr)
     sys.exit(2)
   print(f"wrote {info['images']} images from step {info['step']} to {info['out']}")
 

@@ -7,6 +7,7 @@ exactly: per-step noise is fold_in(rng, step) and the data order depends only on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -19,10 +20,14 @@ import numpy as np
 from tqdm import tqdm
 
 from aigc_jax import backend
+from aigc_jax import checkpoint as checkpoint_lib
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
+from aigc_jax import lock
 from aigc_jax import parallel
+from aigc_jax import plot
+from aigc_jax import signals as signals_lib
 from aigc_jax import state as state_lib
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
@@ -113,12 +118,15 @@ def initialize_distributed(config) -> None:
            jax.local_device_count(), jax.device_count())
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (or resumes) `config` in `workdir`; returns the last evaluation's metrics."""
+def train_and_evaluate(config, workdir: str, step: int | None = None) -> dict:
+  """Trains (or resumes) `config` in `workdir`; returns the last evaluation's metrics.
+
+  A run resumes from its newest checkpoint that verifies, or from `step` when given; the
+  checkpoints after the one it resumes from are deleted."""
   config = config_lib.validate(config)
   initialize_distributed(config)
   with backend.matmul_precision(config):  # every function of the run traces inside it
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, step)
 
 
 class Run(NamedTuple):
@@ -137,7 +145,6 @@ class Run(NamedTuple):
 
 def setup(config, workdir: str) -> Run:
   """Loads the data, builds the family and its train loop, opens the checkpoints and metrics."""
-  os.makedirs(workdir, exist_ok=True)
   family = families.get(config.model)
   images, labels = data_lib.load_config_split(config, "train")
   train_data = data_lib.to_device(images, family.train_labels(config, images, labels, workdir))
@@ -162,14 +169,22 @@ def setup(config, workdir: str) -> Run:
              writer)
 
 
-def restore_or_init(run: Run):
-  """The state of the latest checkpoint in the workdir, or a new one from the config's seed."""
+def restore_or_init(run: Run, step: int | None = None):
+  """The state of the newest checkpoint that verifies (at most `step`), or a new one from the
+  config's seed. Newer checkpoints are deleted: training goes on from the restored one."""
   rng = jax.random.PRNGKey(run.config.seed)
-  latest = run.checkpoints.latest_step()
-  if latest is None:
+  if run.checkpoints.latest_step() is None:
+    if step is not None:
+      raise workdir_lib.CheckpointError(f"--step {step}: {run.workdir} has no checkpoint; "
+                                        "leave --step out to start training")
     return jax.jit(run.trainable.init)(rng)
-  log.info("resuming from the checkpoint at step %d in %s", latest, run.workdir)
-  return run.checkpoints.restore(jax.eval_shape(run.trainable.init, rng), latest)
+  template = jax.eval_shape(run.trainable.init, rng)
+  if step is not None and step not in run.checkpoints.all_steps():
+    run.checkpoints.restore(template, step)  # raises the error that names the steps there
+  state, restored = run.checkpoints.restore_verified(template, step)
+  run.checkpoints.delete_after(restored)
+  log.info("resuming from the checkpoint at step %d in %s", restored, run.workdir)
+  return state
 
 
 def evaluate_and_record(run: Run, state, step: int, bar) -> dict:
@@ -184,6 +199,7 @@ def evaluate_and_record(run: Run, state, step: int, bar) -> dict:
       writers.save_png(os.path.join(samples, f"{name}_latest.png"), images, ncols)
       run.writer.write_images(step, name, writers.image_grid(images, ncols))
       log.info("wrote %s", path)
+    plot.write_curves(run.workdir)
   bar.write(f"step {step}: " + ", ".join(f"test_{k}={v:.3f}" for k, v in metrics.items()))
   return metrics
 
@@ -201,6 +217,20 @@ def record_train(run: Run, step: int, meter: "TrainMeter", bar) -> None:
   meter.reset()
 
 
+def save(run: Run, step: int, state, eval_metrics: dict | None) -> None:
+  """Checkpoints `state` as `step` unless it is not finite (then nothing is saved and training
+  stops: the checkpoints keep the last good state)."""
+  # Host (numpy) copies: with several processes every one holds the same replicated state, and
+  # orbax writes numpy arrays from process 0 only.
+  host = jax.device_get(state)
+  if not checkpoint_lib.all_finite(host):
+    raise TrainingError(f"training diverged before step {step}: the state is not finite, so it "
+                        f"was not saved; lower learning_rate, and resume from the last good "
+                        f"checkpoint (steps {run.checkpoints.all_steps()}) or a new workdir")
+  run.checkpoints.save(step, host, None if eval_metrics is None else
+                       {f"test_{k}": v for k, v in eval_metrics.items()})
+
+
 class TrainMeter:
   """Sums of the train metrics since the last log, their step count and wall time."""
 
@@ -216,11 +246,17 @@ class TrainMeter:
 
 
 def train_loop(run: Run, state, bar):
-  """Trains from `state` to the end (or an early stop): (the last state, the last evaluation)."""
-  config, sched, trainable, loop = run.config, run.schedule, run.trainable, run.loop
+  """Trains from `state` to the end (or an early stop): (the last state, the last evaluation).
+  Raises Stopped after saving when SIGTERM or SIGINT arrives."""
   step = int(state.step)
-  stop = EarlyStop(trainable.best_metric, trainable.best_mode, config.early_stopping_patience,
-                   run.writer.truncate_after(step))
+  stop = EarlyStop(run.trainable.best_metric, run.trainable.best_mode,
+                   run.config.early_stopping_patience, run.writer.truncate_after(step))
+  with signals_lib.StopSignals() as signals:
+    return _loop(run, state, step, stop, signals, bar)
+
+
+def _loop(run: Run, state, step: int, stop: EarlyStop, signals: signals_lib.StopSignals, bar):
+  config, sched, loop = run.config, run.schedule, run.loop
   placed, placed_train = loop.put_state(state), loop.put_data(run.train_data)  # `state`: host
   permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
   num_train, perm_epoch, perm = len(run.train_data.labels), None, None
@@ -240,32 +276,46 @@ def train_loop(run: Run, state, bar):
     evaluated = step % sched.eval_every == 0 or step == sched.total
     if evaluated:
       eval_metrics = evaluate_and_record(run, state, step, bar)
-      stop.update(eval_metrics[trainable.best_metric])
+      stop.update(eval_metrics[run.trainable.best_metric])
       if stop.stopped:
         bar.write(f"early stopping at step {step}: test_{stop.metric} has not improved for "
                   f"{stop.patience} evaluations (best {stop.best:.4f})")
-    if step % sched.checkpoint_every == 0 or step == sched.total or stop.stopped:
-      # Host (numpy) copies: with several processes every one holds the same replicated state,
-      # and orbax writes numpy arrays from process 0 only.
-      run.checkpoints.save(step, jax.device_get(state),
-                           {f"test_{k}": v for k, v in eval_metrics.items()} if evaluated else None)
+    if (step % sched.checkpoint_every == 0 or step == sched.total or stop.stopped or
+        signals.signum is not None):
+      save(run, step, state, eval_metrics if evaluated else None)
       meter.start = time.perf_counter()  # do not count the checkpoint in steps_per_second
+    if signals.signum is not None and step < sched.total:
+      run.checkpoints.wait()
+      raise signals_lib.Stopped(step, signals.signum)
   return state, eval_metrics
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
+def _train_and_evaluate(config, workdir: str, step: int | None) -> dict:
+  claim = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with claim:
+    return _train_locked(config, workdir, step)
+
+
+def _train_locked(config, workdir: str, step: int | None) -> dict:
+  changes = workdir_lib.check_resume_config(workdir, config)
   run = setup(config, workdir)
-  state = restore_or_init(run)
-  if jax.process_index() == 0:
-    workdir_lib.save_config(workdir, config)
-  bar = tqdm(total=run.schedule.total, initial=int(state.step), desc=config.model, unit="step",
-             dynamic_ncols=True, disable=not (config.progress_bar and jax.process_index() == 0))
-  state, eval_metrics = train_loop(run, state, bar)
-  bar.close()
-  if not eval_metrics:  # resumed a finished run: report its numbers without training
-    eval_metrics = run.trainable.evaluate(state, run.test_data)
-  run.checkpoints.close()
-  run.writer.close()
+  bar = None
+  try:
+    state = restore_or_init(run, step)
+    if changes:
+      run.writer.write_event(int(state.step), "config_change", {"changes": changes})
+    if jax.process_index() == 0:
+      workdir_lib.save_config(workdir, config, changes, int(state.step))
+    bar = tqdm(total=run.schedule.total, initial=int(state.step), desc=config.model, unit="step",
+               dynamic_ncols=True, disable=not (config.progress_bar and jax.process_index() == 0))
+    state, eval_metrics = train_loop(run, state, bar)
+    if not eval_metrics:  # resumed a finished run: report its numbers without training
+      eval_metrics = run.trainable.evaluate(state, run.test_data)
+  finally:
+    if bar is not None:
+      bar.close()
+    run.checkpoints.close()
+    run.writer.close()
   return eval_metrics
 
 
@@ -281,7 +331,8 @@ def print_help(program: str, config) -> None:
   doc = (sys.modules["__main__"].__doc__ or "").strip()
   print(doc or f"python {program} --workdir DIR [--config.KEY=VALUE ...]")
   print("\nflags:\n  --workdir DIR          checkpoints, metrics.jsonl, tensorboard/, "
-        "samples/*.png; an existing run there is resumed\n  --config.KEY=VALUE     override a "
+        "samples/*.png; an existing run there is resumed\n  --step N               resume from "
+        "checkpoint N (default: the newest that verifies)\n  --config.KEY=VALUE     override a "
         "config key:")
   for key, value in sorted(config.items()):
     print(f"      {key} = {value!r}")
@@ -302,6 +353,8 @@ def main(get_config) -> None:
     sys.exit(2)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard "
                       "events and samples/*.png; an existing one is resumed.")
+  flags.DEFINE_integer("step", None, "Resume from this checkpoint step (the later ones are "
+                       "deleted); default: the newest that verifies.")
 
   def run(argv):
     if len(argv) > 1:
@@ -314,11 +367,17 @@ def main(get_config) -> None:
       sys.exit(2)
     quiet_dependencies()
     try:
-      metrics = train_and_evaluate(config, flags.FLAGS.workdir)
+      metrics = train_and_evaluate(config, flags.FLAGS.workdir, flags.FLAGS.step)
+    except signals_lib.Stopped as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(e.exit_code)
     except (config_lib.ConfigError, data_lib.DataError, TrainingError,
-            workdir_lib.CheckpointError) as e:
+            workdir_lib.CheckpointError, lock.WorkdirError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     print(" ".join(f"test_{k}={v:.4f}" for k, v in metrics.items()))
+    out = flags.FLAGS.workdir
+    print(f"outputs in {out}: samples/*_latest.png, plots/train.png, plots/eval.png, "
+          f"metrics.jsonl, checkpoints/, tensorboard/ (tensorboard --logdir {out})")
 
   app.run(run, argv=argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import NamedTuple
 
@@ -16,6 +17,16 @@ from aigc_jax.checkpoint import CheckpointError
 from aigc_jax.checkpoint import Checkpoints
 
 CONFIG_FILE = "config.json"
+HISTORY = "history"  # config.json's list of the changes made at resumes
+# Keys a run may change when it resumes: how long it trains, how often it logs, evaluates and
+# checkpoints, where its data files are, how it spreads over devices, what it shows.
+RESUMABLE_KEYS = frozenset({
+    "num_epochs", "num_train_steps", "log_every_steps", "eval_every_steps",
+    "checkpoint_every_steps", "keep_checkpoints", "early_stopping_patience", "idx_dir",
+    "tfds_data_dir", "parallel", "steps_per_call", "coordinator_address", "num_processes",
+    "process_id", "progress_bar", "num_sample_images", "eval_batch_size", "eval_num_samples",
+    "eval_iwae_samples", "eval_iwae_examples", "allow_config_change"})
+log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -27,12 +38,59 @@ def open_checkpoints(workdir: str, config, trainable: families.Trainable) -> Che
                      best_metric=f"test_{trainable.best_metric}", best_mode=trainable.best_mode)
 
 
-def save_config(workdir: str, config) -> None:
+def save_config(workdir: str, config, changes: dict | None = None, step: int = 0) -> None:
+  """Writes config.json; with `changes` ({key: [old, new]}) made at a resume from `step`, they
+  are appended to its "history" list, which is kept from the previous config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
+  history = read_config_json(path).get(HISTORY, []) if os.path.exists(path) else []
+  if changes:
+    history = history + [{"step": step, "changes": changes}]
+  values = json.loads(config.to_json())
+  if history:
+    values[HISTORY] = history
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    f.write(config.to_json(indent=2))
+    json.dump(values, f, indent=2)
   os.replace(tmp, path)
+
+
+def read_config_json(path: str) -> dict:
+  """The JSON object of a config.json; raises ConfigError when it is not one."""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise config_lib.ConfigError(f"{path} cannot be read as JSON ({e}); restore it from a "
+                                 "backup or use a new --workdir") from None
+  if not isinstance(saved, dict):
+    raise config_lib.ConfigError(f"{path} is not a JSON object; restore it from a backup or use "
+                                 "a new --workdir")
+  return saved
+
+
+def has_checkpoints(workdir: str) -> bool:
+  directory = checkpoint_dir(workdir)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def check_resume_config(workdir: str, config) -> dict:
+  """{key: [saved, new]} for the keys outside RESUMABLE_KEYS that differ from the config a run
+  with checkpoints was trained with ({} for a new run): allowed by config.allow_config_change,
+  else the first raises ConfigError naming the key."""
+  if not (os.path.exists(os.path.join(workdir, CONFIG_FILE)) and has_checkpoints(workdir)):
+    return {}
+  saved = load_config(workdir)
+  changes = {key: [saved[key], config[key]] for key in config.keys()
+             if key in saved and json.dumps(saved[key]) != json.dumps(config[key])}
+  refused = [key for key in changes if key not in RESUMABLE_KEYS]
+  if refused and not config.allow_config_change:
+    key = refused[0]
+    raise config_lib.ConfigError(
+        f"--config.{key}={config[key]!r} differs from the {saved[key]!r} that the run in "
+        f"{workdir} was trained with, and changes what it computes; resume with the same value, "
+        "set --config.allow_config_change=True to change it (recorded in metrics.jsonl and "
+        "config.json), or use a new --workdir")
+  return {key: changes[key] for key in refused}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -40,8 +98,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise CheckpointError(f"{path} not found: --workdir must be a directory written by an "
                           "experiment (python experiments/NAME.py --workdir DIR)")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = read_config_json(path)
+  saved.pop(HISTORY, None)
   try:  # keys added to the project after the run was written take their defaults
     config = config_lib.get_config(saved.pop("model", ""), **saved)
   except (KeyError, config_lib.ConfigError) as e:
@@ -57,20 +115,28 @@ class TrainedRun(NamedTuple):
   step: int
 
 
-def load_trained(workdir: str, which: str = "best") -> TrainedRun:
-  """Rebuilds the model of `workdir` and restores its best (or 'latest') checkpoint."""
+def load_trained(workdir: str, which: str | int = "best") -> TrainedRun:
+  """Rebuilds the model of `workdir` and restores a verified checkpoint: step `which` when it is
+  an int, else the best ('best') or the newest ('latest'); when that one does not verify, the
+  newest one that does (with a warning)."""
   config = load_config(workdir)
   info = data_lib.DATASETS[config.dataset]
   trainable = families.get(config.model).build(config, info)  # schedule unused: no training
   ckpts = open_checkpoints(workdir, config, trainable)
   try:
-    step = ckpts.best_step() if which == "best" else None
-    step = ckpts.latest_step() if step is None else step
-    if step is None:
+    if ckpts.latest_step() is None:
       raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}: train first "
                             f"(python experiments/NAME.py --workdir {workdir})")
     template = jax.eval_shape(trainable.init, jax.random.PRNGKey(config.seed))
-    state = ckpts.restore(template, step)
+    if isinstance(which, int):
+      return TrainedRun(config, info, trainable, ckpts.restore(template, which), which)
+    best = ckpts.best_step() if which == "best" else None
+    try:
+      if best is not None:
+        return TrainedRun(config, info, trainable, ckpts.restore(template, best), best)
+    except CheckpointError as e:
+      log.warning("the best checkpoint does not verify (%s); using the newest that does", e)
+    state, step = ckpts.restore_verified(template)
   finally:
     ckpts.close()
   return TrainedRun(config, info, trainable, state, step)

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
 import numpy as np
 from PIL import Image
 
+log = logging.getLogger(__name__)
 
-def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
-  """(N, H, W, C) floats in [0, 1] -> one uint8 (rows*(H+pad)+pad, ..., C) image."""
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 2, scale: int = 1,
+               border: float = 1.0) -> np.ndarray:
+  """(N, H, W, C) floats in [0, 1] -> one uint8 (rows*(H*scale+pad)+pad, ..., C) image.
+
+  Each image is upscaled `scale` times by nearest neighbour (scale >= 1); `pad` pixels of
+  `border` (0 black to 1 white) surround and separate the images.
+  """
+  if int(scale) != scale or scale < 1 or pad < 0:
+    raise ValueError(f"image_grid needs an integer scale >= 1 and pad >= 0, got scale={scale}, "
+                     f"pad={pad}")
   images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  if scale > 1:
+    images = images.repeat(int(scale), axis=1).repeat(int(scale), axis=2)
   n, h, w, c = images.shape
   ncols = max(1, min(ncols, n))
   nrows = math.ceil(n / ncols)
-  grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
+  grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), border, np.float32)
   for i in range(n):
     r, col = divmod(i, ncols)
     top, left = pad + r * (h + pad), pad + col * (w + pad)
@@ -40,11 +53,23 @@ def sample_grid(sample, num_images: int, num_classes: int = 0, max_columns: int 
   return images.reshape((-1,) + images.shape[2:]), columns
 
 
-def save_png(path: str, images: np.ndarray, ncols: int) -> str:
-  grid = image_grid(images, ncols)
+def save_png(path: str, images: np.ndarray, ncols: int, scale: int = 2, pad: int = 2,
+             border: float = 0.5) -> str:
+  """Writes `image_grid` of the images to `path` (scale >= 2 unless asked: readable at a
+  glance); a grey border tells apart images of white or black backgrounds. Returns the path."""
+  grid = image_grid(images, ncols, pad=pad, scale=scale, border=border)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
   return path
+
+
+def _record(line: str) -> dict | None:
+  """A metrics.jsonl line as its record, or None when it is not one."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 class MetricWriter:
@@ -59,13 +84,18 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> list[dict]:
-    """Drops records after `step` (a resumed run rewrites them) and returns the ones kept."""
+    """Drops records after `step` (a resumed run rewrites them) and lines that are not records
+    (e.g. one cut short by a crash; with a warning), and returns the records kept."""
     if not os.path.exists(self.path):
       return []
     with open(self.path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
+      lines = [line for line in f if line.strip()]
+    records = [r for r in map(_record, lines) if r is not None]
+    if len(records) != len(lines):
+      log.warning("%s: skipped %d line(s) that are not metric records", self.path,
+                  len(lines) - len(records))
     kept = [r for r in records if r["step"] <= step]
-    if self.enabled and len(kept) != len(records):
+    if self.enabled and len(kept) != len(lines):
       tmp = self.path + ".tmp"
       with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -81,6 +111,12 @@ class MetricWriter:
       f.write(json.dumps(record) + "\n")
     for name, value in metrics.items():
       self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+  def write_event(self, step: int, split: str, record: dict) -> None:
+    """Appends a non-metric record (e.g. a config change) to metrics.jsonl."""
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), "split": split, **record}) + "\n")
 
   def write_images(self, step: int, name: str, grid: np.ndarray) -> None:
     if self.enabled:

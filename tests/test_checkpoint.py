@@ -228,3 +228,19 @@ def test_invalid_arguments(tmp_path):
   with pytest.raises(ValueError):
     Checkpoints(tmp_path, best_metric="loss", best_mode="lowest")
   np.testing.assert_equal(len(list(tmp_path.iterdir())), 0)
+
+
+def test_a_failed_write_is_one_clear_error_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+  state = make_state()
+  with Checkpoints(tmp_path) as ckpts:
+    ckpts.save(1, state)
+    ckpts.wait()
+
+    def disk_full(*args, **kwargs):
+      raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpts._mngr, "save", disk_full)  # pylint: disable=protected-access
+    with pytest.raises(CheckpointError,
+                       match=r"No space left on device.*free disk space.*\(\[1\]\) are kept"):
+      ckpts.save(2, state)
+    assert ckpts.all_steps() == [1]

@@ -283,7 +283,7 @@ def test_load_split_tfds_records_in_order(monkeypatch, batched):
   calls = []
   monkeypatch.setattr(tfds, "data_source", lambda *a, **k: calls.append((a, k)) or source)
   x, y = data.load_split("mnist", "test", tfds_data_dir="/some/dir")
-  assert calls == [(("mnist",), {"split": "test", "data_dir": "/some/dir"})]
+  assert calls == [(("mnist",), {"split": "test", "data_dir": "/some/dir", "download": False})]
   np.testing.assert_array_equal(x, source.images)
   np.testing.assert_array_equal(y, source.labels)
   assert y.dtype == np.int32
@@ -297,6 +297,7 @@ def test_load_split_tfds_failure_is_data_error(tmp_path, monkeypatch, no_network
     raise OSError("no network")
 
   monkeypatch.setattr(tfds, "data_source", fail)
+  monkeypatch.setattr(data, "network_reachable", lambda *args, **kwargs: True)
   monkeypatch.setitem(data.DATASETS, "fashion_mnist",
                       dataclasses.replace(data.DATASETS["fashion_mnist"], debian_dir=str(tmp_path)))
   with pytest.raises(DataError,
@@ -304,6 +305,22 @@ def test_load_split_tfds_failure_is_data_error(tmp_path, monkeypatch, no_network
                      r".*TFDS 'fashion_mnist'.*no network.*apt-get install "
                      r"dataset-fashion-mnist.*idx_dir"):
     data.load_split("fashion_mnist", "train")
+
+
+def test_without_a_network_tfds_is_not_asked_to_download(tmp_path, monkeypatch, no_network):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  calls = []
+
+  def not_prepared(*args, **kwargs):
+    calls.append(kwargs)
+    raise AssertionError("Dataset mnist: could not find data in " + str(tmp_path))
+
+  monkeypatch.setattr(tfds, "data_source", not_prepared)
+  monkeypatch.setattr(data, "network_reachable", lambda *args, **kwargs: False)
+  with pytest.raises(DataError, match=r"no network to download it .*tfds_data_dir"):
+    data.load_split("mnist", "train", tfds_data_dir=str(tmp_path))
+  assert [c["download"] for c in calls] == [False]  # no download attempt, no partial files
+  assert os.listdir(tmp_path) == []
 
 
 # ------------------------------------------------------------ device / batch

@@ -117,6 +117,10 @@ def test_evaluate_command_prints_each_metric_with_its_floor(run, cache):
 
 def test_full_evaluate_extracts_the_real_features_once(run, cache, monkeypatch):
   test_images = workdir_lib.load_test_data(dcgan_config()).images[:200]
+  classifier_dir = clf_lib.load_or_train(progress=False).path
+  for name in os.listdir(classifier_dir):  # floors another test cached: none to reuse here
+    if name.startswith("floors-"):
+      os.remove(os.path.join(classifier_dir, name))
   calls = spy_on_classifier(monkeypatch)
   result = evaluate_workdir(run, "latest", num_samples=200)
   assert len(calls) == 4  # test images, EMA samples, train images (floors), raw samples

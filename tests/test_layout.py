@@ -10,13 +10,13 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 400
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
-    ("backend", "noise", "suggest", "writers"),
+    ("backend", "noise", "suggest", "writers", "plot"),
     ("data", "clusters", "losses", "gan_losses", "models", "metrics"),
     ("state",),
     ("families",),
     ("config", "parallel", "checkpoint"),
-    ("workdir", "train", "sample", "evaluate"),
-    ("bench", "benchmark"),
+    ("workdir", "lock", "signals", "train", "sample", "evaluate"),
+    ("bench", "benchmark", "demo_summary"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -226,20 +226,6 @@ def test_commands_fail_with_one_clear_line(idx_dir, tmp_path):
   assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-@pytest.mark.slow
-def test_notebook_runs_on_a_trained_workdir(idx_dir, tmp_path, monkeypatch):
-  workdir = str(tmp_path / "nb")
-  train.train_and_evaluate(small_config(idx_dir, num_train_steps=8, conditional=True), workdir)
-  monkeypatch.setenv("AIGC_JAX_WORKDIR", workdir)
-  with open(os.path.join(ROOT, "notebooks", "explore_vae.ipynb")) as f:
-    cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
-  namespace = {}
-  for cell in cells:
-    exec("".join(cell["source"]), namespace)  # pylint: disable=exec-used
-  assert namespace["walk"].shape == (60, 28, 28, 1)
-  assert namespace["metrics"]["nll_iwae_samples"] == 100
-
-
 def test_a_workdir_from_before_new_config_keys_still_loads(idx_dir, tmp_path):
   saved = small_config(idx_dir, learning_rate=3e-3).to_dict()
   del saved["adam_eps"], saved["parallel"]  # keys this project added after such runs were written

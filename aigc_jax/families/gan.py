@@ -100,7 +100,9 @@ def validate_config(config, need) -> None:
        f"label_mode '{config.label_mode}' is unknown; choose one of {gan_models.LABEL_MODES}")
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
-  need(config.eval_num_samples > 0, "eval_num_samples must be > 0")
+  need(config.eval_num_samples >= sample_eval.MIN_SAMPLES,
+       f"eval_num_samples must be >= {sample_eval.MIN_SAMPLES} (the inception score's splits), "
+       f"got {config.eval_num_samples}")
   for key, choices in (("d_conv", gan_models.D_CONVS), ("upsample_impl", TRANSPOSE_IMPLS),
                        ("critic_loop", CRITIC_LOOPS)):
     need(config[key] in ("auto",) + choices,

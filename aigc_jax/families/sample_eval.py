@@ -8,6 +8,7 @@ features are extracted once per test split and size.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable
 
 import jax
@@ -19,6 +20,44 @@ from aigc_jax.metrics import sample_metrics
 
 FLOOR_METRICS = ("fid", "kid", "precision", "recall", "is", "label_acc")  # the CLI's *_floor keys
 CHUNK = 1000  # images generated per sampling call
+# The fewest images the metrics take: inception_score's 10 splits (precision/recall's k + 1 = 6,
+# FID's and KID's 2 are fewer).
+MIN_SAMPLES = 10
+log = logging.getLogger(__name__)
+
+
+def with_floors(metrics: dict, floor: dict) -> dict:
+  """The metrics, each of FLOOR_METRICS followed by its `<name>_floor`."""
+  out = {}
+  for name, value in metrics.items():
+    out[name] = value
+    if name in FLOOR_METRICS and name in floor:
+      out[f"{name}_floor"] = floor[name]
+  return out
+
+
+def score_images(dataset: str, images: np.ndarray, labels: np.ndarray | None = None,
+                 num: int | None = None, idx_dir: str | None = None) -> dict:
+  """The metrics of uint8 (N, H, W, C) images against the first `num` test images, with floors.
+
+  The same numbers as a GAN's `full_evaluate` of as many samples: the dataset's cached
+  classifier (trained once if absent), `num` images (default: all, at most the test split's
+  size) against as many test images, floors from as many train images. `labels` (N,), the
+  classes the images were asked to show, add label_acc.
+  """
+  classifier = classifier_lib.load_or_train(dataset)
+  test_images, _ = data_lib.load_split(dataset, "test", idx_dir=idx_dir)
+  num = min(len(images) if num is None else num, len(images), len(test_images))
+  log.info("classifier features of %d test images", num)
+  real = classifier.features(np.asarray(test_images[:num]))
+  log.info("metrics of %d samples", num)
+  metrics = sample_metrics.evaluate_samples(classifier, np.asarray(images[:num]), real,
+                                            None if labels is None else labels[:num])
+  train_images, train_labels = data_lib.load_split(dataset, "train", idx_dir=idx_dir)
+  log.info("floors: %d train images (cached beside the classifier after the first time)", num)
+  floor = sample_metrics.floors(classifier, train_images, real,
+                                None if labels is None else train_labels, num_train=num)
+  return {**with_floors(metrics, floor), "num_samples": num}
 
 
 class SampleEvaluator:
@@ -30,7 +69,9 @@ class SampleEvaluator:
 
   @functools.cached_property
   def classifier(self):
-    return classifier_lib.load_or_train(self.config.dataset, progress=False)
+    """Loaded, or trained once (a progress bar unless config.progress_bar is off)."""
+    show = bool(self.config.get("progress_bar", True)) and jax.process_index() == 0
+    return classifier_lib.load_or_train(self.config.dataset, progress=show)
 
   def real_features(self, test: data_lib.DeviceData, num: int):
     """The classifier's features of the first `num` test images, extracted once and reused."""
@@ -40,10 +81,16 @@ class SampleEvaluator:
       self._real[num] = images, features
     return features
 
-  def sample_metrics(self, state, real, num: int, use_ema: bool = True) -> dict:
-    """The metrics of `num` generated images (fixed seeds) against `real` (test features)."""
+  def sample_metrics(self, state, real, num: int, use_ema: bool = True, progress=None) -> dict:
+    """The metrics of `num` generated images (fixed seeds) against `real` (test features).
+
+    `progress(iterable, desc=...)`, when given, wraps the sampling chunks (e.g. a tqdm bar).
+    """
     fakes, labels = [], []
-    for i, start in enumerate(range(0, num, CHUNK)):
+    starts = range(0, num, CHUNK)
+    if progress is not None:
+      starts = progress(starts, desc="ema samples" if use_ema else "raw samples")
+    for i, start in enumerate(starts):
       images, lab = self.sample(state, jax.random.PRNGKey(1000 + i), min(CHUNK, num - start),
                                 use_ema)
       fakes.append(np.round(images * 255).astype(np.uint8))
@@ -68,16 +115,16 @@ class SampleEvaluator:
     """EMA metrics, each followed by its real-train-vs-real-test `<name>_floor`; raw_* metrics.
 
     num_samples generated images per generator against as many test images; the floors use as
-    many train images. The test features are extracted once for all three.
+    many train images. The test features are extracted once for all three. `progress` as in
+    `sample_metrics`.
     """
-    del progress, unused
+    del unused
     num = min(num_samples, int(test.labels.shape[0]))
+    log.info("classifier features of %d test images", num)
     real = self.real_features(test, num)
-    ema, floor = self.sample_metrics(state, real, num), self.floors(real, num)
-    raw = self.sample_metrics(state, real, num, use_ema=False)
-    out = {}
-    for name, value in ema.items():
-      out[name] = value
-      if name in FLOOR_METRICS:
-        out[f"{name}_floor"] = floor[name]
-    return {**out, **{f"raw_{k}": v for k, v in raw.items()}, "num_samples": num}
+    ema = self.sample_metrics(state, real, num, progress=progress)
+    log.info("floors: %d train images (cached beside the classifier after the first time)", num)
+    floor = self.floors(real, num)
+    raw = self.sample_metrics(state, real, num, use_ema=False, progress=progress)
+    return {**with_floors(ema, floor), **{f"raw_{k}": v for k, v in raw.items()},
+            "num_samples": num}

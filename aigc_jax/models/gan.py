@@ -129,8 +129,7 @@ class DCGANGenerator(nn.Module):
   """z -> Dense to (H/4, W/4, F) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up to C -> tanh.
 
   With `final_features` > 0 the second upsampling outputs that many channels instead, followed
-  by BN, ReLU and a 3x3 convolution to C at full resolution (on Fashion-MNIST with 32: FID
-  11.7 instead of 15.5 after 5 epochs, at twice the step time on CPU; see the README).
+  by BN, ReLU and a 3x3 convolution to C at full resolution (the README has its measured effect).
 
   `upsample`: 'subpixel' (3x3 conv to 4x channels + pixel shuffle, the default: fast backward on
   XLA:CPU), 'resize_conv' (nearest 2x then 3x3 conv) or 'transpose' (the classic DCGAN's 4x4

@@ -1,0 +1,81 @@
+"""A table of what some training runs made: model, steps, main metric beside its floor, pictures.
+
+python -m aigc_jax.demo_summary WORKDIR [WORKDIR ...] [--num_samples N]
+
+A GAN is evaluated (`evaluate.evaluate_workdir`: FID of N samples beside the FID of N real train
+images); a VAE shows its last logged test neg_elbo (nats per image; no floor: the data's own
+negative log-likelihood is unknown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+from aigc_jax import evaluate
+from aigc_jax import plot
+from aigc_jax import train
+from aigc_jax import workdir as workdir_lib
+
+
+def last_eval(workdir: str) -> dict:
+  """The last test record of workdir/metrics.jsonl ({} when none)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  records = plot.read_records(path) if os.path.exists(path) else []
+  tests = [r for r in records if r["split"] == "test"]
+  return tests[-1] if tests else {}
+
+
+def summarize(workdir: str, num_samples: int) -> dict:
+  """{model, steps, metric, value, floor, pictures} of one run."""
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  record = last_eval(workdir)
+  row = {"model": config.get("model", "?"), "steps": record.get("step", 0), "floor": None}
+  if config.get("pixel_clusters"):
+    row["model"] += f" (self-conditioned, {config['pixel_clusters']} clusters)"
+  if "neg_elbo" in record:  # a VAE
+    row.update(metric="test_neg_elbo", value=record["neg_elbo"])
+  else:
+    result = evaluate.evaluate_workdir(workdir, "latest", num_samples=num_samples)
+    row.update(steps=result["step"], metric=f"fid ({result['num_samples']} samples)",
+               value=result["fid"], floor=result["fid_floor"])
+  pictures = sorted(glob.glob(os.path.join(workdir, "samples", "*_latest.png")))
+  row["pictures"] = pictures + sorted(glob.glob(os.path.join(workdir, "plots", "*.png")))
+  return row
+
+
+def table(rows: list[dict]) -> str:
+  """The rows as aligned text: one line per run, then its pictures indented."""
+  header = ("model", "steps", "metric", "value", "floor")
+  cells = [header] + [(r["model"], str(r["steps"]), r["metric"], f"{r['value']:.2f}",
+                       "-" if r["floor"] is None else f"{r['floor']:.2f}") for r in rows]
+  widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+  lines = []
+  for i, c in enumerate(cells):
+    lines.append("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
+    if i:
+      lines.extend(f"    {p}" for p in rows[i - 1]["pictures"])
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m aigc_jax.demo_summary")
+  parser.add_argument("workdirs", nargs="+", help="training runs' directories")
+  parser.add_argument("--num_samples", type=int, default=1000, help="GAN samples for the FID")
+  args = parser.parse_args(argv)
+  train.quiet_dependencies()
+  try:
+    rows = [summarize(w, args.num_samples) for w in args.workdirs]
+  except (OSError, ValueError, workdir_lib.CheckpointError) as e:
+    print(f"error: {e}; train the runs first (make demo)", file=sys.stderr)
+    return 2
+  print(table(rows))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,163 @@
+"""Curves of a run's metrics.jsonl: train losses and eval metrics against the step.
+
+`write_curves(workdir)` writes workdir/plots/train.png and workdir/plots/eval.png, one subplot
+per metric. The command overlays several runs, one line per run:
+
+python -m aigc_jax.plot --workdir A [B ...] --out FILE.png [--split train|test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+
+from matplotlib import figure as figure_lib
+from matplotlib.backends import backend_agg
+
+log = logging.getLogger(__name__)
+
+SPLITS = {"train": "train", "test": "eval"}  # metrics.jsonl split -> picture name
+SKIPPED = ("steps_per_second",)  # a speed, not a curve worth a subplot
+
+
+def read_records(path: str) -> list[dict]:
+  """The train and test records of a metrics.jsonl; other splits and unparseable lines skipped."""
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict) and record.get("split") in SPLITS and "step" in record:
+        records.append(record)
+  return records
+
+
+def curves(records: list[dict], split: str) -> dict[str, tuple[list, list]]:
+  """{metric: (steps, values)} of one split, metrics in first-seen order, numbers only."""
+  out = {}
+  for record in records:
+    if record.get("split") != split:
+      continue
+    for name, value in record.items():
+      if name in ("step", "split") or name in SKIPPED or not isinstance(value, (int, float)):
+        continue
+      steps, values = out.setdefault(name, ([], []))
+      steps.append(record["step"])
+      values.append(value)
+  return out
+
+
+def curves_figure(runs: dict[str, dict[str, tuple[list, list]]], title: str):
+  """A Figure with one subplot per metric and one line per run ({run name: curves})."""
+  names = list(dict.fromkeys(name for run in runs.values() for name in run))
+  ncols = min(3, max(1, len(names)))
+  nrows = max(1, math.ceil(len(names) / ncols))
+  fig = figure_lib.Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
+  backend_agg.FigureCanvasAgg(fig)  # headless Agg, without touching pyplot's global backend
+  fig.suptitle(title)
+  for i, name in enumerate(names):
+    ax = fig.add_subplot(nrows, ncols, i + 1)
+    for label, run in runs.items():
+      if name in run:
+        ax.plot(*run[name], marker="." if len(run[name][0]) < 30 else None, label=label)
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if len(runs) > 1:
+      ax.legend(fontsize=7)
+  return fig
+
+
+def split_figures(workdir: str) -> dict[str, object]:
+  """{picture name: Figure} of a run's train and eval curves (splits without records left out)."""
+  records = read_records(os.path.join(workdir, "metrics.jsonl"))
+  name = os.path.basename(os.path.normpath(workdir))
+  figures = {}
+  for split, picture in SPLITS.items():
+    run = curves(records, split)
+    if run:
+      figures[picture] = curves_figure({name: run}, f"{name}: {picture}")
+  return figures
+
+
+def write_curves(workdir: str) -> list[str]:
+  """Writes workdir/plots/train.png and eval.png from workdir/metrics.jsonl; returns the paths.
+
+  A split with no records yet gets no picture; a missing metrics.jsonl writes nothing. A
+  picture that cannot be written is logged as a warning: curves never stop a training run.
+  """
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    return []
+  plots, paths = os.path.join(workdir, "plots"), []
+  try:
+    os.makedirs(plots, exist_ok=True)
+    for picture, fig in split_figures(workdir).items():
+      path = os.path.join(plots, f"{picture}.png")
+      tmp = os.path.join(plots, f".{picture}.tmp.png")
+      fig.savefig(tmp, dpi=80)
+      os.replace(tmp, path)  # a reader never sees half a picture
+      paths.append(path)
+  except (OSError, ValueError, RuntimeError) as e:
+    log.warning("could not write the curves in %s (%s)", plots, e)
+  return paths
+
+
+def overlay_figure(workdirs: list[str], split: str):
+  """The Figure overlaying one split's curves of several runs, labelled by workdir name."""
+  runs = {}
+  for workdir in workdirs:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+      raise ValueError(f"{path} does not exist; pass --workdir directories of training runs")
+    label = os.path.basename(os.path.normpath(workdir)) or workdir
+    while label in runs:  # two runs of the same name: keep both lines
+      label += "'"
+    runs[label] = curves(read_records(path), split)
+  if not any(runs.values()):
+    raise ValueError(f"no {split} records in {', '.join(workdirs)}; train them first, or pass "
+                     f"--split {'test' if split == 'train' else 'train'}")
+  return curves_figure(runs, f"{SPLITS[split]} curves")
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse whose usage errors are one `error:` line and exit status 2."""
+
+  def error(self, message):
+    print(f"error: {message}; see python -m aigc_jax.plot --help", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv=None) -> int:
+  parser = _Parser(prog="python -m aigc_jax.plot",
+                   description="Overlay the curves of several runs.")
+  parser.add_argument("--workdir", nargs="+", default=[], help="training runs' directories")
+  parser.add_argument("--out", help="the PNG to write")
+  parser.add_argument("--split", choices=sorted(SPLITS), default="test",
+                      help="test: eval metrics (default); train: train losses")
+  args = parser.parse_args(argv)
+  if not args.workdir or not args.out:
+    print("error: --workdir and --out are required, e.g. python -m aigc_jax.plot "
+          "--workdir runs/a runs/b --out compare.png", file=sys.stderr)
+    return 2
+  if not args.out.lower().endswith(".png") or os.path.isdir(args.out):
+    print(f"error: --out must name a .png file, got {args.out!r}", file=sys.stderr)
+    return 2
+  try:
+    fig = overlay_figure(args.workdir, args.split)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fig.savefig(args.out, dpi=80)
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

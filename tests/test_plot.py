@@ -1,0 +1,95 @@
+"""Curves of metrics.jsonl: a run's train.png and eval.png, and the overlay of several runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from aigc_jax import plot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_run(workdir, steps=(10, 20, 30), scale=1.0):
+  """A metrics.jsonl of train (loss, d_loss, steps_per_second), test (fid, kid) records, a
+  config change and a torn last line."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for step in steps:
+      f.write(json.dumps({"step": step, "split": "train", "loss": scale / step,
+                          "d_loss": 0.5, "steps_per_second": 3.0}) + "\n")
+      f.write(json.dumps({"step": step, "split": "test", "fid": 100.0 * scale / step,
+                          "kid": 0.1}) + "\n")
+    f.write(json.dumps({"step": 20, "split": "config_change", "changes": {"lr": [1, 2]}}) + "\n")
+    f.write('{"step": 40, "split": "tr')
+  return str(workdir)
+
+
+def lines_per_axis(fig):
+  return {ax.get_title(): len(ax.get_lines()) for ax in fig.axes}
+
+
+def test_records_skip_other_splits_and_unparseable_lines(tmp_path):
+  records = plot.read_records(os.path.join(write_run(tmp_path / "a"), "metrics.jsonl"))
+  assert len(records) == 6 and {r["split"] for r in records} == {"train", "test"}
+  steps, values = plot.curves(records, "test")["fid"]
+  assert steps == [10, 20, 30] and values == pytest.approx([10.0, 5.0, 100 / 30])
+
+
+def test_write_curves_writes_a_subplot_per_metric(tmp_path):
+  workdir = write_run(tmp_path / "run")
+  figures = plot.split_figures(workdir)
+  assert lines_per_axis(figures["train"]) == {"loss": 1, "d_loss": 1}  # no steps_per_second
+  assert lines_per_axis(figures["eval"]) == {"fid": 1, "kid": 1}
+  paths = plot.write_curves(workdir)
+  assert sorted(os.path.basename(p) for p in paths) == ["eval.png", "train.png"]
+  for path in paths:
+    assert os.path.dirname(path) == os.path.join(workdir, "plots")
+    with Image.open(path) as png:
+      assert png.format == "PNG" and png.size[0] > 100
+  assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["eval.png", "train.png"]
+
+
+def test_write_curves_without_records_writes_nothing(tmp_path):
+  assert plot.write_curves(str(tmp_path)) == []
+  (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "split": "train",
+                                                      "loss": 1.0}) + "\n")
+  assert [os.path.basename(p) for p in plot.write_curves(str(tmp_path))] == ["train.png"]
+
+
+def test_overlay_has_a_line_per_run_labelled_by_workdir(tmp_path):
+  a = write_run(tmp_path / "dcgan")
+  b = write_run(tmp_path / "wgan", steps=(10, 20), scale=2.0)
+  fig = plot.overlay_figure([a, b], "test")
+  assert lines_per_axis(fig) == {"fid": 2, "kid": 2}
+  assert [line.get_label() for line in fig.axes[0].get_lines()] == ["dcgan", "wgan"]
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "aigc_jax.plot", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_cli_overlays_runs_into_one_png(tmp_path):
+  a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b", scale=3.0)
+  out = tmp_path / "cmp" / "compare.png"
+  done = run_cli("--workdir", a, b, "--out", str(out), "--split", "train")
+  assert done.returncode == 0, done.stderr
+  assert out.exists() and done.stdout.strip() == f"wrote {out}"
+
+
+@pytest.mark.parametrize("case", ["no_out", "missing_metrics", "bad_split", "not_png"])
+def test_cli_bad_input_is_one_error_line(tmp_path, case):
+  good, out = write_run(tmp_path / "good"), str(tmp_path / "x.png")
+  args = {"no_out": ["--workdir", good],
+          "missing_metrics": ["--workdir", good, str(tmp_path / "nothing"), "--out", out],
+          "bad_split": ["--workdir", good, "--out", out, "--split", "val"],
+          "not_png": ["--workdir", good, "--out", str(tmp_path)]}[case]
+  done = run_cli(*args)
+  assert done.returncode == 2
+  [line] = done.stderr.strip().splitlines()
+  assert line.startswith("error: ")
+  assert not (tmp_path / "x.png").exists()

@@ -238,11 +238,8 @@ class Checkpoints:
       bad = next((path for path, digest in saved.items() if got.get(path) != digest), None)
       if bad is not None:
         return f"the arrays at {bad} differ from the checksum saved with them"
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-      leaf = np.asarray(leaf)
-      if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
-        return f"{jax.tree_util.keystr(path)} is not finite"
-    return None
+    bad = first_non_finite(state)
+    return None if bad is None else f"{bad} is not finite"
 
   def _mismatch(self, step: int, target: Any) -> str | None:
     """The first path where the saved arrays differ from `target`, or None."""
@@ -283,8 +280,15 @@ def checksums(tree: Any) -> dict[str, str]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def first_non_finite(tree: Any) -> str | None:
+  """The key path of the first floating-point leaf of `tree` that is not finite, or None."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
+      return jax.tree_util.keystr(path)
+  return None
+
+
 def all_finite(tree: Any) -> bool:
   """Whether every floating-point leaf of `tree` is finite."""
-  return all(np.isfinite(np.asarray(leaf)).all()
-             for leaf in jax.tree_util.tree_leaves(tree)
-             if np.issubdtype(np.asarray(leaf).dtype, np.floating))
+  return first_non_finite(tree) is None

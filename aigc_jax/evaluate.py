@@ -1,7 +1,7 @@
 """Evaluate a trained workdir, or a file of samples, on the test split; print one JSON object.
 
 python -m aigc_jax.evaluate --workdir DIR [--checkpoint best|latest | --step N] [--iwae_samples K]
-    [--iwae_examples N] [--num_samples N]
+    [--iwae_examples N] [--num_samples N] [--sampler S --sample_steps K --guidance_scale W]
 python -m aigc_jax.evaluate --samples FILE.npz [--dataset fashion_mnist] [--num_samples N]
 
 For a VAE: test_neg_elbo, test_recon, test_kl (nats per image over the whole test split) and
@@ -12,6 +12,10 @@ For a GAN: fid, kid, precision, recall, is (and label_acc when conditional) of N
 EMA generator against the first N test images (N = num_samples, 10000 by default), each followed
 by its floor, e.g. fid_floor: the same metric of N real train images against the same test
 images, so a reader knows the scale; then kid_std, is_std and raw_* (the raw generator's).
+
+For a diffusion model: test_loss (the denoising loss on the test split, fixed noise), then the
+GAN's metrics and floors of N samples of its EMA parameters, drawn with the config's sampler,
+steps and guidance unless --sampler, --sample_steps, --guidance_scale choose others.
 
 For a samples file (from any model, e.g. `python -m aigc_jax.sample` or a PyTorch one): the same
 metrics and floors of its first N images (N = num_samples, by default all, at most 10000).
@@ -44,8 +48,13 @@ flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to
 flags.DEFINE_integer("step", None, "Evaluate this checkpoint step instead.")
 flags.DEFINE_integer("iwae_samples", 0, "Importance samples per image (0: the config's).")
 flags.DEFINE_integer("iwae_examples", 0, "Test images for nll_iwae (0: the config's).")
-flags.DEFINE_integer("num_samples", 0, "GAN or --samples: images per metric (0: 10000, or all "
-                     "the file's).")
+flags.DEFINE_integer("num_samples", 0, "GAN, diffusion or --samples: images per metric (0: "
+                     "10000, or all the file's).")
+flags.DEFINE_string("sampler", None, "Diffusion: ddim or ddpm (eps/v), euler or heun (flow).")
+flags.DEFINE_integer("sample_steps", None, "Diffusion: the sampler's steps.")
+flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the guidance scale.")
+OPTIONS = ("iwae_samples", "iwae_examples", "num_samples", "sampler", "sample_steps",
+           "guidance_scale")
 FLAGS = flags.FLAGS
 log = logging.getLogger("aigc_jax.evaluate")  # not __name__: "__main__" under python -m
 
@@ -61,6 +70,7 @@ def progress_bar(xs, desc: str = "nll_iwae"):
 def evaluate_workdir(workdir: str, which: str | int = "best", progress: bool = False,
                      **options) -> dict:
   run = workdir_lib.load_trained(workdir, which)
+  workdir_lib.check_tool_options(run.config, options)
   test = workdir_lib.load_test_data(run.config)
   log.info("%s", backend.describe_devices())
   bar = progress_bar if progress else None
@@ -138,8 +148,8 @@ def main(argv):
   train.quiet_dependencies()
   try:
     check_flags()
-    options = {name: FLAGS[name].value for name in ("iwae_samples", "iwae_examples",
-                                                    "num_samples") if FLAGS[name].value}
+    options = {name: FLAGS[name].value for name in OPTIONS if FLAGS[name].value is not None
+               and (FLAGS[name].value != 0 or name == "guidance_scale")}  # 0: the config's
     if FLAGS.samples:
       result = evaluate_samples_file(FLAGS.samples, FLAGS.dataset, **options)
     else:

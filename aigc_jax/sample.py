@@ -1,12 +1,13 @@
 """Draw samples from a trained workdir into an .npz file.
 
 python -m aigc_jax.sample --workdir DIR --num N --out FILE.npz [--seed S]
-    [--checkpoint best|latest | --step N]
+    [--checkpoint best|latest | --step N] [--sampler S --sample_steps K --guidance_scale W]
 
 The file holds `images`, uint8 of shape (N, H, W) for one channel ((N, H, W, C) otherwise), and
 `labels` (int32) for conditional models, the class each image was asked to show (for a
 self-conditioned GAN, `clusters` instead: the pixel cluster id each image was drawn from).
-`python -m aigc_jax.evaluate --samples FILE.npz` scores such a file.
+`python -m aigc_jax.evaluate --samples FILE.npz` scores such a file. A diffusion model samples
+with its config's sampler, steps and guidance unless the flags choose others.
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ flags.DEFINE_string("out", None, "Output .npz path.")
 flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same images).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to sample from.")
 flags.DEFINE_integer("step", None, "Sample from this checkpoint step instead.")
+flags.DEFINE_string("sampler", None, "Diffusion: ddim or ddpm (eps/v), euler or heun (flow).")
+flags.DEFINE_integer("sample_steps", None, "Diffusion: the sampler's steps.")
+flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the guidance scale.")
 FLAGS = flags.FLAGS
 log = logging.getLogger("aigc_jax.sample")  # not __name__: "__main__" under python -m
 
 
 def sample_to_file(workdir: str, num: int, out: str, seed: int = 0,
-                   which: str | int = "best") -> dict:
+                   which: str | int = "best", **options) -> dict:
+  """Writes `num` samples of `workdir` to `out`; `options` are a diffusion model's sampler,
+  sample_steps and guidance_scale (ConfigError for an option the model lacks)."""
   run = workdir_lib.load_trained(workdir, which)
+  workdir_lib.check_tool_options(run.config, options)
   log.info("%s", backend.describe_devices())
-  images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num)
+  images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num, **options)
   images = np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
   if images.shape[-1] == 1:
     images = images[..., 0]
@@ -68,7 +75,9 @@ def main(argv):
     sys.exit(2)
   try:
     which = FLAGS.checkpoint if FLAGS.step is None else FLAGS.step
-    info = sample_to_file(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.seed, which)
+    options = {name: FLAGS[name].value for name in ("sampler", "sample_steps", "guidance_scale")
+               if FLAGS[name].value is not None}
+    info = sample_to_file(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.seed, which, **options)
   except (workdir_lib.CheckpointError, workdir_lib.config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -107,6 +107,28 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config_lib.validate(config)
 
 
+# A tool's option (sample, evaluate) -> the config key it sets for that call; a model whose
+# config lacks the key has no such option.
+TOOL_OPTIONS = {"iwae_samples": "eval_iwae_samples", "iwae_examples": "eval_iwae_examples",
+                "num_samples": "eval_num_samples", "sampler": "sampler",
+                "sample_steps": "sample_steps", "guidance_scale": "guidance_scale"}
+
+
+def check_tool_options(config, options: dict) -> None:
+  """Raises ConfigError when one of a tool's `options` does not apply to the run's model, or
+  has a value the run's config would refuse for its key."""
+  trial = ml_collections.ConfigDict(config.to_dict())
+  for name, value in options.items():
+    key = TOOL_OPTIONS[name]
+    if key not in config:
+      raise config_lib.ConfigError(f"--{name} does not apply to model '{config.model}'; drop it")
+    trial[key] = value
+  try:
+    config_lib.validate(trial)
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"{e} (from --{', --'.join(options)})") from None
+
+
 class TrainedRun(NamedTuple):
   config: ml_collections.ConfigDict
   info: data_lib.DatasetInfo

@@ -9,6 +9,8 @@ Under pytest-xdist (`make test` runs `-n`), each worker is a process with its ow
 fixtures; what is expensive to build is built once per run in a directory that the workers share
 (`shared_tmp_dir`), under a file lock, and what a test may write into is copied per worker. The
 ports of the multi-host tests come from a block of ports that is the worker's own (`free_port`).
+All of them share one persistent compilation cache per run (`compilation_cache`). Training in the
+test processes draws its curves only in the tests marked `curves` (`real_write_curves`).
 """
 
 import contextlib
@@ -75,6 +77,53 @@ def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> pa
       build(path)
       done.touch()
   return path
+
+
+# JAX's persistent compilation cache, one per run: XLA:CPU compiling is most of the suite's time,
+# and most programs are compiled again and again (each training run jits its steps anew, each
+# process a test starts compiles what the others did). Every program is cached whatever its
+# compile time and size. No size limit: a limit turns on jax's eviction, whose lock and
+# directory scan at every write cost more than they save. An entry read while another process
+# is still writing it fails to decompress, which jax turns into a warning and a compile. A hit
+# is the executable that the same program, options and devices compiled to, so results are
+# bitwise those of a compile.
+COMPILATION_CACHE_OPTIONS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+@pytest.fixture(name="compilation_cache", scope="session", autouse=True)
+def fixture_compilation_cache(tmp_path_factory) -> str:
+  """The run's compilation cache directory, shared by the xdist workers, in use in this process
+  and, through os.environ, in the processes that tests start. A JAX_COMPILATION_CACHE_DIR set
+  before the run is kept (a cache that outlives runs)."""
+  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(
+      shared_tmp_dir(tmp_path_factory) / "jax_compilation_cache")
+  for name, value in {"JAX_COMPILATION_CACHE_DIR": path, **COMPILATION_CACHE_OPTIONS}.items():
+    value = os.environ.setdefault(name, value)
+    jax.config.update(name.lower(), int(value) if name.endswith("_BYTES") else
+                      float(value) if name.endswith("_SECS") else value)
+  return path
+
+
+@pytest.fixture(name="real_write_curves", scope="session", autouse=True)
+def fixture_real_write_curves():
+  """For the whole run, training in this process draws no curves (`plot.write_curves` does
+  nothing): matplotlib takes about a second a picture at every evaluation, more than most tests'
+  training, and only the tests marked `curves` check the pictures (they get the real function,
+  which this yields). Processes that tests start draw theirs."""
+  from aigc_jax import plot  # pylint: disable=g-import-not-at-top
+  real = plot.write_curves
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(plot, "write_curves", lambda workdir: [])
+    yield real
+
+
+@pytest.fixture(autouse=True)
+def fixture_curves_when_marked(request, real_write_curves, monkeypatch) -> None:
+  """The real `plot.write_curves` for a test marked `curves`."""
+  if request.node.get_closest_marker("curves") is not None:
+    from aigc_jax import plot  # pylint: disable=g-import-not-at-top
+    monkeypatch.setattr(plot, "write_curves", real_write_curves)
 
 
 @pytest.fixture(name="cache_dir", scope="session")

@@ -11,7 +11,7 @@ MAX_MODULE_LINES = 400
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
     ("backend", "noise", "suggest", "writers", "plot"),
-    ("data", "clusters", "losses", "gan_losses", "models", "metrics"),
+    ("data", "clusters", "losses", "gan_losses", "diffusion", "models", "metrics"),
     ("state",),
     ("families",),
     ("config", "parallel", "checkpoint"),

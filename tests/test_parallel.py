@@ -159,6 +159,8 @@ CASES = [  # (model, config overrides, steps)
     ("dcgan", (("gan_loss", "wasserstein"), ("gp_weight", 10.0), ("spectral_norm", True),
                ("conditional", True)), 3),
     ("dcgan", (("n_critic", 2),), 3),  # two real batches per step
+    ("unet", (("base_features", 8), ("multipliers", (1, 2)), ("patch", 2), ("attention_heads", 2),
+              ("conditional", True), ("objective", "v")), 3),  # times, noise, dropped labels
 ]
 IDS = [f"{m}-{i}" for i, (m, *_) in enumerate(CASES)]
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from aigc_jax import plot
 
+pytestmark = pytest.mark.curves  # the real plot.write_curves
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

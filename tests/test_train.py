@@ -64,6 +64,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.curves
 def test_run_writes_metrics_samples_and_checkpoints(idx_dir, tmp_path):
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(small_config(idx_dir), workdir)
@@ -74,6 +75,7 @@ def test_run_writes_metrics_samples_and_checkpoints(idx_dir, tmp_path):
   assert records[-1]["neg_elbo"] == pytest.approx(metrics["neg_elbo"])
   samples = sorted(os.listdir(os.path.join(workdir, "samples")))
   assert "samples_0000016.png" in samples and "reconstructions_0000008.png" in samples
+  assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["eval.png", "train.png"]
   events = [os.path.join(workdir, "tensorboard", name)
             for name in os.listdir(os.path.join(workdir, "tensorboard"))
             if name.startswith("events")]

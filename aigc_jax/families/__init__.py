@@ -19,6 +19,7 @@ MODELS = {
     "vae_conv": "aigc_jax.families.vae",
     "gan_mlp": "aigc_jax.families.gan",
     "dcgan": "aigc_jax.families.gan",
+    "unet": "aigc_jax.families.diffusion",
 }
 
 

@@ -61,10 +61,11 @@ def score_images(dataset: str, images: np.ndarray, labels: np.ndarray | None = N
 
 
 class SampleEvaluator:
-  """Scores `sample(state, rng, num, use_ema=True) -> (images in [0, 1] (N,H,W,C), labels)`."""
+  """Scores `sample(state, rng, num, use_ema=True, **sample_options) -> (images in [0, 1]
+  (N,H,W,C), labels)`. `raw`: whether `full_evaluate` also scores the raw (non-EMA) params."""
 
-  def __init__(self, config, sample: Callable, conditional: bool):
-    self.config, self.sample, self.conditional = config, sample, conditional
+  def __init__(self, config, sample: Callable, conditional: bool, raw: bool = True):
+    self.config, self.sample, self.conditional, self.raw = config, sample, conditional, raw
     self._real = {}  # num -> (test images, their features)
 
   @functools.cached_property
@@ -81,10 +82,12 @@ class SampleEvaluator:
       self._real[num] = images, features
     return features
 
-  def sample_metrics(self, state, real, num: int, use_ema: bool = True, progress=None) -> dict:
+  def sample_metrics(self, state, real, num: int, use_ema: bool = True, progress=None,
+                     **sample_options) -> dict:
     """The metrics of `num` generated images (fixed seeds) against `real` (test features).
 
-    `progress(iterable, desc=...)`, when given, wraps the sampling chunks (e.g. a tqdm bar).
+    `progress(iterable, desc=...)`, when given, wraps the sampling chunks (e.g. a tqdm bar);
+    `sample_options` go to `sample`.
     """
     fakes, labels = [], []
     starts = range(0, num, CHUNK)
@@ -92,7 +95,7 @@ class SampleEvaluator:
       starts = progress(starts, desc="ema samples" if use_ema else "raw samples")
     for i, start in enumerate(starts):
       images, lab = self.sample(state, jax.random.PRNGKey(1000 + i), min(CHUNK, num - start),
-                                use_ema)
+                                use_ema, **sample_options)
       fakes.append(np.round(images * 255).astype(np.uint8))
       labels.append(lab)
     requested = np.concatenate(labels) if self.conditional else None
@@ -111,20 +114,23 @@ class SampleEvaluator:
     return self.sample_metrics(state, self.real_features(test, num), num)
 
   def full_evaluate(self, state, test: data_lib.DeviceData, *, num_samples=10_000, progress=None,
-                    **unused) -> dict:
-    """EMA metrics, each followed by its real-train-vs-real-test `<name>_floor`; raw_* metrics.
+                    **sample_options) -> dict:
+    """EMA metrics, each followed by its real-train-vs-real-test `<name>_floor`; raw_* metrics
+    when `raw`.
 
-    num_samples generated images per generator against as many test images; the floors use as
-    many train images. The test features are extracted once for all three. `progress` as in
-    `sample_metrics`.
+    num_samples generated images per parameter set against as many test images; the floors use
+    as many train images. The test features are extracted once for all. `progress` and
+    `sample_options` as in `sample_metrics`.
     """
-    del unused
     num = min(num_samples, int(test.labels.shape[0]))
     log.info("classifier features of %d test images", num)
     real = self.real_features(test, num)
-    ema = self.sample_metrics(state, real, num, progress=progress)
+    ema = self.sample_metrics(state, real, num, progress=progress, **sample_options)
     log.info("floors: %d train images (cached beside the classifier after the first time)", num)
     floor = self.floors(real, num)
-    raw = self.sample_metrics(state, real, num, use_ema=False, progress=progress)
+    raw = {}
+    if self.raw:
+      raw = self.sample_metrics(state, real, num, use_ema=False, progress=progress,
+                                **sample_options)
     return {**with_floors(ema, floor), **{f"raw_{k}": v for k, v in raw.items()},
             "num_samples": num}

@@ -1,0 +1,230 @@
+"""The diffusion family: the processes against their closed forms, samplers against their
+formulas, learning, guidance, the tools' options and exact resume, on a tiny U-Net."""
+
+import functools
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
+from aigc_jax import diffusion
+from aigc_jax import sample as sample_lib
+from aigc_jax import train
+from aigc_jax import workdir as workdir_lib
+from aigc_jax.families import diffusion as family
+from tests.test_train import idx_dir  # noqa: F401
+
+INFO = data_lib.DATASETS["fashion_mnist"]
+# One resolution level keeps compilation short; the runs below use two (down- and upsampling).
+TINY = dict(base_features=8, multipliers=(1,), patch=2, attention_heads=2, batch_size=16,
+            eval_num_samples=0, sample_steps=4, progress_bar=False)
+
+
+@functools.cache
+def tiny(**overrides):
+  values = dict(TINY)
+  values.update(overrides)
+  config = config_lib.validate(config_lib.get_config("unet", **values))
+  return config, family.build(config, INFO, 100)
+
+
+@functools.cache
+def perturbed_state(trainable, scale=0.05, seed=0):
+  """An initial state whose zero-initialised output layers are not zero: a non-trivial net."""
+  state = jax.jit(trainable.init)(jax.random.PRNGKey(seed))
+  leaves, tree = jax.tree_util.tree_flatten(state.ema_params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  noisy = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  return state.replace(ema_params=jax.tree_util.tree_unflatten(tree, noisy))
+
+
+def net_of(trainable) -> family.Net:
+  return trainable.train_step.keywords["net"]
+
+
+@pytest.mark.parametrize("objective,level,mean,var", [("eps", 0.36, 0.6, 0.64),
+                                                      ("v", 0.36, 0.6, 0.64),
+                                                      ("flow", 0.25, 0.75, 0.0625)])
+def test_forward_process_has_its_closed_form_mean_and_variance(objective, level, mean, var):
+  """x_t | x_0 = 2: DDPM N(sqrt(abar) x_0, 1 - abar); flow N((1 - t) x_0, t^2)."""
+  noise = jax.random.normal(jax.random.PRNGKey(0), (200_000, 1))
+  x_t = diffusion.noisy(objective, jnp.full((200_000, 1), 2.0), noise, jnp.full((200_000,), level))
+  assert float(jnp.mean(x_t)) == pytest.approx(2.0 * mean, abs=0.01)
+  assert float(jnp.var(x_t)) == pytest.approx(var, rel=0.02)
+
+
+def test_schedules():
+  linear, cosine = diffusion.alpha_bars("linear"), diffusion.alpha_bars("cosine")
+  beta_1 = 1e-4 + 0.0199 / 999  # betas: 1e-4 to 0.02 in 1000 even steps
+  assert linear[0] == pytest.approx(1 - 1e-4) and linear[1] == pytest.approx((1 - 1e-4) *
+                                                                           (1 - beta_1))
+  assert np.all(np.diff(linear) < 0) and np.all(np.diff(cosine) < 0)
+  s, t = 0.008, 500 / 1000  # cosine: abar(t) = f(t) / f(0)
+  f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2  # noqa: E731
+  assert cosine[499] == pytest.approx(f(t) / f(0), rel=1e-6)
+
+
+def test_targets_and_predictions_by_hand():
+  x0, noise, abar = jnp.array([[1.0]]), jnp.array([[2.0]]), jnp.array([0.36])
+  assert float(diffusion.target("eps", x0, noise, abar)[0, 0]) == 2.0
+  assert float(diffusion.target("flow", x0, noise, abar)[0, 0]) == 1.0
+  v = diffusion.target("v", x0, noise, abar)
+  assert float(v[0, 0]) == pytest.approx(0.6 * 2.0 - 0.8 * 1.0)
+  x_t = diffusion.noisy("v", x0, noise, abar)  # 0.6 + 1.6 = 2.2
+  for objective, out in (("v", v), ("eps", noise)):
+    x0_hat, eps_hat = diffusion.denoised(objective, out, x_t, 0.36)
+    assert float(x0_hat[0, 0]) == pytest.approx(1.0) and float(eps_hat[0, 0]) == pytest.approx(2.0)
+
+
+def test_loss_is_the_squared_error_to_the_target():
+  config, trainable = tiny(objective="v")
+  net, state = net_of(trainable), perturbed_state(trainable)
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(3), (4, 28, 28, 1)) * 2 - 1,
+           "label": jnp.arange(4)}
+  rng = jax.random.PRNGKey(4)
+  loss = jax.jit(family.per_example_loss, static_argnums=0)(net, state.ema_params, batch, rng)
+  x_t, time, goal = jax.jit(family.noised_batch, static_argnums=0)(net, batch["image"],
+                                                                    jax.random.split(rng)[0])
+  out = jax.jit(net.model.apply)(state.ema_params, x_t, time)
+  np.testing.assert_allclose(loss, np.mean((out - goal) ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  assert np.all((time >= 0) & (time < 1)) and config.objective == "v"
+
+
+def sample_from(trainable, how, x, labels=None):
+  return family.denoise(trainable_params(trainable), x, jax.random.PRNGKey(7), labels,
+                        net=net_of(trainable), how=how)
+
+
+def trainable_params(trainable, scale=0.05):
+  return perturbed_state(trainable, scale).ema_params
+
+
+@pytest.mark.parametrize("objective,sampler", [("eps", "ddim"), ("v", "ddpm"), ("flow", "euler")])
+def test_a_one_step_sampler_is_its_formula(objective, sampler):
+  _, trainable = tiny(objective=objective)
+  net, params = net_of(trainable), trainable_params(trainable)
+  x = jax.random.normal(jax.random.PRNGKey(5), (3, 28, 28, 1))
+  got = sample_from(trainable, family.Sampling(sampler, 1, 1.0, False, "python"), x)
+  time, level = diffusion.plan(objective, "cosine", 1)[0]
+  out = jax.jit(net.model.apply)(params, x, jnp.full((3,), time))
+  if objective == "flow":
+    want = x - out  # t: 1 -> 0
+  else:  # to the data (abar 1): the predicted x_0, with no noise even for DDPM
+    want = diffusion.denoised(objective, out, x, level)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+def test_ddim_is_deterministic_and_inverts_to_its_noise():
+  _, trainable = tiny(objective="eps")
+  net, params = net_of(trainable), trainable_params(trainable, scale=0.01)  # a smooth net
+  how = family.Sampling("ddim", 100, 1.0, False, "python")
+  noise = jax.random.normal(jax.random.PRNGKey(8), (2, 28, 28, 1))
+  x0 = family.denoise(params, noise, jax.random.PRNGKey(7), None, net=net, how=how)
+  other_rng = family.denoise(params, noise, jax.random.PRNGKey(9), None, net=net, how=how)
+  np.testing.assert_array_equal(x0, other_rng)  # eta 0: the step rng is not read
+  grid = diffusion.plan("eps", "cosine", 100)[::-1]  # data -> noise
+  x, apply = x0, jax.jit(net.model.apply)
+  for (time, level), (_, level_next) in zip(grid[:-1], grid[1:]):  # the same ODE, backwards
+    out = apply(params, x, jnp.full((2,), time))
+    x0_hat, eps_hat = diffusion.denoised("eps", out, x, level)
+    x = diffusion.ddim_step(x0_hat, eps_hat, level_next, 0.0, 0.0)
+  assert float(jnp.max(jnp.abs(x - noise))) < 0.05 * float(jnp.max(jnp.abs(noise)))
+
+
+def test_heun_is_exact_for_a_velocity_linear_in_time():
+  """dx/dt = t has x(0) = x(1) - 1/2; Euler from t = 1 in one step is off by 1/2, Heun is not."""
+  x, velocity_at = jnp.ones(()), lambda y, t: t  # noqa: E731
+  assert float(diffusion.heun_step(x, velocity_at(x, 1.0), velocity_at, 1.0, 0.0)) == 0.5
+  assert float(diffusion.euler_step(x, velocity_at(x, 1.0), 1.0, 0.0)) == 0.0
+
+
+def test_python_and_scanned_sampling_loops_agree():
+  _, trainable = tiny(objective="v")
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 28, 28, 1))
+  a = sample_from(trainable, family.Sampling("ddpm", 3, 1.0, True, "python"), x)
+  b = sample_from(trainable, family.Sampling("ddpm", 3, 1.0, True, "scan"), x)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_guidance_mixes_the_conditional_and_null_predictions():
+  _, trainable = tiny(conditional=True)
+  net, params = net_of(trainable), trainable_params(trainable)
+  x, labels = jax.random.normal(jax.random.PRNGKey(5), (4, 28, 28, 1)), jnp.arange(4)
+  cond = family.predict(net, params, x, 0.5, labels, None)
+  null = family.predict(net, params, x, 0.5, jnp.full((4,), 10), None)
+  guided = family.predict(net, params, x, 0.5, labels, jnp.float32(3.0))
+  assert float(jnp.max(jnp.abs(cond - null))) > 1e-3
+  np.testing.assert_allclose(guided, null + 3.0 * (cond - null), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["eps", "flow"])
+def test_the_loss_falls_on_a_small_batch(objective):
+  config, trainable = tiny(objective=objective, learning_rate=3e-3, ema_decay=0.0)
+  state = jax.jit(trainable.init)(jax.random.PRNGKey(0))
+  images = np.zeros((16, 28, 28, 1), np.float32)
+  images[:, 8:20, 8:20] = 1.0  # a square: easy to learn
+  batch = {"image": jnp.asarray(images * 2 - 1), "label": jnp.zeros((16,), jnp.int32)}
+  step = jax.jit(trainable.train_step)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+
+
+def test_sample_chunks_do_not_depend_on_the_count(monkeypatch):
+  monkeypatch.setattr(family, "CHUNK", 3)
+  config, trainable = tiny(conditional=True, sample_steps=2)
+  state = perturbed_state(trainable)
+  five, labels = trainable.sample(state, jax.random.PRNGKey(1), 5)
+  two, _ = trainable.sample(state, jax.random.PRNGKey(1), 2)
+  assert five.shape == (5, 28, 28, 1) and 0.0 <= five.min() and five.max() <= 1.0
+  np.testing.assert_allclose(five[:2], two, atol=1e-6)
+  assert labels.tolist() == [0, 1, 2, 3, 4] and config.conditional
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (dict(objective="flow", sampler="ddim"), "does not fit objective 'flow'"),
+    (dict(guidance_scale=2.0), "needs a class-conditional model"),
+    (dict(base_features=12), "multiple of 8"),
+    (dict(multipliers=(1, 2, 2), patch=2), "must divide by patch * 2^(levels - 1) = 8"),
+    (dict(objective="x0"), "objective"),
+])
+def test_config_errors_name_the_fix(overrides, words):
+  with pytest.raises(config_lib.ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")
+                     .replace("*", r"\*").replace("^", r"\^")):
+    config_lib.validate(config_lib.get_config("unet", **overrides))
+
+
+def run_config(idx_dir, **overrides):  # noqa: F811
+  values = dict(TINY, idx_dir=idx_dir, multipliers=(1, 2), num_train_steps=8, eval_every_steps=4,
+                log_every_steps=4, num_sample_images=10, conditional=True, eval_batch_size=32)
+  values.update(overrides)
+  return config_lib.get_config("unet", **values)
+
+
+@pytest.mark.slow
+def test_resume_is_exact_and_the_tools_take_sampling_options(idx_dir, tmp_path):  # noqa: F811
+  unbroken, resumed = str(tmp_path / "unbroken"), str(tmp_path / "resumed")
+  train.train_and_evaluate(run_config(idx_dir), unbroken)
+  train.train_and_evaluate(run_config(idx_dir, num_train_steps=4), resumed)
+  train.train_and_evaluate(run_config(idx_dir), resumed)
+  a = workdir_lib.load_trained(unbroken, "latest").state
+  b = workdir_lib.load_trained(resumed, "latest").state
+  chex.assert_trees_all_equal((a.players["unet"].params, a.ema_params),
+                              (b.players["unet"].params, b.ema_params))
+  out = str(tmp_path / "s.npz")
+  sample_lib.sample_to_file(unbroken, 12, out, which="latest", sample_steps=2,
+                            guidance_scale=2.0, sampler="ddpm")
+  with np.load(out) as f:
+    assert f["images"].shape == (12, 28, 28) and f["labels"].tolist()[:3] == [0, 1, 2]
+  with pytest.raises(config_lib.ConfigError, match="--iwae_samples does not apply"):
+    workdir_lib.check_tool_options(workdir_lib.load_config(unbroken), {"iwae_samples": 5})
+  with pytest.raises(config_lib.ConfigError, match="does not fit objective 'eps'"):
+    sample_lib.sample_to_file(unbroken, 12, out, which="latest", sampler="heun")
+  assert os.path.exists(os.path.join(unbroken, "samples", "samples_latest.png"))

@@ -66,6 +66,11 @@ class EarlyStop:
     return bool(self.patience) and self.best is not None and self.since >= self.patience
 
 
+# The host hands the device about this many steps (a whole number of calls) at once, so that a
+# stop signal is seen, and the run saved, within that many steps.
+STOP_CHECK_STEPS = 10
+
+
 class Schedule(NamedTuple):
   """When the host stops the device: step counts of the run and of its boundaries."""
 
@@ -74,23 +79,26 @@ class Schedule(NamedTuple):
   log_every: int
   eval_every: int
   checkpoint_every: int
+  chunk: int  # a multiple of it is a boundary too: where a stop signal is checked
 
   def next_boundary(self, step: int) -> int:
-    """The first log, eval or checkpoint step, epoch end or the end after `step`."""
+    """The first log, eval, checkpoint or chunk step, epoch end or the end after `step`."""
     epoch = step // self.steps_per_epoch
     return min(self.total, (epoch + 1) * self.steps_per_epoch,
                *((step // n + 1) * n for n in (self.log_every, self.eval_every,
-                                               self.checkpoint_every)))
+                                               self.checkpoint_every, self.chunk)))
 
 
 def make_schedule(config, num_train: int, batches_per_step: int) -> Schedule:
   """The run's Schedule: eval every epoch and checkpoint at every eval unless set (> 0)."""
   steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size * batches_per_step)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  per_call = backend.steps_per_call(config.steps_per_call)
   return Schedule(state_lib.total_train_steps(config, num_train, batches_per_step),
                   steps_per_epoch, config.log_every_steps, eval_every,
                   config.checkpoint_every_steps if config.checkpoint_every_steps > 0
-                  else eval_every)
+                  else eval_every,
+                  per_call * -(-STOP_CHECK_STEPS // per_call))
 
 
 def initialize_distributed(config) -> None:

@@ -44,9 +44,12 @@ NOT_ZERO = 1e-2  # a gradient within 1% of its leaf's largest is not rounding no
 
 # Leaves whose exact gradient is 0, so that what they get is rounding noise: biases that a
 # training-mode BatchNorm cancels (it subtracts the batch mean), the running mean of the
-# BatchNorm that adds such a bias, and the Wasserstein critic's output bias (it cancels between
-# the real and fake means).
+# BatchNorm that adds such a bias, the Wasserstein critic's output bias (it cancels between
+# the real and fake means) and the attention's key bias (it shifts a query's every logit alike,
+# which the softmax cancels).
 ZERO_GRADIENT_LEAVES = (
+    r"^(players/unet/(params|opt_state.*)|ema_params)/params/Attention_0/"
+    r"MultiHeadDotProductAttention_0/key/bias$",
     r"^(players/g/(params|opt_state.*)|ema_params)/(Dense_0|up_0/Conv_0)/bias$",
     r"^players/d/(params|opt_state.*)/Conv_1/bias$",
     r"^players/d/model_state/BatchNorm_0/mean$",
@@ -159,7 +162,7 @@ CASES = [  # (model, config overrides, steps)
     ("dcgan", (("gan_loss", "wasserstein"), ("gp_weight", 10.0), ("spectral_norm", True),
                ("conditional", True)), 3),
     ("dcgan", (("n_critic", 2),), 3),  # two real batches per step
-    ("unet", (("base_features", 8), ("multipliers", (1, 2)), ("patch", 2), ("attention_heads", 2),
+    ("unet", (("base_features", 16), ("multipliers", (1, 2)), ("patch", 2), ("attention_heads", 2),
               ("conditional", True), ("objective", "v")), 3),  # times, noise, dropped labels
 ]
 IDS = [f"{m}-{i}" for i, (m, *_) in enumerate(CASES)]

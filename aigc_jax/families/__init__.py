@@ -39,6 +39,18 @@ class Trainable(NamedTuple):
   best_mode: str  # 'min' or 'max'
 
 
+def one_batch_per_step(config) -> int:
+  """`batches_per_step` of a family whose step reads one batch."""
+  del config
+  return 1
+
+
+def dataset_labels(config, images, labels, workdir=None):
+  """`train_labels` of a family that trains on the dataset's labels as they are."""
+  del config, images, workdir
+  return labels
+
+
 def get(model: str) -> ModuleType:
   if model not in MODELS:
     raise KeyError(f"model '{model}' is unknown; choose one of {sorted(MODELS)}")

@@ -25,6 +25,8 @@ from aigc_jax import diffusion
 from aigc_jax import state as state_lib
 from aigc_jax import writers
 from aigc_jax.families import Trainable
+from aigc_jax.families import dataset_labels
+from aigc_jax.families import one_batch_per_step
 from aigc_jax.families import sample_eval
 from aigc_jax.models import unet
 from aigc_jax.noise import batch_noise
@@ -122,15 +124,8 @@ def default_sampler(objective: str) -> str:
   return "heun" if objective == "flow" else "ddim"
 
 
-def batches_per_step(config) -> int:
-  del config
-  return 1
-
-
-def train_labels(config, images, labels, workdir=None):
-  """The dataset's labels (read only by conditional models)."""
-  del config, images, workdir
-  return labels
+batches_per_step = one_batch_per_step
+train_labels = dataset_labels  # read by conditional models only
 
 
 class Net(NamedTuple):

@@ -20,6 +20,8 @@ from aigc_jax import losses
 from aigc_jax import state as state_lib
 from aigc_jax import writers
 from aigc_jax.families import Trainable
+from aigc_jax.families import dataset_labels
+from aigc_jax.families import one_batch_per_step
 from aigc_jax.models import vae as vae_models
 from aigc_jax.state import Player
 from aigc_jax.state import TrainState
@@ -115,15 +117,8 @@ def eval_params(state: TrainState):
   return state.ema_params or state.players["vae"].params
 
 
-def batches_per_step(config) -> int:
-  del config
-  return 1
-
-
-def train_labels(config, images, labels, workdir=None):
-  """The dataset's labels: the VAEs (the CVAE included) train on them as they are."""
-  del config, images, workdir
-  return labels
+batches_per_step = one_batch_per_step
+train_labels = dataset_labels  # read by conditional models only
 
 
 class Net(NamedTuple):

@@ -1,0 +1,87 @@
+"""Sample quality against sampling steps for a trained diffusion workdir.
+
+  python benchmarks/diffusion_steps.py --workdir runs/flow [--num 1000] [--steps 5 10 25 50]
+      [--samplers euler heun] [--out docs/diffusion_steps.png]
+
+For each sampler and step count: FID, precision and recall of `--num` EMA samples against as many
+test images (the evaluation CLI's metrics), the network evaluations per image and the sampling
+seconds. Prints a Markdown table and draws FID against network evaluations per sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+from matplotlib import figure as figure_lib
+from matplotlib.backends import backend_agg
+
+from aigc_jax import workdir as workdir_lib
+from aigc_jax.families import sample_eval
+from aigc_jax.metrics import sample_metrics
+
+EVALUATIONS_PER_STEP = {"ddim": 1, "ddpm": 1, "euler": 1, "heun": 2}
+
+
+def sweep(workdir: str, num: int, steps: list[int], samplers: list[str]) -> list[dict]:
+  run = workdir_lib.load_trained(workdir, "latest")
+  test = workdir_lib.load_test_data(run.config)
+  scores = sample_eval.SampleEvaluator(run.config, run.trainable.sample, False, raw=False)
+  real = scores.real_features(test, num)
+  rows = []
+  for sampler in samplers:
+    for k in steps:
+      start = time.perf_counter()
+      images, _ = run.trainable.sample(run.state, jax.random.PRNGKey(1000), num,
+                                       sampler=sampler, sample_steps=k)
+      seconds = time.perf_counter() - start
+      fakes = np.round(images * 255).astype(np.uint8)
+      metrics = sample_metrics.evaluate_samples(scores.classifier, fakes, real, None)
+      rows.append(dict(sampler=sampler, steps=k, nfe=k * EVALUATIONS_PER_STEP[sampler],
+                       seconds=seconds, **{m: metrics[m] for m in ("fid", "precision",
+                                                                   "recall")}))
+      print(rows[-1], flush=True)
+  return rows
+
+
+def table(rows: list[dict], num: int) -> str:
+  lines = [f"| sampler | steps | network evaluations | FID ({num}) | precision | recall | "
+           "sampling s |", "|---|---|---|---|---|---|---|"]
+  lines += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.2f} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds']:.1f} |" for r in rows]
+  return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+  fig = figure_lib.Figure(figsize=(5, 3.5))
+  backend_agg.FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for sampler in dict.fromkeys(r["sampler"] for r in rows):
+    mine = [r for r in rows if r["sampler"] == sampler]
+    ax.plot([r["nfe"] for r in mine], [r["fid"] for r in mine], "o-", label=sampler)
+  ax.set_xscale("log")
+  ax.set_xlabel("network evaluations per image")
+  ax.set_ylabel("FID")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--num", type=int, default=1000)
+  parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50])
+  parser.add_argument("--samplers", nargs="+", default=["euler", "heun"])
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+  rows = sweep(args.workdir, args.num, args.steps, args.samplers)
+  print(table(rows, args.num))
+  if args.out:
+    plot(rows, args.out)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,7 +1,9 @@
 """Rectified flow on Fashion-MNIST: a U-Net (patch 2, widths 32 and 64, attention at 7x7)
 learns the velocity from data to noise; samples by Heun's method.
 
-Result: not measured yet.
+Result (2026-12-02, 2-core AMD EPYC, shared part of the time with test runs): stopped by hand
+after 1404 steps (3 epochs, 48 min); 10,000 EMA samples, Heun 10 steps: FID 11.76, precision
+0.814, recall 0.604, IS 6.33 (floors 0.22 / 0.906 / 0.909 / 8.85); sampling them ~13 min quiet.
 
 python experiments/flow_matching_fashion_mnist.py --workdir runs/flow [--config.KEY=VALUE ...]
 python -m aigc_jax.evaluate --workdir runs/flow [--sample_steps 10 --sampler euler]

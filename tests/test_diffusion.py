@@ -13,7 +13,6 @@ import pytest
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import diffusion
-from aigc_jax import sample as sample_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import diffusion as family
@@ -218,13 +217,13 @@ def test_resume_is_exact_and_the_tools_take_sampling_options(idx_dir, tmp_path):
   b = workdir_lib.load_trained(resumed, "latest").state
   chex.assert_trees_all_equal((a.players["unet"].params, a.ema_params),
                               (b.players["unet"].params, b.ema_params))
-  out = str(tmp_path / "s.npz")
-  sample_lib.sample_to_file(unbroken, 12, out, which="latest", sample_steps=2,
-                            guidance_scale=2.0, sampler="ddpm")
-  with np.load(out) as f:
-    assert f["images"].shape == (12, 28, 28) and f["labels"].tolist()[:3] == [0, 1, 2]
+  run = workdir_lib.load_trained(unbroken, "latest")
+  options = dict(sample_steps=2, guidance_scale=2.0, sampler="ddpm")
+  workdir_lib.check_tool_options(run.config, options)
+  images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(0), 12, **options)
+  assert images.shape == (12, 28, 28, 1) and labels.tolist()[:3] == [0, 1, 2]
   with pytest.raises(config_lib.ConfigError, match="--iwae_samples does not apply"):
-    workdir_lib.check_tool_options(workdir_lib.load_config(unbroken), {"iwae_samples": 5})
+    workdir_lib.check_tool_options(run.config, {"iwae_samples": 5})
   with pytest.raises(config_lib.ConfigError, match="does not fit objective 'eps'"):
-    sample_lib.sample_to_file(unbroken, 12, out, which="latest", sampler="heun")
+    workdir_lib.check_tool_options(run.config, {"sampler": "heun"})
   assert os.path.exists(os.path.join(unbroken, "samples", "samples_latest.png"))

@@ -4,8 +4,9 @@
       [--samplers euler heun] [--out docs/diffusion_steps.png]
 
 For each sampler and step count: FID, precision and recall of `--num` EMA samples against as many
-test images (the evaluation CLI's metrics), the network evaluations per image and the sampling
-seconds. Prints a Markdown table and draws FID against network evaluations per sampler.
+test images (the evaluation CLI's metrics and seeds), the network evaluations per image and the
+seconds of sampling and scoring. Prints a Markdown table and draws FID against network
+evaluations per sampler.
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import jax
-import numpy as np
 from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
 
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import sample_eval
-from aigc_jax.metrics import sample_metrics
 
 EVALUATIONS_PER_STEP = {"ddim": 1, "ddpm": 1, "euler": 1, "heun": 2}
 
@@ -34,11 +32,8 @@ def sweep(workdir: str, num: int, steps: list[int], samplers: list[str]) -> list
   for sampler in samplers:
     for k in steps:
       start = time.perf_counter()
-      images, _ = run.trainable.sample(run.state, jax.random.PRNGKey(1000), num,
-                                       sampler=sampler, sample_steps=k)
+      metrics = scores.sample_metrics(run.state, real, num, sampler=sampler, sample_steps=k)
       seconds = time.perf_counter() - start
-      fakes = np.round(images * 255).astype(np.uint8)
-      metrics = sample_metrics.evaluate_samples(scores.classifier, fakes, real, None)
       rows.append(dict(sampler=sampler, steps=k, nfe=k * EVALUATIONS_PER_STEP[sampler],
                        seconds=seconds, **{m: metrics[m] for m in ("fid", "precision",
                                                                    "recall")}))
@@ -48,7 +43,7 @@ def sweep(workdir: str, num: int, steps: list[int], samplers: list[str]) -> list
 
 def table(rows: list[dict], num: int) -> str:
   lines = [f"| sampler | steps | network evaluations | FID ({num}) | precision | recall | "
-           "sampling s |", "|---|---|---|---|---|---|---|"]
+           "seconds |", "|---|---|---|---|---|---|---|"]
   lines += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.2f} | "
             f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds']:.1f} |" for r in rows]
   return "\n".join(lines)

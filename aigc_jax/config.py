@@ -8,6 +8,8 @@ at the boundary: a misspelt key or a bad value fails there with a sentence sayin
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 from typing import Sequence
 
 import ml_collections
@@ -130,6 +132,20 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
        f"early_stopping_patience must be >= 0 (0 = off), got {config.early_stopping_patience}")
   family.validate_config(config, need)
   return config
+
+
+def load_experiment(path: str) -> ml_collections.ConfigDict:
+  """The `get_config()` of the experiment file at `path`; raises ConfigError when there is none."""
+  if not (os.path.isfile(path) and path.endswith(".py")):
+    raise ConfigError(f"{path} is not an experiment file; name one such as "
+                      "experiments/vae_mlp_fashion_mnist.py")
+  name = os.path.basename(path)[:-3]
+  spec = importlib.util.spec_from_file_location(f"experiments.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config(); an experiment file defines one")
+  return module.get_config()
 
 
 def parse_value(key: str, text: str, default):

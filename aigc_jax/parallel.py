@@ -67,6 +67,9 @@ class TrainLoop:
   holds this device's rows of each, one after the other (n * local rows), so a step that splits
   it into n batches sees the same examples in each whatever the device count.
 
+  With `members`, the state and `perm` stack the members of a population on a leading axis
+  (`population.Member`): the step is vmapped over them and the metric sums are per member.
+
   With `steps_per_call` K > 1, up to K steps run inside one `lax.fori_loop` dispatch (the trip
   count is traced, so a shorter chunk does not recompile). With K = 1 every step is one
   dispatch: XLA:CPU runs convolutions inside loop bodies on a slow path (jax#12868), so
@@ -75,7 +78,8 @@ class TrainLoop:
   """
 
   def __init__(self, train_step: Callable, *, batch_size: int, scale: str, binarize: bool,
-               steps_per_call: int, mode: str, devices=None, batches_per_step: int = 1):
+               steps_per_call: int, mode: str, devices=None, batches_per_step: int = 1,
+               members: bool = False):
     if mode not in MODES:
       raise ValueError(f"parallel mode '{mode}' is unknown; use one of {MODES}")
     self.mode = mode
@@ -95,6 +99,9 @@ class TrainLoop:
 
     def one_step(state, data, perm, index):
       return train_step(state, batch(state, data, perm, index), **step_kwargs)
+
+    if members:  # a stacked population: each member's state with its own data order
+      one_step = jax.vmap(one_step, in_axes=(0, None, 0, None))
 
     def loop(state, data, perm, start, num_steps):
       def body(i, carry):
@@ -177,11 +184,11 @@ def _arity(fn: Callable) -> int:
 
 def make_train_loop(train_step: Callable, *, batch_size: int, scale: str = "zero_one",
                     binarize: bool = False, steps_per_call: int = 1, mode: str = "none",
-                    devices=None, batches_per_step: int = 1) -> TrainLoop:
+                    devices=None, batches_per_step: int = 1, members: bool = False) -> TrainLoop:
   """The `TrainLoop` of `train_step(state, batch, axis_name=None)` in `mode` (see `MODES`)."""
   loop = TrainLoop(train_step, batch_size=batch_size, scale=scale, binarize=binarize,
                    steps_per_call=steps_per_call, mode=mode, devices=devices,
-                   batches_per_step=batches_per_step)
+                   batches_per_step=batches_per_step, members=members)
   if mode == "pmap" and loop.num_devices == 1:
     log.info("parallel='pmap' on a single device: it runs, but 'none' does the same work "
              "without the device axis")

@@ -51,7 +51,10 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def with_ema(state: TrainState, params, decay: float) -> Any:
-  """The state's `ema_params` moved toward `params` at the warmed-up decay of its step."""
+  """The state's `ema_params` moved toward `params` at the warmed-up decay of its step ({} when
+  the state keeps none)."""
+  if not jax.tree_util.tree_leaves(state.ema_params):
+    return state.ema_params
   return ema_update(state.ema_params, params, warmed_up_ema_decay(decay, state.step))
 
 

@@ -151,8 +151,11 @@ class Run(NamedTuple):
   writer: writers.MetricWriter
 
 
-def setup(config, workdir: str) -> Run:
-  """Loads the data, builds the family and its train loop, opens the checkpoints and metrics."""
+def setup(config, workdir: str, population_step=None) -> Run:
+  """Loads the data, builds the family and its train loop, opens the checkpoints and metrics.
+
+  With `population_step(trainable, total steps) -> step`, the loop runs that step over a stacked
+  population (`parallel.TrainLoop(members=True)`) and metrics.jsonl gets no TensorBoard run."""
   family = families.get(config.model)
   images, labels = data_lib.load_config_split(config, "train")
   train_data = data_lib.to_device(images, family.train_labels(config, images, labels, workdir))
@@ -160,11 +163,13 @@ def setup(config, workdir: str) -> Run:
   batches_per_step = family.batches_per_step(config)
   schedule = make_schedule(config, len(labels), batches_per_step)
   trainable = family.build(config, data_lib.DATASETS[config.dataset], schedule.total)
+  step = trainable.train_step if population_step is None else population_step(schedule.total)
   try:
-    loop = parallel.make_train_loop(trainable.train_step, batch_size=config.batch_size,
-                                    scale=config.scale, binarize=config.binarize,
+    loop = parallel.make_train_loop(step, batch_size=config.batch_size, scale=config.scale,
+                                    binarize=config.binarize,
                                     steps_per_call=config.steps_per_call, mode=config.parallel,
-                                    batches_per_step=batches_per_step)
+                                    batches_per_step=batches_per_step,
+                                    members=population_step is not None)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
   log.info("%s", backend.describe_devices())
@@ -172,7 +177,8 @@ def setup(config, workdir: str) -> Run:
            "device(s)", config.model, config.dataset, len(labels), len(test_data.labels),
            schedule.total, schedule.steps_per_epoch, config.parallel, loop.num_devices)
   checkpoints = workdir_lib.open_checkpoints(workdir, config, trainable)
-  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                tensorboard=population_step is None)
   return Run(config, workdir, trainable, loop, schedule, train_data, test_data, checkpoints,
              writer)
 

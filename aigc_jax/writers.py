@@ -75,11 +75,13 @@ def _record(line: str) -> dict | None:
 class MetricWriter:
   """Writes {name: scalar} per (step, split) to TensorBoard and to workdir/metrics.jsonl."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if enabled:
+      os.makedirs(workdir, exist_ok=True)
+    if enabled and tensorboard:
       from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -109,7 +111,7 @@ class MetricWriter:
     record.update({k: float(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    for name, value in metrics.items():
+    for name, value in metrics.items() if self._tb is not None else ():
       self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
 
   def write_event(self, step: int, split: str, record: dict) -> None:
@@ -119,7 +121,7 @@ class MetricWriter:
         f.write(json.dumps({"step": int(step), "split": split, **record}) + "\n")
 
   def write_images(self, step: int, name: str, grid: np.ndarray) -> None:
-    if self.enabled:
+    if self._tb is not None:
       self._tb.add_image(name, grid, int(step), dataformats="HWC")
 
   def close(self) -> None:

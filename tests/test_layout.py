@@ -14,8 +14,8 @@ LAYERS = (
     ("data", "clusters", "losses", "gan_losses", "diffusion", "models", "metrics"),
     ("state",),
     ("families",),
-    ("config", "parallel", "checkpoint"),
-    ("workdir", "lock", "signals", "train", "sample", "evaluate"),
+    ("config", "parallel", "checkpoint", "population"),
+    ("workdir", "lock", "signals", "train", "sample", "evaluate", "sweep_train", "sweep"),
     ("bench", "benchmark", "demo_summary"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

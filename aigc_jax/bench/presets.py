@@ -6,7 +6,6 @@ with the benchmark's overrides (batch size, steps per call, parallel mode, --con
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Sequence
 
@@ -44,10 +43,7 @@ def experiment_config(name: str):
     if not names:
       raise BenchmarkError(f"no experiments in {EXPERIMENTS_DIR}: run from a checkout of the repo")
     raise BenchmarkError(f"unknown model '{name}'; choose one of {', '.join(names)}")
-  spec = importlib.util.spec_from_file_location(f"experiments.{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_experiment(str(path))
 
 
 def bench_config(name: str, batch: int | None = None, steps_per_call: int | None = None,

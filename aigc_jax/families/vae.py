@@ -189,7 +189,7 @@ def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | N
   if axis_name is not None:
     grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
   vae = vae.apply_gradients(grads)
-  ema = with_ema(state, vae.params, config.ema_decay) if config.ema_decay > 0 else {}
+  ema = with_ema(state, vae.params, config.ema_decay)  # {} when the run keeps no EMA
   return state.replace(step=state.step + 1, players={"vae": vae}, ema_params=ema), metrics
 
 

@@ -1,0 +1,386 @@
+"""Training a sweep: the population of `population` through the training loop's pieces.
+
+`run_sweep(spec, workdir)` trains (or resumes) the sweep that `spec` (sweep.json's content:
+the shared config, each varied key's values per member, halve_every, the members' stops)
+describes; see `aigc_jax.sweep` for the files it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from aigc_jax import checkpoint as checkpoint_lib
+from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
+from aigc_jax import families
+from aigc_jax import lock
+from aigc_jax import plot
+from aigc_jax import population as pop_lib
+from aigc_jax import signals as signals_lib
+from aigc_jax import train
+from aigc_jax import workdir as workdir_lib
+from aigc_jax import writers
+
+SWEEP_FILE = "sweep.json"
+
+
+class Sweep(NamedTuple):
+  """A sweep once set up: the runs' shared parts, one config and trainable per member."""
+
+  workdir: str
+  spec: dict  # sweep.json: config (the shared one), values ({key: per member}), halve_every
+  configs: list
+  trainables: list
+  run: train.Run  # member 0's Run, whose loop is the vmapped population step
+  member_writers: list
+
+
+def member_dir(workdir: str, member: int) -> str:
+  return os.path.join(workdir, "members", f"{member:02d}")
+
+
+def read_spec(workdir: str) -> dict | None:
+  path = os.path.join(workdir, SWEEP_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_spec(workdir: str, spec: dict) -> None:
+  path = os.path.join(workdir, SWEEP_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(spec, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def make_spec(config, varies: list[str], members: int | None = None,
+              halve_every: int = 0) -> dict:
+  """sweep.json's content for a new sweep of `config` with the `varies` ('KEY=SPEC') arguments;
+  raises ConfigError when a member's config is invalid."""
+  values = pop_lib.member_values(config, varies, members)
+  pop_lib.member_configs(config, values)
+  spec = {"config": config.to_dict(), "values": values, "halve_every": halve_every, "stops": []}
+  return json.loads(json.dumps(spec))  # as sweep.json holds it (tuples become lists)
+
+
+def alive_at(spec: dict, step: int) -> list[int]:
+  """The members still training after the stops at steps <= `step`."""
+  stopped = {m for stop in spec["stops"] if stop["step"] <= step for m in stop["members"]}
+  return [m for m in range(num_members(spec)) if m not in stopped]
+
+
+def num_members(spec: dict) -> int:
+  return len(next(iter(spec["values"].values())))
+
+
+def setup(spec: dict, workdir: str) -> Sweep:
+  """Member configs, the data, member 0's Run with the population loop, the writers. Raises
+  ConfigError for a varied key the step cannot take as a value."""
+  shared = dict(spec["config"])
+  base = config_lib.get_config(shared.pop("model"), **shared)
+  configs = pop_lib.member_configs(base, spec["values"])
+  family, info = families.get(base.model), data_lib.DATASETS[base.dataset]
+  steps = {}
+
+  def population_step(total_steps: int):
+    steps["step"] = functools.partial(pop_lib.member_step, family=family, config=configs[0],
+                                      info=info, total_steps=total_steps)
+    return steps["step"]
+
+  run = train.setup(configs[0], workdir, population_step)
+  trainables = [family.build(c, info, run.schedule.total) for c in configs]
+  rows = base.batch_size * family.batches_per_step(base)
+  batch = {"image": jax.ShapeDtypeStruct((rows,) + tuple(info.image_shape), jnp.float32),
+           "label": jax.ShapeDtypeStruct((rows,), jnp.int32)}
+  template = jax.eval_shape(trainables[0].init, jax.random.PRNGKey(0))
+  pop_lib.check_traceable(steps["step"], template, batch, spec["values"])
+  member_writers = [writers.MetricWriter(member_dir(workdir, m), jax.process_index() == 0)
+                    for m in range(len(configs))]
+  return Sweep(workdir, spec, configs, trainables, run, member_writers)
+
+
+def init_population(sweep: Sweep, members: list[int]) -> pop_lib.Member:
+  """The stacked fresh states of `members`, each from its own config's seed."""
+  states = [jax.jit(sweep.trainables[m].init)(jax.random.PRNGKey(sweep.configs[m].seed))
+            for m in members]
+  states = [pop_lib.with_structure(s, states[0]) for s in states]
+  values = pop_lib.stepped_values(sweep.spec["values"])
+  return pop_lib.Member(state=pop_lib.stack(states), values=pop_lib.take(values, members))
+
+
+def restore_or_init(sweep: Sweep) -> tuple[pop_lib.Member, list[int]]:
+  """(the stacked state, its members) of the newest checkpoint that verifies, or fresh ones."""
+  ckpts = sweep.run.checkpoints
+  latest = ckpts.latest_step()
+  if latest is None:
+    members = list(range(len(sweep.configs)))
+    return init_population(sweep, members), members
+  template = jax.eval_shape(lambda: init_population(sweep, [0]))
+  steps = sorted(ckpts.all_steps(), reverse=True)
+  for step in steps:
+    members = alive_at(sweep.spec, step)
+    stacked = jax.tree_util.tree_map(
+        lambda t: jax.ShapeDtypeStruct((len(members),) + t.shape[1:], t.dtype), template)
+    try:
+      population = ckpts.restore(stacked, step)
+    except workdir_lib.CheckpointError as e:
+      train.log.warning("checkpoint %d does not verify (%s); trying an older one", step, e)
+      continue
+    ckpts.delete_after(step)
+    sweep.spec["stops"] = [s for s in sweep.spec["stops"] if s["step"] <= step]
+    train.log.info("resuming the sweep from step %d in %s", step, sweep.workdir)
+    return population, members
+  raise workdir_lib.CheckpointError(f"no checkpoint in {ckpts.directory} verifies; move them "
+                                    "away to start the sweep again")
+
+
+@jax.jit
+def finite_rows(tree) -> jax.Array:
+  """(N,) bool: whether every leaf of member i of a stacked tree is finite."""
+  rows = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+          for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(rows), axis=0)
+
+
+def permutations(sweep: Sweep, members: list[int], epoch: int):
+  """(N, num_train) int32: each member's data order for `epoch`, from its own seed."""
+  num_train = len(sweep.run.train_data.labels)
+  return jnp.stack([data_lib.epoch_permutation(int(sweep.configs[m].seed), epoch, num_train)
+                    for m in members])
+
+
+def record_train(sweep: Sweep, members: list[int], step: int, meter: train.TrainMeter) -> dict:
+  """Writes each member's mean train metrics since the last log; {member: 'diverged'} for those
+  whose metrics are not finite."""
+  sums = jax.device_get(meter.sums)
+  seconds = train.time.perf_counter() - meter.start
+  stops = {}
+  for i, m in enumerate(members):
+    means = {k: float(v[i]) / meter.steps for k, v in sums.items()}
+    if not all(np.isfinite(v) for v in means.values()):
+      stops[m] = "diverged"
+    means["steps_per_second"] = meter.steps / seconds
+    sweep.member_writers[m].write(step, "train", means)
+    sweep.run.writer.write_event(step, "train", {"member": m, **means})
+  meter.reset()
+  return stops
+
+
+def evaluate_members(sweep: Sweep, population, members: list[int], step: int, bar) -> dict:
+  """{member: its periodic evaluation}, written to its metrics and the sweep's."""
+  results = {}
+  for i, m in enumerate(members):
+    metrics = sweep.trainables[m].evaluate(pop_lib.row(population.state, i), sweep.run.test_data)
+    sweep.member_writers[m].write(step, "test", metrics)
+    sweep.run.writer.write_event(step, "test", {"member": m, **metrics})
+    results[m] = metrics
+  best = sweep.trainables[0].best_metric
+  bar.write(f"step {step}: test_{best} " + " ".join(
+      f"[{m}] {results[m][best]:.4g}" for m in members))
+  write_plots(sweep)
+  return results
+
+
+def write_plots(sweep: Sweep) -> None:
+  if jax.process_index() != 0:
+    return
+  dirs = [member_dir(sweep.workdir, m) for m in range(len(sweep.configs))]
+  os.makedirs(os.path.join(sweep.workdir, "plots"), exist_ok=True)
+  for split in ("test", "train"):
+    try:
+      figure = plot.overlay_figure(dirs, split)
+      figure.savefig(os.path.join(sweep.workdir, "plots", f"members_{split}.png"), dpi=80)
+    except (ValueError, OSError) as e:
+      train.log.warning("could not draw the members' %s curves (%s)", split, e)
+
+
+def halving(sweep: Sweep, members: list[int], results: dict, step: int) -> dict:
+  """{member: 'halved'} for the worse half at every `halve_every`-th evaluation (not the last)."""
+  every, sched = sweep.spec.get("halve_every", 0), sweep.run.schedule
+  if not every or len(members) < 2 or step >= sched.total or (step // sched.eval_every) % every:
+    return {}
+  trainable = sweep.trainables[0]
+  scores = [results[m][trainable.best_metric] for m in members]
+  keep = {members[i] for i in pop_lib.survivors(scores, trainable.best_mode)}
+  return {m: "halved" for m in members if m not in keep}
+
+
+def write_member_run(sweep: Sweep, member: int, state, step: int, metrics: dict | None) -> None:
+  """members/NN as an ordinary run directory: config.json, its state as a checkpoint (when
+  finite), samples/ and plots/."""
+  directory = member_dir(sweep.workdir, member)
+  workdir_lib.save_config(directory, sweep.configs[member])
+  trainable = sweep.trainables[member]
+  host = jax.device_get(state)
+  if checkpoint_lib.all_finite(host):
+    with workdir_lib.open_checkpoints(directory, sweep.configs[member], trainable) as ckpts:
+      ckpts.save(step, host, None if metrics is None else
+                 {f"test_{k}": v for k, v in metrics.items()})
+    for name, (images, ncols) in trainable.log_images(state, sweep.run.test_data).items():
+      writers.save_png(os.path.join(directory, "samples", f"{name}_latest.png"), images, ncols)
+  plot.write_curves(directory)
+
+
+def stop_members(sweep: Sweep, population, members: list[int], stops: dict, step: int,
+                 results: dict):
+  """Saves the stopped members' runs, records their stops; (the rest's population, members)."""
+  for reason in sorted(set(stops.values())):
+    stopped = [m for m in members if stops.get(m) == reason]
+    sweep.spec["stops"].append({"step": step, "members": stopped, "reason": reason})
+    train.log.info("step %d: members %s stop (%s)", step, stopped, reason)
+  if jax.process_index() == 0:
+    write_spec(sweep.workdir, sweep.spec)
+    for i, m in enumerate(members):
+      if m in stops:
+        write_member_run(sweep, m, pop_lib.row(population.state, i), step, results.get(m))
+  rows = [i for i, m in enumerate(members) if m not in stops]
+  return pop_lib.take(population, rows), [members[i] for i in rows]
+
+
+class LoopState:
+  """The sweep loop's moving parts: the placed population, its members and data order."""
+
+  def __init__(self, sweep: Sweep, population, members: list[int]):
+    self.sweep, self.members, self.perm_epoch, self.perm = sweep, members, None, None
+    self.placed = sweep.run.loop.put_state(population)
+    self.meter = train.TrainMeter()
+
+  def advance(self, data, step: int, boundary: int) -> None:
+    sched, loop = self.sweep.run.schedule, self.sweep.run.loop
+    epoch, index = divmod(step, sched.steps_per_epoch)
+    if epoch != self.perm_epoch:
+      self.perm_epoch = epoch
+      self.perm = loop.put_data(permutations(self.sweep, self.members, epoch))
+    self.placed, sums = loop(self.placed, data, self.perm, index, boundary - step)
+    self.meter.add(sums, boundary - step)
+
+  def keep(self, population, members: list[int]) -> None:
+    rows = [self.members.index(m) for m in members]
+    if self.meter.sums is not None:
+      self.meter.sums = pop_lib.take(self.meter.sums, rows)
+    self.members, self.perm_epoch = members, None
+    self.placed = self.sweep.run.loop.put_state(population)
+
+
+def boundary(sweep: Sweep, ls: LoopState, step: int, bar) -> dict:
+  """Logs, evaluates, stops members and checkpoints at `step`, as the schedule says; returns
+  the evaluation's {member: metrics} ({} when none ran)."""
+  sched = sweep.run.schedule
+  population = sweep.run.loop.get_state(ls.placed)
+  stops, results = {}, {}
+  if step % sched.log_every == 0 or step == sched.total:
+    stops.update(record_train(sweep, ls.members, step, ls.meter))
+  evaluated = step % sched.eval_every == 0 or step == sched.total
+  saving = evaluated or step % sched.checkpoint_every == 0
+  if saving:
+    finite = np.asarray(finite_rows(population.state))
+    stops.update({m: "diverged" for i, m in enumerate(ls.members) if not finite[i]})
+  if evaluated:
+    results = evaluate_members(sweep, population, ls.members, step, bar)
+    alive = [m for m in ls.members if m not in stops]
+    stops.update(halving(sweep, alive, results, step))
+  if stops:
+    population, members = stop_members(sweep, population, ls.members, stops, step, results)
+    if not members:
+      raise train.TrainingError(f"every member of the sweep diverged by step {step}; lower the "
+                                "learning rates")
+    ls.keep(population, members)
+  return {"population": population, "results": results, "save": saving}
+
+
+def sweep_loop(sweep: Sweep, population, members: list[int], bar):
+  """Trains the population to the end; (its last state, members, last evaluation)."""
+  sched, run = sweep.run.schedule, sweep.run
+  step = int(np.asarray(population.state.step)[0])
+  for writer in [run.writer] + sweep.member_writers:
+    writer.truncate_after(step)
+  ls, data, results = LoopState(sweep, population, members), run.loop.put_data(run.train_data), {}
+  with signals_lib.StopSignals() as signals:
+    while step < sched.total:
+      end = sched.next_boundary(step)
+      ls.advance(data, step, end)
+      bar.update(end - step)
+      step = end
+      done = boundary(sweep, ls, step, bar)
+      population, results = done["population"], done["results"] or results
+      if done["save"] or signals.signum is not None:
+        population = run.loop.get_state(ls.placed)
+        run.checkpoints.save(step, jax.device_get(population))
+      if signals.signum is not None and step < sched.total:
+        run.checkpoints.wait()
+        raise signals_lib.Stopped(step, signals.signum)
+  return run.loop.get_state(ls.placed), ls.members, results
+
+
+def summary(sweep: Sweep) -> str:
+  """The members' table: values, how each ended, last and best test metric."""
+  best, mode = sweep.trainables[0].best_metric, sweep.trainables[0].best_mode
+  ended = {m: f"stopped at {s['step']} ({s['reason']})"
+           for s in sweep.spec["stops"] for m in s["members"]}
+  lines = [f"member | {' | '.join(sweep.spec['values'])} | ended | last {best} | best {best}",
+           "|".join(["---"] * (len(sweep.spec["values"]) + 4))]
+  scores = {}
+  for m in range(len(sweep.configs)):
+    values = [r[best] for r in plot.read_records(
+        os.path.join(member_dir(sweep.workdir, m), "metrics.jsonl"))
+        if r.get("split") == "test" and best in r]
+    pick = min if mode == "min" else max
+    scores[m] = pick(values) if values else float("nan")
+    cells = [f"{sweep.spec['values'][k][m]:.4g}" for k in sweep.spec["values"]]
+    last = f"{values[-1]:.4f}" if values else "-"
+    lines.append(f"{m:02d} | {' | '.join(cells)} | {ended.get(m, 'finished')} | {last} | "
+                 f"{scores[m]:.4f}")
+  finite = [m for m in scores if np.isfinite(scores[m])]
+  if finite:
+    top = (min if mode == "min" else max)(finite, key=scores.get)
+    lines.append(f"best: member {top:02d} ({pop_lib.describe(sweep.spec['values'], top)}), "
+                 f"{best} {scores[top]:.4f}; run dir {member_dir(sweep.workdir, top)}")
+  return "\n".join(lines)
+
+
+def run_sweep(spec: dict, workdir: str) -> str:
+  """Trains (or resumes) the sweep `spec` in `workdir`; returns its summary table."""
+  claim = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with claim:
+    saved = read_spec(workdir)
+    if saved is not None and (saved["config"], saved["values"], saved.get("halve_every")) != (
+        spec["config"], spec["values"], spec.get("halve_every")):
+      raise config_lib.ConfigError(
+          f"{workdir} holds a sweep of another config or other values ({SWEEP_FILE}); resume "
+          f"it with python -m aigc_jax.sweep --workdir {workdir}, or use a new --workdir")
+    spec = saved or spec
+    sweep = setup(spec, workdir)
+    bar = None
+    try:
+      population, members = restore_or_init(sweep)
+      if jax.process_index() == 0:
+        write_spec(workdir, sweep.spec)
+      bar = tqdm(total=sweep.run.schedule.total, initial=int(population.state.step[0]),
+                 desc=f"sweep of {len(members)}", unit="step", dynamic_ncols=True,
+                 disable=not (sweep.configs[0].progress_bar and jax.process_index() == 0))
+      population, members, results = sweep_loop(sweep, population, members, bar)
+      step = int(np.asarray(population.state.step)[0])
+      for i, m in enumerate(members):
+        write_member_run(sweep, m, pop_lib.row(population.state, i), step, results.get(m))
+    finally:
+      if bar is not None:
+        bar.close()
+      sweep.run.checkpoints.close()
+      for writer in [sweep.run.writer] + sweep.member_writers:
+        writer.close()
+    write_plots(sweep)
+    table = summary(sweep)
+    with open(os.path.join(workdir, "summary.txt"), "w") as f:
+      f.write(table + "\n")
+    return table
+

@@ -1,0 +1,176 @@
+"""Sweeps: members equal their runs alone, halving keeps the best, resume, refusals, export."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from aigc_jax import config as config_lib
+from aigc_jax import population as pop_lib
+from aigc_jax import sweep
+from aigc_jax import sweep_train
+from aigc_jax import train
+from aigc_jax import workdir as workdir_lib
+from test_train import arrays, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def restore(workdir):
+  return workdir_lib.load_trained(workdir, "latest")
+
+
+def test_specs_give_one_value_per_member():
+  config = config_lib.get_config("vae_mlp", seed=3)
+  values = pop_lib.member_values(
+      config, ["learning_rate=loguniform:1e-4:1e-2", "beta=0.5,1,2", "seed=seeds"], 3)
+  assert values["beta"] == [0.5, 1.0, 2.0] and values["seed"] == [3, 4, 5]
+  assert all(1e-4 <= v <= 1e-2 for v in values["learning_rate"])
+  assert len(set(values["learning_rate"])) == 3
+  again = pop_lib.member_values(config, ["learning_rate=loguniform:1e-4:1e-2"], 3)
+  assert again["learning_rate"] == values["learning_rate"]  # drawn with the config's seed
+
+
+@pytest.mark.parametrize("varies, members, message", [
+    (["hidden_dim=16,32"], None, "int key sets shapes"),
+    (["likelihood=gaussian,bernoulli"], None, "str key sets shapes"),
+    (["learnin_rate=1e-3,1e-2"], None, "did you mean 'learning_rate'"),
+    (["learning_rate=1e-3,1e-2,1e-1"], 2, "lists 3 values for --members 2"),
+    (["learning_rate=loguniform:1e-2:1e-4"], 2, "0 < LOW < HIGH"),
+    (["learning_rate=loguniform:1e-4:1e-2"], None, "needs --members"),
+    (["beta=seeds"], 2, "'seeds' is for the key seed"),
+    (["learning_rate"], 2, "write KEY=SPEC"),
+    (["learning_rate=1e-3"], None, "at least 2 members"),
+    (["learning_rate=1e-3,-1"], None, "member 1 (learning_rate=-1): learning_rate must be > 0"),
+])
+def test_bad_vary_arguments_are_refused(varies, members, message):
+  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(
+      ")", r"\)")):
+    sweep_train.make_spec(config_lib.get_config("vae_mlp"), varies, members)
+
+
+def test_a_key_the_step_branches_on_is_refused():
+  def step(member, batch):
+    scale = 2.0 if member.values["weight"] > 0 else 1.0
+    return member, {"loss": scale * batch["x"].sum()}
+
+  batch = {"x": jax.ShapeDtypeStruct((4,), np.float32)}
+  with pytest.raises(config_lib.ConfigError, match="decides its structure by weight"):
+    pop_lib.check_traceable(step, {}, batch, ["weight"])
+  pop_lib.check_traceable(lambda m, b: (m, {"loss": m.values["weight"] * b["x"].sum()}), {},
+                          batch, ["weight"])
+
+
+@pytest.mark.parametrize("scores, mode, kept", [
+    ([3.0, 1.0, 2.0, 4.0], "min", [1, 2]),
+    ([3.0, 1.0, 2.0, 4.0], "max", [0, 3]),
+    ([float("nan"), 1.0, 2.0], "min", [1, 2]),
+    ([5.0, 5.0], "min", [0]),
+])
+def test_survivors_are_the_better_half(scores, mode, kept):
+  assert pop_lib.survivors(scores, mode) == kept
+
+
+def spec_of(data_dir, varies, halve_every=0, **overrides):
+  config = small_config(data_dir, **overrides)
+  return sweep_train.make_spec(config, varies, halve_every=halve_every)
+
+
+def test_members_train_like_their_configs_alone(idx_dir, tmp_path):  # noqa: F811
+  spec = spec_of(idx_dir, ["learning_rate=1e-3,3e-3", "seed=0,1"])
+  sweep_train.run_sweep(spec, str(tmp_path / "sweep"))
+  alone = str(tmp_path / "alone")
+  train.train_and_evaluate(small_config(idx_dir, learning_rate=3e-3, seed=1), alone)
+  member = restore(sweep_train.member_dir(str(tmp_path / "sweep"), 1))
+  chex.assert_trees_all_close(arrays(member.state), arrays(restore(alone).state), rtol=1e-5,
+                              atol=1e-6)
+  member_records = read_jsonl(os.path.join(sweep_train.member_dir(str(tmp_path / "sweep"), 1),
+                                           "metrics.jsonl"))
+  alone_records = read_jsonl(os.path.join(alone, "metrics.jsonl"))
+  test = lambda rs: [r["neg_elbo"] for r in rs if r["split"] == "test"]  # noqa: E731
+  np.testing.assert_allclose(test(member_records), test(alone_records), rtol=1e-5)
+  top = [r for r in read_jsonl(str(tmp_path / "sweep" / "metrics.jsonl")) if r["member"] == 1]
+  assert [r["step"] for r in top] == [r["step"] for r in member_records]
+
+
+def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):  # noqa: F811
+  workdir = str(tmp_path / "sweep")
+  spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
+  table = sweep_train.run_sweep(spec, workdir)
+  saved = json.load(open(os.path.join(workdir, "sweep.json")))
+  evals = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+           if r["split"] == "test" and r["step"] == 8]
+  ranked = [r["member"] for r in sorted(evals, key=lambda r: r["neg_elbo"])]
+  assert saved["stops"] == [{"step": 8, "members": sorted(ranked[2:]), "reason": "halved"}]
+  last = {r["member"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if r["step"] == 16}
+  assert last == set(ranked[:2])
+  for m in range(4):  # every member ends as a run directory
+    assert workdir_lib.has_checkpoints(sweep_train.member_dir(workdir, m))
+  assert "stopped at 8 (halved)" in table and "finished" in table
+
+
+def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):  # noqa: F811
+  spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
+  whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+  sweep_train.run_sweep(spec, whole)
+  sweep_train.run_sweep(spec, broken)
+  shutil.rmtree(os.path.join(broken, "checkpoints", "16"))  # as if killed before step 16's save
+  halved = json.load(open(os.path.join(broken, "sweep.json")))["stops"][0]["members"]
+  finished = [m for m in range(4) if m not in halved]
+  for m in finished:
+    shutil.rmtree(os.path.join(sweep_train.member_dir(broken, m), "checkpoints"))
+  sweep_train.run_sweep(spec, broken)
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "steps_per_second"}  # noqa: E731
+                      for r in rs]
+  assert strip(read_jsonl(os.path.join(broken, "metrics.jsonl"))) == strip(
+      read_jsonl(os.path.join(whole, "metrics.jsonl")))
+  for m in range(4):
+    a = restore(sweep_train.member_dir(whole, m)).state
+    b = restore(sweep_train.member_dir(broken, m)).state
+    chex.assert_trees_all_equal(arrays(a), arrays(b))
+
+
+def test_an_exported_member_evaluates_like_a_normal_run(idx_dir, tmp_path):  # noqa: F811
+  workdir = str(tmp_path / "sweep")
+  sweep_train.run_sweep(spec_of(idx_dir, ["beta=1,0.5"]), workdir)
+  out = str(tmp_path / "exported")
+  assert sweep.main(["--workdir", workdir, "--export", "1", "--to", out]) == 0
+  alone = str(tmp_path / "alone")
+  train.train_and_evaluate(small_config(idx_dir, beta=0.5), alone)
+  got, want = restore(out), restore(alone)
+  assert got.config.beta == 0.5 and got.step == want.step
+  test = workdir_lib.load_test_data(got.config)
+  a = got.trainable.full_evaluate(got.state, test)
+  b = want.trainable.full_evaluate(want.state, test)
+  assert a.keys() == b.keys()
+  np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], rtol=1e-5)
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "aigc_jax.sweep", *args], capture_output=True,
+                        text=True, cwd=ROOT, check=False)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  experiment = os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py")
+  cases = [
+      ([experiment, "--workdir", str(tmp_path / "a"), "--vary", "hidden_dim=16,32"],
+       "int key sets shapes"),
+      (["--workdir", str(tmp_path / "none")], "holds no sweep to resume"),
+      (["--workdir", str(tmp_path / "none"), "--export", "0", "--to", str(tmp_path / "x")],
+       "holds no sweep"),
+      (["nothing.py", "--workdir", str(tmp_path / "b"), "--vary", "beta=1,2"],
+       "not an experiment file"),
+  ]
+  for args, message in cases:
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error:") and message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -17,7 +17,7 @@ from aigc_jax import sweep
 from aigc_jax import sweep_train
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
-from test_train import arrays, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
+from test_train import STEADY_ADAM, arrays, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,6 +97,20 @@ def test_members_train_like_their_configs_alone(idx_dir, tmp_path):  # noqa: F81
   np.testing.assert_allclose(test(member_records), test(alone_records), rtol=1e-5)
   top = [r for r in read_jsonl(str(tmp_path / "sweep" / "metrics.jsonl")) if r["member"] == 1]
   assert [r["step"] for r in top] == [r["step"] for r in member_records]
+
+
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):  # noqa: F811
+  varies = ["learning_rate=1e-3,3e-3"]
+  sweep_train.run_sweep(spec_of(idx_dir, varies, num_train_steps=8, **STEADY_ADAM),
+                        str(tmp_path / "one"))
+  sweep_train.run_sweep(spec_of(idx_dir, varies, num_train_steps=8, parallel=mode,
+                                **STEADY_ADAM), str(tmp_path / "many"))
+  assert jax.device_count() == 4
+  for m in range(2):
+    one = restore(sweep_train.member_dir(str(tmp_path / "one"), m)).state
+    many = restore(sweep_train.member_dir(str(tmp_path / "many"), m)).state
+    chex.assert_trees_all_close(arrays(one), arrays(many), rtol=1e-4, atol=1e-5)
 
 
 def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):  # noqa: F811

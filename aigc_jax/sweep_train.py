@@ -187,7 +187,6 @@ def evaluate_members(sweep: Sweep, population, members: list[int], step: int, ba
   best = sweep.trainables[0].best_metric
   bar.write(f"step {step}: test_{best} " + " ".join(
       f"[{m}] {results[m][best]:.4g}" for m in members))
-  write_plots(sweep)
   return results
 
 
@@ -316,6 +315,8 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
       if done["save"] or signals.signum is not None:
         population = run.loop.get_state(ls.placed)
         run.checkpoints.save(step, jax.device_get(population))
+      if done["save"]:
+        ls.meter.start = train.time.perf_counter()  # steps_per_second counts training only
       if signals.signum is not None and step < sched.total:
         run.checkpoints.wait()
         raise signals_lib.Stopped(step, signals.signum)

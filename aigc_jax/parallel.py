@@ -67,8 +67,10 @@ class TrainLoop:
   holds this device's rows of each, one after the other (n * local rows), so a step that splits
   it into n batches sees the same examples in each whatever the device count.
 
-  With `members`, the state and `perm` stack the members of a population on a leading axis
-  (`population.Member`): the step is vmapped over them and the metric sums are per member.
+  With `members` ('vmap' or 'unroll'), the state and `perm` stack the members of a population
+  on a leading axis (`population.Member`): the step is vmapped over them, or traced once per
+  member in one program ('unroll': XLA:CPU runs vmapped convolutions on a slow path), and the
+  metric sums are per member.
 
   With `steps_per_call` K > 1, up to K steps run inside one `lax.fori_loop` dispatch (the trip
   count is traced, so a shorter chunk does not recompile). With K = 1 every step is one
@@ -79,7 +81,7 @@ class TrainLoop:
 
   def __init__(self, train_step: Callable, *, batch_size: int, scale: str, binarize: bool,
                steps_per_call: int, mode: str, devices=None, batches_per_step: int = 1,
-               members: bool = False):
+               members: str = ""):
     if mode not in MODES:
       raise ValueError(f"parallel mode '{mode}' is unknown; use one of {MODES}")
     self.mode = mode
@@ -101,7 +103,7 @@ class TrainLoop:
       return train_step(state, batch(state, data, perm, index), **step_kwargs)
 
     if members:  # a stacked population: each member's state with its own data order
-      one_step = jax.vmap(one_step, in_axes=(0, None, 0, None))
+      one_step = member_map(one_step, members)
 
     def loop(state, data, perm, start, num_steps):
       def body(i, carry):
@@ -178,13 +180,28 @@ class TrainLoop:
     return state, self.get_state(sums)
 
 
+def member_map(one_step: Callable, how: str) -> Callable:
+  """`one_step(state, data, perm, index)` over stacked states and perms: 'vmap' or 'unroll'."""
+  if how == "vmap":
+    return jax.vmap(one_step, in_axes=(0, None, 0, None))
+  if how != "unroll":
+    raise ValueError(f"members '{how}' is unknown; use 'vmap' or 'unroll'")
+
+  def unrolled(state, data, perm, index):
+    outs = [one_step(jax.tree_util.tree_map(lambda x, i=i: x[i], state), data, perm[i], index)
+            for i in range(perm.shape[0])]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+  return unrolled
+
+
 def _arity(fn: Callable) -> int:
   return fn.__code__.co_argcount
 
 
 def make_train_loop(train_step: Callable, *, batch_size: int, scale: str = "zero_one",
                     binarize: bool = False, steps_per_call: int = 1, mode: str = "none",
-                    devices=None, batches_per_step: int = 1, members: bool = False) -> TrainLoop:
+                    devices=None, batches_per_step: int = 1, members: str = "") -> TrainLoop:
   """The `TrainLoop` of `train_step(state, batch, axis_name=None)` in `mode` (see `MODES`)."""
   loop = TrainLoop(train_step, batch_size=batch_size, scale=scale, binarize=binarize,
                    steps_per_call=steps_per_call, mode=mode, devices=devices,

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--members", type=int, help="how many members (for ranges and seeds)")
   parser.add_argument("--halve_every", type=int, default=0, metavar="EVALS",
                       help="stop the worse half every EVALS evaluations (0: never)")
+  parser.add_argument("--member_map", choices=("auto", "vmap", "unroll"), default="auto",
+                      help="the step over the members: vmapped, or one copy per member in one "
+                      "program (auto: unrolled for convolutional models on CPU)")
   parser.add_argument("--export", type=int, metavar="MEMBER", help="copy this member's run")
   parser.add_argument("--to", metavar="RUNDIR", help="where --export writes the run")
   return parser
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "experiments/NAME.py --workdir DIR --vary KEY=SPEC")
     else:
       spec = new_spec(args, rest)
-    print(run_sweep(spec, args.workdir))
+    print(run_sweep(spec, args.workdir, args.member_map))
   except signals_lib.Stopped as e:
     print(str(e), file=sys.stderr)
     return e.exit_code

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from aigc_jax import backend
 from aigc_jax import checkpoint as checkpoint_lib
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
@@ -83,9 +84,11 @@ def num_members(spec: dict) -> int:
   return len(next(iter(spec["values"].values())))
 
 
-def setup(spec: dict, workdir: str) -> Sweep:
+def setup(spec: dict, workdir: str, member_map: str = "auto") -> Sweep:
   """Member configs, the data, member 0's Run with the population loop, the writers. Raises
-  ConfigError for a varied key the step cannot take as a value."""
+  ConfigError for a varied key the step cannot take as a value. `member_map`: how the step runs
+  over the members ('vmap', 'unroll', or 'auto': unrolled on CPU for a model whose steps run one
+  per dispatch there, i.e. a convolutional one; vmapped otherwise)."""
   shared = dict(spec["config"])
   base = config_lib.get_config(shared.pop("model"), **shared)
   configs = pop_lib.member_configs(base, spec["values"])
@@ -97,7 +100,9 @@ def setup(spec: dict, workdir: str) -> Sweep:
                                       info=info, total_steps=total_steps)
     return steps["step"]
 
-  run = train.setup(configs[0], workdir, population_step)
+  conv = backend.steps_per_call(base.steps_per_call) == 1  # models whose loops are slow on CPU
+  member_map = backend.choose(member_map, "unroll" if conv else "vmap", "vmap")
+  run = train.setup(configs[0], workdir, population_step, member_map)
   trainables = [family.build(c, info, run.schedule.total) for c in configs]
   rows = base.batch_size * family.batches_per_step(base)
   batch = {"image": jax.ShapeDtypeStruct((rows,) + tuple(info.image_shape), jnp.float32),
@@ -349,7 +354,7 @@ def summary(sweep: Sweep) -> str:
   return "\n".join(lines)
 
 
-def run_sweep(spec: dict, workdir: str) -> str:
+def run_sweep(spec: dict, workdir: str, member_map: str = "auto") -> str:
   """Trains (or resumes) the sweep `spec` in `workdir`; returns its summary table."""
   claim = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with claim:
@@ -360,7 +365,7 @@ def run_sweep(spec: dict, workdir: str) -> str:
           f"{workdir} holds a sweep of another config or other values ({SWEEP_FILE}); resume "
           f"it with python -m aigc_jax.sweep --workdir {workdir}, or use a new --workdir")
     spec = saved or spec
-    sweep = setup(spec, workdir)
+    sweep = setup(spec, workdir, member_map)
     bar = None
     try:
       population, members = restore_or_init(sweep)

@@ -151,11 +151,11 @@ class Run(NamedTuple):
   writer: writers.MetricWriter
 
 
-def setup(config, workdir: str, population_step=None) -> Run:
+def setup(config, workdir: str, population_step=None, member_map: str = "vmap") -> Run:
   """Loads the data, builds the family and its train loop, opens the checkpoints and metrics.
 
-  With `population_step(trainable, total steps) -> step`, the loop runs that step over a stacked
-  population (`parallel.TrainLoop(members=True)`) and metrics.jsonl gets no TensorBoard run."""
+  With `population_step(total steps) -> step`, the loop runs that step over a stacked population
+  (`parallel.TrainLoop(members=member_map)`) and metrics.jsonl gets no TensorBoard run."""
   family = families.get(config.model)
   images, labels = data_lib.load_config_split(config, "train")
   train_data = data_lib.to_device(images, family.train_labels(config, images, labels, workdir))
@@ -169,7 +169,7 @@ def setup(config, workdir: str, population_step=None) -> Run:
                                     binarize=config.binarize,
                                     steps_per_call=config.steps_per_call, mode=config.parallel,
                                     batches_per_step=batches_per_step,
-                                    members=population_step is not None)
+                                    members="" if population_step is None else member_map)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
   log.info("%s", backend.describe_devices())

@@ -36,6 +36,7 @@ def main() -> None:
   parser.add_argument("--vary", action="append", default=[])
   parser.add_argument("--halve_every", type=int, default=0)
   parser.add_argument("--root", default="runs/sweep_speed")
+  parser.add_argument("--member_map", default="auto")
   parser.add_argument("--skip_alone", action="store_true", help="time the sweep only")
   args, overrides = parser.parse_known_args()
   overrides = overrides + ["--config.progress_bar=False"]
@@ -49,7 +50,8 @@ def main() -> None:
   varies = [f"--vary={v}" for v in args.vary or ["seed=seeds"]]
   seconds, table = timed([sys.executable, "-m", "aigc_jax.sweep", args.experiment, "--workdir",
                           sweep_dir, "--members", str(args.members), *varies,
-                          "--halve_every", str(args.halve_every), *overrides])
+                          "--halve_every", str(args.halve_every), "--member_map",
+                          args.member_map, *overrides])
   print(f"sweep of {args.members}: {seconds:.1f} s" + (
       "" if alone is None else f" = {seconds / alone:.2f}x one run alone, "
       f"{seconds / (args.members * alone):.2f}x {args.members} runs in a row"))

@@ -82,9 +82,10 @@ def spec_of(data_dir, varies, halve_every=0, **overrides):
   return sweep_train.make_spec(config, varies, halve_every=halve_every)
 
 
-def test_members_train_like_their_configs_alone(idx_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("member_map", ["vmap", "unroll"])
+def test_members_train_like_their_configs_alone(idx_dir, tmp_path, member_map):  # noqa: F811
   spec = spec_of(idx_dir, ["learning_rate=1e-3,3e-3", "seed=0,1"])
-  sweep_train.run_sweep(spec, str(tmp_path / "sweep"))
+  sweep_train.run_sweep(spec, str(tmp_path / "sweep"), member_map)
   alone = str(tmp_path / "alone")
   train.train_and_evaluate(small_config(idx_dir, learning_rate=3e-3, seed=1), alone)
   member = restore(sweep_train.member_dir(str(tmp_path / "sweep"), 1))

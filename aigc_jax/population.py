@@ -138,22 +138,20 @@ def stepped_values(values: dict[str, list]) -> dict[str, jax.Array]:
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items() if k != SEED}
 
 
-def with_structure(tree, template):
-  """`tree`'s leaves in `template`'s structure (its static fields, such as optimizers)."""
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
-                                      jax.tree_util.tree_leaves(tree))
+def check_shapes(trees: Sequence[Any]) -> None:
+  """Raises ConfigError when the members' states (arrays or shapes) differ in shape."""
+  first = [x.shape for x in jax.tree_util.tree_leaves(trees[0])]
+  for i, tree in enumerate(trees[1:], 1):
+    if [x.shape for x in jax.tree_util.tree_leaves(tree)] != first:
+      raise config_lib.ConfigError(
+          f"member {i}'s train state differs in shape from member 0's (a varied value such as "
+          "ema_decay=0 turns a part of the state off); choose values on the same side of 0")
 
 
 def stack(trees: Sequence[Any]) -> Any:
   """One tree whose leaves stack the `trees`' leaves on a new leading axis, in the first tree's
-  structure. Raises ConfigError when the members' states differ in shape."""
-  first = jax.tree_util.tree_leaves(trees[0])
-  for i, tree in enumerate(trees[1:], 1):
-    leaves = jax.tree_util.tree_leaves(tree)
-    if [np.shape(x) for x in leaves] != [np.shape(x) for x in first]:
-      raise config_lib.ConfigError(
-          f"member {i}'s train state differs in shape from member 0's (a varied value such as "
-          "ema_decay=0 turns a part of the state off); choose values on the same side of 0")
+  structure."""
+  check_shapes(trees)
   columns = [jnp.stack(column) for column in zip(*(jax.tree_util.tree_leaves(t) for t in trees))]
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(trees[0]), columns)
 
@@ -179,11 +177,17 @@ def member_step(member: Member, batch, *, family, config, info, total_steps: int
   """The family's train_step for one member, built from its config with the varied values as
   traced values; vmapped over the members (`parallel.TrainLoop(members=True)`)."""
   trainable = family.build(traced_config(config, member.values), info, total_steps)
-  rng = jax.ShapeDtypeStruct(member.state.rng.shape, member.state.rng.dtype)
-  own = jax.eval_shape(trainable.init, rng)  # the state structure with the member's optimizers
   kwargs = {} if axis_name is None else {"axis_name": axis_name}
-  state, metrics = trainable.train_step(with_structure(member.state, own), batch, **kwargs)
-  return member.replace(state=with_structure(state, member.state)), metrics
+  state, metrics = trainable.train_step(with_optimizers(member.state, trainable.optimizers),
+                                        batch, **kwargs)
+  shared = {name: p.tx for name, p in member.state.players.items()}
+  return member.replace(state=with_optimizers(state, shared)), metrics
+
+
+def with_optimizers(state, optimizers: dict):
+  """`state` whose players use `optimizers` ({player name: optax transformation})."""
+  return state.replace(players={name: p.replace(tx=optimizers[name])
+                                for name, p in state.players.items()})
 
 
 def survivors(scores: Sequence[float], mode: str) -> list[int]:

@@ -115,10 +115,13 @@ def setup(spec: dict, workdir: str, member_map: str = "auto") -> Sweep:
 
 
 def init_population(sweep: Sweep, members: list[int]) -> pop_lib.Member:
-  """The stacked fresh states of `members`, each from its own config's seed."""
-  states = [jax.jit(sweep.trainables[m].init)(jax.random.PRNGKey(sweep.configs[m].seed))
-            for m in members]
-  states = [pop_lib.with_structure(s, states[0]) for s in states]
+  """The stacked fresh states of `members`, each from its own config's seed. One compiled init
+  serves them all: an init's values depend on the seed only, its shapes on the config."""
+  rngs = [jax.random.PRNGKey(sweep.configs[m].seed) for m in members]
+  pop_lib.check_shapes([jax.eval_shape(sweep.trainables[m].init, rng)
+                        for m, rng in zip(members, rngs)])
+  init = jax.jit(sweep.trainables[members[0]].init)
+  states = [init(rng) for rng in rngs]
   values = pop_lib.stepped_values(sweep.spec["values"])
   return pop_lib.Member(state=pop_lib.stack(states), values=pop_lib.take(values, members))
 
@@ -221,7 +224,7 @@ def halving(sweep: Sweep, members: list[int], results: dict, step: int) -> dict:
 
 def write_member_run(sweep: Sweep, member: int, state, step: int, metrics: dict | None) -> None:
   """members/NN as an ordinary run directory: config.json, its state as a checkpoint (when
-  finite), samples/ and plots/."""
+  finite) and samples/ (`python -m aigc_jax.plot --workdir` draws its curves)."""
   directory = member_dir(sweep.workdir, member)
   workdir_lib.save_config(directory, sweep.configs[member])
   trainable = sweep.trainables[member]
@@ -232,7 +235,6 @@ def write_member_run(sweep: Sweep, member: int, state, step: int, metrics: dict 
                  {f"test_{k}": v for k, v in metrics.items()})
     for name, (images, ncols) in trainable.log_images(state, sweep.run.test_data).items():
       writers.save_png(os.path.join(directory, "samples", f"{name}_latest.png"), images, ncols)
-  plot.write_curves(directory)
 
 
 def stop_members(sweep: Sweep, population, members: list[int], stops: dict, step: int,

@@ -67,6 +67,11 @@ def test_a_key_the_step_branches_on_is_refused():
                           batch, ["weight"])
 
 
+def test_values_that_change_the_state_shape_are_refused(idx_dir, tmp_path):  # noqa: F811
+  with pytest.raises(config_lib.ConfigError, match="differs in shape"):
+    sweep_train.run_sweep(spec_of(idx_dir, ["ema_decay=0,0.9"]), str(tmp_path / "sweep"))
+
+
 @pytest.mark.parametrize("scores, mode, kept", [
     ([3.0, 1.0, 2.0, 4.0], "min", [1, 2]),
     ([3.0, 1.0, 2.0, 4.0], "max", [0, 3]),
@@ -154,13 +159,13 @@ def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):  # noqa: F811
 
 def test_an_exported_member_evaluates_like_a_normal_run(idx_dir, tmp_path):  # noqa: F811
   workdir = str(tmp_path / "sweep")
-  sweep_train.run_sweep(spec_of(idx_dir, ["beta=1,0.5"]), workdir)
+  sweep_train.run_sweep(spec_of(idx_dir, ["beta=1,0.5", "ema_decay=0.9,0.99"]), workdir)
   out = str(tmp_path / "exported")
   assert sweep.main(["--workdir", workdir, "--export", "1", "--to", out]) == 0
   alone = str(tmp_path / "alone")
-  train.train_and_evaluate(small_config(idx_dir, beta=0.5), alone)
+  train.train_and_evaluate(small_config(idx_dir, beta=0.5, ema_decay=0.99), alone)
   got, want = restore(out), restore(alone)
-  assert got.config.beta == 0.5 and got.step == want.step
+  assert (got.config.beta, got.config.ema_decay, got.step) == (0.5, 0.99, want.step)
   test = workdir_lib.load_test_data(got.config)
   a = got.trainable.full_evaluate(got.state, test)
   b = want.trainable.full_evaluate(want.state, test)

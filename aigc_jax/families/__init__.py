@@ -37,6 +37,7 @@ class Trainable(NamedTuple):
   log_images: Callable[..., dict]  # (state, test DeviceData) -> {name: (images (N,H,W,C), ncols)}
   best_metric: str  # a key of `evaluate`'s result
   best_mode: str  # 'min' or 'max'
+  optimizers: dict  # player name -> its optax transformation (the one `init` gives it)
 
 
 def one_batch_per_step(config) -> int:

@@ -178,8 +178,8 @@ def member_step(member: Member, batch, *, family, config, info, total_steps: int
   traced values; vmapped over the members (`parallel.TrainLoop(members=True)`)."""
   trainable = family.build(traced_config(config, member.values), info, total_steps)
   kwargs = {} if axis_name is None else {"axis_name": axis_name}
-  state, metrics = trainable.train_step(with_optimizers(member.state, trainable.optimizers),
-                                        batch, **kwargs)
+  state, metrics = trainable.train_step(
+      with_optimizers(member.state, dict(trainable.optimizers)), batch, **kwargs)
   shared = {name: p.tx for name, p in member.state.players.items()}
   return member.replace(state=with_optimizers(state, shared)), metrics
 

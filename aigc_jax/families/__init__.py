@@ -37,7 +37,8 @@ class Trainable(NamedTuple):
   log_images: Callable[..., dict]  # (state, test DeviceData) -> {name: (images (N,H,W,C), ncols)}
   best_metric: str  # a key of `evaluate`'s result
   best_mode: str  # 'min' or 'max'
-  optimizers: dict  # player name -> its optax transformation (the one `init` gives it)
+  # ((player name, its optax transformation as `init` gives it), ...): hashable, like the rest
+  optimizers: tuple
 
 
 def one_batch_per_step(config) -> int:

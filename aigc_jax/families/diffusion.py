@@ -190,7 +190,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
       sample=sample,
       log_images=functools.partial(log_images, net=net, config=config),
       best_metric="fid" if config.eval_num_samples else "loss", best_mode="min",
-      optimizers={"unet": tx})
+      optimizers=(("unet", tx),))
 
 
 def init(rng, *, net: Net, tx, info: data_lib.DatasetInfo, config) -> TrainState:

@@ -209,7 +209,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
                    train_step=functools.partial(gan_step.train_step, nets=nets, config=config),
                    evaluate=scores.evaluate, full_evaluate=scores.full_evaluate, sample=sample,
                    log_images=log_images, best_metric="fid", best_mode="min",
-                   optimizers={"g": txs[0], "d": txs[1]})
+                   optimizers=(("g", txs[0]), ("d", txs[1])))
 
 
 def init(rng, *, nets: gan_step.Nets, txs, info: data_lib.DatasetInfo, config) -> TrainState:

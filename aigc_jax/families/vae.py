@@ -147,7 +147,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
       full_evaluate=functools.partial(full_evaluate, net=net, config=config),
       sample=functools.partial(sample, net=net, num_classes=num_classes),
       log_images=functools.partial(log_images, net=net, config=config, num_classes=num_classes),
-      best_metric="neg_elbo", best_mode="min", optimizers={"vae": tx})
+      best_metric="neg_elbo", best_mode="min", optimizers=(("vae", tx),))
 
 
 def init(rng, *, net: Net, tx, info: data_lib.DatasetInfo, config) -> TrainState:

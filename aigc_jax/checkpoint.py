@@ -37,12 +37,15 @@ class CheckpointError(RuntimeError):
 
 
 def abstract_like(state: Any) -> Any:
-  """`state` with `jax.ShapeDtypeStruct` leaves; unsharded leaves go to the first local device."""
+  """`state` with `jax.ShapeDtypeStruct` leaves; unsharded leaves, and leaves placed on another
+  process's devices (`jax.eval_shape` may name global device 0), go to the first local device."""
   default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def leaf(x: Any) -> jax.ShapeDtypeStruct:
     x = x if hasattr(x, "dtype") else np.asarray(x)
-    sharding = getattr(x, "sharding", None) or default
+    sharding = getattr(x, "sharding", None)
+    if sharding is None or not sharding.is_fully_addressable:
+      sharding = default
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
   return jax.tree.map(leaf, state)

@@ -147,8 +147,10 @@ class TrainLoop:
     fresh = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # noqa: E731
     if self.mode == "none":
       return fresh(jax.device_put(tree, self.devices[0]))
-    if self.mode == "shard_map":
-      return fresh(jax.device_put(tree, NamedSharding(self._mesh, PartitionSpec())))
+    if self.mode == "shard_map":  # from host values: a committed array (e.g. a restored
+      # checkpoint) put onto other processes' devices would be a cross-host transfer
+      host = jax.device_get(tree)
+      return fresh(jax.device_put(host, NamedSharding(self._mesh, PartitionSpec())))
     stacked = NamedSharding(self._mesh, PartitionSpec(DATA_AXIS))
     local = sum(d.process_index == jax.process_index() for d in self.devices)
     return jax.tree_util.tree_map(

@@ -9,6 +9,9 @@ import signal
 import sys
 import threading
 
+import jax
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +42,18 @@ class StopSignals:
     self.signum = signum
     log.warning("%s: saving at the end of this chunk (send it again to exit at once)",
                 signal.Signals(signum).name)
+
+  def agreed(self) -> int | None:
+    """The signal every process stops on at this boundary; None when none did. With several
+    processes (`jax.distributed`) every process calls it at the same boundaries and gets the
+    same answer (the first process's signal that had arrived), so they all save the same step
+    and stop together; a signal that arrives during the call counts at the next boundary."""
+    signum = self.signum  # read once: the handler may set it while the processes gather
+    if jax.process_count() == 1:
+      return signum
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    got = np.ravel(multihost_utils.process_allgather(np.int32(signum or 0)))
+    return next((int(s) for s in got if s), None)
 
   def __enter__(self) -> "StopSignals":
     if threading.current_thread() is threading.main_thread():

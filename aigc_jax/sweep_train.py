@@ -317,16 +317,16 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
       ls.advance(data, step, end)
       bar.update(end - step)
       step = end
-      done = boundary(sweep, ls, step, bar)
+      done, signum = boundary(sweep, ls, step, bar), signals.agreed()
       population, results = done["population"], done["results"] or results
-      if done["save"] or signals.signum is not None:
+      if done["save"] or signum is not None:
         population = run.loop.get_state(ls.placed)
         run.checkpoints.save(step, jax.device_get(population))
       if done["save"]:
         ls.meter.start = train.time.perf_counter()  # steps_per_second counts training only
-      if signals.signum is not None and step < sched.total:
+      if signum is not None and step < sched.total:
         run.checkpoints.wait()
-        raise signals_lib.Stopped(step, signals.signum)
+        raise signals_lib.Stopped(step, signum)
   return run.loop.get_state(ls.placed), ls.members, results
 
 

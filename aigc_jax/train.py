@@ -284,7 +284,7 @@ def _loop(run: Run, state, step: int, stop: EarlyStop, signals: signals_lib.Stop
     state = loop.get_state(placed)
     meter.add(sums, boundary - step)
     bar.update(boundary - step)
-    step = boundary
+    step, signum = boundary, signals.agreed()
     if step % sched.log_every == 0 or step == sched.total:
       record_train(run, step, meter, bar)
     evaluated = step % sched.eval_every == 0 or step == sched.total
@@ -295,12 +295,12 @@ def _loop(run: Run, state, step: int, stop: EarlyStop, signals: signals_lib.Stop
         bar.write(f"early stopping at step {step}: test_{stop.metric} has not improved for "
                   f"{stop.patience} evaluations (best {stop.best:.4f})")
     if (step % sched.checkpoint_every == 0 or step == sched.total or stop.stopped or
-        signals.signum is not None):
+        signum is not None):
       save(run, step, state, eval_metrics if evaluated else None)
       meter.start = time.perf_counter()  # do not count the checkpoint in steps_per_second
-    if signals.signum is not None and step < sched.total:
+    if signum is not None and step < sched.total:
       run.checkpoints.wait()
-      raise signals_lib.Stopped(step, signals.signum)
+      raise signals_lib.Stopped(step, signum)
   return state, eval_metrics
 
 

@@ -1,22 +1,31 @@
 """One process of the two-process test in test_multihost.py (not a test module itself).
 
-python tests/multihost_worker.py IDX_DIR WORKDIR MODE PORT PROCESS_ID
+python tests/multihost_worker.py IDX_DIR WORKDIR MODE PORT PROCESS_ID [CONFIG_JSON]
+
+A stop signal exits with the training loop's code (128 + the signal) after the saved checkpoint.
 """
 
+import json
 import sys
 
 import jax
 
 jax.config.update("jax_num_cpu_devices", 2)  # 2 processes x 2 devices = the 4 of the reference
 
+from aigc_jax import signals  # noqa: E402
 from aigc_jax import train  # noqa: E402
 from test_train import STEADY_ADAM, small_config  # noqa: E402  (tests/ is this script's directory)
 
 
-def main(idx_dir, workdir, mode, port, process_id):
+def main(idx_dir, workdir, mode, port, process_id, overrides="{}"):
   config = small_config(idx_dir, parallel=mode, coordinator_address=f"127.0.0.1:{port}",
-                        num_processes=2, process_id=int(process_id), **STEADY_ADAM)
-  train.train_and_evaluate(config, workdir)
+                        num_processes=2, process_id=int(process_id), **STEADY_ADAM,
+                        **json.loads(overrides))
+  try:
+    train.train_and_evaluate(config, workdir)
+  except signals.Stopped as e:
+    print(f"process {jax.process_index()}: {e}", flush=True)
+    sys.exit(e.exit_code)
   print(f"process {jax.process_index()} of {jax.process_count()}: {jax.device_count()} devices, "
         "done")
 

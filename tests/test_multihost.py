@@ -1,9 +1,12 @@
 """Data-parallel training end to end: 2 processes x 2 devices == 1 process x 4 devices, and a
 checkpoint written on 4 devices continues on 1."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -22,14 +25,49 @@ def trained(workdir):
   return workdir_lib.load_trained(workdir, "latest").state
 
 
+def start_workers(data_dir, workdir, mode, overrides=None):
+  port, env = free_port(), {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  extra = [json.dumps(overrides)] if overrides else []
+  return [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), data_dir,
+                            workdir, mode, str(port), str(i), *extra], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for i in range(2)]
+
+
+def wait_for_train_record(workdir, timeout=120):
+  path, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + timeout
+  while time.time() < deadline:
+    if os.path.exists(path) and any(r["split"] == "train" for r in read_jsonl(path)):
+      return
+    time.sleep(0.1)
+  raise AssertionError(f"no train record in {path} after {timeout} s")
+
+
+def test_sigterm_to_one_process_stops_both_at_one_saved_step(idx_dir, tmp_path):  # noqa: F811
+  shared = str(tmp_path / "two_processes")
+  long_run = {"num_train_steps": 240, "eval_every_steps": 120}
+  workers = start_workers(idx_dir, shared, "shard_map", long_run)
+  wait_for_train_record(shared)
+  workers[1].send_signal(signal.SIGTERM)  # process 0 is not signalled: it must stop with it
+  outputs = [w.communicate(timeout=120)[0] for w in workers]
+  assert [w.returncode for w in workers] == [128 + signal.SIGTERM] * 2, outputs[0][-2000:]
+  stopped = workdir_lib.load_trained(shared, "latest").step
+  assert 0 < stopped < 240 and f"at step {stopped}" in outputs[0]
+
+  workers = start_workers(idx_dir, shared, "shard_map", long_run)  # resume to the end
+  outputs = [w.communicate(timeout=300)[0] for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:]
+  reference = str(tmp_path / "one_process")
+  train.train_and_evaluate(small_config(idx_dir, parallel="shard_map", **long_run,
+                                        **STEADY_ADAM), reference)
+  chex.assert_trees_all_close(arrays(trained(shared)), arrays(trained(reference)), rtol=1e-4,
+                              atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["shard_map", "pmap"])
 def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mode):  # noqa: F811
   shared = str(tmp_path / "two_processes")
-  port = free_port()
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  workers = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), idx_dir,
-                               shared, mode, str(port), str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  workers = start_workers(idx_dir, shared, mode)
   outputs = [w.communicate(timeout=300)[0] for w in workers]
   for worker, output in zip(workers, outputs):
     assert worker.returncode == 0, output[-3000:]

@@ -162,6 +162,19 @@ def test_sigterm_saves_and_the_resumed_run_ends_like_an_unbroken_one(idx_dir, tm
   chex.assert_trees_all_equal(arrays(got.state), arrays(want.state))
 
 
+def test_a_read_only_workdir_is_refused_before_training_and_still_reads(idx_dir, tmp_path,  # noqa: F811
+                                                                       monkeypatch):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(small_config(idx_dir, num_train_steps=8), workdir)
+  before = sorted(os.listdir(workdir))
+  # What a user without write permission sees (the tests run as root, whom chmod does not stop).
+  monkeypatch.setattr(lock.os, "access", lambda path, mode: not mode & os.W_OK)
+  with pytest.raises(lock.WorkdirError, match="is not writable; choose a --workdir"):
+    train.train_and_evaluate(small_config(idx_dir, num_train_steps=16), workdir)
+  assert sorted(os.listdir(workdir)) == before
+  assert workdir_lib.load_trained(workdir, "latest").step == 8
+
+
 def test_unusable_workdirs_and_configs_are_one_clear_error(idx_dir, tmp_path):  # noqa: F811
   a_file = tmp_path / "a_file"
   a_file.write_text("not a directory")

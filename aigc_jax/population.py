@@ -163,7 +163,7 @@ def row(tree, i: int) -> Any:
 
 def take(tree, rows: Sequence[int]) -> Any:
   """The stacked tree of the members at `rows`, in that order."""
-  index = np.asarray(rows)
+  index = np.asarray(rows, dtype=np.int32)
   return jax.tree_util.tree_map(lambda x: x[index], tree)
 
 

@@ -136,6 +136,19 @@ def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):  # noqa
   assert "stopped at 8 (halved)" in table and "finished" in table
 
 
+def test_a_diverged_member_stops_and_the_others_go_on(idx_dir, tmp_path):  # noqa: F811
+  workdir = str(tmp_path / "sweep")
+  table = sweep_train.run_sweep(spec_of(idx_dir, ["learning_rate=1e-3,1e9"]), workdir)
+  saved = json.load(open(os.path.join(workdir, "sweep.json")))
+  assert [s["members"] for s in saved["stops"]] == [[1]] and saved["stops"][0]["reason"] == \
+      "diverged"
+  assert not workdir_lib.has_checkpoints(sweep_train.member_dir(workdir, 1))  # no NaN state kept
+  assert restore(sweep_train.member_dir(workdir, 0)).step == 16
+  assert "best: member 00" in table
+  with pytest.raises(train.TrainingError, match="every member of the sweep diverged"):
+    sweep_train.run_sweep(spec_of(idx_dir, ["learning_rate=1e9,1e10"]), str(tmp_path / "all"))
+
+
 def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):  # noqa: F811
   spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
   whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")

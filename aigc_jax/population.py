@@ -149,9 +149,8 @@ def check_shapes(trees: Sequence[Any]) -> None:
 
 
 def stack(trees: Sequence[Any]) -> Any:
-  """One tree whose leaves stack the `trees`' leaves on a new leading axis, in the first tree's
-  structure."""
-  check_shapes(trees)
+  """One tree whose leaves stack the `trees`' leaves (of equal shapes: `check_shapes`) on a new
+  leading axis, in the first tree's structure."""
   columns = [jnp.stack(column) for column in zip(*(jax.tree_util.tree_leaves(t) for t in trees))]
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(trees[0]), columns)
 
@@ -175,7 +174,7 @@ def traced_config(config, values: dict) -> ml_collections.ConfigDict:
 def member_step(member: Member, batch, *, family, config, info, total_steps: int,
                 axis_name: str | None = None):
   """The family's train_step for one member, built from its config with the varied values as
-  traced values; vmapped over the members (`parallel.TrainLoop(members=True)`)."""
+  traced values; mapped over the members by `parallel.TrainLoop(members='vmap' or 'unroll')`."""
   trainable = family.build(traced_config(config, member.values), info, total_steps)
   kwargs = {} if axis_name is None else {"axis_name": axis_name}
   state, metrics = trainable.train_step(
@@ -197,7 +196,6 @@ def survivors(scores: Sequence[float], mode: str) -> list[int]:
   keys = [sign * s if np.isfinite(s) else math.inf for s in scores]
   order = sorted(range(len(scores)), key=lambda i: (keys[i], i))
   return sorted(order[:len(scores) - len(scores) // 2])
-
 
 
 TRACE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,

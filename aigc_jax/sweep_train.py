@@ -93,22 +93,17 @@ def setup(spec: dict, workdir: str, member_map: str = "auto") -> Sweep:
   base = config_lib.get_config(shared.pop("model"), **shared)
   configs = pop_lib.member_configs(base, spec["values"])
   family, info = families.get(base.model), data_lib.DATASETS[base.dataset]
-  steps = {}
-
-  def population_step(total_steps: int):
-    steps["step"] = functools.partial(pop_lib.member_step, family=family, config=configs[0],
-                                      info=info, total_steps=total_steps)
-    return steps["step"]
-
+  step = functools.partial(pop_lib.member_step, family=family, config=configs[0], info=info)
   conv = backend.steps_per_call(base.steps_per_call) == 1  # models whose loops are slow on CPU
   member_map = backend.choose(member_map, "unroll" if conv else "vmap", "vmap")
-  run = train.setup(configs[0], workdir, population_step, member_map)
-  trainables = [family.build(c, info, run.schedule.total) for c in configs]
+  run = train.setup(configs[0], workdir, step, member_map)
+  trainables = [run.trainable] + [family.build(c, info, run.schedule.total) for c in configs[1:]]
   rows = base.batch_size * family.batches_per_step(base)
   batch = {"image": jax.ShapeDtypeStruct((rows,) + tuple(info.image_shape), jnp.float32),
            "label": jax.ShapeDtypeStruct((rows,), jnp.int32)}
-  template = jax.eval_shape(trainables[0].init, jax.random.PRNGKey(0))
-  pop_lib.check_traceable(steps["step"], template, batch, spec["values"])
+  template = jax.eval_shape(run.trainable.init, jax.random.PRNGKey(0))
+  pop_lib.check_traceable(functools.partial(step, total_steps=run.schedule.total), template,
+                          batch, spec["values"])
   member_writers = [writers.MetricWriter(member_dir(workdir, m), jax.process_index() == 0)
                     for m in range(len(configs))]
   return Sweep(workdir, spec, configs, trainables, run, member_writers)

@@ -8,6 +8,7 @@ exactly: per-step noise is fold_in(rng, step) and the data order depends only on
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -154,8 +155,9 @@ class Run(NamedTuple):
 def setup(config, workdir: str, population_step=None, member_map: str = "vmap") -> Run:
   """Loads the data, builds the family and its train loop, opens the checkpoints and metrics.
 
-  With `population_step(total steps) -> step`, the loop runs that step over a stacked population
-  (`parallel.TrainLoop(members=member_map)`) and metrics.jsonl gets no TensorBoard run."""
+  With `population_step(members, batch, *, total_steps, axis_name=None)`, the loop runs that step
+  over a stacked population (`parallel.TrainLoop(members=member_map)`) and metrics.jsonl gets no
+  TensorBoard run."""
   family = families.get(config.model)
   images, labels = data_lib.load_config_split(config, "train")
   train_data = data_lib.to_device(images, family.train_labels(config, images, labels, workdir))
@@ -163,7 +165,8 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap") 
   batches_per_step = family.batches_per_step(config)
   schedule = make_schedule(config, len(labels), batches_per_step)
   trainable = family.build(config, data_lib.DATASETS[config.dataset], schedule.total)
-  step = trainable.train_step if population_step is None else population_step(schedule.total)
+  step = (trainable.train_step if population_step is None else
+          functools.partial(population_step, total_steps=schedule.total))
   try:
     loop = parallel.make_train_loop(step, batch_size=config.batch_size, scale=config.scale,
                                     binarize=config.binarize,

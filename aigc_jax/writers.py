@@ -111,8 +111,9 @@ class MetricWriter:
     record.update({k: float(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    for name, value in metrics.items() if self._tb is not None else ():
-      self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+    if self._tb is not None:
+      for name, value in metrics.items():
+        self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
 
   def write_event(self, step: int, split: str, record: dict) -> None:
     """Appends a non-metric record (e.g. a config change) to metrics.jsonl."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from aigc_jax import data as data_lib
@@ -191,6 +192,37 @@ def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_f
   assert tuple(reference.g(torch.randn(3, config.latent_dim)).shape) == (3, 1, 28, 28)
 
 
+def torch_bounds(torch, module) -> dict:
+  """numel -> 1/sqrt(fan_in) of each weight and bias of `module`'s non-BatchNorm layers."""
+  bounds = {}
+  for layer in module.modules():
+    if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) or "weight" not in dict(
+        layer.named_parameters(recurse=False)):
+      continue
+    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    for p in layer.parameters(recurse=False):
+      bounds[p.numel()] = 1.0 / math.sqrt(fan_in)
+  return bounds
+
+
+@pytest.mark.parametrize("mode", gan_models.UPSAMPLE_MODES)
+def test_dcgan_torch_weight_init_draws_each_layer_as_pytorch_does(mode, torch, torch_reference):
+  """weight_init='torch': each kernel and bias is U(+-b) with b = PyTorch's 1/sqrt(fan_in) for the
+  same layer (the transposed conv's fan-in counted as PyTorch counts it: 16 x out)."""
+  config = presets.experiment_config("dcgan")
+  config.upsample, config.weight_init = mode, "torch"
+  info = data_lib.DATASETS[config.dataset]
+  reference = torch_reference.build(config, info)
+  state = families.get("dcgan").build(config, info).init(jax.random.PRNGKey(0))
+  for module, player in zip(reference.modules, ("g", "d")):
+    bounds = torch_bounds(torch, module)
+    leaves = jax.tree_util.tree_flatten_with_path(state.players[player].params)[0]
+    drawn = {x.size: float(abs(x).max()) for path, x in leaves if "BatchNorm" not in str(path)}
+    assert sorted(drawn) == sorted(bounds), player
+    for numel, top in drawn.items():  # the max of >= 64 uniform draws nears the bound
+      assert top <= bounds[numel] * (1 + 1e-6) and (numel < 64 or top > 0.8 * bounds[numel])
+
+
 @pytest.mark.parametrize("model", ["cgan", "gan_mlp"])
 @pytest.mark.parametrize("label_mode", gan_models.LABEL_MODES)
 def test_torch_conditional_generators_have_the_jax_parameter_count_per_label_mode(
@@ -322,3 +354,50 @@ def test_torch_compile_leaves_d_eager_only_under_a_gradient_penalty(model, d_com
   # pylint: disable=protected-access
   assert reference.g._compiled_call_impl is not None
   assert (reference.d._compiled_call_impl is not None) == d_compiled
+
+
+@pytest.fixture(name="reference_quality")
+def reference_quality_module(torch, monkeypatch):  # pylint: disable=unused-argument
+  """benchmarks/reference_quality.py, imported as its command line runs it."""
+  monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+  import reference_quality  # pylint: disable=import-outside-toplevel
+  return reference_quality
+
+
+def test_reference_quality_table_is_mean_and_spread_over_seeds(reference_quality):
+  scores = {f"{side}/{seed}": {c: value for c in reference_quality.COLUMNS}
+            for side, seed, value in [("reference", 0, 1.0), ("reference", 1, 3.0),
+                                      ("project", 0, 5.0), ("project", 2, 9.0)]}
+  lines = reference_quality.table(scores, ("reference", "project", "project_raw"), [0, 1])
+  lines = lines.split("\n")
+  assert len(lines) == 4  # header, rule, reference over seeds 0 and 1, project over seed 0 only
+  assert lines[2].startswith("| reference | 2 | 2.000 +- 1.000 |")
+  assert lines[3].startswith("| project | 1 | 5.000 +- 0.000 |")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["experiments/cgan_fashion_mnist.py", "--workdir", "W"], "not an unconditional classic GAN"),
+    (["experiments/dcgan_fashion_mnist.py"], "the following arguments are required: --workdir"),
+    (["experiments/dcgan_fashion_mnist.py", "--workdir", "W", "--config.latent_dims=3"],
+     "did you mean"),
+    (["experiments/nope.py", "--workdir", "W"], "is not an experiment file"),
+])
+def test_reference_quality_refuses_bad_input_with_one_error_line(argv, message, reference_quality,
+                                                                 capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    reference_quality.parse_args([os.path.join(ROOT, a) if a.startswith("exp") else a
+                                  for a in argv])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and err.startswith("error: ") and message in err, err
+
+
+def test_reference_quality_trains_the_reference_and_samples_in_range(reference_quality, torch):
+  config = presets.experiment_config("dcgan")
+  config.batch_size = 8
+  images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
+  ref = reference_quality.train_reference(config, seed=0, epochs=1, images=images)
+  before = reference_quality.train_reference(config, seed=0, epochs=0, images=images)
+  assert any(not torch.equal(p, q) for p, q in zip(ref.g.parameters(), before.g.parameters()))
+  samples = reference_quality.reference_samples(ref, num=10, batch=4)
+  assert samples.shape == (10, 28, 28, 1) and samples.dtype == np.uint8
+  assert samples.min() < 128 < samples.max()  # tanh output mapped onto [0, 255]

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from aigc_jax.models.layers import SubPixelUpsample
 from aigc_jax.models.layers import TransposeUpsample
 from aigc_jax.models.layers import conv_general_dilated
+from aigc_jax.models.layers import init_kwargs
 from aigc_jax.models.layers import maybe_spectral
 
 UPSAMPLE_MODES = ("subpixel", "resize_conv", "transpose")
@@ -82,9 +83,10 @@ class MLPGenerator(nn.Module):
 
 
 def _projection_logit(h, label, num_classes: int, spectral_norm: bool, train: bool,
-                      dtype=jnp.float32):
+                      dtype=jnp.float32, init: str = "flax"):
   """psi(h) (+ <embed(y), h> when conditional): the (B,) float32 logit of a projection D."""
-  logit = maybe_spectral(nn.Dense(1, name="logit", dtype=dtype), spectral_norm, train)(h)[:, 0]
+  dense = nn.Dense(1, name="logit", dtype=dtype, **init_kwargs(init, h.shape[-1]))
+  logit = maybe_spectral(dense, spectral_norm, train)(h)[:, 0]
   logit = logit.astype(jnp.float32)
   if not num_classes:
     return logit
@@ -113,15 +115,18 @@ class MLPDiscriminator(nn.Module):
     return _projection_logit(h, label, self.num_classes, self.spectral_norm, train, self.dtype)
 
 
-def _upsample(x, features: int, mode: str, name: str, dtype, transpose_impl: str = "subpixel"):
+def _upsample(x, features: int, mode: str, name: str, dtype, transpose_impl: str = "subpixel",
+              init: str = "flax"):
   """2x spatial upsampling to `features` channels: sub-pixel, nearest + conv, or transposed conv."""
   if mode == "subpixel":
-    return SubPixelUpsample(features, name=name, dtype=dtype)(x)
+    return SubPixelUpsample(features, weight_init=init, name=name, dtype=dtype)(x)
   if mode == "resize_conv":
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return nn.Conv(features, (3, 3), padding="SAME", name=name, dtype=dtype)(x)
+    return nn.Conv(features, (3, 3), padding="SAME", name=name, dtype=dtype,
+                   **init_kwargs(init, 9 * x.shape[-1]))(x)
   if mode == "transpose":
-    return TransposeUpsample(features, impl=transpose_impl, name=name, dtype=dtype)(x)
+    return TransposeUpsample(features, impl=transpose_impl, weight_init=init, name=name,
+                             dtype=dtype)(x)
   raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
 
 
@@ -134,7 +139,8 @@ class DCGANGenerator(nn.Module):
   `upsample`: 'subpixel' (3x3 conv to 4x channels + pixel shuffle, the default: fast backward on
   XLA:CPU), 'resize_conv' (nearest 2x then 3x3 conv) or 'transpose' (the classic DCGAN's 4x4
   stride-2 transposed conv: `layers.TransposeUpsample`, computed by `transpose_impl`).
-  BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
+  BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5). `weight_init`: the dense
+  and conv layers' initialisation, 'flax' or 'torch' (`layers.init_kwargs`).
   """
 
   image_shape: Sequence[int] = (28, 28, 1)
@@ -144,6 +150,7 @@ class DCGANGenerator(nn.Module):
   upsample: str = "subpixel"
   final_features: int = 0
   transpose_impl: str = "subpixel"  # a layers.TRANSPOSE_IMPLS formulation of upsample='transpose'
+  weight_init: str = "flax"  # one of layers.INITS
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -159,17 +166,20 @@ class DCGANGenerator(nn.Module):
                                   axis_name=axis_name, dtype=self.dtype)(h))
 
     def up(h, features, name):
-      return _upsample(h, features, self.upsample, name, self.dtype, self.transpose_impl)
+      return _upsample(h, features, self.upsample, name, self.dtype, self.transpose_impl,
+                       self.weight_init)
 
     f = self.base_features
     h = _condition_z(z, label, self.num_classes, self.label_mode, self.dtype)
-    h = nn.Dense(height // 4 * width // 4 * f, dtype=self.dtype)(h)
+    h = nn.Dense(height // 4 * width // 4 * f, dtype=self.dtype,
+                 **init_kwargs(self.weight_init, h.shape[-1]))(h)
     h = bn_relu(h.reshape(-1, height // 4, width // 4, f))
     h = bn_relu(up(h, f // 2, "up_0"))
     if not self.final_features:
       return nn.tanh(up(h, channels, "up_1")).astype(jnp.float32)
     h = bn_relu(up(h, self.final_features, "up_1"))
-    out = nn.Conv(channels, (3, 3), padding="SAME", name="out", dtype=self.dtype)(h)
+    out = nn.Conv(channels, (3, 3), padding="SAME", name="out", dtype=self.dtype,
+                  **init_kwargs(self.weight_init, 9 * self.final_features))(h)
     return nn.tanh(out).astype(jnp.float32)
 
 
@@ -184,6 +194,8 @@ class DCGANDiscriminator(nn.Module):
   an image was rotated by (Chen et al., 2019). With `conv='custom_vjp'` the convolutions use
   `layers.conv_general_dilated`, whose second derivatives (gradient penalties, R1) stay off
   XLA:CPU's slow path; 'lax' is `lax.conv_general_dilated`, the same function. Logits are float32.
+  `weight_init`: the conv and dense layers' initialisation, 'flax' or 'torch'
+  (`layers.init_kwargs`).
   """
 
   base_features: int = 64
@@ -193,6 +205,7 @@ class DCGANDiscriminator(nn.Module):
   batch_norm: bool = True
   rotation_head: bool = False
   conv: str = "custom_vjp"  # one of D_CONVS
+  weight_init: str = "flax"  # one of layers.INITS
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -204,27 +217,28 @@ class DCGANDiscriminator(nn.Module):
     sn, f, dtype = self.spectral_norm, self.base_features, self.dtype
     impl = conv_general_dilated if self.conv == "custom_vjp" else jax.lax.conv_general_dilated
 
-    def conv(features):
+    def conv(features, fan_in):
       return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", dtype=dtype,
-                     conv_general_dilated=impl)
+                     conv_general_dilated=impl, **init_kwargs(self.weight_init, fan_in))
 
-    def head(features, name):  # float32 logits
-      dense = maybe_spectral(nn.Dense(features, name=name, dtype=dtype), sn, train)
-      return lambda h: dense(h).astype(jnp.float32)
+    def head(features, name, h):  # float32 logits
+      kwargs = init_kwargs(self.weight_init, h.shape[-1])
+      dense = nn.Dense(features, name=name, dtype=dtype, **kwargs)
+      return maybe_spectral(dense, sn, train)(h).astype(jnp.float32)
 
-    h = nn.leaky_relu(maybe_spectral(conv(f), sn, train)(x), 0.2)
-    h = maybe_spectral(conv(2 * f), sn, train)(h)
+    h = nn.leaky_relu(maybe_spectral(conv(f, 16 * x.shape[-1]), sn, train)(x), 0.2)
+    h = maybe_spectral(conv(2 * f, 16 * f), sn, train)(h)
     if self.batch_norm and not sn:
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        axis_name=axis_name, dtype=dtype)(h)
     h = nn.leaky_relu(h, 0.2).reshape(x.shape[0], -1)
     if self.aux_classifier:
-      out = head(1, "logit")(h)[:, 0], head(self.num_classes, "class_logits")(h)
+      out = head(1, "logit", h)[:, 0], head(self.num_classes, "class_logits", h)
     else:
-      out = _projection_logit(h, label, self.num_classes, sn, train, dtype)
+      out = _projection_logit(h, label, self.num_classes, sn, train, dtype, self.weight_init)
     if not self.rotation_head:
       return out
-    return out, head(4, "rotation_logits")(h)
+    return out, head(4, "rotation_logits", h)
 
 
 def rotate_quarters(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

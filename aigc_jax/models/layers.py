@@ -32,12 +32,14 @@ class SubPixelUpsample(nn.Module):
   features: int
   factor: int = 2
   kernel_size: int = 3
+  weight_init: str = "flax"  # one of INITS
   dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     k = self.kernel_size
-    x = nn.Conv(self.features * self.factor**2, (k, k), padding="SAME", dtype=self.dtype)(x)
+    x = nn.Conv(self.features * self.factor**2, (k, k), padding="SAME", dtype=self.dtype,
+                **init_kwargs(self.weight_init, k * k * x.shape[-1]))(x)
     return depth_to_space(x, self.factor)
 
 
@@ -54,10 +56,12 @@ class TransposeUpsample(nn.Module):
 
   `impl`: 'subpixel' (the above) or 'conv_transpose' (`lax.conv_transpose` with K, the plain
   formulation for GPUs and TPUs); both take the same parameters and compute the same function.
+  `weight_init='torch'` draws them as PyTorch's ConvTranspose2d does, whose fan-in is 16 x out.
   """
 
   features: int
   impl: str = "subpixel"
+  weight_init: str = "flax"  # one of INITS
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -65,16 +69,19 @@ class TransposeUpsample(nn.Module):
     if self.impl not in TRANSPOSE_IMPLS:
       raise ValueError(f"TransposeUpsample impl must be one of {TRANSPOSE_IMPLS}, got "
                        f"{self.impl!r}")
-    bias = self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    inits = {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
+             **init_kwargs(self.weight_init, 16 * self.features)}
+    bias = self.param("bias", inits["bias_init"], (self.features,)).astype(self.dtype)
     if self.impl == "conv_transpose":
-      kernel = self.param("Conv_0", lambda key: {"kernel": nn.initializers.lecun_normal()(
+      kernel = self.param("Conv_0", lambda key: {"kernel": inits["kernel_init"](
           key, (2, 2, x.shape[-1], 4 * self.features))})["kernel"]
       y = jax.lax.conv_transpose(x.astype(self.dtype), transpose_kernel(kernel).astype(self.dtype),
                                  (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
       return y + bias
     # explicit padding: a padded 2x2 conv's gradient is slow
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    x = nn.Conv(4 * self.features, (2, 2), padding="VALID", use_bias=False, dtype=self.dtype)(x)
+    x = nn.Conv(4 * self.features, (2, 2), padding="VALID", use_bias=False, dtype=self.dtype,
+                kernel_init=inits["kernel_init"])(x)
     return depth_to_space(x, 2)[:, 1:-1, 1:-1] + bias
 
 
@@ -102,6 +109,20 @@ def torch_linear_init(fan_in: int):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return uniform, uniform
+
+
+INITS = ("flax", "torch")
+
+
+def init_kwargs(init: str, fan_in: int) -> dict:
+  """`nn.Dense` / `nn.Conv` keyword arguments of an initialisation: 'flax' (its defaults: lecun
+  normal kernel, zero bias) or 'torch' (`torch_linear_init`; `fan_in` as PyTorch counts it)."""
+  if init not in INITS:
+    raise ValueError(f"init must be one of {INITS}, got {init!r}")
+  if init == "flax":
+    return {}
+  kernel_init, bias_init = torch_linear_init(fan_in)
+  return {"kernel_init": kernel_init, "bias_init": bias_init}
 
 
 def maybe_spectral(layer: nn.Module, enabled: bool, update_stats: bool):

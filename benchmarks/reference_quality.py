@@ -1,0 +1,179 @@
+"""A classic GAN experiment beside the PyTorch original it reproduces: same budget, same metrics.
+
+  python benchmarks/reference_quality.py experiments/dcgan_fashion_mnist.py --workdir W \\
+      [--seeds 0 1 2] [--epochs 5] [--num 10000] [--sides reference project] \\
+      [--reference_upsample transpose] [--config.KEY=VALUE ...]
+
+For each seed, two sides train for `--epochs` epochs at the experiment's batch size:
+- `reference`: the PyTorch original written plainly (`torch_reference.gan.GANReference`: the
+  experiment's networks, loss and Adam, with PyTorch's default initialisation; the DCGAN's
+  upsampling as `--reference_upsample`, the original's transposed convolution by default). Its
+  raw generator draws the samples in train mode (batch statistics), as the original scripts do.
+- `project`: the experiment itself (`train.train_and_evaluate` in W/project/seedS, with the
+  `--config` overrides), sampled from its last checkpoint with the EMA generator (`project`, as
+  `python -m aigc_jax.sample` does) and with the raw one (`project_raw`).
+
+Each side's `--num` samples are scored with the evaluation CLI's metrics (FID, precision,
+recall, IS against as many test images) and by the independent PyTorch MLP of
+`independent_score.py`. Scores go to W/scores.json as they come, so a rerun only does what is
+missing; the table gives each side's mean and standard deviation over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import independent_score
+import jax
+import numpy as np
+import torch
+
+from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
+from aigc_jax import train
+from aigc_jax import workdir as workdir_lib
+from aigc_jax.bench.torch_reference import gan as torch_gan
+from aigc_jax.families import sample_eval
+
+COLUMNS = ("fid", "precision", "recall", "is", "mean_top_prob", "share_above_0.9",
+           "class_entropy_bits")
+
+
+def train_reference(config, seed: int, epochs: int, images: np.ndarray) -> torch_gan.GANReference:
+  """The PyTorch original of `config` after `epochs` shuffled passes over uint8 NHWC `images`."""
+  torch.manual_seed(seed)
+  ref = torch_gan.GANReference(config, data_lib.DATASETS[config.dataset])
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  steps = len(x) // config.batch_size
+  for epoch in range(epochs):
+    start, order = time.time(), torch.randperm(len(x))
+    for i in range(steps):
+      loss = ref.step(x[order[i * config.batch_size:(i + 1) * config.batch_size]], None)
+    print(f"  reference seed {seed} epoch {epoch + 1}: {time.time() - start:.0f} s, "
+          f"last D + G loss {loss:.3f}", flush=True)
+  return ref
+
+
+def reference_samples(ref: torch_gan.GANReference, num: int, batch: int) -> np.ndarray:
+  """uint8 (num, H, W, C) samples of the raw generator in train mode, `batch` at a time."""
+  ref.g.train()
+  out = []
+  with torch.no_grad():
+    for start in range(0, num, batch):
+      x = ref.g(torch.randn(min(batch, num - start), ref.config.latent_dim))
+      out.append(x.permute(0, 2, 3, 1).numpy() * 0.5 + 0.5)
+  return to_uint8(np.concatenate(out))
+
+
+def to_uint8(images01) -> np.ndarray:
+  return np.clip(np.round(np.asarray(images01) * 255.0), 0, 255).astype(np.uint8)
+
+
+def project_samples(config, seed: int, epochs: int, num: int, workdir: str) -> dict:
+  """{'project': EMA, 'project_raw': raw generator}: uint8 (num, H, W, C) samples of the
+  experiment trained (or resumed) in `workdir`, from its last checkpoint."""
+  config = copy.deepcopy(config)
+  config.seed, config.num_epochs = seed, epochs
+  train.train_and_evaluate(config, workdir)
+  run = workdir_lib.load_trained(workdir, "latest")
+  rng = jax.random.PRNGKey(seed)
+  return {side: to_uint8(run.trainable.sample(run.state, rng, num, use_ema=use_ema)[0])
+          for side, use_ema in (("project", True), ("project_raw", False))}
+
+
+class Scorer:
+  """The evaluation CLI's metrics plus the independent MLP's opinion of uint8 NHWC images."""
+
+  def __init__(self, dataset: str):
+    self.dataset, self.mlp = dataset, None
+
+  def __call__(self, images: np.ndarray) -> dict:
+    if self.mlp is None:
+      x, y = data_lib.load_split(self.dataset, "train")
+      self.mlp = independent_score.train_classifier(x, y, epochs=3)
+    metrics = sample_eval.score_images(self.dataset, images)
+    return {**{k: float(v) for k, v in metrics.items()},
+            **independent_score.opinion(self.mlp, images)}
+
+
+def table(scores: dict, sides, seeds) -> str:
+  """Markdown: one row per side, each column's mean +- standard deviation over the seeds."""
+  lines = ["| side | seeds | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+  for side in sides:
+    rows = [scores[f"{side}/{s}"] for s in seeds if f"{side}/{s}" in scores]
+    if not rows:
+      continue
+    cells = [f"{np.mean([r[c] for r in rows]):.3f} +- {np.std([r[c] for r in rows]):.3f}"
+             for c in COLUMNS]
+    lines.append(f"| {side} | {len(rows)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def run_side(side: str, config, seed: int, args, scorer: Scorer) -> dict:
+  """{side name: scores} of one seed: 'reference', or 'project' and 'project_raw'."""
+  start = time.time()
+  if side == "reference":
+    ref_config = copy.deepcopy(config)
+    ref_config.upsample = args.reference_upsample
+    images, _ = data_lib.load_config_split(ref_config, "train")
+    ref = train_reference(ref_config, seed, args.epochs, np.asarray(images))
+    samples = {side: reference_samples(ref, args.num, config.batch_size)}
+  else:
+    workdir = os.path.join(args.workdir, "project", f"seed{seed}")
+    samples = project_samples(config, seed, args.epochs, args.num, workdir)
+  seconds = time.time() - start
+  return {name: {**scorer(images), "train_and_sample_s": seconds}
+          for name, images in samples.items()}
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, no usage
+  parser.add_argument("experiment")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--epochs", type=int, default=5)
+  parser.add_argument("--num", type=int, default=10_000)
+  parser.add_argument("--sides", nargs="+", default=["reference", "project"],
+                      choices=["reference", "project"])
+  parser.add_argument("--reference_upsample", default="transpose",
+                      choices=["transpose", "subpixel", "resize_conv"])
+  try:
+    config = config_lib.load_experiment(argv[0] if argv else "")
+    args = parser.parse_args(config_lib.apply_overrides(config, argv))
+  except config_lib.ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
+  if config.model not in ("dcgan", "gan_mlp") or config.conditional or config.pixel_clusters:
+    parser.exit(2, f"error: {args.experiment} is not an unconditional classic GAN; name "
+                   "experiments/dcgan_fashion_mnist.py or experiments/gan_mlp_fashion_mnist.py\n")
+  return config, args
+
+
+def main(argv) -> None:
+  config, args = parse_args(argv)
+  os.makedirs(args.workdir, exist_ok=True)
+  path = os.path.join(args.workdir, "scores.json")
+  scores = json.load(open(path)) if os.path.exists(path) else {}
+  scorer = Scorer(config.dataset)
+  for seed in args.seeds:
+    for side in args.sides:
+      names = [side] if side == "reference" else ["project", "project_raw"]
+      if any(f"{name}/{seed}" not in scores for name in names):
+        print(f"{side} seed {seed}: training {args.epochs} epochs", flush=True)
+        for name, result in run_side(side, config, seed, args, scorer).items():
+          scores[f"{name}/{seed}"] = result
+          print(f"{name} seed {seed}: {result}", flush=True)
+        with open(path + ".tmp", "w") as f:
+          json.dump(scores, f, indent=1)
+        os.replace(path + ".tmp", path)
+  print(f"{args.experiment}, {args.epochs} epochs, {args.num} samples each")
+  print(table(scores, ("reference", "project", "project_raw"), args.seeds))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

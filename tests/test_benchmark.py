@@ -206,11 +206,11 @@ def torch_bounds(torch, module) -> dict:
 
 
 @pytest.mark.parametrize("mode", gan_models.UPSAMPLE_MODES)
-def test_dcgan_torch_weight_init_draws_each_layer_as_pytorch_does(mode, torch, torch_reference):
-  """weight_init='torch': each kernel and bias is U(+-b) with b = PyTorch's 1/sqrt(fan_in) for the
+def test_dcgan_torch_init_draws_each_layer_as_pytorch_does(mode, torch, torch_reference):
+  """torch_init=True: each kernel and bias is U(+-b) with b = PyTorch's 1/sqrt(fan_in) for the
   same layer (the transposed conv's fan-in counted as PyTorch counts it: 16 x out)."""
   config = presets.experiment_config("dcgan")
-  config.upsample, config.weight_init = mode, "torch"
+  config.upsample, config.torch_init = mode, True
   info = data_lib.DATASETS[config.dataset]
   reference = torch_reference.build(config, info)
   state = families.get("dcgan").build(config, info).init(jax.random.PRNGKey(0))

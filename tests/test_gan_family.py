@@ -162,8 +162,6 @@ def test_config_errors():
     make(aux_classifier=True)
   with pytest.raises(config_lib.ConfigError, match="label_mode 'add' is unknown"):
     make(conditional=True, label_mode="add")
-  with pytest.raises(config_lib.ConfigError, match="weight_init 'xavier' is unknown"):
-    make("dcgan", weight_init="xavier")
   with pytest.raises(config_lib.ConfigError, match="set d_batchnorm=False or spectral_norm=True"):
     make("dcgan", gan_loss="wasserstein", gp_weight=10.0)
   with pytest.raises(config_lib.ConfigError, match="g_final_features must be >= 0"):

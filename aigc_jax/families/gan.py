@@ -24,7 +24,6 @@ from aigc_jax.families import Trainable
 from aigc_jax.families import gan_step
 from aigc_jax.families import sample_eval
 from aigc_jax.models import gan as gan_models
-from aigc_jax.models.layers import INITS
 from aigc_jax.models.layers import TRANSPOSE_IMPLS
 from aigc_jax.state import Player
 from aigc_jax.state import TrainState
@@ -70,9 +69,9 @@ def default_config(model: str) -> dict:
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
       d_base_features=64,  # DCGAN discriminator: its first conv's channels (the second has 2x)
-      # DCGAN: the conv and dense layers' initialisation, 'flax' (lecun normal kernels, zero
-      # biases) or 'torch' (PyTorch's default: kernels and biases U(+-1/sqrt(fan_in)))
-      weight_init="flax",
+      # DCGAN: conv and dense layers initialised like PyTorch's (kernels and biases
+      # U(+-1/sqrt(fan_in))), else flax's defaults (lecun normal kernels, zero biases)
+      torch_init=False,
       # Formulations of one function, for the backend ('auto': the CPU one on XLA:CPU, the plain
       # one elsewhere). d_conv: DCGAN D's convolutions, 'custom_vjp' (derivatives of every order
       # on XLA:CPU's fast paths) or 'lax'. upsample_impl: upsample='transpose' as 'subpixel'
@@ -104,8 +103,6 @@ def validate_config(config, need) -> None:
        f"label_mode '{config.label_mode}' is unknown; choose one of {gan_models.LABEL_MODES}")
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
-  need(config.weight_init in INITS,
-       f"weight_init '{config.weight_init}' is unknown; choose one of {INITS}")
   need(config.eval_num_samples >= sample_eval.MIN_SAMPLES,
        f"eval_num_samples must be >= {sample_eval.MIN_SAMPLES} (the inception score's splits), "
        f"got {config.eval_num_samples}")
@@ -178,12 +175,12 @@ def build_models(config, info: data_lib.DatasetInfo):
         info.image_shape, num_classes=num_classes, label_mode=config.label_mode,
         upsample=config.upsample, final_features=config.g_final_features,
         transpose_impl=backend.choose(config.upsample_impl, "subpixel", "conv_transpose"),
-        weight_init=config.weight_init, dtype=dtype)
+        torch_init=config.torch_init, dtype=dtype)
     discriminator = gan_models.DCGANDiscriminator(
         base_features=config.d_base_features, num_classes=num_classes,
         spectral_norm=config.spectral_norm, aux_classifier=config.aux_classifier,
         batch_norm=config.d_batchnorm, rotation_head=uses_rotation(config),
-        conv=backend.choose(config.d_conv, "custom_vjp", "lax"), weight_init=config.weight_init,
+        conv=backend.choose(config.d_conv, "custom_vjp", "lax"), torch_init=config.torch_init,
         dtype=dtype)
   return generator, discriminator
 

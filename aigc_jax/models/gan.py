@@ -83,9 +83,9 @@ class MLPGenerator(nn.Module):
 
 
 def _projection_logit(h, label, num_classes: int, spectral_norm: bool, train: bool,
-                      dtype=jnp.float32, init: str = "flax"):
+                      dtype=jnp.float32, torch_init: bool = False):
   """psi(h) (+ <embed(y), h> when conditional): the (B,) float32 logit of a projection D."""
-  dense = nn.Dense(1, name="logit", dtype=dtype, **init_kwargs(init, h.shape[-1]))
+  dense = nn.Dense(1, name="logit", dtype=dtype, **init_kwargs(torch_init, h.shape[-1]))
   logit = maybe_spectral(dense, spectral_norm, train)(h)[:, 0]
   logit = logit.astype(jnp.float32)
   if not num_classes:
@@ -116,16 +116,16 @@ class MLPDiscriminator(nn.Module):
 
 
 def _upsample(x, features: int, mode: str, name: str, dtype, transpose_impl: str = "subpixel",
-              init: str = "flax"):
+              torch_init: bool = False):
   """2x spatial upsampling to `features` channels: sub-pixel, nearest + conv, or transposed conv."""
   if mode == "subpixel":
-    return SubPixelUpsample(features, weight_init=init, name=name, dtype=dtype)(x)
+    return SubPixelUpsample(features, torch_init=torch_init, name=name, dtype=dtype)(x)
   if mode == "resize_conv":
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     return nn.Conv(features, (3, 3), padding="SAME", name=name, dtype=dtype,
-                   **init_kwargs(init, 9 * x.shape[-1]))(x)
+                   **init_kwargs(torch_init, 9 * x.shape[-1]))(x)
   if mode == "transpose":
-    return TransposeUpsample(features, impl=transpose_impl, weight_init=init, name=name,
+    return TransposeUpsample(features, impl=transpose_impl, torch_init=torch_init, name=name,
                              dtype=dtype)(x)
   raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
 
@@ -139,8 +139,8 @@ class DCGANGenerator(nn.Module):
   `upsample`: 'subpixel' (3x3 conv to 4x channels + pixel shuffle, the default: fast backward on
   XLA:CPU), 'resize_conv' (nearest 2x then 3x3 conv) or 'transpose' (the classic DCGAN's 4x4
   stride-2 transposed conv: `layers.TransposeUpsample`, computed by `transpose_impl`).
-  BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5). `weight_init`: the dense
-  and conv layers' initialisation, 'flax' or 'torch' (`layers.init_kwargs`).
+  BatchNorm uses torch's defaults (momentum 0.1 == flax 0.9, eps 1e-5). `torch_init`: the dense
+  and conv layers initialised as PyTorch's (`layers.init_kwargs`), else flax's defaults.
   """
 
   image_shape: Sequence[int] = (28, 28, 1)
@@ -150,7 +150,7 @@ class DCGANGenerator(nn.Module):
   upsample: str = "subpixel"
   final_features: int = 0
   transpose_impl: str = "subpixel"  # a layers.TRANSPOSE_IMPLS formulation of upsample='transpose'
-  weight_init: str = "flax"  # one of layers.INITS
+  torch_init: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -167,19 +167,19 @@ class DCGANGenerator(nn.Module):
 
     def up(h, features, name):
       return _upsample(h, features, self.upsample, name, self.dtype, self.transpose_impl,
-                       self.weight_init)
+                       self.torch_init)
 
     f = self.base_features
     h = _condition_z(z, label, self.num_classes, self.label_mode, self.dtype)
     h = nn.Dense(height // 4 * width // 4 * f, dtype=self.dtype,
-                 **init_kwargs(self.weight_init, h.shape[-1]))(h)
+                 **init_kwargs(self.torch_init, h.shape[-1]))(h)
     h = bn_relu(h.reshape(-1, height // 4, width // 4, f))
     h = bn_relu(up(h, f // 2, "up_0"))
     if not self.final_features:
       return nn.tanh(up(h, channels, "up_1")).astype(jnp.float32)
     h = bn_relu(up(h, self.final_features, "up_1"))
     out = nn.Conv(channels, (3, 3), padding="SAME", name="out", dtype=self.dtype,
-                  **init_kwargs(self.weight_init, 9 * self.final_features))(h)
+                  **init_kwargs(self.torch_init, 9 * self.final_features))(h)
     return nn.tanh(out).astype(jnp.float32)
 
 
@@ -194,8 +194,8 @@ class DCGANDiscriminator(nn.Module):
   an image was rotated by (Chen et al., 2019). With `conv='custom_vjp'` the convolutions use
   `layers.conv_general_dilated`, whose second derivatives (gradient penalties, R1) stay off
   XLA:CPU's slow path; 'lax' is `lax.conv_general_dilated`, the same function. Logits are float32.
-  `weight_init`: the conv and dense layers' initialisation, 'flax' or 'torch'
-  (`layers.init_kwargs`).
+  `torch_init`: the conv and dense layers initialised as PyTorch's (`layers.init_kwargs`), else
+  flax's defaults.
   """
 
   base_features: int = 64
@@ -205,7 +205,7 @@ class DCGANDiscriminator(nn.Module):
   batch_norm: bool = True
   rotation_head: bool = False
   conv: str = "custom_vjp"  # one of D_CONVS
-  weight_init: str = "flax"  # one of layers.INITS
+  torch_init: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -219,10 +219,10 @@ class DCGANDiscriminator(nn.Module):
 
     def conv(features, fan_in):
       return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", dtype=dtype,
-                     conv_general_dilated=impl, **init_kwargs(self.weight_init, fan_in))
+                     conv_general_dilated=impl, **init_kwargs(self.torch_init, fan_in))
 
     def head(features, name, h):  # float32 logits
-      kwargs = init_kwargs(self.weight_init, h.shape[-1])
+      kwargs = init_kwargs(self.torch_init, h.shape[-1])
       dense = nn.Dense(features, name=name, dtype=dtype, **kwargs)
       return maybe_spectral(dense, sn, train)(h).astype(jnp.float32)
 
@@ -235,7 +235,7 @@ class DCGANDiscriminator(nn.Module):
     if self.aux_classifier:
       out = head(1, "logit", h)[:, 0], head(self.num_classes, "class_logits", h)
     else:
-      out = _projection_logit(h, label, self.num_classes, sn, train, dtype, self.weight_init)
+      out = _projection_logit(h, label, self.num_classes, sn, train, dtype, self.torch_init)
     if not self.rotation_head:
       return out
     return out, head(4, "rotation_logits", h)

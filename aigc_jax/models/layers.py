@@ -32,14 +32,14 @@ class SubPixelUpsample(nn.Module):
   features: int
   factor: int = 2
   kernel_size: int = 3
-  weight_init: str = "flax"  # one of INITS
+  torch_init: bool = False  # PyTorch's initialisation (init_kwargs)
   dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     k = self.kernel_size
     x = nn.Conv(self.features * self.factor**2, (k, k), padding="SAME", dtype=self.dtype,
-                **init_kwargs(self.weight_init, k * k * x.shape[-1]))(x)
+                **init_kwargs(self.torch_init, k * k * x.shape[-1]))(x)
     return depth_to_space(x, self.factor)
 
 
@@ -56,12 +56,12 @@ class TransposeUpsample(nn.Module):
 
   `impl`: 'subpixel' (the above) or 'conv_transpose' (`lax.conv_transpose` with K, the plain
   formulation for GPUs and TPUs); both take the same parameters and compute the same function.
-  `weight_init='torch'` draws them as PyTorch's ConvTranspose2d does, whose fan-in is 16 x out.
+  `torch_init=True` draws them as PyTorch's ConvTranspose2d does, whose fan-in is 16 x out.
   """
 
   features: int
   impl: str = "subpixel"
-  weight_init: str = "flax"  # one of INITS
+  torch_init: bool = False  # PyTorch's initialisation (init_kwargs)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -70,7 +70,7 @@ class TransposeUpsample(nn.Module):
       raise ValueError(f"TransposeUpsample impl must be one of {TRANSPOSE_IMPLS}, got "
                        f"{self.impl!r}")
     inits = {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
-             **init_kwargs(self.weight_init, 16 * self.features)}
+             **init_kwargs(self.torch_init, 16 * self.features)}
     bias = self.param("bias", inits["bias_init"], (self.features,)).astype(self.dtype)
     if self.impl == "conv_transpose":
       kernel = self.param("Conv_0", lambda key: {"kernel": inits["kernel_init"](
@@ -111,15 +111,10 @@ def torch_linear_init(fan_in: int):
   return uniform, uniform
 
 
-INITS = ("flax", "torch")
-
-
-def init_kwargs(init: str, fan_in: int) -> dict:
-  """`nn.Dense` / `nn.Conv` keyword arguments of an initialisation: 'flax' (its defaults: lecun
-  normal kernel, zero bias) or 'torch' (`torch_linear_init`; `fan_in` as PyTorch counts it)."""
-  if init not in INITS:
-    raise ValueError(f"init must be one of {INITS}, got {init!r}")
-  if init == "flax":
+def init_kwargs(torch_init: bool, fan_in: int) -> dict:
+  """`nn.Dense` / `nn.Conv` keyword arguments: none (flax's lecun normal kernel, zero bias), or
+  with `torch_init` PyTorch's (`torch_linear_init`; `fan_in` as PyTorch counts it)."""
+  if not torch_init:
     return {}
   kernel_init, bias_init = torch_linear_init(fan_in)
   return {"kernel_init": kernel_init, "bias_init": bias_init}

@@ -20,15 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from aigc_jax.models.layers import SubPixelUpsample
-from aigc_jax.models.layers import torch_linear_init
+from aigc_jax.models.layers import init_kwargs
 from aigc_jax.noise import batch_noise
 
 
 def _dense(features: int, fan_in: int, torch_init: bool, name=None, dtype=jnp.float32) -> nn.Dense:
-  if not torch_init:
-    return nn.Dense(features, name=name, dtype=dtype)
-  kernel_init, bias_init = torch_linear_init(fan_in)
-  return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name, dtype=dtype)
+  return nn.Dense(features, name=name, dtype=dtype, **init_kwargs(torch_init, fan_in))
 
 
 def _f32(*arrays):

@@ -6,9 +6,10 @@
 
 For each seed, two sides train for `--epochs` epochs at the experiment's batch size:
 - `reference`: the PyTorch original written plainly (`torch_reference.gan.GANReference`: the
-  experiment's networks, loss and Adam, with PyTorch's default initialisation; the DCGAN's
-  upsampling as `--reference_upsample`, the original's transposed convolution by default). Its
-  raw generator draws the samples in train mode (batch statistics), as the original scripts do.
+  experiment file's networks, loss and Adam, without the `--config` overrides, with PyTorch's
+  default initialisation; the DCGAN's upsampling as `--reference_upsample`, the original's
+  transposed convolution by default). Its raw generator draws the samples in train mode (batch
+  statistics), as the original scripts do.
 - `project`: the experiment itself (`train.train_and_evaluate` in W/project/seedS, with the
   `--config` overrides), sampled from its last checkpoint with the EMA generator (`project`, as
   `python -m aigc_jax.sample` does) and with the raw one (`project_raw`).
@@ -118,7 +119,7 @@ def run_side(side: str, config, seed: int, args, scorer: Scorer) -> dict:
   """{side name: scores} of one seed: 'reference', or 'project' and 'project_raw'."""
   start = time.time()
   if side == "reference":
-    ref_config = copy.deepcopy(config)
+    ref_config = config_lib.load_experiment(args.experiment)  # the original: no overrides
     ref_config.upsample = args.reference_upsample
     images, _ = data_lib.load_config_split(ref_config, "train")
     ref = train_reference(ref_config, seed, args.epochs, np.asarray(images))

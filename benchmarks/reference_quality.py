@@ -38,29 +38,48 @@ from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
-from aigc_jax.bench.torch_reference import gan as torch_gan
+from aigc_jax.bench import torch_reference
+from aigc_jax.bench.torch_reference import common as torch_common
+from aigc_jax.bench.torch_reference import vae as torch_vae
 from aigc_jax.families import sample_eval
 
-COLUMNS = ("fid", "precision", "recall", "is", "mean_top_prob", "share_above_0.9",
-           "class_entropy_bits")
+GAN_COLUMNS = ("fid", "precision", "recall", "is", "mean_top_prob", "share_above_0.9",
+               "class_entropy_bits")
+VAE_COLUMNS = ("test_neg_elbo",)
 
 
-def train_reference(config, seed: int, epochs: int, images: np.ndarray) -> torch_gan.GANReference:
+def nchw(images: np.ndarray):
+  return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def train_reference(config, seed: int, epochs: int, images: np.ndarray):
   """The PyTorch original of `config` after `epochs` shuffled passes over uint8 NHWC `images`."""
   torch.manual_seed(seed)
-  ref = torch_gan.GANReference(config, data_lib.DATASETS[config.dataset])
-  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  x = nchw(images)
   steps = len(x) // config.batch_size
+  ref = torch_reference.build(config, data_lib.DATASETS[config.dataset], epochs * steps)
   for epoch in range(epochs):
     start, order = time.time(), torch.randperm(len(x))
     for i in range(steps):
       loss = ref.step(x[order[i * config.batch_size:(i + 1) * config.batch_size]], None)
     print(f"  reference seed {seed} epoch {epoch + 1}: {time.time() - start:.0f} s, "
-          f"last D + G loss {loss:.3f}", flush=True)
+          f"last loss {loss:.3f}", flush=True)
   return ref
 
 
-def reference_samples(ref: torch_gan.GANReference, num: int, batch: int) -> np.ndarray:
+def reference_test_neg_elbo(ref, images: np.ndarray, seed: int, batch: int = 1000) -> float:
+  """The VAE original's mean test neg-ELBO (nats per image; one z per image, raw parameters)."""
+  torch.manual_seed(seed)
+  total = 0.0
+  with torch.no_grad():
+    for start in range(0, len(images), batch):
+      x = torch_common.preprocess(nchw(images[start:start + batch]), ref.config)
+      recon, kl = torch_vae.elbo_terms(ref.vae, x, None)
+      total += float((recon + kl).sum())
+  return total / len(images)
+
+
+def reference_samples(ref, num: int, batch: int) -> np.ndarray:
   """uint8 (num, H, W, C) samples of the raw generator in train mode, `batch` at a time."""
   ref.g.train()
   out = []
@@ -75,13 +94,16 @@ def to_uint8(images01) -> np.ndarray:
   return np.clip(np.round(np.asarray(images01) * 255.0), 0, 255).astype(np.uint8)
 
 
-def project_samples(config, seed: int, epochs: int, num: int, workdir: str) -> dict:
-  """{'project': EMA, 'project_raw': raw generator}: uint8 (num, H, W, C) samples of the
-  experiment trained (or resumed) in `workdir`, from its last checkpoint."""
+def train_project(config, seed: int, epochs: int, workdir: str) -> workdir_lib.TrainedRun:
+  """The experiment trained (or resumed) in `workdir`, loaded from its last checkpoint."""
   config = copy.deepcopy(config)
   config.seed, config.num_epochs = seed, epochs
   train.train_and_evaluate(config, workdir)
-  run = workdir_lib.load_trained(workdir, "latest")
+  return workdir_lib.load_trained(workdir, "latest")
+
+
+def project_samples(run: workdir_lib.TrainedRun, seed: int, num: int) -> dict:
+  """{'project': EMA, 'project_raw': raw generator}: uint8 (num, H, W, C) samples of a GAN."""
   rng = jax.random.PRNGKey(seed)
   return {side: to_uint8(run.trainable.sample(run.state, rng, num, use_ema=use_ema)[0])
           for side, use_ema in (("project", True), ("project_raw", False))}
@@ -102,34 +124,54 @@ class Scorer:
             **independent_score.opinion(self.mlp, images)}
 
 
-def table(scores: dict, sides, seeds) -> str:
+def table(scores: dict, sides, seeds, columns) -> str:
   """Markdown: one row per side, each column's mean +- standard deviation over the seeds."""
-  lines = ["| side | seeds | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+  lines = ["| side | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
   for side in sides:
     rows = [scores[f"{side}/{s}"] for s in seeds if f"{side}/{s}" in scores]
     if not rows:
       continue
     cells = [f"{np.mean([r[c] for r in rows]):.3f} +- {np.std([r[c] for r in rows]):.3f}"
-             for c in COLUMNS]
+             for c in columns]
     lines.append(f"| {side} | {len(rows)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def run_side(side: str, config, seed: int, args, scorer: Scorer) -> dict:
-  """{side name: scores} of one seed: 'reference', or 'project' and 'project_raw'."""
-  start = time.time()
-  if side == "reference":
-    ref_config = config_lib.load_experiment(args.experiment)  # the original: no overrides
-    ref_config.upsample = args.reference_upsample
-    images, _ = data_lib.load_config_split(ref_config, "train")
-    ref = train_reference(ref_config, seed, args.epochs, np.asarray(images))
-    samples = {side: reference_samples(ref, args.num, config.batch_size)}
+def side_names(side: str, config) -> list[str]:
+  """The score entries one side's run gives: a GAN project is scored with EMA and raw G."""
+  return [side] if side == "reference" or config.model == "vae_mlp" else [side, "project_raw"]
+
+
+def run_reference(config, seed: int, args, scorer: Scorer) -> dict:
+  """The original's scores: a VAE's test neg-ELBO, or a GAN's samples scored."""
+  vae = config.model == "vae_mlp"
+  if vae:
+    config.ema_decay = 0.0  # the original keeps no average of its parameters
   else:
-    workdir = os.path.join(args.workdir, "project", f"seed{seed}")
-    samples = project_samples(config, seed, args.epochs, args.num, workdir)
+    config.upsample = args.reference_upsample
+  images, _ = data_lib.load_config_split(config, "train")
+  ref = train_reference(config, seed, args.epochs, np.asarray(images))
+  if vae:
+    test, _ = data_lib.load_config_split(config, "test")
+    return {"test_neg_elbo": reference_test_neg_elbo(ref, np.asarray(test), seed)}
+  return scorer(reference_samples(ref, args.num, config.batch_size))
+
+
+def run_side(side: str, config, seed: int, args, scorer: Scorer) -> dict:
+  """{entry name: scores} of one side and seed (`side_names`)."""
+  start = time.time()
+  if side == "reference":  # the original: the experiment file without the overrides
+    out = {side: run_reference(config_lib.load_experiment(args.experiment), seed, args, scorer)}
+  else:
+    run = train_project(config, seed, args.epochs,
+                        os.path.join(args.workdir, "project", f"seed{seed}"))
+    if config.model == "vae_mlp":
+      test = workdir_lib.load_test_data(run.config)
+      out = {side: {"test_neg_elbo": run.trainable.evaluate(run.state, test)["neg_elbo"]}}
+    else:
+      out = {name: scorer(images) for name, images in project_samples(run, seed, args.num).items()}
   seconds = time.time() - start
-  return {name: {**scorer(images), "train_and_sample_s": seconds}
-          for name, images in samples.items()}
+  return {name: {**scores, "train_and_sample_s": seconds} for name, scores in out.items()}
 
 
 def parse_args(argv):
@@ -149,9 +191,11 @@ def parse_args(argv):
     args = parser.parse_args(config_lib.apply_overrides(config, argv))
   except config_lib.ConfigError as e:
     parser.exit(2, f"error: {e}\n")
-  if config.model not in ("dcgan", "gan_mlp") or config.conditional or config.pixel_clusters:
-    parser.exit(2, f"error: {args.experiment} is not an unconditional classic GAN; name "
-                   "experiments/dcgan_fashion_mnist.py or experiments/gan_mlp_fashion_mnist.py\n")
+  if config.model not in ("dcgan", "gan_mlp", "vae_mlp") or config.conditional or config.get(
+      "pixel_clusters", 0):
+    parser.exit(2, f"error: {args.experiment} is not an unconditional classic model; name "
+                   "experiments/dcgan_fashion_mnist.py, gan_mlp_fashion_mnist.py or "
+                   "vae_mlp_fashion_mnist.py\n")
   return config, args
 
 
@@ -163,8 +207,7 @@ def main(argv) -> None:
   scorer = Scorer(config.dataset)
   for seed in args.seeds:
     for side in args.sides:
-      names = [side] if side == "reference" else ["project", "project_raw"]
-      if any(f"{name}/{seed}" not in scores for name in names):
+      if any(f"{name}/{seed}" not in scores for name in side_names(side, config)):
         print(f"{side} seed {seed}: training {args.epochs} epochs", flush=True)
         for name, result in run_side(side, config, seed, args, scorer).items():
           scores[f"{name}/{seed}"] = result
@@ -173,7 +216,8 @@ def main(argv) -> None:
           json.dump(scores, f, indent=1)
         os.replace(path + ".tmp", path)
   print(f"{args.experiment}, {args.epochs} epochs, {args.num} samples each")
-  print(table(scores, ("reference", "project", "project_raw"), args.seeds))
+  columns = VAE_COLUMNS if config.model == "vae_mlp" else GAN_COLUMNS
+  print(table(scores, ("reference", "project", "project_raw"), args.seeds, columns))
 
 
 if __name__ == "__main__":

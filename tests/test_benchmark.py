@@ -365,10 +365,11 @@ def reference_quality_module(torch, monkeypatch):  # pylint: disable=unused-argu
 
 
 def test_reference_quality_table_is_mean_and_spread_over_seeds(reference_quality):
-  scores = {f"{side}/{seed}": {c: value for c in reference_quality.COLUMNS}
+  columns = reference_quality.GAN_COLUMNS
+  scores = {f"{side}/{seed}": {c: value for c in columns}
             for side, seed, value in [("reference", 0, 1.0), ("reference", 1, 3.0),
                                       ("project", 0, 5.0), ("project", 2, 9.0)]}
-  lines = reference_quality.table(scores, ("reference", "project", "project_raw"), [0, 1])
+  lines = reference_quality.table(scores, ("reference", "project", "project_raw"), [0, 1], columns)
   lines = lines.split("\n")
   assert len(lines) == 4  # header, rule, reference over seeds 0 and 1, project over seed 0 only
   assert lines[2].startswith("| reference | 2 | 2.000 +- 1.000 |")
@@ -376,7 +377,7 @@ def test_reference_quality_table_is_mean_and_spread_over_seeds(reference_quality
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["experiments/cgan_fashion_mnist.py", "--workdir", "W"], "not an unconditional classic GAN"),
+    (["experiments/cgan_fashion_mnist.py", "--workdir", "W"], "not an unconditional classic model"),
     (["experiments/dcgan_fashion_mnist.py"], "the following arguments are required: --workdir"),
     (["experiments/dcgan_fashion_mnist.py", "--workdir", "W", "--config.latent_dims=3"],
      "did you mean"),
@@ -401,3 +402,15 @@ def test_reference_quality_trains_the_reference_and_samples_in_range(reference_q
   samples = reference_quality.reference_samples(ref, num=10, batch=4)
   assert samples.shape == (10, 28, 28, 1) and samples.dtype == np.uint8
   assert samples.min() < 128 < samples.max()  # tanh output mapped onto [0, 255]
+
+
+def test_reference_quality_vae_original_learns(reference_quality):
+  config = presets.experiment_config("vae_mlp")
+  config.batch_size, config.ema_decay = 32, 0.0
+  images = np.zeros((256, 28, 28, 1), np.uint8)
+  images[:, 8:20, 8:20] = 255  # one square: easy to learn
+  before = reference_quality.train_reference(config, seed=0, epochs=0, images=images)
+  after = reference_quality.train_reference(config, seed=0, epochs=3, images=images)
+  neg_elbo = [reference_quality.reference_test_neg_elbo(ref, images[:64], seed=0)
+              for ref in (before, after)]
+  assert neg_elbo[0] > 400 and neg_elbo[1] < 0.5 * neg_elbo[0]  # 784 pixels near log 2 each

@@ -75,6 +75,15 @@ class ConvVAE(VAE):
     return self.decoder(self.dense(self.with_label(z, label)).view(-1, *self.start))
 
 
+def elbo_terms(vae: VAE, x, label):
+  """(reconstruction nats, KL nats) per example, for one reparameterised z per example: the
+  Bernoulli likelihood of the decoder's logits and the analytic KL to N(0, I)."""
+  mean, logvar = vae.encode(x, label)
+  z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+  recon = F.binary_cross_entropy_with_logits(vae.decode(z, label), x, reduction="none")
+  return recon.flatten(1).sum(1), 0.5 * (logvar.exp() + mean.square() - 1.0 - logvar).sum(1)
+
+
 class VAEReference:
   """A VAE, its Adam (and cosine schedule), its parameter EMA if any, and the eager ELBO step."""
 
@@ -102,13 +111,8 @@ class VAEReference:
 
   def step(self, images, labels) -> float:
     """One train step on a uint8 NCHW batch; returns the loss (neg-ELBO with beta)."""
-    x = preprocess(images, self.config)
-    label = labels if self.config.conditional else None
-    mean, logvar = self.vae.encode(x, label)
-    z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-    logits = self.vae.decode(z, label)
-    recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
-    kl = 0.5 * (logvar.exp() + mean.square() - 1.0 - logvar).sum(1)
+    recon, kl = elbo_terms(self.vae, preprocess(images, self.config),
+                           labels if self.config.conditional else None)
     loss = (recon + self.config.beta * kl).mean()
     self.opt.zero_grad()
     loss.backward()

@@ -203,7 +203,10 @@ def main(argv) -> None:
   config, args = parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
   path = os.path.join(args.workdir, "scores.json")
-  scores = json.load(open(path)) if os.path.exists(path) else {}
+  scores = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      scores = json.load(f)
   scorer = Scorer(config.dataset)
   for seed in args.seeds:
     for side in args.sides:

@@ -97,27 +97,21 @@ def transpose_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
   return k[order][:, order]
 
 
-def torch_linear_init(fan_in: int):
-  """(kernel_init, bias_init) of PyTorch's nn.Linear / nn.Conv: U(+-1/sqrt(fan_in)) for both.
+def init_kwargs(torch_init: bool, fan_in: int) -> dict:
+  """`nn.Dense` / `nn.Conv` keyword arguments: none (flax's lecun normal kernel, zero bias), or
+  with `torch_init` PyTorch's nn.Linear / nn.Conv initialisation, U(+-1/sqrt(fan_in)) for kernel
+  and bias (`fan_in` as PyTorch counts it).
 
-  Used where a model reproduces a PyTorch reference; flax's default (lecun normal kernel, zero
-  bias) has 3x the kernel variance.
+  Used where a model reproduces a PyTorch reference; flax's default has 3x the kernel variance.
   """
+  if not torch_init:
+    return {}
   bound = 1.0 / fan_in**0.5
 
   def uniform(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-  return uniform, uniform
-
-
-def init_kwargs(torch_init: bool, fan_in: int) -> dict:
-  """`nn.Dense` / `nn.Conv` keyword arguments: none (flax's lecun normal kernel, zero bias), or
-  with `torch_init` PyTorch's (`torch_linear_init`; `fan_in` as PyTorch counts it)."""
-  if not torch_init:
-    return {}
-  kernel_init, bias_init = torch_linear_init(fan_in)
-  return {"kernel_init": kernel_init, "bias_init": bias_init}
+  return {"kernel_init": uniform, "bias_init": uniform}
 
 
 def maybe_spectral(layer: nn.Module, enabled: bool, update_stats: bool):

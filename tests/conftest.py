@@ -187,9 +187,9 @@ def selects_accelerator(config: pytest.Config) -> bool:
 
 # XLA:CPU compiling is most of the suite's time, and LLVM's optimisation is most of that (random
 # number generation alone, in every init, takes seconds at the default level). The suite's
-# programs are tiny, so level 1 makes them faster to build than to run slower. Users' runs keep
-# XLA's default; a level already in XLA_FLAGS is kept.
-TEST_XLA_FLAG = "--xla_backend_optimization_level=1"
+# programs are tiny, so level 0 saves far more in building them than it costs in running them.
+# Users' runs keep XLA's default; a level already in XLA_FLAGS is kept.
+TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
 
 
 def cpu_xla_flags(flags: str) -> str:
@@ -197,6 +197,13 @@ def cpu_xla_flags(flags: str) -> str:
   if "--xla_backend_optimization_level" in flags:
     return flags
   return f"{flags} {TEST_XLA_FLAG}".strip()
+
+
+def xla_level_flag() -> str:
+  """The optimisation-level flag of this process's XLA_FLAGS (the suite's when none): what a
+  process that a test starts with XLA_FLAGS of its own needs to compile as this one does."""
+  flags = cpu_xla_flags(os.environ.get("XLA_FLAGS", "")).split()
+  return next(f for f in flags if f.startswith("--xla_backend_optimization_level"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
-from conftest import cpu_xla_flags, free_port
+from conftest import free_port
+from conftest import xla_level_flag
 from test_train import STEADY_ADAM, arrays, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def trained(workdir):
 
 
 def start_workers(data_dir, workdir, mode, overrides=None):
-  port, env = free_port(), {**os.environ, "XLA_FLAGS": cpu_xla_flags("")}
+  port, env = free_port(), {**os.environ, "XLA_FLAGS": xla_level_flag()}
   extra = [json.dumps(overrides)] if overrides else []
   return [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), data_dir,
                             workdir, mode, str(port), str(i), *extra], env=env,

@@ -74,7 +74,8 @@ PYTEST := $(PY) -m pytest tests --durations=15 $(if $(filter 0,$(TEST_WORKERS)),
 test: $(BENCH_STAMP) data
 	$(PYTEST)
 
-# Everything but the tests marked `slow` (the long end-to-end runs): a few minutes.
+# Everything but the tests marked `slow` (training runs, subprocesses, many compiles): about a
+# minute on 2 cores.
 test-fast: $(BENCH_STAMP) data
 	$(PYTEST) -m "not slow"
 

@@ -39,6 +39,7 @@ def test_auto_picks_the_cpu_formulation_on_cpu_only(on, want, monkeypatch):
   assert backend.steps_per_call(7) == 7
 
 
+@pytest.mark.slow
 def test_cpu_and_accelerator_formulations_train_the_same():
   """The classic DCGAN with two critic updates (transposed upsampling, D convolutions, critic
   loop) as XLA:CPU's formulations and as the plain ones: one step from the same state agrees to
@@ -59,6 +60,7 @@ def test_cpu_and_accelerator_formulations_train_the_same():
   chex.assert_trees_all_close(got_metrics, want_metrics, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_penalty_is_the_same_with_both_d_convolutions():
   """WGAN-GP differentiates the critic's input gradient: second derivatives of both kinds."""
   states = []

@@ -97,6 +97,7 @@ def test_data_parallel_modes_use_every_device(mode, capsys):
   assert result["step_ms"] > 0
 
 
+@pytest.mark.slow
 def test_table_and_human_readable_output(tmp_path, capsys):
   out = tmp_path / "RESULTS.md"
   cli.main(["--table", str(out), "--models", "vae_mlp:8", "--steps-per-call", "2",
@@ -205,6 +206,7 @@ def torch_bounds(torch, module) -> dict:
   return bounds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", gan_models.UPSAMPLE_MODES)
 def test_dcgan_torch_init_draws_each_layer_as_pytorch_does(mode, torch, torch_reference):
   """torch_init=True: each kernel and bias is U(+-b) with b = PyTorch's 1/sqrt(fan_in) for the
@@ -250,6 +252,7 @@ def test_torch_step_trains_every_module(model, torch, torch_reference):
     assert any(not torch.equal(p, q) for p, q in zip(module.parameters(), old)), type(module)
 
 
+@pytest.mark.slow
 def test_epoch_timing_keys(capsys):
   cli.main(["--model", "vae_mlp", "--json", "--steps-per-call", "2", "--epoch",
                   "--images", "64", *TINY])
@@ -323,6 +326,7 @@ def test_config_overrides_reach_the_benchmarked_config():
       presets.bench_config("dcgan", overrides=[bad])
 
 
+@pytest.mark.slow
 def test_batch_sweep_runs_every_batch(capsys):
   cli.main(["--model", "vae_mlp", "--json", "--batch", "4", "8", "--steps-per-call", "1",
                   *TINY[2:]])
@@ -331,6 +335,7 @@ def test_batch_sweep_runs_every_batch(capsys):
   assert results[1]["gflop_per_step"] > results[0]["gflop_per_step"]
 
 
+@pytest.mark.slow
 def test_torch_compile_times_the_compiled_reference(capsys, torch):
   torch._dynamo.reset()  # pylint: disable=protected-access
   cli.main(["--model", "vae_mlp", "--json", "--torch-compile", *TINY])

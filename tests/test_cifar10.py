@@ -66,6 +66,7 @@ def fixture_mock_cifar10(tmp_path, monkeypatch, metrics_cache):
     yield str(tmp_path / "tfds")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shrink", [("dcgan_cifar10", SHRINK_GAN),
                                          ("sngan_hinge_cifar10", SHRINK_GAN),
                                          ("vae_conv_cifar10", SHRINK_VAE)])

@@ -96,6 +96,7 @@ def test_to_input():
     net_lib.to_input(out * 2 - 1)
 
 
+@pytest.mark.slow
 def test_train_then_features_shapes_and_cache_files(trained):
   cache, clf, feats = trained
   assert feats.shape == (30, 16) and feats.dtype == np.float32 and np.isfinite(feats).all()

@@ -80,6 +80,7 @@ def test_targets_and_predictions_by_hand():
     assert float(x0_hat[0, 0]) == pytest.approx(1.0) and float(eps_hat[0, 0]) == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_loss_is_the_squared_error_to_the_target():
   config, trainable = tiny(objective="v")
   net, state = net_of(trainable), perturbed_state(trainable)
@@ -103,6 +104,7 @@ def trainable_params(trainable, scale=0.05):
   return perturbed_state(trainable, scale).ema_params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective,sampler", [("eps", "ddim"), ("v", "ddpm"), ("flow", "euler")])
 def test_a_one_step_sampler_is_its_formula(objective, sampler):
   _, trainable = tiny(objective=objective)
@@ -118,6 +120,7 @@ def test_a_one_step_sampler_is_its_formula(objective, sampler):
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 
+@pytest.mark.slow
 def test_ddim_is_deterministic_and_inverts_to_its_noise():
   _, trainable = tiny(objective="eps")
   net, params = net_of(trainable), trainable_params(trainable, scale=0.01)  # a smooth net
@@ -142,6 +145,7 @@ def test_heun_is_exact_for_a_velocity_linear_in_time():
   assert float(diffusion.euler_step(x, velocity_at(x, 1.0), 1.0, 0.0)) == 0.0
 
 
+@pytest.mark.slow
 def test_python_and_scanned_sampling_loops_agree():
   _, trainable = tiny(objective="v")
   x = jax.random.normal(jax.random.PRNGKey(5), (2, 28, 28, 1))
@@ -150,6 +154,7 @@ def test_python_and_scanned_sampling_loops_agree():
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_guidance_mixes_the_conditional_and_null_predictions():
   _, trainable = tiny(conditional=True)
   net, params = net_of(trainable), trainable_params(trainable)
@@ -161,6 +166,7 @@ def test_guidance_mixes_the_conditional_and_null_predictions():
   np.testing.assert_allclose(guided, null + 3.0 * (cond - null), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["eps", "flow"])
 def test_the_loss_falls_on_a_small_batch(objective):
   config, trainable = tiny(objective=objective, learning_rate=3e-3, ema_decay=0.0)
@@ -176,6 +182,7 @@ def test_the_loss_falls_on_a_small_batch(objective):
   assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
 
 
+@pytest.mark.slow
 def test_sample_chunks_do_not_depend_on_the_count(monkeypatch):
   monkeypatch.setattr(family, "CHUNK", 3)
   config, trainable = tiny(conditional=True, sample_steps=2)

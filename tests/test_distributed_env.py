@@ -115,6 +115,7 @@ def test_describe_devices_on_cpu():
                                       "(process 0 of 1)")
 
 
+@pytest.mark.slow
 def test_every_entry_point_logs_the_devices(idx_dir, tmp_path, caplog):  # noqa: F811
   workdir = str(tmp_path / "run")
   with caplog.at_level(logging.INFO, logger="aigc_jax"):

@@ -63,6 +63,7 @@ def test_samples_command_scores_a_file_with_the_floors(cache_dir, tmp_path):
   assert list(result).index("fid_floor") == list(result).index("fid") + 1
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_score_images_matches_the_gan_metrics(cache_dir, monkeypatch):
   """The file's numbers are `evaluate_samples` against the first test images, as a GAN's are."""
@@ -98,6 +99,7 @@ BAD_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_FILES) + ["missing", "not_npz", "more_than_held"])
 def test_bad_samples_file_is_one_error_line(tmp_path, case):
   path = tmp_path / "s.npz"
@@ -113,6 +115,7 @@ def test_bad_samples_file_is_one_error_line(tmp_path, case):
   assert str(path) in line or "--samples" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fix", [
     (["--num_samples", "3"], "--num_samples must be >= 10"),
     (["--num_samples", "-5"], "--num_samples must be >= 10"),
@@ -124,12 +127,14 @@ def test_evaluate_bad_flag_values_are_one_error_line(tmp_path, args, fix):
   assert fix in line
 
 
+@pytest.mark.slow
 def test_evaluate_needs_one_of_workdir_or_samples(tmp_path):
   assert "--workdir" in one_error_line(run_module("aigc_jax.evaluate"))
   both = run_module("aigc_jax.evaluate", "--workdir", str(tmp_path), "--samples", "x.npz")
   assert "one of --workdir" in one_error_line(both)
 
 
+@pytest.mark.slow
 def test_sample_out_naming_a_directory_is_one_error_line(tmp_path):
   for out in (str(tmp_path), str(tmp_path / "new") + "/"):
     line = one_error_line(run_module("aigc_jax.sample", "--workdir", str(tmp_path), "--out", out))

@@ -42,6 +42,7 @@ def test_discriminator_update_leaves_generator_alone_and_vice_versa():
   assert max_change(new.players["g"].params, state.players["g"].params) > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_cosine_schedule_reaches_zero_after_total_steps(schedule):
   """Over total_steps=1 the cosine learning rates are 0 from the second step on (G and D)."""
@@ -54,6 +55,7 @@ def test_cosine_schedule_reaches_zero_after_total_steps(schedule):
   assert (moved < 1e-9) if schedule == "cosine" else (moved > 1e-5)  # cos(pi) may be 1 ulp off
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step,decay", [(0, 0.1), (5, 0.4), (1000, 0.9)])  # min(0.9, (1+t)/(10+t))
 def test_ema_follows_the_formula_with_its_warm_up(step, decay):
   trainable, state = make(ema_decay=0.9)
@@ -121,6 +123,7 @@ def test_rotation_loss_teaches_d_the_rotations_and_g_weight_moves_only_g():
   assert max_change(new1.players["g"].params, new0.players["g"].params) > 1e-5
 
 
+@pytest.mark.slow
 def test_g_topk_gives_g_the_gradient_of_the_top_rated_fakes_only():
   """With D frozen, G's update with g_topk=0.5 differs from all fakes', and g_loss is the
   non-saturating loss of the best half of the logits, so it is lower than all fakes'."""
@@ -134,6 +137,7 @@ def test_g_topk_gives_g_the_gradient_of_the_top_rated_fakes_only():
   assert max_change(top_state.players["g"].params, all_state.players["g"].params) > 1e-5
 
 
+@pytest.mark.slow
 def test_pixel_clusters_condition_g_and_d_on_cluster_ids_not_labels():
   config = config_lib.validate(config_lib.get_config("dcgan", pixel_clusters=4))
   family = families.get("dcgan")
@@ -182,6 +186,7 @@ def test_config_errors():
     make("dcgan", g_topk=0.0)
 
 
+@pytest.mark.slow
 def test_each_critic_update_takes_its_own_real_batch():
   """n_critic=2: the step's 16 rows are two batches of 8, in order. Shuffling rows within a
   batch changes nothing (no per-row noise without a GP); swapping the two batches does. (A large

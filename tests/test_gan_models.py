@@ -122,6 +122,7 @@ def outputs(name):
   return run(variables, x, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GENERATORS)
 def test_generator_shape_and_range(name):
   for out in outputs(name)[:2]:
@@ -328,6 +329,7 @@ def test_spectral_norm_gradients_reach_every_param():
   assert all(n > 0 for n in jax.tree_util.tree_leaves(norms)), norms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strides,padding,dilation", [((2, 2), "SAME", (1, 1)),
                                                       ((1, 1), ((1, 0), (2, 1)), (1, 1)),
                                                       ((1, 1), "VALID", (2, 2))])

@@ -45,6 +45,7 @@ def test_a_flipped_checkpoint_is_refused_and_the_previous_one_used(idx_dir, tmp_
   chex.assert_trees_all_equal(arrays(run.state), arrays(good))
 
 
+@pytest.mark.slow
 def test_resume_after_a_corrupt_checkpoint_ends_like_an_unbroken_run(idx_dir, tmp_path):  # noqa: F811
   unbroken, broken = str(tmp_path / "unbroken"), str(tmp_path / "broken")
   train.train_and_evaluate(small_config(idx_dir, num_train_steps=24), unbroken)
@@ -57,6 +58,7 @@ def test_resume_after_a_corrupt_checkpoint_ends_like_an_unbroken_run(idx_dir, tm
   chex.assert_trees_all_equal(arrays(got.state), arrays(want.state))
 
 
+@pytest.mark.slow
 def test_resume_from_a_chosen_step_drops_the_later_checkpoints(idx_dir, tmp_path):  # noqa: F811
   """Steps 8-16 trained again at another learning rate from --step 8 == a run that switched
   learning rates at step 8."""

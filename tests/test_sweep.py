@@ -87,6 +87,7 @@ def spec_of(data_dir, varies, halve_every=0, **overrides):
   return sweep_train.make_spec(config, varies, halve_every=halve_every)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("member_map", ["vmap", "unroll"])
 def test_members_train_like_their_configs_alone(idx_dir, tmp_path, member_map):  # noqa: F811
   spec = spec_of(idx_dir, ["learning_rate=1e-3,3e-3", "seed=0,1"])
@@ -105,6 +106,7 @@ def test_members_train_like_their_configs_alone(idx_dir, tmp_path, member_map): 
   assert [r["step"] for r in top] == [r["step"] for r in member_records]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):  # noqa: F811
   varies = ["learning_rate=1e-3,3e-3"]
@@ -119,6 +121,7 @@ def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):  # 
     chex.assert_trees_all_close(arrays(one), arrays(many), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):  # noqa: F811
   workdir = str(tmp_path / "sweep")
   spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
@@ -136,6 +139,7 @@ def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):  # noqa
   assert "stopped at 8 (halved)" in table and "finished" in table
 
 
+@pytest.mark.slow
 def test_a_diverged_member_stops_and_the_others_go_on(idx_dir, tmp_path):  # noqa: F811
   workdir = str(tmp_path / "sweep")
   table = sweep_train.run_sweep(spec_of(idx_dir, ["learning_rate=1e-3,1e9"]), workdir)
@@ -149,6 +153,7 @@ def test_a_diverged_member_stops_and_the_others_go_on(idx_dir, tmp_path):  # noq
     sweep_train.run_sweep(spec_of(idx_dir, ["learning_rate=1e9,1e10"]), str(tmp_path / "all"))
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):  # noqa: F811
   spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
   whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
@@ -170,6 +175,7 @@ def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):  # noqa: F811
     chex.assert_trees_all_equal(arrays(a), arrays(b))
 
 
+@pytest.mark.slow
 def test_an_exported_member_evaluates_like_a_normal_run(idx_dir, tmp_path):  # noqa: F811
   workdir = str(tmp_path / "sweep")
   sweep_train.run_sweep(spec_of(idx_dir, ["beta=1,0.5", "ema_decay=0.9,0.99"]), workdir)
@@ -191,6 +197,7 @@ def run_cli(*args):
                         text=True, cwd=ROOT, check=False)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
   experiment = os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py")
   cases = [

@@ -149,6 +149,7 @@ def test_no_retrace_across_steps_chunks_and_epochs(idx_dir, tmp_path, monkeypatc
   assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12, 16, 20, 24]
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_keeps_the_best(idx_dir, tmp_path):
   # lr so large that the eval metric gets worse after the first evaluation.
   config = small_config(idx_dir, num_train_steps=400, eval_every_steps=4, learning_rate=0.5,
@@ -211,6 +212,7 @@ def test_experiment_sample_and_evaluate_commands(idx_dir, tmp_path):
   assert np.isfinite(result["test_neg_elbo"])
 
 
+@pytest.mark.slow
 def test_commands_fail_with_one_clear_line(idx_dir, tmp_path):
   done = _python("experiments/vae_mlp_fashion_mnist.py", "--workdir", str(tmp_path / "x"),
                  "--config.lerning_rate=0.1")

@@ -37,6 +37,7 @@ def tiny_data(n=3, seed=0):
   return data_lib.to_device(images, np.arange(n, dtype=np.int32) % 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,conditional", [("vae_mlp", False), ("vae_mlp", True),
                                                ("vae_conv", False), ("vae_conv", True)])
 def test_shapes_per_model_and_label(model, conditional):
@@ -82,6 +83,7 @@ def test_conditional_decoder_depends_on_the_label():
   assert not np.allclose(out[0], out[1])
 
 
+@pytest.mark.slow
 def test_conv_activation_changes_the_function_not_the_parameters():
   info = data_lib.DATASETS["fashion_mnist"]
   family = families.get("vae_conv")
@@ -165,6 +167,7 @@ def test_discretized_logistic_eval_neg_elbo_matches_hand_computation():
   assert images.shape == (5, 2, 2, 1) and images.min() >= 0 and images.max() <= 1
 
 
+@pytest.mark.slow
 class JitAgreesTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -214,6 +217,7 @@ def test_full_evaluate_iwae_is_tighter_than_elbo_on_the_same_images():
   assert np.isfinite(result["test_neg_elbo"])
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_loss_falls_on_real_fashion_mnist():
   config = config_lib.get_config("vae_mlp", hidden_dim=128)

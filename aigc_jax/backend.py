@@ -50,6 +50,20 @@ def matmul_precision(config):
   return jax.default_matmul_precision(config.matmul_precision)
 
 
+def cpu_device_per_core() -> None:
+  """Asks XLA:CPU for one device per core the process may use, unless a count is already set
+  (`jax_num_cpu_devices`, or --xla_force_host_platform_device_count in XLA_FLAGS). Call it before
+  JAX starts a backend; afterwards it changes nothing. Work sharded over the devices (a sweep's
+  members) then runs on every core at once; GPU and TPU backends are not affected."""
+  if (jax.config.jax_num_cpu_devices > 0
+      or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+  except RuntimeError:  # a backend has started: its devices stay as they are
+    pass
+
+
 def _count(name: str) -> int:
   """The environment variable `name` as a count (0 when unset or not a number)."""
   text = os.environ.get(name, "").strip()

@@ -34,6 +34,7 @@ from aigc_jax import data as data_lib
 log = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
+MEMBER_AXIS = "members"
 MODES = ("none", "pmap", "shard_map")
 BINARIZE_STREAM = 3  # fold_in constant of the dynamic-binarization noise
 
@@ -70,7 +71,10 @@ class TrainLoop:
   With `members` ('vmap' or 'unroll'), the state and `perm` stack the members of a population
   on a leading axis (`population.Member`): the step is vmapped over them, or traced once per
   member in one program ('unroll': XLA:CPU runs vmapped convolutions on a slow path), and the
-  metric sums are per member.
+  metric sums are per member. In mode 'none', vmapped members are sharded over up to
+  `member_devices` of this process's devices (0: all; 1: one device): over the most of them that
+  divides the population's size, each running its share of the members. Place the stacked state
+  and `perm` with `put_state`, the shared data with `put_data(tree, members=N)`.
 
   With `steps_per_call` K > 1, up to K steps run inside one `lax.fori_loop` dispatch (the trip
   count is traced, so a shorter chunk does not recompile). With K = 1 every step is one
@@ -81,7 +85,7 @@ class TrainLoop:
 
   def __init__(self, train_step: Callable, *, batch_size: int, scale: str, binarize: bool,
                steps_per_call: int, mode: str, devices=None, batches_per_step: int = 1,
-               members: str = ""):
+               members: str = "", member_devices: int = 1):
     if mode not in MODES:
       raise ValueError(f"parallel mode '{mode}' is unknown; use one of {MODES}")
     self.mode = mode
@@ -92,6 +96,8 @@ class TrainLoop:
           f"batch_size {batch_size} is not divisible by the {self.num_devices} devices of "
           f"parallel='{mode}'; use a multiple of {self.num_devices}")
     self.steps_per_call = backend.steps_per_call(steps_per_call)
+    pool = jax.local_devices() if members == "vmap" and mode == "none" else []
+    self._member_pool = pool[:member_devices or len(pool)]
     self._mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
     axis = None if mode == "none" else DATA_AXIS
     batch = functools.partial(batch_at, batch_size=batch_size, batches_per_step=batches_per_step,
@@ -136,16 +142,27 @@ class TrainLoop:
     return jax.jit(jax.shard_map(fn, mesh=self._mesh, in_specs=spec, out_specs=spec,
                                  check_vma=False), donate_argnums=donate)
 
+  def member_mesh(self, num_members: int) -> jax.sharding.Mesh | None:
+    """The mesh that `num_members` members are sharded over in mode 'none' (None: one device)."""
+    size = max((k for k in range(1, len(self._member_pool) + 1) if num_members % k == 0),
+               default=1)
+    return None if size == 1 else jax.sharding.Mesh(np.array(self._member_pool[:size]),
+                                                    (MEMBER_AXIS,))
+
   def put_state(self, tree: Any) -> Any:
     """A single-copy pytree (state or data) placed for this loop: replicated on its devices.
 
     For 'pmap' that is one copy per device stacked on a leading device axis; every process passes
-    the same values and places its own devices' copies.
+    the same values and places its own devices' copies. A population's stacked tree (state,
+    `perm`) is sharded over its members' devices (`member_mesh`).
     """
     # Fresh buffers for every leaf: the state is donated, and two leaves may share one array
     # (e.g. the EMA parameters start as the generator's), which donation would reject.
     fresh = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # noqa: E731
     if self.mode == "none":
+      mesh = self._member_pool and self.member_mesh(len(jax.tree_util.tree_leaves(tree)[0]))
+      if mesh:
+        return fresh(jax.device_put(tree, NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))))
       return fresh(jax.device_put(tree, self.devices[0]))
     if self.mode == "shard_map":  # from host values: a committed array (e.g. a restored
       # checkpoint) put onto other processes' devices would be a cross-host transfer
@@ -157,7 +174,13 @@ class TrainLoop:
         lambda x: jax.make_array_from_process_local_data(
             stacked, np.broadcast_to(np.asarray(x), (local,) + np.shape(x))), tree)
 
-  put_data = put_state
+  def put_data(self, tree: Any, members: int = 0) -> Any:
+    """`tree` (the dataset) placed for this loop; for a population of `members` members, on
+    their devices."""
+    mesh = self.member_mesh(members) if self._member_pool and members else None
+    if mesh is None:
+      return self.put_state(tree) if self.mode != "none" else jax.device_put(tree, self.devices[0])
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
   def get_state(self, tree: Any) -> Any:
     """The single copy (on this process's first device) of a pytree placed by this loop."""
@@ -165,7 +188,7 @@ class TrainLoop:
       return jax.tree_util.tree_map(lambda x: x.addressable_data(0)[0], tree)
     if self.mode == "shard_map":
       return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
-    return tree
+    return jax.device_put(tree, self.devices[0]) if self._member_pool else tree
 
   def __call__(self, state, data, perm, start: int, num_steps: int):
     if self.steps_per_call == 1:
@@ -203,11 +226,13 @@ def _arity(fn: Callable) -> int:
 
 def make_train_loop(train_step: Callable, *, batch_size: int, scale: str = "zero_one",
                     binarize: bool = False, steps_per_call: int = 1, mode: str = "none",
-                    devices=None, batches_per_step: int = 1, members: str = "") -> TrainLoop:
+                    devices=None, batches_per_step: int = 1, members: str = "",
+                    member_devices: int = 1) -> TrainLoop:
   """The `TrainLoop` of `train_step(state, batch, axis_name=None)` in `mode` (see `MODES`)."""
   loop = TrainLoop(train_step, batch_size=batch_size, scale=scale, binarize=binarize,
                    steps_per_call=steps_per_call, mode=mode, devices=devices,
-                   batches_per_step=batches_per_step, members=members)
+                   batches_per_step=batches_per_step, members=members,
+                   member_devices=member_devices)
   if mode == "pmap" and loop.num_devices == 1:
     log.info("parallel='pmap' on a single device: it runs, but 'none' does the same work "
              "without the device axis")

@@ -8,6 +8,8 @@ SPEC is a list (`1e-4,3e-4,1e-3`: one value per member), a range sampled with th
 (`loguniform:1e-4:1e-2`, `uniform:0.5:0.9`: --members N values), or `seeds` (`--vary
 seed=seeds`: member i trains with seed + i). With --halve_every K the worse half of the members
 still training stop at every K-th evaluation; a member whose state stops being finite stops too.
+Vmapped members are sharded over this process's devices (--member_devices; on CPU the sweep makes
+one XLA device per core, so the members' steps use every core at once).
 
 DIR holds sweep.json (the members' values and when each stopped), checkpoints/ (the stacked
 states: the same command resumes an interrupted sweep exactly), metrics.jsonl (records with a
@@ -24,6 +26,7 @@ import os
 import shutil
 import sys
 
+from aigc_jax import backend
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import lock
@@ -88,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--member_map", choices=("auto", "vmap", "unroll"), default="auto",
                       help="the step over the members: vmapped, or one copy per member in one "
                       "program (auto: unrolled for convolutional models on CPU)")
+  parser.add_argument("--member_devices", type=int, default=0, metavar="N",
+                      help="shard vmapped members over up to N devices with parallel='none' "
+                      "(0: all of this process's devices)")
   parser.add_argument("--export", type=int, metavar="MEMBER", help="copy this member's run")
   parser.add_argument("--to", metavar="RUNDIR", help="where --export writes the run")
   return parser
@@ -96,14 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args, rest = build_parser().parse_known_args(argv)
   train.quiet_dependencies()
+  backend.cpu_device_per_core()
   try:
     if args.export is not None:
       if not args.to:
         raise config_lib.ConfigError("--export MEMBER needs --to RUNDIR")
       print(f"wrote {export(args.workdir, args.export, args.to)}")
       return 0
-    if args.halve_every < 0 or (args.members is not None and args.members < 2):
-      raise config_lib.ConfigError("--halve_every must be >= 0 and --members >= 2")
+    if args.halve_every < 0 or args.member_devices < 0 or (args.members is not None
+                                                           and args.members < 2):
+      raise config_lib.ConfigError("--halve_every and --member_devices must be >= 0 and "
+                                   "--members >= 2")
     if args.experiment is None:
       spec = read_spec(args.workdir)
       if spec is None:
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "experiments/NAME.py --workdir DIR --vary KEY=SPEC")
     else:
       spec = new_spec(args, rest)
-    print(run_sweep(spec, args.workdir, args.member_map))
+    print(run_sweep(spec, args.workdir, args.member_map, args.member_devices))
   except signals_lib.Stopped as e:
     print(str(e), file=sys.stderr)
     return e.exit_code

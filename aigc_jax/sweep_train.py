@@ -84,11 +84,12 @@ def num_members(spec: dict) -> int:
   return len(next(iter(spec["values"].values())))
 
 
-def setup(spec: dict, workdir: str, member_map: str = "auto") -> Sweep:
+def setup(spec: dict, workdir: str, member_map: str = "auto", member_devices: int = 0) -> Sweep:
   """Member configs, the data, member 0's Run with the population loop, the writers. Raises
   ConfigError for a varied key the step cannot take as a value. `member_map`: how the step runs
   over the members ('vmap', 'unroll', or 'auto': unrolled on CPU for a model whose steps run one
-  per dispatch there, i.e. a convolutional one; vmapped otherwise)."""
+  per dispatch there, i.e. a convolutional one; vmapped otherwise). Vmapped members with
+  parallel='none' are sharded over up to `member_devices` devices (0: all of this process's)."""
   shared = dict(spec["config"])
   base = config_lib.get_config(shared.pop("model"), **shared)
   configs = pop_lib.member_configs(base, spec["values"])
@@ -96,7 +97,7 @@ def setup(spec: dict, workdir: str, member_map: str = "auto") -> Sweep:
   step = functools.partial(pop_lib.member_step, family=family, config=configs[0], info=info)
   conv = backend.steps_per_call(base.steps_per_call) == 1  # models whose loops are slow on CPU
   member_map = backend.choose(member_map, "unroll" if conv else "vmap", "vmap")
-  run = train.setup(configs[0], workdir, step, member_map)
+  run = train.setup(configs[0], workdir, step, member_map, member_devices)
   trainables = [run.trainable] + [family.build(c, info, run.schedule.total) for c in configs[1:]]
   rows = base.batch_size * family.batches_per_step(base)
   batch = {"image": jax.ShapeDtypeStruct((rows,) + tuple(info.image_shape), jnp.float32),
@@ -110,15 +111,14 @@ def setup(spec: dict, workdir: str, member_map: str = "auto") -> Sweep:
 
 
 def init_population(sweep: Sweep, members: list[int]) -> pop_lib.Member:
-  """The stacked fresh states of `members`, each from its own config's seed. One compiled init
-  serves them all: an init's values depend on the seed only, its shapes on the config."""
+  """The stacked fresh states of `members`, each from its own config's seed, by one vmapped
+  init: an init's values depend on the seed only, its shapes on the config."""
   rngs = [jax.random.PRNGKey(sweep.configs[m].seed) for m in members]
   pop_lib.check_shapes([jax.eval_shape(sweep.trainables[m].init, rng)
                         for m, rng in zip(members, rngs)])
-  init = jax.jit(sweep.trainables[members[0]].init)
-  states = [init(rng) for rng in rngs]
+  state = jax.jit(jax.vmap(sweep.trainables[members[0]].init))(jnp.stack(rngs))
   values = pop_lib.stepped_values(sweep.spec["values"])
-  return pop_lib.Member(state=pop_lib.stack(states), values=pop_lib.take(values, members))
+  return pop_lib.Member(state=state, values=pop_lib.take(values, members))
 
 
 def restore_or_init(sweep: Sweep) -> tuple[pop_lib.Member, list[int]]:
@@ -155,11 +155,15 @@ def finite_rows(tree) -> jax.Array:
   return jnp.all(jnp.stack(rows), axis=0)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _permutations(seeds: jax.Array, epoch: int, num_train: int) -> jax.Array:
+  return jax.vmap(data_lib.epoch_permutation, in_axes=(0, None, None))(seeds, epoch, num_train)
+
+
 def permutations(sweep: Sweep, members: list[int], epoch: int):
   """(N, num_train) int32: each member's data order for `epoch`, from its own seed."""
-  num_train = len(sweep.run.train_data.labels)
-  return jnp.stack([data_lib.epoch_permutation(int(sweep.configs[m].seed), epoch, num_train)
-                    for m in members])
+  seeds = np.asarray([int(sweep.configs[m].seed) for m in members], np.int32)
+  return _permutations(seeds, np.int32(epoch), len(sweep.run.train_data.labels))
 
 
 def record_train(sweep: Sweep, members: list[int], step: int, meter: train.TrainMeter) -> dict:
@@ -249,28 +253,32 @@ def stop_members(sweep: Sweep, population, members: list[int], stops: dict, step
 
 
 class LoopState:
-  """The sweep loop's moving parts: the placed population, its members and data order."""
+  """The sweep loop's moving parts: the placed population, its members, data and data order."""
 
   def __init__(self, sweep: Sweep, population, members: list[int]):
-    self.sweep, self.members, self.perm_epoch, self.perm = sweep, members, None, None
-    self.placed = sweep.run.loop.put_state(population)
-    self.meter = train.TrainMeter()
+    self.sweep, self.meter = sweep, train.TrainMeter()
+    self.keep(population, members)
 
-  def advance(self, data, step: int, boundary: int) -> None:
+  def advance(self, step: int, boundary: int) -> None:
     sched, loop = self.sweep.run.schedule, self.sweep.run.loop
     epoch, index = divmod(step, sched.steps_per_epoch)
     if epoch != self.perm_epoch:
       self.perm_epoch = epoch
-      self.perm = loop.put_data(permutations(self.sweep, self.members, epoch))
-    self.placed, sums = loop(self.placed, data, self.perm, index, boundary - step)
+      self.perm = loop.put_state(permutations(self.sweep, self.members, epoch))
+    self.placed, sums = loop(self.placed, self.data, self.perm, index, boundary - step)
     self.meter.add(sums, boundary - step)
 
   def keep(self, population, members: list[int]) -> None:
-    rows = [self.members.index(m) for m in members]
+    """Trains `population`, the stacked states of `members` (placed anew: their devices follow
+    their number)."""
     if self.meter.sums is not None:
-      self.meter.sums = pop_lib.take(self.meter.sums, rows)
-    self.members, self.perm_epoch = members, None
-    self.placed = self.sweep.run.loop.put_state(population)
+      self.meter.sums = pop_lib.take(self.meter.sums, [self.members.index(m) for m in members])
+    loop = self.sweep.run.loop
+    self.members, self.perm_epoch, self.perm = members, None, None
+    self.placed = loop.put_state(population)
+    self.data = loop.put_data(self.sweep.run.train_data, len(members))
+    train.log.info("%d members on %d device(s)", len(members),
+                   len(jax.tree_util.tree_leaves(self.placed)[0].sharding.device_set))
 
 
 def boundary(sweep: Sweep, ls: LoopState, step: int, bar) -> dict:
@@ -305,11 +313,11 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
   step = int(np.asarray(population.state.step)[0])
   for writer in [run.writer] + sweep.member_writers:
     writer.truncate_after(step)
-  ls, data, results = LoopState(sweep, population, members), run.loop.put_data(run.train_data), {}
+  ls, results = LoopState(sweep, population, members), {}
   with signals_lib.StopSignals() as signals:
     while step < sched.total:
       end = sched.next_boundary(step)
-      ls.advance(data, step, end)
+      ls.advance(step, end)
       bar.update(end - step)
       step = end
       done, signum = boundary(sweep, ls, step, bar), signals.agreed()
@@ -351,8 +359,9 @@ def summary(sweep: Sweep) -> str:
   return "\n".join(lines)
 
 
-def run_sweep(spec: dict, workdir: str, member_map: str = "auto") -> str:
-  """Trains (or resumes) the sweep `spec` in `workdir`; returns its summary table."""
+def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices: int = 0) -> str:
+  """Trains (or resumes) the sweep `spec` in `workdir` (`setup` for `member_map` and
+  `member_devices`); returns its summary table."""
   claim = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with claim:
     saved = read_spec(workdir)
@@ -362,7 +371,7 @@ def run_sweep(spec: dict, workdir: str, member_map: str = "auto") -> str:
           f"{workdir} holds a sweep of another config or other values ({SWEEP_FILE}); resume "
           f"it with python -m aigc_jax.sweep --workdir {workdir}, or use a new --workdir")
     spec = saved or spec
-    sweep = setup(spec, workdir, member_map)
+    sweep = setup(spec, workdir, member_map, member_devices)
     bar = None
     try:
       population, members = restore_or_init(sweep)

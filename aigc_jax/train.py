@@ -152,12 +152,13 @@ class Run(NamedTuple):
   writer: writers.MetricWriter
 
 
-def setup(config, workdir: str, population_step=None, member_map: str = "vmap") -> Run:
+def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
+          member_devices: int = 1) -> Run:
   """Loads the data, builds the family and its train loop, opens the checkpoints and metrics.
 
   With `population_step(members, batch, *, total_steps, axis_name=None)`, the loop runs that step
-  over a stacked population (`parallel.TrainLoop(members=member_map)`) and metrics.jsonl gets no
-  TensorBoard run."""
+  over a stacked population (`parallel.TrainLoop(members=member_map, member_devices=...)`) and
+  metrics.jsonl gets no TensorBoard run."""
   family = families.get(config.model)
   images, labels = data_lib.load_config_split(config, "train")
   train_data = data_lib.to_device(images, family.train_labels(config, images, labels, workdir))
@@ -172,7 +173,8 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap") 
                                     binarize=config.binarize,
                                     steps_per_call=config.steps_per_call, mode=config.parallel,
                                     batches_per_step=batches_per_step,
-                                    members="" if population_step is None else member_map)
+                                    members="" if population_step is None else member_map,
+                                    member_devices=member_devices)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
   log.info("%s", backend.describe_devices())

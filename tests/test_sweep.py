@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from aigc_jax import config as config_lib
+from aigc_jax import parallel
 from aigc_jax import population as pop_lib
 from aigc_jax import sweep
 from aigc_jax import sweep_train
@@ -119,6 +120,36 @@ def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):  # 
     one = restore(sweep_train.member_dir(str(tmp_path / "one"), m)).state
     many = restore(sweep_train.member_dir(str(tmp_path / "many"), m)).state
     chex.assert_trees_all_close(arrays(one), arrays(many), rtol=1e-4, atol=1e-5)
+
+
+def test_members_go_to_the_most_devices_that_divide_them():
+  step = lambda state, batch: (state, {})  # noqa: E731
+  sizes = lambda loop: [None if mesh is None else mesh.size  # noqa: E731
+                        for mesh in map(loop.member_mesh, [1, 2, 3, 4, 5, 6, 8])]
+  loop = parallel.make_train_loop(step, batch_size=8, members="vmap", member_devices=0)
+  assert jax.local_device_count() == 4 and sizes(loop) == [None, 2, 3, 4, None, 3, 4]
+  two = parallel.make_train_loop(step, batch_size=8, members="vmap", member_devices=2)
+  assert sizes(two) == [None, 2, None, 2, None, 2, 2]
+  for one in (parallel.make_train_loop(step, batch_size=8, members="vmap", member_devices=1),
+              parallel.make_train_loop(step, batch_size=8, members="unroll", member_devices=0),
+              parallel.make_train_loop(step, batch_size=8, members="vmap", mode="shard_map")):
+    assert sizes(one) == [None] * 7
+
+
+@pytest.mark.slow
+def test_members_sharded_over_devices_train_like_on_one(idx_dir, tmp_path):  # noqa: F811
+  spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
+  sweep_train.run_sweep(spec, str(tmp_path / "one"), "vmap", member_devices=1)
+  sweep_train.run_sweep(spec, str(tmp_path / "many"), "vmap")
+  for m in range(4):
+    one = restore(sweep_train.member_dir(str(tmp_path / "one"), m)).state
+    many = restore(sweep_train.member_dir(str(tmp_path / "many"), m)).state
+    chex.assert_trees_all_close(arrays(one), arrays(many), rtol=1e-5, atol=1e-6)
+  fresh = sweep_train.setup(spec, str(tmp_path / "fresh"), "vmap")
+  placed = sweep_train.LoopState(fresh, *sweep_train.restore_or_init(fresh))
+  fresh.run.checkpoints.close()
+  assert len(placed.placed.state.step.sharding.device_set) == 4
+  assert len(placed.data.images.sharding.device_set) == 4
 
 
 @pytest.mark.slow

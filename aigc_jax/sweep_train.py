@@ -282,15 +282,15 @@ class LoopState:
 
 
 def boundary(sweep: Sweep, ls: LoopState, step: int, bar) -> dict:
-  """Logs, evaluates, stops members and checkpoints at `step`, as the schedule says; returns
-  the evaluation's {member: metrics} ({} when none ran)."""
-  sched = sweep.run.schedule
-  population = sweep.run.loop.get_state(ls.placed)
+  """Logs, evaluates and stops members at `step`, as the schedule says; returns the evaluation's
+  {member: metrics} ({} when none ran) and whether the schedule checkpoints here."""
+  sched, loop = sweep.run.schedule, sweep.run.loop
   stops, results = {}, {}
   if step % sched.log_every == 0 or step == sched.total:
     stops.update(record_train(sweep, ls.members, step, ls.meter))
   evaluated = step % sched.eval_every == 0 or step == sched.total
   saving = evaluated or step % sched.checkpoint_every == 0
+  population = loop.get_state(ls.placed) if saving or stops else None  # one device's copy
   if saving:
     finite = np.asarray(finite_rows(population.state))
     stops.update({m: "diverged" for i, m in enumerate(ls.members) if not finite[i]})
@@ -304,7 +304,7 @@ def boundary(sweep: Sweep, ls: LoopState, step: int, bar) -> dict:
       raise train.TrainingError(f"every member of the sweep diverged by step {step}; lower the "
                                 "learning rates")
     ls.keep(population, members)
-  return {"population": population, "results": results, "save": saving}
+  return {"results": results, "save": saving}
 
 
 def sweep_loop(sweep: Sweep, population, members: list[int], bar):
@@ -321,10 +321,9 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
       bar.update(end - step)
       step = end
       done, signum = boundary(sweep, ls, step, bar), signals.agreed()
-      population, results = done["population"], done["results"] or results
+      results = done["results"] or results
       if done["save"] or signum is not None:
-        population = run.loop.get_state(ls.placed)
-        run.checkpoints.save(step, jax.device_get(population))
+        run.checkpoints.save(step, jax.device_get(run.loop.get_state(ls.placed)))
       if done["save"]:
         ls.meter.start = train.time.perf_counter()  # steps_per_second counts training only
       if signum is not None and step < sched.total:

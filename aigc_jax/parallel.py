@@ -160,8 +160,9 @@ class TrainLoop:
     # (e.g. the EMA parameters start as the generator's), which donation would reject.
     fresh = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # noqa: E731
     if self.mode == "none":
-      mesh = self._member_pool and self.member_mesh(len(jax.tree_util.tree_leaves(tree)[0]))
-      if mesh:
+      mesh = (self.member_mesh(len(jax.tree_util.tree_leaves(tree)[0])) if self._member_pool
+              else None)
+      if mesh is not None:
         return fresh(jax.device_put(tree, NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))))
       return fresh(jax.device_put(tree, self.devices[0]))
     if self.mode == "shard_map":  # from host values: a committed array (e.g. a restored

@@ -169,12 +169,11 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   step = (trainable.train_step if population_step is None else
           functools.partial(population_step, total_steps=schedule.total))
   try:
-    loop = parallel.make_train_loop(step, batch_size=config.batch_size, scale=config.scale,
-                                    binarize=config.binarize,
-                                    steps_per_call=config.steps_per_call, mode=config.parallel,
-                                    batches_per_step=batches_per_step,
-                                    members="" if population_step is None else member_map,
-                                    member_devices=member_devices)
+    loop = parallel.make_train_loop(
+        step, batch_size=config.batch_size, scale=config.scale, binarize=config.binarize,
+        steps_per_call=config.steps_per_call, mode=config.parallel,
+        batches_per_step=batches_per_step, member_devices=member_devices,
+        members="" if population_step is None else member_map)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
   log.info("%s", backend.describe_devices())
@@ -184,8 +183,7 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   checkpoints = workdir_lib.open_checkpoints(workdir, config, trainable)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
                                 tensorboard=population_step is None)
-  return Run(config, workdir, trainable, loop, schedule, train_data, test_data, checkpoints,
-             writer)
+  return Run(config, workdir, trainable, loop, schedule, train_data, test_data, checkpoints, writer)
 
 
 def restore_or_init(run: Run, step: int | None = None):

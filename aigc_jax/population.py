@@ -148,13 +148,6 @@ def check_shapes(trees: Sequence[Any]) -> None:
           "ema_decay=0 turns a part of the state off); choose values on the same side of 0")
 
 
-def stack(trees: Sequence[Any]) -> Any:
-  """One tree whose leaves stack the `trees`' leaves (of equal shapes: `check_shapes`) on a new
-  leading axis, in the first tree's structure."""
-  columns = [jnp.stack(column) for column in zip(*(jax.tree_util.tree_leaves(t) for t in trees))]
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(trees[0]), columns)
-
-
 def row(tree, i: int) -> Any:
   """Member `i` of a stacked tree."""
   return jax.tree_util.tree_map(lambda x: x[i], tree)

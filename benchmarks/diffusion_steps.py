@@ -1,12 +1,13 @@
 """Sample quality against sampling steps for a trained diffusion workdir.
 
   python benchmarks/diffusion_steps.py --workdir runs/flow [--num 1000] [--steps 5 10 25 50]
-      [--samplers euler heun] [--out docs/diffusion_steps.png]
+      [--samplers euler heun] [--guidance_scale W] [--out docs/diffusion_steps.png]
 
 For each sampler and step count: FID, precision and recall of `--num` EMA samples against as many
-test images (the evaluation CLI's metrics and seeds), the network evaluations per image and the
-seconds of sampling and scoring. Prints a Markdown table and draws FID against network
-evaluations per sampler.
+test images (the evaluation CLI's metrics and seeds; label_acc too for a class-conditional
+model, guided at the config's scale or `--guidance_scale`), the network evaluations per image
+(twice as many when guided) and the seconds of sampling and scoring. Prints a Markdown table and
+draws FID against network evaluations per sampler.
 """
 
 from __future__ import annotations
@@ -23,29 +24,36 @@ from aigc_jax.families import sample_eval
 EVALUATIONS_PER_STEP = {"ddim": 1, "ddpm": 1, "euler": 1, "heun": 2}
 
 
-def sweep(workdir: str, num: int, steps: list[int], samplers: list[str]) -> list[dict]:
+def sweep(workdir: str, num: int, steps: list[int], samplers: list[str],
+          guidance_scale: float | None = None) -> list[dict]:
   run = workdir_lib.load_trained(workdir, "latest")
   test = workdir_lib.load_test_data(run.config)
-  scores = sample_eval.SampleEvaluator(run.config, run.trainable.sample, False, raw=False)
+  conditional = bool(run.config.conditional)
+  guided = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+  scale = run.config.guidance_scale if guidance_scale is None else guidance_scale
+  passes = 2 if conditional and scale != 1.0 else 1  # guidance runs the network twice
+  scores = sample_eval.SampleEvaluator(run.config, run.trainable.sample, conditional, raw=False)
   real = scores.real_features(test, num)
   rows = []
   for sampler in samplers:
     for k in steps:
       start = time.perf_counter()
-      metrics = scores.sample_metrics(run.state, real, num, sampler=sampler, sample_steps=k)
+      metrics = scores.sample_metrics(run.state, real, num, sampler=sampler, sample_steps=k,
+                                      **guided)
       seconds = time.perf_counter() - start
-      rows.append(dict(sampler=sampler, steps=k, nfe=k * EVALUATIONS_PER_STEP[sampler],
-                       seconds=seconds, **{m: metrics[m] for m in ("fid", "precision",
-                                                                   "recall")}))
+      rows.append(dict(sampler=sampler, steps=k, nfe=k * EVALUATIONS_PER_STEP[sampler] * passes,
+                       seconds=seconds, label_acc=metrics.get("label_acc", float("nan")),
+                       **{m: metrics[m] for m in ("fid", "precision", "recall")}))
       print(rows[-1], flush=True)
   return rows
 
 
 def table(rows: list[dict], num: int) -> str:
   lines = [f"| sampler | steps | network evaluations | FID ({num}) | precision | recall | "
-           "seconds |", "|---|---|---|---|---|---|---|"]
+           "label_acc | seconds |", "|---|---|---|---|---|---|---|---|"]
   lines += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.2f} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds']:.1f} |" for r in rows]
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['label_acc']:.3f} | "
+            f"{r['seconds']:.1f} |" for r in rows]
   return "\n".join(lines)
 
 
@@ -70,9 +78,11 @@ def main() -> None:
   parser.add_argument("--num", type=int, default=1000)
   parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50])
   parser.add_argument("--samplers", nargs="+", default=["euler", "heun"])
+  parser.add_argument("--guidance_scale", type=float, default=None,
+                      help="a class-conditional model's guidance (default: its config's)")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
-  rows = sweep(args.workdir, args.num, args.steps, args.samplers)
+  rows = sweep(args.workdir, args.num, args.steps, args.samplers, args.guidance_scale)
   print(table(rows, args.num))
   if args.out:
     plot(rows, args.out)

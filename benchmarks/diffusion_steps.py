@@ -19,6 +19,7 @@ from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
 
 from aigc_jax import workdir as workdir_lib
+from aigc_jax.families import diffusion as diffusion_family
 from aigc_jax.families import sample_eval
 
 EVALUATIONS_PER_STEP = {"ddim": 1, "ddpm": 1, "euler": 1, "heun": 2}
@@ -30,7 +31,7 @@ def sweep(workdir: str, num: int, steps: list[int], samplers: list[str],
   test = workdir_lib.load_test_data(run.config)
   conditional = bool(run.config.conditional)
   guided = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
-  scale = run.config.guidance_scale if guidance_scale is None else guidance_scale
+  scale = diffusion_family.sampling(run.config, guidance_scale=guidance_scale).guidance_scale
   passes = 2 if conditional and scale != 1.0 else 1  # guidance runs the network twice
   scores = sample_eval.SampleEvaluator(run.config, run.trainable.sample, conditional, raw=False)
   real = scores.real_features(test, num)

@@ -4,8 +4,8 @@ samples guided at scale 2 (each class asked for in turn; evaluation reports labe
 
 Result (partial; 2026-12-03, 2-core AVX-512 CPU, seed 0): 7 of the 20 epochs were trained
 (3276 steps: 51 min of step time, epochs 1-3 beside test runs at 0.6-0.9 steps/s; 1.5 steps/s,
-about 36 min, on a quiet machine). Scored
-against the test set with DDIM, 25 steps (label_acc floor 0.975-0.978: the test images' own):
+about 36 min, on a quiet machine). Scored against the test set with DDIM, 25 steps (label_acc
+floor 0.975-0.978: the test images' own):
 
 | epochs | samples | guidance | label_acc | FID | precision | recall |
 |---|---|---|---|---|---|---|

@@ -43,7 +43,7 @@ def sweep(workdir: str, num: int, steps: list[int], samplers: list[str],
                                       **guided)
       seconds = time.perf_counter() - start
       rows.append(dict(sampler=sampler, steps=k, nfe=k * EVALUATIONS_PER_STEP[sampler] * passes,
-                       seconds=seconds, label_acc=metrics.get("label_acc", float("nan")),
+                       seconds=seconds, label_acc=metrics.get("label_acc"),
                        **{m: metrics[m] for m in ("fid", "precision", "recall")}))
       print(rows[-1], flush=True)
   return rows
@@ -53,9 +53,13 @@ def table(rows: list[dict], num: int) -> str:
   lines = [f"| sampler | steps | network evaluations | FID ({num}) | precision | recall | "
            "label_acc | seconds |", "|---|---|---|---|---|---|---|---|"]
   lines += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.2f} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['label_acc']:.3f} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {_maybe(r['label_acc'])} | "
             f"{r['seconds']:.1f} |" for r in rows]
   return "\n".join(lines)
+
+
+def _maybe(value: float | None) -> str:
+  return "-" if value is None else f"{value:.3f}"
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -22,8 +22,6 @@ from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import diffusion as diffusion_family
 from aigc_jax.families import sample_eval
 
-EVALUATIONS_PER_STEP = {"ddim": 1, "ddpm": 1, "euler": 1, "heun": 2}
-
 
 def sweep(workdir: str, num: int, steps: list[int], samplers: list[str],
           guidance_scale: float | None = None) -> list[dict]:
@@ -31,8 +29,6 @@ def sweep(workdir: str, num: int, steps: list[int], samplers: list[str],
   test = workdir_lib.load_test_data(run.config)
   conditional = bool(run.config.conditional)
   guided = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
-  scale = diffusion_family.sampling(run.config, guidance_scale=guidance_scale).guidance_scale
-  passes = 2 if conditional and scale != 1.0 else 1  # guidance runs the network twice
   scores = sample_eval.SampleEvaluator(run.config, run.trainable.sample, conditional, raw=False)
   real = scores.real_features(test, num)
   rows = []
@@ -42,7 +38,9 @@ def sweep(workdir: str, num: int, steps: list[int], samplers: list[str],
       metrics = scores.sample_metrics(run.state, real, num, sampler=sampler, sample_steps=k,
                                       **guided)
       seconds = time.perf_counter() - start
-      rows.append(dict(sampler=sampler, steps=k, nfe=k * EVALUATIONS_PER_STEP[sampler] * passes,
+      how = diffusion_family.sampling(run.config, sampler, k, guidance_scale)
+      rows.append(dict(sampler=sampler, steps=k,
+                       nfe=diffusion_family.network_evaluations(how, conditional),
                        seconds=seconds, label_acc=metrics.get("label_acc"),
                        **{m: metrics[m] for m in ("fid", "precision", "recall")}))
       print(rows[-1], flush=True)

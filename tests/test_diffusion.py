@@ -154,6 +154,17 @@ def test_python_and_scanned_sampling_loops_agree():
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_network_evaluations_count_heuns_correction_and_guidance():
+  def count(sampler, scale, conditional):
+    return family.network_evaluations(family.Sampling(sampler, 10, scale, True, "python"),
+                                      conditional)
+  assert count("ddim", 1.0, True) == 10
+  assert count("ddpm", 3.0, True) == 20
+  assert count("heun", 2.0, True) == 40
+  assert count("heun", 2.0, False) == 20  # an unconditional model ignores the scale
+  assert count("euler", 1.0, False) == 10
+
+
 @pytest.mark.slow
 def test_guidance_mixes_the_conditional_and_null_predictions():
   _, trainable = tiny(conditional=True)

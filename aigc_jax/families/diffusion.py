@@ -149,6 +149,20 @@ class Sampling(NamedTuple):
   clip: bool
   loop: str
 
+  @property
+  def guided(self) -> bool:
+    """Whether a conditional model mixes in its unconditional output (scale other than 1)."""
+    return self.guidance_scale != 1.0
+
+
+# Network evaluations per image in one step of each sampler (Heun's method corrects with a second).
+EVALUATIONS_PER_STEP = {"ddim": 1, "ddpm": 1, "euler": 1, "heun": 2}
+
+
+def network_evaluations(how: Sampling, conditional: bool) -> int:
+  """Network evaluations per image over the whole plan; guidance runs the network twice."""
+  return how.steps * EVALUATIONS_PER_STEP[how.sampler] * (2 if conditional and how.guided else 1)
+
 
 def build_model(config, info: data_lib.DatasetInfo) -> unet.UNet:
   return unet.UNet(out_channels=info.image_shape[-1], base_features=config.base_features,
@@ -336,7 +350,7 @@ def scanned_steps(params, x, grid, rng, labels, guidance, *, net: Net, how: Samp
 def denoise(params, x, rng, labels, *, net: Net, how: Sampling):
   """Data in [-1, 1] from the noise `x` along the sampler's plan."""
   grid = jnp.asarray(diffusion.plan(net.objective, net.schedule, how.steps))
-  guidance = None if how.guidance_scale == 1.0 else jnp.float32(how.guidance_scale)
+  guidance = jnp.float32(how.guidance_scale) if how.guided else None
   if how.loop == "scan":
     return scanned_steps(params, x, grid, rng, labels, guidance, net=net, how=how)
   for i in range(how.steps):

@@ -69,6 +69,15 @@ def denoised(objective: str, out, x_t, abar):
   raise ValueError(f"denoised needs objective 'eps' or 'v', got {objective!r}")
 
 
+def min_snr_weight(objective: str, level, gamma: float):
+  """Per-example loss weights min(SNR, gamma) / SNR (eps) or / (SNR + 1) (v), SNR = abar / (1 -
+  abar) at `level` = abar (Hang et al., 2023): errors at low noise count up to gamma / SNR."""
+  if objective not in ("eps", "v"):
+    raise ValueError(f"min-SNR weighting needs objective 'eps' or 'v', got {objective!r}")
+  snr = level / (1.0 - level)
+  return jnp.minimum(snr, gamma) / (snr if objective == "eps" else snr + 1.0)
+
+
 def plan(objective: str, schedule: str, sample_steps: int) -> np.ndarray:
   """(sample_steps + 1, 2) float32 rows of (network time, level), from noise to data.
 

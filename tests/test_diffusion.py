@@ -87,12 +87,27 @@ def test_loss_is_the_squared_error_to_the_target():
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(3), (4, 28, 28, 1)) * 2 - 1,
            "label": jnp.arange(4)}
   rng = jax.random.PRNGKey(4)
-  loss = jax.jit(family.per_example_loss, static_argnums=0)(net, state.ema_params, batch, rng)
-  x_t, time, goal = jax.jit(family.noised_batch, static_argnums=0)(net, batch["image"],
-                                                                    jax.random.split(rng)[0])
+  loss_of = jax.jit(family.per_example_loss, static_argnums=0, static_argnames="min_snr_gamma")
+  loss = loss_of(net, state.ema_params, batch, rng)
+  x_t, time, level, goal = jax.jit(family.noised_batch, static_argnums=0)(
+      net, batch["image"], jax.random.split(rng)[0])
   out = jax.jit(net.model.apply)(state.ema_params, x_t, time)
-  np.testing.assert_allclose(loss, np.mean((out - goal) ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  squared = np.mean((out - goal) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(loss, squared, rtol=1e-5)
   assert np.all((time >= 0) & (time < 1)) and config.objective == "v"
+  snr = level / (1 - level)  # v-prediction: min(SNR, 2) / (SNR + 1)
+  np.testing.assert_allclose(loss_of(net, state.ema_params, batch, rng, min_snr_gamma=2.0),
+                             squared * np.minimum(snr, 2.0) / (snr + 1), rtol=1e-5)
+
+
+def test_min_snr_weights_by_hand():
+  levels = jnp.asarray([0.5, 0.9, 0.1])  # SNR 1, 9, 1/9
+  np.testing.assert_allclose(diffusion.min_snr_weight("eps", levels, 5.0), [1.0, 5 / 9, 1.0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(diffusion.min_snr_weight("v", levels, 5.0), [0.5, 0.5, 0.1],
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="objective 'eps' or 'v'"):
+    diffusion.min_snr_weight("flow", levels, 5.0)
 
 
 def sample_from(trainable, how, x, labels=None):
@@ -211,6 +226,7 @@ def test_sample_chunks_do_not_depend_on_the_count(monkeypatch):
     (dict(base_features=12), "multiple of 8"),
     (dict(multipliers=(1, 2, 2), patch=2), "must divide by patch * 2^(levels - 1) = 8"),
     (dict(objective="x0"), "objective"),
+    (dict(objective="flow", sampler="heun", min_snr_gamma=5.0), "0 for objective 'flow'"),
 ])
 def test_config_errors_name_the_fix(overrides, words):
   with pytest.raises(config_lib.ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")

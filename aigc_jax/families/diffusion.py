@@ -59,6 +59,7 @@ def default_config(model: str) -> dict:
       attention_heads=4,  # self-attention at the lowest resolution
       conditional=False,  # class-conditional, trained with label dropout for guidance
       label_dropout=0.1,  # conditional: the fraction of labels replaced by the null label
+      min_snr_gamma=0.0,  # eps/v: > 0 weights the loss by min(SNR, gamma) / SNR (v: SNR + 1)
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t)); 0 = off
       # Sampling defaults (each can be chosen again when sampling or evaluating): the sampler
       # ('' = ddim for eps/v, heun for flow), its steps, the guidance scale of a conditional
@@ -95,6 +96,8 @@ def validate_config(config, need) -> None:
        "(conditional=True); an unconditional one samples with 1")
   need(0.0 <= config.label_dropout < 1.0,
        f"label_dropout must be in [0, 1), got {config.label_dropout}")
+  need(config.min_snr_gamma >= 0 and (config.min_snr_gamma == 0 or config.objective != "flow"),
+       f"min_snr_gamma must be >= 0, and 0 for objective 'flow', got {config.min_snr_gamma}")
   need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
   need(config.sample_loop in ("auto",) + SAMPLE_LOOPS,
        f"sample_loop '{config.sample_loop}' is unknown; choose 'auto' or one of {SAMPLE_LOOPS}")
@@ -222,7 +225,8 @@ def eval_params(state: TrainState):
 
 
 def noised_batch(net: Net, x0, rng, axis_name=None):
-  """(x_t, network time (B,), target) of data `x0` at per-example random times and noise."""
+  """(x_t, network time (B,), level (B,), target) of data `x0` at per-example random times and
+  noise."""
   k_time, k_noise = jax.random.split(rng)
   noise = batch_noise(jax.random.normal, k_noise, x0.shape, axis_name)
   if net.objective == "flow":
@@ -233,19 +237,24 @@ def noised_batch(net: Net, x0, rng, axis_name=None):
     level = jnp.asarray(diffusion.alpha_bars(net.schedule), jnp.float32)[steps]
     time = steps / diffusion.NUM_TIMESTEPS
   x_t = diffusion.noisy(net.objective, x0, noise, level)
-  return x_t, time, diffusion.target(net.objective, x0, noise, level)
+  return x_t, time, level, diffusion.target(net.objective, x0, noise, level)
 
 
-def per_example_loss(net: Net, params, batch, rng, label_dropout: float = 0.0, axis_name=None):
-  """The squared error of the network's output against its target, mean per example (B,)."""
+def per_example_loss(net: Net, params, batch, rng, label_dropout: float = 0.0, axis_name=None,
+                     min_snr_gamma: float = 0.0):
+  """The squared error of the network's output against its target, mean per example (B,),
+  weighted by `diffusion.min_snr_weight` when min_snr_gamma > 0."""
   k_noise, k_drop = jax.random.split(rng)
-  x_t, time, goal = noised_batch(net, batch["image"], k_noise, axis_name)
+  x_t, time, level, goal = noised_batch(net, batch["image"], k_noise, axis_name)
   labels = net.labels(batch)
   if labels is not None and label_dropout > 0:
     drop = batch_noise(jax.random.uniform, k_drop, labels.shape, axis_name) < label_dropout
     labels = jnp.where(drop, net.num_classes, labels)
   out = net.model.apply(params, x_t, time, labels)
-  return jnp.mean(jnp.square(out - goal), axis=tuple(range(1, out.ndim)))
+  loss = jnp.mean(jnp.square(out - goal), axis=tuple(range(1, out.ndim)))
+  if min_snr_gamma > 0:
+    loss = loss * diffusion.min_snr_weight(net.objective, level, min_snr_gamma)
+  return loss
 
 
 def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | None = None):
@@ -254,7 +263,7 @@ def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | N
 
   def loss_fn(params):
     loss = jnp.mean(per_example_loss(net, params, batch, step_rng(state), config.label_dropout,
-                                     axis_name))
+                                     axis_name, config.min_snr_gamma))
     return loss, {"loss": loss}
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(player.params)

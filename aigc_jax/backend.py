@@ -3,7 +3,12 @@
 XLA:CPU runs some formulations on slow paths (transposed-convolution and strided-convolution
 derivatives, convolutions inside loop bodies), so the project computes those differently there.
 On GPUs and TPUs the plain formulation is the default. Every such choice is a config value
-whose `auto` resolves here; the alternatives compute the same function.
+whose `auto` resolves here, from one table (`AUTO`); the alternatives compute the same function.
+
+The platform whose choices `auto` takes is JAX's default backend, or the one named by
+$AIGC_JAX_PLATFORM_DEFAULTS (`cpu`, `gpu` or `tpu`): with `gpu` a CPU computes what a GPU run
+would (its formulations, steps per call and parallel mode), which is how CI runs the accelerator
+paths without an accelerator.
 """
 
 from __future__ import annotations
@@ -14,13 +19,49 @@ import os
 import jax
 import jax.numpy as jnp
 
+PLATFORM_ENV = "AIGC_JAX_PLATFORM_DEFAULTS"
+PLATFORMS = ("cpu", "gpu", "tpu")
 AUTO_STEPS_PER_CALL = 100  # steps_per_call=0 off the CPU: one dispatch per 100 steps
 MATMUL_PRECISIONS = ("default", "high", "highest")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+PARALLEL_MODES = ("none", "pmap", "shard_map")
+AUTO_PARALLEL = "shard_map"  # parallel='auto' with several accelerator devices
+
+# Config key -> (its value for 'auto' on CPU, on GPUs and TPUs). Every key a family resolves.
+AUTO = {
+    "upsample_impl": ("subpixel", "conv_transpose"),  # GAN G's transposed convolutions
+    "d_conv": ("custom_vjp", "lax"),  # DCGAN D's strided convolutions
+    "critic_loop": ("unroll", "scan"),  # the n_critic D updates of one step
+    "sample_loop": ("python", "scan"),  # the diffusion sampler's steps
+}
+
+
+class PlatformError(ValueError):
+  """$AIGC_JAX_PLATFORM_DEFAULTS names no platform."""
+
+
+def platform() -> str:
+  """'cpu', 'gpu' or 'tpu': whose defaults `auto` values take ($AIGC_JAX_PLATFORM_DEFAULTS when
+  set, else JAX's default backend; ROCm and CUDA are 'gpu')."""
+  forced = os.environ.get(PLATFORM_ENV, "").strip().lower()
+  if forced:
+    if forced not in PLATFORMS:
+      raise PlatformError(f"{PLATFORM_ENV}='{forced}' is unknown; use one of {PLATFORMS} "
+                          "(or leave it unset for the backend JAX runs on)")
+    return forced
+  name = jax.default_backend()
+  return "gpu" if name in ("cuda", "rocm") else name
 
 
 def is_cpu() -> bool:
-  return jax.default_backend() == "cpu"
+  """Whether `auto` values take the CPU's choices (see `platform`)."""
+  return platform() == "cpu"
+
+
+def emulated() -> bool:
+  """Whether the defaults are another platform's than the backend's that computes."""
+  real = jax.default_backend()
+  return platform() != ("gpu" if real in ("cuda", "rocm") else real)
 
 
 def choose(value: str, cpu: str, accelerator: str) -> str:
@@ -28,6 +69,35 @@ def choose(value: str, cpu: str, accelerator: str) -> str:
   if value != "auto":
     return value
   return cpu if is_cpu() else accelerator
+
+
+def resolve(key: str, value: str) -> str:
+  """Config key `key`'s `value`, with 'auto' resolved from `AUTO` for this platform."""
+  return choose(value, *AUTO[key])
+
+
+def parallel_mode(value: str, population: bool = False) -> str:
+  """`value`, or for 'auto': `AUTO_PARALLEL` over all devices in a job of several processes, or
+  on a GPU or TPU with several devices; 'none' otherwise (one device; CPU devices share the same
+  cores, which one program already uses) and for a population, whose members spread over the
+  devices instead."""
+  if value != "auto":
+    return value
+  if population:
+    return "none"
+  several = jax.process_count() > 1 or (not is_cpu() and jax.device_count() > 1)
+  return AUTO_PARALLEL if several else "none"
+
+
+def choices(config, population: bool = False) -> dict:
+  """The values a run of `config` takes for each of its platform-dependent keys."""
+  out = {"platform": platform() + (f" (emulated on {jax.default_backend()})" if emulated()
+                                   else ""),
+         "steps_per_call": steps_per_call(config.steps_per_call),
+         "parallel": parallel_mode(config.parallel, population),
+         "matmul_precision": config.matmul_precision, "compute_dtype": config.compute_dtype}
+  out.update({key: resolve(key, config[key]) for key in AUTO if key in config})
+  return out
 
 
 def steps_per_call(value: int) -> int:

@@ -48,8 +48,9 @@ def base_config() -> dict:
       steps_per_call=1,
       compute_dtype="float32",  # or 'bfloat16': activations; params, losses, statistics float32
       matmul_precision="default",  # 'high' or 'highest' (full float32 matmuls on GPUs and TPUs)
-      # 'none' (jit, one device), 'pmap' or 'shard_map' (data parallel, all devices)
-      parallel="none",
+      # 'none' (jit, one device), 'pmap' or 'shard_map' (data parallel, all devices); 'auto':
+      # data parallel over this process's devices on a GPU or TPU with several, else 'none'
+      parallel="auto",
       # Multi-host: coordinator_address is 'host:port' of process 0 ('' = the
       # JAX_COORDINATOR_ADDRESS environment variable, or none); num_processes / process_id:
       # 0 / -1 = detected from the cluster environment (SLURM, Open MPI, TPU pods).
@@ -122,8 +123,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
   need(config.lr_schedule in ("constant", "cosine"),
        f"lr_schedule '{config.lr_schedule}' is unknown; use 'constant' or 'cosine'")
-  need(config.parallel in ("none", "pmap", "shard_map"),
-       f"parallel '{config.parallel}' is unknown; use 'none', 'pmap' or 'shard_map'")
+  try:
+    backend.platform()
+  except backend.PlatformError as e:
+    raise ConfigError(str(e)) from None
+  need(config.parallel in ("auto",) + backend.PARALLEL_MODES,
+       f"parallel '{config.parallel}' is unknown; use 'auto', 'none', 'pmap' or 'shard_map'")
   need(config.num_processes >= 0 and config.process_id >= -1,
        "num_processes must be >= 0 and process_id >= -1 (0 and -1: from the environment)")
   need(config.keep_checkpoints >= 1,

@@ -168,18 +168,20 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   trainable = family.build(config, data_lib.DATASETS[config.dataset], schedule.total)
   step = (trainable.train_step if population_step is None else
           functools.partial(population_step, total_steps=schedule.total))
+  population = population_step is not None
   try:
     loop = parallel.make_train_loop(
         step, batch_size=config.batch_size, scale=config.scale, binarize=config.binarize,
-        steps_per_call=config.steps_per_call, mode=config.parallel,
+        steps_per_call=config.steps_per_call,
+        mode=backend.parallel_mode(config.parallel, population),
         batches_per_step=batches_per_step, member_devices=member_devices,
         members="" if population_step is None else member_map)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  log.info("%s", backend.describe_devices())
-  log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), parallel=%s on %d "
-           "device(s)", config.model, config.dataset, len(labels), len(test_data.labels),
-           schedule.total, schedule.steps_per_epoch, config.parallel, loop.num_devices)
+  log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), %d device(s); %s; %s",
+           config.model, config.dataset, len(labels), len(test_data.labels), schedule.total,
+           schedule.steps_per_epoch, loop.num_devices, backend.describe_devices(),
+           " ".join(f"{k}={v}" for k, v in backend.choices(config, population).items()))
   checkpoints = workdir_lib.open_checkpoints(workdir, config, trainable)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
                                 tensorboard=population_step is None)

@@ -188,7 +188,7 @@ def sampling(config, sampler: str | None = None, sample_steps: int | None = None
     raise ValueError(f"sample_steps must be >= 1 and guidance_scale >= 0, got {steps} and "
                      f"{scale}")
   return Sampling(name, steps, scale, bool(config.clip_denoised),
-                  backend.choose(config.sample_loop, "python", "scan"))
+                  backend.resolve("sample_loop", config.sample_loop))
 
 
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:

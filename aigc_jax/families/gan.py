@@ -174,13 +174,13 @@ def build_models(config, info: data_lib.DatasetInfo):
     generator = gan_models.DCGANGenerator(
         info.image_shape, num_classes=num_classes, label_mode=config.label_mode,
         upsample=config.upsample, final_features=config.g_final_features,
-        transpose_impl=backend.choose(config.upsample_impl, "subpixel", "conv_transpose"),
+        transpose_impl=backend.resolve("upsample_impl", config.upsample_impl),
         torch_init=config.torch_init, dtype=dtype)
     discriminator = gan_models.DCGANDiscriminator(
         base_features=config.d_base_features, num_classes=num_classes,
         spectral_norm=config.spectral_norm, aux_classifier=config.aux_classifier,
         batch_norm=config.d_batchnorm, rotation_head=uses_rotation(config),
-        conv=backend.choose(config.d_conv, "custom_vjp", "lax"), torch_init=config.torch_init,
+        conv=backend.resolve("d_conv", config.d_conv), torch_init=config.torch_init,
         dtype=dtype)
   return generator, discriminator
 
@@ -191,7 +191,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   num_classes = num_labels(config, info)  # conditional (evaluated against labels) or clusters
   nets = gan_step.Nets(generator, discriminator, labeled=num_classes > 0,
                        aux=bool(config.aux_classifier), rotation=uses_rotation(config),
-                       critic_loop=backend.choose(config.critic_loop, "unroll", "scan"))
+                       critic_loop=backend.resolve("critic_loop", config.critic_loop))
   d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
   txs = (state_lib.adam(config, total_steps),  # n_critic D updates a step
          state_lib.adam(config, total_steps * config.n_critic, d_lr))

@@ -2,7 +2,8 @@
 
 Every loss returns a scalar: the mean over the batch (the real and fake terms are averaged
 separately, so their batches may differ in size). With D(x) = sigmoid(logit):
-log D = -softplus(-logit) and log(1 - D) = -softplus(logit).
+log D = -softplus(-logit) and log(1 - D) = -softplus(logit). Logits of any float dtype (bfloat16
+included) are taken to at least float32 first: the losses compute and return float32.
 """
 
 from __future__ import annotations
@@ -13,37 +14,40 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from aigc_jax.losses import at_least_float32 as f32
 from aigc_jax.noise import batch_noise
 
 
 def non_saturating_d_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
   """-log D(x) - log(1 - D(G(z))): the discriminator's cross-entropy (also minimax's)."""
+  real_logits, fake_logits = f32(real_logits), f32(fake_logits)
   return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
 
 
 def non_saturating_g_loss(fake_logits: jnp.ndarray) -> jnp.ndarray:
   """-log D(G(z)) (Goodfellow et al., 2014, section 3): strong gradients early in training."""
-  return jnp.mean(jax.nn.softplus(-fake_logits))
+  return jnp.mean(jax.nn.softplus(-f32(fake_logits)))
 
 
 def minimax_g_loss(fake_logits: jnp.ndarray) -> jnp.ndarray:
   """log(1 - D(G(z))), minimised: the original minimax objective (saturates when D wins)."""
-  return -jnp.mean(jax.nn.softplus(fake_logits))
+  return -jnp.mean(jax.nn.softplus(f32(fake_logits)))
 
 
 def hinge_d_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
   """relu(1 - D(x)) + relu(1 + D(G(z))) (Lim & Ye, 2017; Miyato et al., 2018)."""
+  real_logits, fake_logits = f32(real_logits), f32(fake_logits)
   return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
 
 
 def wasserstein_d_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
   """D(G(z)) - D(x): the WGAN critic loss (needs a Lipschitz constraint, e.g. gradient_penalty)."""
-  return jnp.mean(fake_logits) - jnp.mean(real_logits)
+  return jnp.mean(f32(fake_logits)) - jnp.mean(f32(real_logits))
 
 
 def wasserstein_g_loss(fake_logits: jnp.ndarray) -> jnp.ndarray:
   """-D(G(z)): the generator loss of WGAN and of the hinge GAN."""
-  return -jnp.mean(fake_logits)
+  return -jnp.mean(f32(fake_logits))
 
 
 # name -> (d_loss(real_logits, fake_logits), g_loss(fake_logits))
@@ -57,7 +61,7 @@ LOSSES = {
 
 def classifier_loss(class_logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   """ACGAN's auxiliary term: mean softmax cross-entropy of the class logits against the labels."""
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(class_logits, labels))
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(f32(class_logits), labels))
 
 
 def _per_example_input_grads(critic_fn: Callable, x: jnp.ndarray) -> jnp.ndarray:

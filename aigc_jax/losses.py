@@ -1,4 +1,5 @@
-"""Log-likelihoods, KL terms and bounds. Every function returns per-example values (nats)."""
+"""Log-likelihoods, KL terms and bounds. Every function returns per-example values (nats),
+computed in at least float32 whatever its inputs' dtype (bfloat16 predictions included)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,33 @@ import jax.numpy as jnp
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def at_least_float32(x) -> jnp.ndarray:
+  """x as an array of at least float32 precision (bfloat16 -> float32; float32 unchanged)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _sum_event(x: jnp.ndarray, event_ndim: int) -> jnp.ndarray:
   return jnp.sum(x, axis=tuple(range(x.ndim - event_ndim, x.ndim)))
 
 
 def gaussian_kl(mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
   """KL(N(mean, exp(logvar)) || N(0, I)), summed over the last axis."""
+  mean, logvar = at_least_float32(mean), at_least_float32(logvar)
   return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
 
 
 def bernoulli_log_likelihood(logits: jnp.ndarray, x: jnp.ndarray,
                              event_ndim: int = 3) -> jnp.ndarray:
   """sum_pixels [x log sigmoid(l) + (1 - x) log sigmoid(-l)], for x in [0, 1] (not only {0, 1})."""
+  logits, x = at_least_float32(logits), at_least_float32(x)
   return _sum_event(x * logits - jax.nn.softplus(logits), event_ndim)
 
 
 def gaussian_log_likelihood(mean: jnp.ndarray, log_scale: jnp.ndarray, x: jnp.ndarray,
                             event_ndim: int = 3) -> jnp.ndarray:
   """log N(x; mean, exp(log_scale)^2) summed over the event axes."""
+  mean, log_scale, x = map(at_least_float32, (mean, log_scale, x))
   z = (x - mean) * jnp.exp(-log_scale)
   return _sum_event(-0.5 * jnp.square(z) - log_scale - 0.5 * _LOG_2PI, event_ndim)
 
@@ -43,6 +53,7 @@ def discretized_logistic_log_likelihood(mean: jnp.ndarray, log_scale: jnp.ndarra
   probabilities of the num_bins bins sum to 1 and every log-likelihood is <= 0. Summed over the
   event axes: nats per image, as in PixelCNN++ (Salimans et al., 2017) with one component.
   """
+  mean, log_scale, x = map(at_least_float32, (mean, log_scale, x))
   last = num_bins - 1
   k = jnp.clip(jnp.round(x * last), 0, last)
   inv_scale = jnp.exp(-log_scale)
@@ -59,10 +70,12 @@ def discretized_logistic_log_likelihood(mean: jnp.ndarray, log_scale: jnp.ndarra
 
 
 def log_standard_normal(z: jnp.ndarray) -> jnp.ndarray:
+  z = at_least_float32(z)
   return jnp.sum(-0.5 * jnp.square(z) - 0.5 * _LOG_2PI, axis=-1)
 
 
 def log_diag_normal(z: jnp.ndarray, mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
+  z, mean, logvar = map(at_least_float32, (z, mean, logvar))
   return jnp.sum(-0.5 * (jnp.square(z - mean) * jnp.exp(-logvar) + logvar + _LOG_2PI), axis=-1)
 
 
@@ -74,6 +87,7 @@ def importance_log_weights(log_likelihood: jnp.ndarray, z: jnp.ndarray, mean: jn
 
 def iwae_bound_from_log_weights(log_w: jnp.ndarray) -> jnp.ndarray:
   """log (1/S) sum_s exp(log_w[s]); (S, B) -> (B,)."""
+  log_w = at_least_float32(log_w)
   return jax.nn.logsumexp(log_w, axis=0) - jnp.log(log_w.shape[0])
 
 

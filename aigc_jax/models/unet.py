@@ -9,7 +9,7 @@ classifier-free guidance. `patch` > 1 folds patch x patch pixels into channels b
 layer and unfolds them after the last (the network then runs at 1/patch the resolution).
 Resolutions halve by 2x2 average pooling and double by nearest-neighbour repetition followed by a
 3x3 convolution: no strided or transposed convolutions. `dtype` is the computation's;
-parameters and the output stay float32.
+parameters, the output, GroupNorm's statistics and the attention's softmax stay float32.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Attention(nn.Module):
   def __call__(self, x):
     b, h, w, c = x.shape
     y = nn.GroupNorm(self.groups, dtype=self.dtype)(x).reshape(b, h * w, c)
-    y = nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype,
+    y = nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype, force_fp32_for_softmax=True,
                                         out_kernel_init=nn.initializers.zeros)(y, y)
     return x + y.reshape(b, h, w, c)
 

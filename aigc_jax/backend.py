@@ -14,6 +14,7 @@ paths without an accelerator.
 from __future__ import annotations
 
 import collections
+import importlib.metadata
 import os
 
 import jax
@@ -25,7 +26,7 @@ AUTO_STEPS_PER_CALL = 100  # steps_per_call=0 off the CPU: one dispatch per 100 
 MATMUL_PRECISIONS = ("default", "high", "highest")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PARALLEL_MODES = ("none", "pmap", "shard_map")
-AUTO_PARALLEL = "shard_map"  # parallel='auto' with several accelerator devices
+AUTO_PARALLEL = "shard_map"  # parallel='auto' on several devices; beat pmap (benchmarks/README.md)
 
 # Config key -> (its value for 'auto' on CPU, on GPUs and TPUs). Every key a family resolves.
 AUTO = {
@@ -36,21 +37,56 @@ AUTO = {
 }
 
 
+# jax's accelerator plugins (distribution -> the platform name they register).
+ACCELERATOR_PLUGINS = {"jax-cuda12-plugin": "cuda", "jax-cuda13-plugin": "cuda",
+                       "jax-rocm6-plugin": "rocm", "jax-rocm7-plugin": "rocm", "libtpu": "tpu"}
+
+
 class PlatformError(ValueError):
-  """$AIGC_JAX_PLATFORM_DEFAULTS names no platform."""
+  """$AIGC_JAX_PLATFORM_DEFAULTS names no platform, or JAX fell back to the CPU."""
+
+
+def forced_platform() -> str:
+  """$AIGC_JAX_PLATFORM_DEFAULTS checked ('' when unset); starts no JAX backend."""
+  forced = os.environ.get(PLATFORM_ENV, "").strip().lower()
+  if forced and forced not in PLATFORMS:
+    raise PlatformError(f"{PLATFORM_ENV}='{forced}' is unknown; use one of {PLATFORMS} "
+                        "(or leave it unset for the backend JAX runs on)")
+  return forced
 
 
 def platform() -> str:
   """'cpu', 'gpu' or 'tpu': whose defaults `auto` values take ($AIGC_JAX_PLATFORM_DEFAULTS when
   set, else JAX's default backend; ROCm and CUDA are 'gpu')."""
-  forced = os.environ.get(PLATFORM_ENV, "").strip().lower()
-  if forced:
-    if forced not in PLATFORMS:
-      raise PlatformError(f"{PLATFORM_ENV}='{forced}' is unknown; use one of {PLATFORMS} "
-                          "(or leave it unset for the backend JAX runs on)")
-    return forced
+  if forced_platform():
+    return forced_platform()
   name = jax.default_backend()
   return "gpu" if name in ("cuda", "rocm") else name
+
+
+def requested_platforms() -> str:
+  """The platforms JAX was told to use (JAX_PLATFORMS or jax_platforms); '' when left to jax."""
+  return os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
+
+
+def check_no_fallback() -> None:
+  """Raises PlatformError when a GPU or TPU plugin of jax is installed but JAX runs on the CPU
+  without being asked to (JAX_PLATFORMS): a broken driver would otherwise train on the CPU."""
+  if jax.default_backend() != "cpu" or requested_platforms():
+    return
+  for dist, name in ACCELERATOR_PLUGINS.items():
+    try:
+      importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+      continue
+    try:
+      jax.devices(name)
+      reason = f"its '{name}' backend started but is not the default"
+    except RuntimeError as e:
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise PlatformError(f"{dist} is installed but JAX fell back to the CPU ({reason}); fix the "
+                        "driver or the plugin, or set JAX_PLATFORMS=cpu to run on the CPU on "
+                        "purpose")
 
 
 def is_cpu() -> bool:

@@ -45,7 +45,7 @@ def base_config() -> dict:
       seed=0,
       # Train steps per device dispatch (lax.fori_loop; see parallel.py); 0 = auto: 1 on CPU,
       # where convolutions inside loop bodies are slow, 100 on GPUs and TPUs.
-      steps_per_call=1,
+      steps_per_call=0,
       compute_dtype="float32",  # or 'bfloat16': activations; params, losses, statistics float32
       matmul_precision="default",  # 'high' or 'highest' (full float32 matmuls on GPUs and TPUs)
       # 'none' (jit, one device), 'pmap' or 'shard_map' (data parallel, all devices); 'auto':
@@ -124,7 +124,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(config.lr_schedule in ("constant", "cosine"),
        f"lr_schedule '{config.lr_schedule}' is unknown; use 'constant' or 'cosine'")
   try:
-    backend.platform()
+    backend.forced_platform()  # starts no backend: jax.distributed may come after
   except backend.PlatformError as e:
     raise ConfigError(str(e)) from None
   need(config.parallel in ("auto",) + backend.PARALLEL_MODES,

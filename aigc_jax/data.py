@@ -246,10 +246,7 @@ def _read_records(source: Any, chunk: int = 1024) -> list[Any]:
   return records
 
 
-def load_split(name: str,
-               split: str,
-               *,
-               idx_dir: PathLike | None = None,
+def load_split(name: str, split: str, *, idx_dir: PathLike | None = None,
                tfds_data_dir: PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Loads a split as uint8 (N,H,W,C) images and int32 (N,) labels.
 
@@ -302,22 +299,25 @@ def load_config_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DeviceData(NamedTuple):
-  """A whole split on device (a pytree)."""
+  """A split's arrays (a pytree): on the host (`to_host`), a device, or split over devices."""
 
   images: jax.Array  # uint8 (N, H, W, C)
   labels: jax.Array  # int32 (N,)
 
 
-def to_device(images: np.ndarray | jax.Array,
-              labels: np.ndarray | jax.Array,
-              sharding: jax.sharding.Sharding | None = None) -> DeviceData:
-  """Puts a split on device as uint8 images and int32 labels."""
+def to_host(images: np.ndarray | jax.Array, labels: np.ndarray | jax.Array) -> DeviceData:
+  """A split as checked numpy arrays: uint8 (N,H,W,C) images and int32 (N,) labels."""
   images, labels = np.asarray(images), np.asarray(labels)
   if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != images.shape[:1]:
     raise DataError(f"to_device: expected uint8 (N,H,W,C) images and (N,) labels, got "
                     f"{images.dtype}{images.shape} and {labels.shape}; use load_split")
-  return DeviceData(jax.device_put(images, sharding),
-                    jax.device_put(labels.astype(np.int32), sharding))
+  return DeviceData(images, labels.astype(np.int32))
+
+
+def to_device(images: np.ndarray | jax.Array, labels: np.ndarray | jax.Array,
+              sharding: jax.sharding.Sharding | None = None) -> DeviceData:
+  """Puts a split on device as uint8 images and int32 labels."""
+  return jax.device_put(to_host(images, labels), sharding)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -357,13 +357,8 @@ def preprocess(images_uint8: jax.Array | np.ndarray,
   return x / 255.0 if scale == "zero_one" else x / 127.5 - 1.0
 
 
-def get_batch(data: DeviceData,
-              perm: jax.Array,
-              index: int | jax.Array,
-              batch_size: int,
-              *,
-              scale: str = "zero_one",
-              binarize_rng: jax.Array | None = None) -> dict[str, jax.Array]:
+def get_batch(data: DeviceData, perm: jax.Array, index: int | jax.Array, batch_size: int, *,
+              scale: str = "zero_one", binarize_rng: jax.Array | None = None) -> dict:
   """Batch `index` of the epoch given by `perm`; pure, `index` may be traced."""
   idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
   return {

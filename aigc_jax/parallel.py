@@ -5,15 +5,17 @@ axis_name)` into a `TrainLoop` that runs a chunk of steps per device dispatch ov
 dataset. The three modes run the SAME step function:
 
 - 'none': `jax.jit` on one device; `axis_name` is None.
-- 'pmap': the state replicated with a leading device axis, every device cuts its slice of each
-  global batch; collectives (gradient means, BatchNorm statistics) run over `DATA_AXIS`.
+- 'pmap': the state replicated with a leading device axis; collectives (gradient means,
+  BatchNorm statistics) run over `DATA_AXIS`.
 - 'shard_map': `jax.jit` of `jax.shard_map` over a 1-D mesh of all devices named `DATA_AXIS`;
-  the state is replicated on the mesh, every device cuts its slice of each global batch.
+  the state is replicated on the mesh.
 
-With several processes (`jax.distributed`), both parallel modes span every device of every
-process; each process keeps the whole dataset but its devices read only their rows of each global
-batch. Per-step noise is drawn for the global batch and sliced (`batch_noise`), so results do
-not depend on the number of devices.
+Under both parallel modes the dataset is split by rows over the devices (`TrainLoop.put_rows`),
+not copied: each device gathers the rows it holds of a global batch, and a reduce-scatter hands
+every device its slice of that batch (`gather_rows`), the same rows as one device would read.
+With several processes (`jax.distributed`) they span every device of every process, and each
+process places only its devices' rows. Per-step noise is drawn for the global batch and sliced
+(`batch_noise`), so results do not depend on the number of devices.
 """
 
 from __future__ import annotations
@@ -42,18 +44,40 @@ BINARIZE_STREAM = 3  # fold_in constant of the dynamic-binarization noise
 def batch_at(state, data, perm, index, *, batch_size: int, batches_per_step: int,
              local_batch: int, scale: str, binarize: bool, axis_name: str | None):
   """This device's rows of global batches index*n ... index*n + n - 1 (n = batches_per_step) of
-  the epoch permutation `perm`, preprocessed (binarized with the state's step noise if asked)."""
+  the epoch permutation `perm`, preprocessed (binarized with the state's step noise if asked).
+  Under `axis_name`, `data` holds this device's block of rows (`TrainLoop.put_data`)."""
   offsets = (index * batches_per_step + jnp.arange(batches_per_step)) * batch_size
-  if axis_name is not None:
-    offsets = offsets + jax.lax.axis_index(axis_name) * local_batch
-  idx = jax.vmap(lambda o: jax.lax.dynamic_slice_in_dim(perm, o, local_batch))(offsets)
-  idx = idx.reshape(-1)
+  if axis_name is None:
+    idx = jax.vmap(lambda o: jax.lax.dynamic_slice_in_dim(perm, o, local_batch))(offsets)
+    rows = jax.tree_util.tree_map(lambda x: jnp.take(x, idx.reshape(-1), axis=0), data)
+  else:  # (n, D, L) global rows -> device-major, so that device d gets [:, d, :]
+    idx = jax.vmap(lambda o: jax.lax.dynamic_slice_in_dim(perm, o, batch_size))(offsets)
+    idx = idx.reshape(batches_per_step, -1, local_batch).swapaxes(0, 1).reshape(-1)
+    rows = gather_rows(data, idx, axis_name)
   rng = None
   if binarize:
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, BINARIZE_STREAM), state.step)
-  image = data_lib.preprocess(jnp.take(data.images, idx, axis=0), scale=scale,
-                              binarize_rng=rng, axis_name=axis_name)
-  return {"image": image, "label": jnp.take(data.labels, idx, axis=0)}
+  image = data_lib.preprocess(rows.images, scale=scale, binarize_rng=rng, axis_name=axis_name)
+  return {"image": image, "label": rows.labels}
+
+
+def gather_rows(data, idx, axis_name: str):
+  """Rows `idx` (dataset indices, the same on every device) of a dataset split over `axis_name`
+  in blocks (device d holds rows [d*R, (d+1)*R)): device d gets block d of `idx`'s rows.
+
+  Every device gathers the rows it holds, zeros elsewhere, and a reduce-scatter sums them: one
+  term per row is not zero, so the sum is that row exactly, whatever its integer dtype.
+  """
+  local = idx - jax.lax.axis_index(axis_name) * data.labels.shape[0]
+  mine = (local >= 0) & (local < data.labels.shape[0])
+  local = jnp.where(mine, local, 0)
+
+  def gather(x):
+    got = jnp.take(x, local, axis=0)
+    got = jnp.where(mine.reshape((-1,) + (1,) * (x.ndim - 1)), got, jnp.zeros((), x.dtype))
+    return jax.lax.psum_scatter(got, axis_name, scatter_dimension=0, tiled=True)
+
+  return jax.tree_util.tree_map(gather, data)
 
 
 class TrainLoop:
@@ -61,8 +85,9 @@ class TrainLoop:
 
   Step i of a call trains on global batch `start + i` of the epoch permutation `perm`; the metric
   sums (already averaged over devices) are over the `num_steps` steps; `state` is donated.
-  `state` and `data` are in the loop's placement: pass them through `put_state` / `put_data`
-  first, and get a single-copy state (for checkpoints, sampling, evaluation) with `get_state`.
+  `state`, `data` and `perm` are in the loop's placement: pass them through `put_state`,
+  `put_data` and `put_state` first, and get a single-copy state (for checkpoints, sampling,
+  evaluation) with `get_state`.
 
   With `batches_per_step` n > 1, step s trains on global batches s*n ... s*n + n - 1: its batch
   holds this device's rows of each, one after the other (n * local rows), so a step that splits
@@ -138,8 +163,10 @@ class TrainLoop:
     # check_vma=False: gradients of the replicated parameters stay per device, as under pmap,
     # and the step's own pmean averages them (with the check on, shard_map's autodiff would
     # already sum them over devices, and the same step code would count them twice).
-    spec = PartitionSpec()  # everything replicated; each device slices its rows itself
-    return jax.jit(jax.shard_map(fn, mesh=self._mesh, in_specs=spec, out_specs=spec,
+    # The state and `perm` replicated, the dataset (argument 1) split by rows (`put_data`).
+    specs = tuple(PartitionSpec(DATA_AXIS) if i == 1 else PartitionSpec()
+                  for i in range(_arity(fn)))
+    return jax.jit(jax.shard_map(fn, mesh=self._mesh, in_specs=specs, out_specs=PartitionSpec(),
                                  check_vma=False), donate_argnums=donate)
 
   def member_mesh(self, num_members: int) -> jax.sharding.Mesh | None:
@@ -176,12 +203,42 @@ class TrainLoop:
             stacked, np.broadcast_to(np.asarray(x), (local,) + np.shape(x))), tree)
 
   def put_data(self, tree: Any, members: int = 0) -> Any:
-    """`tree` (the dataset) placed for this loop; for a population of `members` members, on
-    their devices."""
+    """`tree` (the dataset: host or device arrays of N rows) placed for this loop: on its device
+    ('none'), on a population's devices (`members`), or split by rows over the data axis
+    (`put_rows`)."""
     mesh = self.member_mesh(members) if self._member_pool and members else None
-    if mesh is None:
-      return self.put_state(tree) if self.mode != "none" else jax.device_put(tree, self.devices[0])
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    if mesh is not None:
+      return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return jax.device_put(tree, self.devices[0]) if self.mode == "none" else self.put_rows(tree)
+
+  def rows_per_device(self, num_examples: int) -> int:
+    """R: device d of the data axis holds rows [d*R, (d+1)*R) of a dataset (zeros past its end)."""
+    return -(-num_examples // self.num_devices)
+
+  def put_rows(self, tree: Any) -> Any:
+    """`tree`'s leaves (N rows each) split in blocks of `rows_per_device` rows over the loop's
+    devices, the last block padded with zero rows that no index reaches. Each process copies only
+    its devices' blocks; under pmap every block is one entry of the leading device axis."""
+    per = self.rows_per_device(len(jax.tree_util.tree_leaves(tree)[0]))
+    rows = NamedSharding(self._mesh, PartitionSpec(DATA_AXIS))
+
+    def place(x):
+      x = np.asarray(x)
+      blocks = []
+      for d in self._local_positions():
+        block = x[d * per:(d + 1) * per]
+        block = np.concatenate([block, np.zeros((per - len(block),) + x.shape[1:], x.dtype)])
+        blocks.append(jax.device_put(block[None] if self.mode == "pmap" else block,
+                                     self.devices[d]))
+      shape = ((self.num_devices, per) if self.mode == "pmap" else
+               (self.num_devices * per,)) + x.shape[1:]
+      return jax.make_array_from_single_device_arrays(shape, rows, blocks)
+
+    return jax.tree_util.tree_map(place, tree)
+
+  def _local_positions(self) -> list[int]:
+    return [d for d, device in enumerate(self.devices)
+            if device.process_index == jax.process_index()]
 
   def get_state(self, tree: Any) -> Any:
     """The single copy (on this process's first device) of a pytree placed by this loop."""

@@ -27,7 +27,6 @@ from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import lock
 from aigc_jax import parallel
-from aigc_jax import plot
 from aigc_jax import signals as signals_lib
 from aigc_jax import state as state_lib
 from aigc_jax import workdir as workdir_lib
@@ -103,14 +102,11 @@ def make_schedule(config, num_train: int, batches_per_step: int) -> Schedule:
 
 
 def initialize_distributed(config) -> None:
-  """`jax.distributed.initialize` when the config or the environment asks for several processes.
-
-  A coordinator address (config or JAX_COORDINATOR_ADDRESS) is passed on; without one, a job of
-  several processes (`backend.cluster_environment`) lets jax read the cluster. num_processes and
-  process_id, when set, win over the cluster's. Call before JAX runs anything. Every process
-  runs the same command; process 0 writes the logs, samples and metrics.jsonl, all of them take
-  part in checkpointing. Raises ConfigError when jax cannot tell the job's processes.
-  """
+  """`jax.distributed.initialize` when the config or the environment asks for several processes:
+  with the coordinator address (config or JAX_COORDINATOR_ADDRESS), else from the cluster
+  (`backend.cluster_environment`); num_processes and process_id, when set, win. Call before JAX
+  runs anything. Process 0 writes the logs, samples and metrics.jsonl; all of them checkpoint.
+  Raises ConfigError when jax cannot tell the job's processes."""
   address = config.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   cluster = None if address else backend.cluster_environment()
   if not (address or cluster) or jax.distributed.is_initialized():
@@ -161,7 +157,7 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   metrics.jsonl gets no TensorBoard run."""
   family = families.get(config.model)
   images, labels = data_lib.load_config_split(config, "train")
-  train_data = data_lib.to_device(images, family.train_labels(config, images, labels, workdir))
+  train_data = data_lib.to_host(images, family.train_labels(config, images, labels, workdir))
   test_data = data_lib.to_device(*data_lib.load_config_split(config, "test"))
   batches_per_step = family.batches_per_step(config)
   schedule = make_schedule(config, len(labels), batches_per_step)
@@ -169,7 +165,8 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   step = (trainable.train_step if population_step is None else
           functools.partial(population_step, total_steps=schedule.total))
   population = population_step is not None
-  try:
+  try:  # a CPU fallback beside a GPU plugin, a batch the devices do not divide: ConfigError
+    backend.check_no_fallback()
     loop = parallel.make_train_loop(
         step, batch_size=config.batch_size, scale=config.scale, binarize=config.binarize,
         steps_per_call=config.steps_per_call,
@@ -207,8 +204,7 @@ def restore_or_init(run: Run, step: int | None = None):
 
 
 def evaluate_and_record(run: Run, state, step: int, bar) -> dict:
-  """The periodic evaluation: metrics to metrics.jsonl and TensorBoard, sample grids to
-  samples/*.png and TensorBoard."""
+  """Evaluates: metrics to metrics.jsonl, TensorBoard, plots/; grids to samples/, TensorBoard."""
   metrics = run.trainable.evaluate(state, run.test_data)
   run.writer.write(step, "test", metrics)
   if jax.process_index() == 0:
@@ -218,7 +214,7 @@ def evaluate_and_record(run: Run, state, step: int, bar) -> dict:
       writers.save_png(os.path.join(samples, f"{name}_latest.png"), images, ncols)
       run.writer.write_images(step, name, writers.image_grid(images, ncols))
       log.info("wrote %s", path)
-    plot.write_curves(run.workdir)
+    run.writer.draw_curves()  # plots/*.png on a background thread; close() waits
   bar.write(f"step {step}: " + ", ".join(f"test_{k}={v:.3f}" for k, v in metrics.items()))
   return metrics
 
@@ -283,7 +279,7 @@ def _loop(run: Run, state, step: int, stop: EarlyStop, signals: signals_lib.Stop
   while step < sched.total and not stop.stopped:
     epoch, index = divmod(step, sched.steps_per_epoch)
     if epoch != perm_epoch:
-      perm_epoch, perm = epoch, loop.put_data(permutation(config.seed, epoch, num_train))
+      perm_epoch, perm = epoch, loop.put_state(permutation(config.seed, epoch, num_train))
     boundary = sched.next_boundary(step)
     placed, sums = loop(placed, placed_train, perm, index, boundary - step)
     state = loop.get_state(placed)

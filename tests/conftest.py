@@ -1,9 +1,10 @@
 """Shared fixtures. Tests that need real data skip cleanly where Fashion-MNIST is absent.
 
 The suite runs on CPU devices, also on a machine with a GPU or TPU, and so do the processes it
-starts. A run that selects the `accelerator` tests (`-m accelerator`, or the environment variable
-AIGC_JAX_TEST_ACCELERATOR=1) keeps JAX's default backend instead; so does an explicit
-JAX_PLATFORMS. Tests marked `accelerator` skip unless the default backend is a GPU or TPU.
+starts. A run that selects the `accelerator` tests (`-m accelerator`) keeps JAX's default
+backend instead; so does an explicit JAX_PLATFORMS. Tests marked `accelerator` skip unless the
+default backend is a GPU or TPU (`AIGC_JAX_TEST_ACCELERATOR=1 make test` runs them on their own
+after the suite, which keeps its CPU devices).
 
 Under pytest-xdist (`make test` runs `-n`), each worker is a process with its own session
 fixtures; what is expensive to build is built once per run in a directory that the workers share
@@ -177,9 +178,7 @@ needs_fashion_mnist = pytest.mark.skipif(
 
 
 def selects_accelerator(config: pytest.Config) -> bool:
-  """True when the run asks for the accelerator tests (env, or `-m` naming the mark un-negated)."""
-  if os.environ.get(ACCELERATOR_ENV, "") not in ("", "0"):
-    return True
+  """True when the run asks for the accelerator tests (`-m` naming the mark un-negated)."""
   words = (config.getoption("markexpr", "") or "").replace("(", " ").replace(")", " ").split()
   return any(word == "accelerator" and (i == 0 or words[i - 1] != "not")
              for i, word in enumerate(words))

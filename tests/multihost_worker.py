@@ -12,12 +12,26 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 2)  # 2 processes x 2 devices = the 4 of the reference
 
+from aigc_jax import parallel  # noqa: E402
 from aigc_jax import signals  # noqa: E402
 from aigc_jax import train  # noqa: E402
 from test_train import STEADY_ADAM, small_config  # noqa: E402  (tests/ is this script's directory)
 
 
+def reporting_placement(put_data):
+  """`TrainLoop.put_data` that prints how many train rows and bytes this process's devices hold."""
+  def put(loop, tree, members=0):
+    placed = put_data(loop, tree, members)
+    shards = placed.images.addressable_shards + placed.labels.addressable_shards
+    rows = sum(s.data.shape[-4] for s in placed.images.addressable_shards)
+    print(f"process {jax.process_index()} holds {rows} of {len(tree.labels)} train rows, "
+          f"{sum(s.data.nbytes for s in shards)} bytes", flush=True)
+    return placed
+  return put
+
+
 def main(idx_dir, workdir, mode, port, process_id, overrides="{}"):
+  parallel.TrainLoop.put_data = reporting_placement(parallel.TrainLoop.put_data)
   config = small_config(idx_dir, parallel=mode, coordinator_address=f"127.0.0.1:{port}",
                         num_processes=2, process_id=int(process_id), **STEADY_ADAM,
                         **json.loads(overrides))

@@ -1,6 +1,6 @@
 """On a GPU or TPU: a train step of each family there equals the CPU step; bfloat16 runs there.
 
-Run with `pytest -m accelerator` (or AIGC_JAX_TEST_ACCELERATOR=1) on a machine whose default JAX
+Run with `pytest -m accelerator` (or AIGC_JAX_TEST_ACCELERATOR=1 make test) where the default JAX
 backend is a GPU or TPU; elsewhere these tests skip. The comparison is test_parallel's: SGD steps
 (linear in the gradients) at float32 matmul precision, every leaf within `REL` of how far
 training moved it.

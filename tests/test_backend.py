@@ -39,6 +39,50 @@ def test_auto_picks_the_cpu_formulation_on_cpu_only(on, want, monkeypatch):
   assert backend.steps_per_call(7) == 7
 
 
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_platform_defaults_take_the_accelerators_choices_on_cpu(platform, monkeypatch):
+  config = config_lib.get_config("dcgan", steps_per_call=0, parallel="auto")
+  on_cpu = backend.choices(config)
+  monkeypatch.setenv(backend.PLATFORM_ENV, platform)
+  emulated = backend.choices(config)
+  assert on_cpu["platform"] == "cpu" and emulated["platform"] == f"{platform} (emulated on cpu)"
+  for key, (cpu, accelerator) in backend.AUTO.items():
+    if key in config:
+      assert (on_cpu[key], emulated[key]) == (cpu, accelerator)
+  assert (on_cpu["steps_per_call"], emulated["steps_per_call"]) == (1, backend.AUTO_STEPS_PER_CALL)
+  # the suite's 4 CPU devices: data parallel only where an accelerator's defaults hold
+  assert (on_cpu["parallel"], emulated["parallel"]) == ("none", backend.AUTO_PARALLEL)
+  assert backend.parallel_mode("auto", population=True) == "none"
+  assert backend.parallel_mode("pmap") == "pmap"
+
+
+def test_an_unknown_platform_default_is_a_config_error(monkeypatch):
+  monkeypatch.setenv(backend.PLATFORM_ENV, "gpus")
+  with pytest.raises(config_lib.ConfigError, match=r"AIGC_JAX_PLATFORM_DEFAULTS='gpus' is unknown"):
+    config_lib.validate(config_lib.get_config("vae_mlp"))
+
+
+def test_a_cpu_fallback_beside_an_accelerator_plugin_is_an_error(monkeypatch):
+  """jax-cuda12-plugin installed, its backend failing: stop, naming the plugin's error."""
+  real = backend.importlib.metadata.distribution
+
+  def distribution(name):
+    return object() if name == "jax-cuda12-plugin" else real(name)
+
+  def devices(name=None):
+    raise RuntimeError("Backend 'cuda' failed to initialize: no CUDA-capable device is detected")
+
+  monkeypatch.setattr(backend.importlib.metadata, "distribution", distribution)
+  monkeypatch.setattr(backend, "requested_platforms", lambda: "")
+  monkeypatch.setattr(jax, "devices", devices)
+  with pytest.raises(backend.PlatformError, match=r"jax-cuda12-plugin is installed but JAX fell "
+                     r"back to the CPU \(Backend 'cuda' failed to initialize: no CUDA-capable .*"
+                     r"JAX_PLATFORMS=cpu"):
+    backend.check_no_fallback()
+  monkeypatch.setattr(backend, "requested_platforms", lambda: "cpu")  # on purpose: no error
+  backend.check_no_fallback()
+
+
 @pytest.mark.slow
 def test_cpu_and_accelerator_formulations_train_the_same():
   """The classic DCGAN with two critic updates (transposed upsampling, D convolutions, critic

@@ -362,6 +362,16 @@ def test_to_device(small_data):
     data.to_device(images.astype(np.float32), labels)
 
 
+def test_to_host_keeps_checked_numpy_arrays(small_data):
+  images, labels, _ = small_data
+  host = data.to_host(images, labels.astype(np.uint8))
+  assert isinstance(host.images, np.ndarray) and host.images is images
+  assert host.labels.dtype == np.int32 and isinstance(host.labels, np.ndarray)
+  np.testing.assert_array_equal(host.labels, labels)
+  with pytest.raises(DataError, match="expected uint8"):
+    data.to_host(images, labels[:-1])
+
+
 def test_get_batch_jit_traced_index(small_data):
   images, labels, d = small_data
   perm = data.epoch_permutation(3, 0, 23)

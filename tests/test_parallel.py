@@ -28,11 +28,15 @@ import numpy as np
 import optax
 import pytest
 
+from aigc_jax import backend
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import parallel
+from aigc_jax import train as train_lib
+from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import gan_step
+from test_train import STEADY_ADAM, arrays, idx_dir, small_config  # noqa: F401  (a fixture)
 
 INFO = data_lib.DATASETS["fashion_mnist"]
 BATCH = 16
@@ -83,7 +87,7 @@ def train(model, overrides, mode, steps, optimizer, wrap_step=lambda step: step)
   with jax.default_matmul_precision("float32"):
     state = loop.put_state(init)
     data = loop.put_data(synthetic_data())
-    perm = loop.put_data(data_lib.epoch_permutation(0, 0, ROWS))
+    perm = loop.put_state(data_lib.epoch_permutation(0, 0, ROWS))
     state, sums = loop(state, data, perm, 0, steps)
   return jax.device_get(init), jax.device_get(loop.get_state(state)), jax.device_get(sums)
 
@@ -239,3 +243,59 @@ def test_pmap_on_one_device_runs_and_says_so(caplog):
                                   mode="pmap", devices=jax.devices()[:1])
   assert loop.num_devices == 1
   assert "single device" in caplog.text
+
+
+def gathered_batches(mode, data, start, batches_per_step=2, batch=16):
+  """(every device's batch of step `start`, stacked on a leading device axis; the placed data)."""
+  def step(state, b, axis_name=None):
+    gather = (lambda x: x[None]) if axis_name is None else (
+        lambda x: jax.lax.all_gather(x, axis_name))
+    return state, jax.tree_util.tree_map(gather, b)
+
+  loop = parallel.make_train_loop(step, batch_size=batch, mode=mode,
+                                  batches_per_step=batches_per_step)
+  placed = loop.put_data(data)
+  perm = loop.put_state(data_lib.epoch_permutation(0, 0, len(data.labels)))
+  _, got = loop(loop.put_state({"step": jnp.int32(0)}), placed, perm, start, 1)
+  return jax.device_get(got), placed
+
+
+@pytest.mark.parametrize("mode", ["none", "pmap", "shard_map"])
+def test_rows_split_over_devices_give_each_device_its_rows_exactly(mode):
+  rows, batch, n, start = 130, 16, 2, 3  # 130 rows: the last device's block is padded
+  data = synthetic_data(rows)
+  got, placed = gathered_batches(mode, data, start, n, batch)
+  devices = 1 if mode == "none" else 4
+  perm = np.asarray(data_lib.epoch_permutation(0, 0, rows))
+  index = perm[(start * n) * batch:(start * n + n) * batch].reshape(n, devices, -1)
+  index = index.swapaxes(0, 1).reshape(devices, -1)  # device d: its rows of batch 0, then 1
+  np.testing.assert_array_equal(got["label"], np.asarray(data.labels)[index])
+  want = jax.jit(data_lib.preprocess)(np.asarray(data.images)[index])  # as XLA rounds it
+  np.testing.assert_array_equal(got["image"], want)
+  shards = placed.images.addressable_shards
+  assert len(shards) == devices
+  assert {s.data.size for s in shards} == {np.prod(placed.images.shape) // devices}
+  assert sum(s.data.shape[-4] for s in shards) == (rows if mode == "none" else 132)
+
+
+@pytest.mark.slow
+def test_auto_on_an_emulated_gpu_uses_every_device_and_trains_as_one_device(
+    idx_dir, tmp_path, monkeypatch):  # noqa: F811
+  loops, make = [], parallel.make_train_loop
+
+  def recorded(*args, **kwargs):
+    loops.append(make(*args, **kwargs))
+    return loops[-1]
+
+  monkeypatch.setattr(parallel, "make_train_loop", recorded)
+  one = train_lib.train_and_evaluate(small_config(idx_dir, parallel="none", **STEADY_ADAM),
+                                     str(tmp_path / "none"))
+  monkeypatch.setenv("AIGC_JAX_PLATFORM_DEFAULTS", "gpu")
+  auto = train_lib.train_and_evaluate(small_config(idx_dir, parallel="auto", **STEADY_ADAM),
+                                      str(tmp_path / "auto"))
+  modes = [(loop.mode, loop.num_devices) for loop in loops]
+  assert modes == [("none", 1), (backend.AUTO_PARALLEL, 4)] and backend.AUTO_PARALLEL != "none"
+  trained = [workdir_lib.load_trained(str(tmp_path / d), "latest").state for d in ("none", "auto")]
+  assert int(trained[0].step) == int(trained[1].step) == 16
+  chex.assert_trees_all_close(arrays(trained[1]), arrays(trained[0]), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(auto, one, rtol=1e-4)

@@ -236,7 +236,7 @@ def test_a_workdir_from_before_new_config_keys_still_loads(idx_dir, tmp_path):
   with open(tmp_path / workdir_lib.CONFIG_FILE, "w") as f:
     json.dump(saved, f)
   config = workdir_lib.load_config(str(tmp_path))
-  assert config.adam_eps == 1e-8 and config.parallel == "none"  # the defaults
+  assert config.adam_eps == 1e-8 and config.parallel == "auto"  # the defaults
   assert config.learning_rate == 3e-3 and config.model == "vae_mlp"  # the run's own values
   saved["learing_rate"] = 1.0
   with open(tmp_path / workdir_lib.CONFIG_FILE, "w") as f:

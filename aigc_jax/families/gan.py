@@ -69,6 +69,7 @@ def default_config(model: str) -> dict:
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
       d_base_features=64,  # DCGAN discriminator: its first conv's channels (the second has 2x)
+      g_base_features=128,  # DCGAN generator: channels at 7x7 (the first upsampling halves them)
       # DCGAN: conv and dense layers initialised like PyTorch's (kernels and biases
       # U(+-1/sqrt(fan_in))), else flax's defaults (lecun normal kernels, zero biases)
       torch_init=False,
@@ -121,8 +122,8 @@ def validate_config(config, need) -> None:
   need(0.0 < config.g_topk <= 1.0,
        f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got "
        f"{config.g_topk}")
-  need(config.d_base_features >= 1,
-       f"d_base_features must be a positive channel count, got {config.d_base_features}")
+  for key in ("d_base_features", "g_base_features"):
+    need(config[key] >= 1, f"{key} must be a positive channel count, got {config[key]}")
   need(config.g_final_features >= 0,
        f"g_final_features must be >= 0 (0 = no full-resolution stage), got "
        f"{config.g_final_features}")
@@ -173,7 +174,8 @@ def build_models(config, info: data_lib.DatasetInfo):
   else:
     generator = gan_models.DCGANGenerator(
         info.image_shape, num_classes=num_classes, label_mode=config.label_mode,
-        upsample=config.upsample, final_features=config.g_final_features,
+        upsample=config.upsample, base_features=config.g_base_features,
+        final_features=config.g_final_features,
         transpose_impl=backend.resolve("upsample_impl", config.upsample_impl),
         torch_init=config.torch_init, dtype=dtype)
     discriminator = gan_models.DCGANDiscriminator(

@@ -1,7 +1,8 @@
 """Curves of a run's metrics.jsonl: train losses and eval metrics against the step.
 
 `write_curves(workdir)` writes workdir/plots/train.png and workdir/plots/eval.png, one subplot
-per metric. The command overlays several runs, one line per run:
+per metric; `CurveDrawer` does it on a background thread (training does not wait for it). The
+command overlays several runs, one line per run:
 
 python -m aigc_jax.plot --workdir A [B ...] --out FILE.png [--split train|test]
 """
@@ -14,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import threading
 
 from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
@@ -106,6 +108,45 @@ def write_curves(workdir: str) -> list[str]:
   except (OSError, ValueError, RuntimeError) as e:
     log.warning("could not write the curves in %s (%s)", plots, e)
   return paths
+
+
+class CurveDrawer:
+  """`write_curves(workdir)` on a background thread: `request()` returns at once; requests made
+  while a drawing runs are merged into one more drawing, started after it; `close()` waits for
+  the drawing of the last request (the curves then show every record written before it)."""
+
+  def __init__(self, workdir: str):
+    self.workdir, self.drawings = workdir, 0
+    self._wake, self._thread = threading.Condition(), None
+    self._pending = self._closed = False
+
+  def request(self) -> None:
+    with self._wake:
+      if self._closed:
+        raise RuntimeError("CurveDrawer.request after close")
+      self._pending = True
+      if self._thread is None:
+        self._thread = threading.Thread(target=self._run, name="curves", daemon=True)
+        self._thread.start()
+      self._wake.notify()
+
+  def _run(self) -> None:
+    while True:
+      with self._wake:
+        self._wake.wait_for(lambda: self._pending or self._closed)
+        if not self._pending:
+          return
+        self._pending = False
+      write_curves(self.workdir)  # logs, never raises, on OSError and matplotlib errors
+      self.drawings += 1
+
+  def close(self) -> None:
+    """Waits for the requested drawing (if any); later requests raise."""
+    with self._wake:
+      self._closed = True
+      self._wake.notify()
+    if self._thread is not None:
+      self._thread.join()
 
 
 def overlay_figure(workdirs: list[str], split: str):

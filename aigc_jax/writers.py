@@ -10,6 +10,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from aigc_jax import plot
+
 log = logging.getLogger(__name__)
 
 
@@ -73,12 +75,13 @@ def _record(line: str) -> dict | None:
 
 
 class MetricWriter:
-  """Writes {name: scalar} per (step, split) to TensorBoard and to workdir/metrics.jsonl."""
+  """Writes {name: scalar} per (step, split) to TensorBoard and to workdir/metrics.jsonl, and
+  the curves of metrics.jsonl to workdir/plots when asked (`draw_curves`, in the background)."""
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = None
+    self._tb, self._curves = None, plot.CurveDrawer(workdir) if enabled else None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
     if enabled and tensorboard:
@@ -125,6 +128,13 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.add_image(name, grid, int(step), dataformats="HWC")
 
+  def draw_curves(self) -> None:
+    """Redraws workdir/plots/*.png on a background thread; `close` waits for it."""
+    if self._curves is not None:
+      self._curves.request()
+
   def close(self) -> None:
+    if self._curves is not None:
+      self._curves.close()
     if self._tb is not None:
       self._tb.close()

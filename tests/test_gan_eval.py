@@ -24,6 +24,7 @@ from aigc_jax.evaluate import evaluate_workdir
 from aigc_jax.metrics import classifier as clf_lib
 from aigc_jax.metrics import classifier_net as net_lib
 from aigc_jax.metrics import sample_metrics as sm_lib
+from conftest import free_port
 from conftest import needs_fashion_mnist
 
 pytestmark = [needs_fashion_mnist, pytest.mark.slow]
@@ -135,3 +136,41 @@ def test_conditional_floors_include_the_classifier_accuracy(cache):
   result = trainable.full_evaluate(state, workdir_lib.load_test_data(config), num_samples=200)
   assert "label_acc" in result and "raw_label_acc" in result
   assert result["label_acc_floor"] > 0.5 > result["label_acc"]  # real images vs untrained G
+
+
+# One of two processes: process 0's metrics (its own numbers) reach both; a failure there raises
+# in both instead of leaving process 1 waiting.
+TWO_PROCESS_SCRIPT = """
+import json, sys
+import jax
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from aigc_jax.families import sample_eval
+calls = []
+def compute():
+  calls.append(1)
+  return {"fid": 1.0 / 3 + jax.process_index(), "kid": float("nan")}
+out = sample_eval.from_process_zero(compute)
+def fail():
+  raise ValueError("no classifier")
+try:
+  sample_eval.from_process_zero(fail)
+  error = None
+except (ValueError, RuntimeError) as e:
+  error = f"{type(e).__name__}: {e}"
+print(json.dumps({"out": repr(out), "calls": len(calls), "error": error}))
+"""
+
+
+def test_sample_metrics_are_computed_by_process_zero_alone_and_shared():
+  address = f"127.0.0.1:{free_port()}"
+  workers = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  outputs = [w.communicate(timeout=120) for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert results[0]["out"] == results[1]["out"] == repr({"fid": 1.0 / 3, "kid": float("nan")})
+  assert [r["calls"] for r in results] == [1, 0]
+  assert results[0]["error"] == "ValueError: no classifier"
+  assert results[1]["error"] == ("RuntimeError: process 0's evaluation failed: ValueError: no "
+                                 "classifier")

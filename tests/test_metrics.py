@@ -86,8 +86,32 @@ def brute_force_mmd2(x, y):
 def test_kid_matches_a_brute_force_unbiased_mmd():
   x, y = gaussian(12, [0.0] * 3, [1.0] * 3, 0), gaussian(12, [0.5] * 3, [2.0] * 3, 1)
   mean, std = kid_lib.kid(x, y, num_subsets=3, subset_size=12)  # full sets: no sampling noise
-  assert mean == pytest.approx(brute_force_mmd2(x, y), rel=1e-10)
-  assert std == pytest.approx(0.0, abs=1e-12)
+  scale = np.abs(kid_lib.cubic_kernel(np.concatenate([x, y]), np.concatenate([x, y]))).mean()
+  assert abs(mean - brute_force_mmd2(x, y)) < 1e-6 * scale  # float32 on the device
+  assert std == 0.0
+
+
+def numpy_kid(a, b, num_subsets, subset_size, seed=0):
+  """KID as computed before it moved to the device: float64 numpy, the same subsets."""
+  rng, m, mmds = np.random.default_rng(seed), min(subset_size, len(a), len(b)), []
+  for _ in range(num_subsets):
+    x = a[rng.choice(len(a), m, replace=False)]
+    y = b[rng.choice(len(b), m, replace=False)]
+    kxx, kyy, kxy = (kid_lib.cubic_kernel(u, v) for u, v in ((x, x), (y, y), (x, y)))
+    mmds.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) -
+                2.0 * kxy.mean())
+  return np.mean(mmds), np.std(mmds)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.05, 0.5])
+def test_kid_on_the_device_matches_the_float64_formula(shift):
+  a = gaussian(700, [0.0] * 64, [1.0] * 64, 0)
+  b = gaussian(500, [shift] * 64, [1.0] * 64, 1)
+  expected = numpy_kid(a, b, num_subsets=7, subset_size=300, seed=5)
+  got = kid_lib.kid(a, b, num_subsets=7, subset_size=300, seed=5)
+  # Kernel values are ~1 here: float32 sums of k - 1 keep ~1e-8 of that scale.
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+  assert got[1] > 1e-4  # different subsets: a real spread, not one subset repeated
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_shifted_sets():
@@ -99,6 +123,10 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_shifted_sets():
   assert abs(same) < 3 * same_std  # unbiased: zero within its spread over subsets
   assert kid_lib.kid(data[:1000], data[1000:], num_subsets=2, seed=3) == kid_lib.kid(
       data[:1000], data[1000:], num_subsets=2, seed=3)
+
+
+def brute_force_radii(x, k):
+  return np.sort(((x[:, None] - x[None]) ** 2).sum(-1), axis=1)[:, k]
 
 
 def brute_force_precision_recall(real, fake, k):
@@ -117,6 +145,24 @@ def test_precision_recall_in_chunks_matches_brute_force(monkeypatch):
   got = pr_lib.precision_recall(real, fake, k=3)
   np.testing.assert_allclose(got, expected)
   assert 0.5 < got[0] < 0.99 and 0.5 < got[1] < 0.99  # a non-trivial case
+
+
+def test_kth_smallest_counts_repeated_values_like_a_sort():
+  rng = np.random.default_rng(0)
+  d = rng.integers(0, 4, size=(50, 9)).astype(np.float32)  # many ties
+  d[0] = 0.0
+  for k in (0, 3, 5, 8):
+    np.testing.assert_array_equal(pr_lib.kth_smallest(d, k), np.sort(d, axis=1)[:, k])
+
+
+def test_precision_recall_of_repeated_fakes_matches_brute_force():
+  real = gaussian(120, [0.0] * 3, [1.0] * 3, 0)
+  fake = np.repeat(gaussian(30, [0.3] * 3, [1.0] * 3, 1), 4, axis=0)  # each fake 4 times
+  assert np.all(pr_lib.knn_radii(fake, k=3) < 1e-5)  # 3 copies at distance ~0 (rounding)
+  np.testing.assert_allclose(pr_lib.knn_radii(fake, k=5), brute_force_radii(fake, 5), rtol=1e-5)
+  expected = brute_force_precision_recall(real, fake, k=5)
+  np.testing.assert_allclose(pr_lib.precision_recall(real, fake, k=5), expected)
+  assert 0.0 < expected[0] < 1.0 and 0.0 < expected[1] < 1.0
 
 
 def test_precision_recall_identical_and_disjoint_sets():

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from PIL import Image
@@ -94,3 +95,51 @@ def test_cli_bad_input_is_one_error_line(tmp_path, case):
   [line] = done.stderr.strip().splitlines()
   assert line.startswith("error: ")
   assert not (tmp_path / "x.png").exists()
+
+
+def test_curve_drawer_returns_at_once_and_merges_requests(tmp_path, monkeypatch):
+  started, release, calls = threading.Event(), threading.Event(), []
+
+  def slow_write_curves(workdir):
+    calls.append(workdir)
+    started.set()
+    assert release.wait(timeout=30)
+    return []
+
+  monkeypatch.setattr(plot, "write_curves", slow_write_curves)
+  drawer = plot.CurveDrawer(str(tmp_path))
+  drawer.close()  # nothing requested: returns, draws nothing
+  assert calls == []
+  drawer = plot.CurveDrawer(str(tmp_path))
+  drawer.request()
+  assert started.wait(timeout=30)  # drawing, blocked: request() did not wait for it
+  drawer.request()
+  drawer.request()  # both while the first drawing runs: one more drawing
+  release.set()
+  drawer.close()
+  assert calls == [str(tmp_path)] * 2 and drawer.drawings == 2
+  with pytest.raises(RuntimeError, match="after close"):
+    drawer.request()
+
+
+def test_metric_writer_draws_curves_of_every_record_by_close(tmp_path, monkeypatch):
+  from aigc_jax import writers  # pylint: disable=g-import-not-at-top
+  seen, real = [], plot.write_curves
+
+  def spy(workdir):
+    seen.append(len(plot.read_records(os.path.join(workdir, "metrics.jsonl"))))
+    return real(workdir)
+
+  monkeypatch.setattr(plot, "write_curves", spy)
+  writer = writers.MetricWriter(str(tmp_path), tensorboard=False)
+  for step in range(1, 6):
+    writer.write(step, "train", {"loss": 1.0 / step})
+    writer.write(step, "test", {"fid": 10.0 / step})
+    writer.draw_curves()
+  writer.close()
+  assert seen and seen[-1] == 10  # the last drawing came after the last record
+  assert sorted(os.listdir(tmp_path / "plots")) == ["eval.png", "train.png"]
+  quiet = writers.MetricWriter(str(tmp_path / "other"), enabled=False)
+  quiet.draw_curves()  # a process that writes no logs draws nothing
+  quiet.close()
+  assert not (tmp_path / "other").exists()

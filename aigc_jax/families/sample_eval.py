@@ -8,11 +8,14 @@ features are extracted once per test split and size.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from aigc_jax import data as data_lib
 from aigc_jax.metrics import classifier as classifier_lib
@@ -33,6 +36,32 @@ def with_floors(metrics: dict, floor: dict) -> dict:
     out[name] = value
     if name in FLOOR_METRICS and name in floor:
       out[f"{name}_floor"] = floor[name]
+  return out
+
+
+def from_process_zero(compute: Callable[[], dict]) -> dict:
+  """compute()'s {name: number} computed by process 0 alone and handed to every process.
+
+  With one process, just compute(). With several, the others wait in two broadcasts (the
+  length, then the JSON bytes) and return the same dict; when process 0's compute() raises,
+  it raises there and a RuntimeError here, so no process waits for the others forever.
+  """
+  if jax.process_count() == 1:
+    return compute()
+  error, out = None, {}
+  if jax.process_index() == 0:
+    try:
+      out = compute()
+    except Exception as e:  # pylint: disable=broad-except  # re-raised after the broadcast
+      error, out = e, {"__error__": f"{type(e).__name__}: {e}"}
+  text = np.frombuffer(json.dumps(out).encode(), np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(len(text))))
+  text = text if jax.process_index() == 0 else np.zeros(size, np.uint8)
+  out = json.loads(np.asarray(multihost_utils.broadcast_one_to_all(text)).tobytes())
+  if error is not None:
+    raise error
+  if "__error__" in out:
+    raise RuntimeError(f"process 0's evaluation failed: {out['__error__']}")
   return out
 
 
@@ -96,7 +125,7 @@ class SampleEvaluator:
     for i, start in enumerate(starts):
       images, lab = self.sample(state, jax.random.PRNGKey(1000 + i), min(CHUNK, num - start),
                                 use_ema, **sample_options)
-      fakes.append(np.round(images * 255).astype(np.uint8))
+      fakes.append(np.asarray(jnp.round(images * 255).astype(jnp.uint8)))
       labels.append(lab)
     requested = np.concatenate(labels) if self.conditional else None
     return sample_metrics.evaluate_samples(self.classifier, np.concatenate(fakes), real,
@@ -109,9 +138,11 @@ class SampleEvaluator:
                                  labels if self.conditional else None, num_train=num)
 
   def evaluate(self, state, test: data_lib.DeviceData) -> dict:
-    """The periodic evaluation: the metrics of config.eval_num_samples EMA samples."""
+    """The periodic evaluation: the metrics of config.eval_num_samples EMA samples, computed by
+    process 0 alone (`from_process_zero`: `state` is each process's own copy)."""
     num = min(self.config.eval_num_samples, int(test.labels.shape[0]))
-    return self.sample_metrics(state, self.real_features(test, num), num)
+    return from_process_zero(
+        lambda: self.sample_metrics(state, self.real_features(test, num), num))
 
   def full_evaluate(self, state, test: data_lib.DeviceData, *, num_samples=10_000, progress=None,
                     **sample_options) -> dict:

@@ -1,6 +1,7 @@
 """Sample-quality metrics of generated images, on the project's own feature classifier.
 
-One module per metric, on (N, D) feature arrays (numpy, float64):
+One module per metric, on (N, D) feature arrays (FID and IS in float64 numpy, KID and
+precision/recall on the device in float32):
 
 - `fid`: feature statistics, the Frechet distance, FID.
 - `kid`: KID (unbiased MMD^2 with a cubic kernel, over subsets).

@@ -22,10 +22,12 @@ endif
 comma := ,
 ACCEL_EXTRA := $(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
 # One stamp per set of extras, so that another ACCEL or extra installs again.
-stamp = $(VENV)/.installed-$(subst $(comma),-,$(1))
+stamp = $(VENV)/.installed-$(subst $(comma),+,$(1))
 SETUP_STAMP := $(call stamp,dev$(ACCEL_EXTRA))
-# The test suite and `make bench` also install torch, the PyTorch references' extra.
-BENCH_STAMP := $(call stamp,dev$(comma)bench$(ACCEL_EXTRA))
+# The test suite and `make bench` also install torch, the PyTorch references' extra: one built for
+# the same CUDA major as jax's plugin (bench-cuda12 beside cuda12).
+BENCH_EXTRA := $(if $(filter cuda12,$(ACCEL)),bench-cuda12,bench)
+BENCH_STAMP := $(call stamp,dev$(comma)$(BENCH_EXTRA)$(ACCEL_EXTRA))
 
 .PHONY: setup data demo test test-fast lint bench wheels clean
 
@@ -36,7 +38,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-%: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[$(subst -,$(comma),$*)]'
+	$(PY) -m pip install --quiet -e '.[$(subst +,$(comma),$*)]'
 	@touch $@
 
 # Real data offline: Debian's dataset-fashion-mnist package (needs root and apt).
@@ -71,8 +73,11 @@ TEST_DIST ?= load
 PYTEST := $(PY) -m pytest tests --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) \
   --dist $(TEST_DIST)) $(PYTEST_ARGS)
 
+# AIGC_JAX_TEST_ACCELERATOR=1 then runs the `accelerator` tests on JAX's default backend (a GPU
+# or TPU), in one process; the rest of the suite keeps its CPU devices.
 test: $(BENCH_STAMP) data
 	$(PYTEST)
+	$(if $(filter-out 0,$(AIGC_JAX_TEST_ACCELERATOR)),$(PY) -m pytest tests -m accelerator -p no:xdist)
 
 # Everything but the tests marked `slow` (training runs, subprocesses, many compiles): about a
 # minute on 2 cores.
@@ -88,13 +93,20 @@ bench: $(BENCH_STAMP) data
 	$(PY) -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md
 
 # wheels/ for benchmarks/accelerator_check.sh on an offline GPU machine (Python $(WHEEL_PYTHON), x86-64)
-# that already has jax, flax, optax, orbax-checkpoint, chex and torch.
+# that already has jax, flax, optax, orbax-checkpoint, chex and torch: binary wheels of the rest
+# and their dependencies, plus wheels built here from the dependencies PyPI has as sdists only
+# (WHEEL_SDIST_ONLY, pure Python). WHEELS_DIR picks another directory.
 WHEEL_PYTHON ?= 3.12
+WHEELS_DIR ?= wheels
+WHEEL_PACKAGES := ml_collections tensorboardX tensorflow-datasets importlib_resources tqdm absl-py \
+  Pillow matplotlib scipy pytest
+WHEEL_SDIST_ONLY := promise
 wheels: | $(PY)
-	$(PY) -m pip download --quiet -d wheels --only-binary=:all: --python-version $(WHEEL_PYTHON) \
-	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-	  --platform manylinux_2_28_x86_64 --platform any \
-	  ml_collections tensorboardX tensorflow-datasets importlib_resources tqdm
+	$(PY) -m pip wheel --quiet --no-deps -w $(WHEELS_DIR) $(WHEEL_SDIST_ONLY)
+	$(PY) -m pip download --quiet -d $(WHEELS_DIR) --only-binary=:all: --find-links $(WHEELS_DIR) \
+	  --python-version $(WHEEL_PYTHON) --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any \
+	  $(WHEEL_PACKAGES)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

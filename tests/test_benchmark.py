@@ -25,14 +25,15 @@ from aigc_jax.bench import report
 from aigc_jax.bench import step_profile
 from aigc_jax.bench import timing
 from aigc_jax.bench import torch_reference as reference_lib
+from aigc_jax.bench import torch_timing
 from aigc_jax.models import gan as gan_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = reference_lib.MODELS  # the presets with a PyTorch reference
-TORCH_KEYS = {"torch_step_ms", "speedup_vs_torch", "torch_device"}
-KEYS = {"model", "batch", "devices", "backend", "device_kind", "dtype", "compile_s", "step_ms",
-        "step_ms_min", "step_ms_max", "images_per_s", "gflop_per_step", "gflops", "peak_gflops",
-        "fraction_of_peak", *TORCH_KEYS}
+TORCH_KEYS = {"torch_step_ms", "speedup_vs_torch", "torch_device", "torch_tf32"}
+KEYS = {"model", "batch", "devices", "backend", "device_kind", "dtype", "matmul_precision",
+        "steps_per_call", "compile_s", "step_ms", "step_ms_min", "step_ms_max", "images_per_s",
+        "gflop_per_step", "gflops", "peak_kind", "peak_gflops", "fraction_of_peak", *TORCH_KEYS}
 TINY = ["--batch", "4", "--steps", "2", "--warmup", "1", "--peak-size", "1024"]
 
 
@@ -271,18 +272,56 @@ def test_epoch_timing_keys(capsys):
   assert "--images 64 is less than one call's 4 x 20 images" in capsys.readouterr().err
 
 
-def test_peak_is_measured_at_float32_highest_precision(monkeypatch):
-  a = jax.numpy.ones((8, 8), jax.numpy.float32)
-  assert "HIGHEST" in jax.jit(timing.peak_matmul).lower(a, a).as_text()
+@pytest.mark.parametrize("kind, dtype, precision", [
+    ("float32/highest", "f32", "HIGHEST"), ("float32/default", "f32", None),
+    ("bfloat16", "bf16", None)])
+def test_each_peak_is_measured_in_its_dtype_and_precision(kind, dtype, precision, monkeypatch):
   measured, calls = timing.peak_matmul, []
 
-  def recording(x, y):
-    calls.append((x.dtype, x.shape, y.shape))
-    return measured(x, y)
+  def recording(x, y, precision):
+    calls.append((x.dtype, x.shape, precision))
+    return measured(x, y, precision)
 
   monkeypatch.setattr(timing, "peak_matmul", recording)
-  assert timing.peak_gflops.__wrapped__(64, 1) > 0  # not the cached value
-  assert calls == [(jax.numpy.float32, (64, 64), (64, 64))]  # traced once, then cached by jit
+  assert timing.peak_gflops.__wrapped__(64, 1, kind) > 0  # not the cached value
+  assert calls == [(jax.numpy.dtype(timing.PEAKS[kind][0]), (64, 64), timing.PEAKS[kind][1])]
+  a = jax.numpy.ones((8, 8), timing.PEAKS[kind][0])
+  text = jax.jit(lambda x: measured(x, x, timing.PEAKS[kind][1])).lower(a).as_text()
+  assert f"tensor<8x8x{dtype}>" in text and ("HIGHEST" in text) == (precision == "HIGHEST")
+
+
+def test_a_row_is_judged_against_the_peak_of_what_it_ran():
+  kinds = [timing.peak_kind(presets.bench_config("vae_mlp", overrides=[
+      f"--config.compute_dtype={dtype}", f"--config.matmul_precision={precision}"]))
+      for dtype, precision in [("float32", "highest"), ("float32", "default"),
+                               ("bfloat16", "highest")]]
+  assert kinds == ["float32/highest", "float32/default", "bfloat16"]
+
+
+def test_synthetic_set_holds_at_least_one_call():
+  assert timing.images_for(64, 1) == timing.NUM_IMAGES
+  assert timing.images_for(1024, 100) == 102_400  # a GPU's call at batch 1024
+  assert torch_timing.call_counts(50, 5, 100, 5) == (5, 1)
+  assert torch_timing.call_counts(50, 5, 1, 5) == (50, 5)
+
+
+@pytest.mark.parametrize("precision, tf32", [("highest", False), ("default", True)])
+def test_torch_is_timed_in_jaxs_calls_with_its_tf32(precision, tf32, torch, monkeypatch):
+  config = presets.bench_config("vae_mlp", 4, steps_per_call=3,
+                                overrides=[f"--config.matmul_precision={precision}"])
+  seen, before = [], (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+  class Reference:
+    def step(self, x, y):
+      seen.append((x.shape[0], y.shape[0], torch.backends.cuda.matmul.allow_tf32,
+                   torch.backends.cudnn.allow_tf32))
+
+  monkeypatch.setattr(reference_lib, "build", lambda *args: Reference())
+  images, labels = timing.synthetic_split(data_lib.DATASETS[config.dataset], 40)
+  samples, device = torch_timing.time_torch(config, images, labels, (2, 1))
+  assert device == "cpu" and len(samples) == 2  # one sample per timed call of 3 steps
+  assert seen == [(4, 4, tf32, tf32)] * 9  # 1 warm-up call and 2 timed calls
+  assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
 def test_machine_line_names_the_accelerator_off_cpu(monkeypatch):

@@ -8,10 +8,12 @@ A model is an experiment preset (`presets`) with the batch size and steps per ca
 The JAX side is the training loop's own path (`timing`). Reported: compile time (the first call
 less a steady call), the median, min and max of the step time over the timed calls (call time /
 steps per call), images/s, XLA's FLOP count of one step, the GFLOP/s that makes and its fraction
-of this machine's fp32 matmul peak (a large float32 `jnp.dot` at HIGHEST precision timed here,
-so no TF32 rate), the backend and device kind, and with --torch the same model and step in
-PyTorch eager (`torch_reference`, on CUDA when PyTorch sees a GPU, else the CPU) timed in the
-same process, step by step, and the ratio; with --torch-compile the same with its modules
+of this machine's matmul peak for what the step ran (`timing.peak_kind`: float32 at the config's
+matmul_precision, or bfloat16; a large `jnp.dot` timed here), the backend and device kind, and
+with --torch the same model and step in PyTorch eager (`torch_reference`, on CUDA when PyTorch
+sees a GPU, else the CPU) timed in the same process and the same way (calls of steps-per-call
+steps, one sync per call; TF32 off for matmul_precision 'highest', on otherwise), and the ratio;
+with --torch-compile the same with its modules
 `torch.compile`d. Several --batch values sweep. With --epoch, one whole epoch of the synthetic
 set run the way train.py runs it, against steps x the median step time. With --profile N, the N
 ops of the compiled step that take the most time (`step_profile`). Every error is one
@@ -80,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
       "(keys epoch_s, epoch_steps, epoch_vs_steps)")
   add("--profile", type=positive_int, metavar="N", help="also print the N ops of the compiled "
       "step that take the most time (jax.profiler; to stderr)")
-  add("--images", type=positive_int, default=timing.NUM_IMAGES, metavar="N",
+  add("--images", type=positive_int, metavar="N",
       help=f"size of the synthetic training set (default {timing.NUM_IMAGES:,}, as "
-      "Fashion-MNIST's)")
+      "Fashion-MNIST's, or one call's images where a call needs more)")
   add("--steps", type=positive_int, default=50, metavar="N", help="timed steps (default 50)")
   add("--warmup", type=int, default=5, metavar="N",
       help="warm-up steps after the compiling first call (default 5)")

@@ -30,7 +30,7 @@ def describe(result: dict, steps_per_call: int) -> str:
            f"{r['step_ms_max']:.2f}), {r['images_per_s']:.0f} images/s, compile "
            f"{r['compile_s']:.2f} s",
            f"{r['gflop_per_step']:.3f} GFLOP/step -> {r['gflops']:.1f} GFLOP/s = "
-           f"{100 * r['fraction_of_peak']:.0f}% of the measured fp32 matmul peak "
+           f"{100 * r['fraction_of_peak']:.0f}% of the measured {r['peak_kind']} matmul peak "
            f"({r['peak_gflops']:.1f} GFLOP/s)"]
   if "epoch_s" in r:
     lines.append(f"one epoch ({r['epoch_steps']} steps, as train.py runs it): {r['epoch_s']:.2f} s "
@@ -131,6 +131,7 @@ def goal_lines(results: list[dict], busy: bool) -> list[str]:
 def table(results: list[dict], command: str, load_before: float, steps: int, warmup: int) -> str:
   """benchmarks/RESULTS.md's text: how it was made, the machine, the table, the goals."""
   peak = results[0]["peak_gflops"] if results else 0.0
+  kind = results[0]["peak_kind"] if results else "float32/default"
   busy = is_busy(load_before)
   lines = [
       "# Train-step benchmarks", "",
@@ -138,12 +139,13 @@ def table(results: list[dict], command: str, load_before: float, steps: int, war
       "One step is a full train step (a GAN's n_critic D updates and its G update). JAX: the "
       "training loop's path (`parallel.make_train_loop`, the experiment's steps_per_call), median "
       f"over >= {steps} steps after {warmup} warm-up steps; PyTorch: the same model, optimizer and "
-      "losses in eager mode (`aigc_jax/bench/torch_reference/`), median of "
-      f"{steps} steps, in the same process; with --torch-compile also with every module "
+      "losses in eager mode (`aigc_jax/bench/torch_reference/`), timed the same way (calls of "
+      "steps_per_call steps, one sync per call, TF32 as JAX's matmul_precision allows), in the "
+      "same process; with --torch-compile also with every module "
       "`torch.compile`d (default mode; its compiling first step not counted). Ratio = PyTorch ms "
       "/ JAX ms. % of peak: XLA's FLOP "
-      f"count of the step per second over the measured fp32 matmul peak ({peak:.1f} GFLOP/s, "
-      "a 4096x4096 float32 `jnp.dot` at HIGHEST precision). Compile s: the first call less a "
+      f"count of the step per second over the measured {kind} matmul peak ({peak:.1f} GFLOP/s, "
+      "a 4096x4096 `jnp.dot` of that dtype and precision). Compile s: the first call less a "
       "steady one.", "",
       *([f"**Warning**, {busy_warning(load_before)}", ""] if busy else []),
       "| model | batch | JAX ms/step | PyTorch ms/step | ratio | torch.compile ms/step | ratio "

@@ -3,6 +3,9 @@
 The JAX side is the family's `train_step` under `parallel.make_train_loop` over a synthetic uint8
 dataset on the device; one step is a full train step (for a GAN, its n_critic D updates and the
 G update). `benchmark` returns one result: the keys `python -m aigc_jax.benchmark --json` prints.
+JAX and PyTorch are timed alike: calls of steps_per_call steps, one sync per call, the per-step
+time a call's time / steps_per_call (`torch_timing.call_counts` calls each). A row's % of peak
+divides by the peak of what it ran (`peak_kind`), measured in the same process.
 """
 
 from __future__ import annotations
@@ -32,17 +35,34 @@ NUM_IMAGES = 60_000  # synthetic training set, as large as Fashion-MNIST's
 MIN_CALLS = 5  # timed calls at least, so a many-steps-per-call model has a spread too
 
 
-def peak_matmul(a, b):
-  """The peak's matmul: float32 at HIGHEST precision, so a GPU's TF32 rate is not reported."""
-  return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+# The matmul each peak times: (its name, the input dtype, the precision). A row divides by the
+# peak of what it ran (`peak_kind`): float32 at its matmul_precision, or bfloat16.
+PEAKS = {"float32/highest": (jnp.float32, jax.lax.Precision.HIGHEST),
+         "float32/high": (jnp.float32, jax.lax.Precision.HIGH),
+         "float32/default": (jnp.float32, jax.lax.Precision.DEFAULT),  # TF32 on recent NVIDIA
+         "bfloat16": (jnp.bfloat16, jax.lax.Precision.DEFAULT)}
+
+
+def peak_kind(config) -> str:
+  """The PEAKS entry a run of `config` is judged against: 'bfloat16', else float32 at the
+  config's matmul_precision."""
+  if config.compute_dtype == "bfloat16":
+    return "bfloat16"
+  return f"float32/{config.matmul_precision}"
+
+
+def peak_matmul(a, b, precision=jax.lax.Precision.HIGHEST):
+  """The peak's matmul at `precision` (float32 HIGHEST by default: no TF32 rate)."""
+  return jnp.dot(a, b, precision=precision)
 
 
 @functools.cache
-def peak_gflops(size: int = 4096, repeats: int = 3) -> float:
-  """This machine's fp32 matmul rate in GFLOP/s: the best of `repeats` jitted (size x size) @
-  (size x size) `peak_matmul`s, after one compiling call. Cached per (size, repeats)."""
-  a, b = jax.random.normal(jax.random.PRNGKey(0), (2, size, size), jnp.float32)
-  dot = jax.jit(peak_matmul)
+def peak_gflops(size: int = 4096, repeats: int = 3, kind: str = "float32/highest") -> float:
+  """This machine's matmul rate in GFLOP/s for PEAKS[kind]: the best of `repeats` jitted
+  (size x size) @ (size x size) `peak_matmul`s, after one compiling call. Cached."""
+  dtype, precision = PEAKS[kind]
+  a, b = jax.random.normal(jax.random.PRNGKey(0), (2, size, size), jnp.float32).astype(dtype)
+  dot = jax.jit(functools.partial(peak_matmul, precision=precision))
   dot(a, b).block_until_ready()
   best = math.inf
   for _ in range(repeats):
@@ -50,6 +70,11 @@ def peak_gflops(size: int = 4096, repeats: int = 3) -> float:
     dot(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2 * size**3 / best / 1e9
+
+
+def images_for(per_step: int, steps_per_call: int) -> int:
+  """The synthetic set's size: NUM_IMAGES, or one call's images where a call needs more."""
+  return max(NUM_IMAGES, per_step * steps_per_call)
 
 
 def synthetic_split(info: data_lib.DatasetInfo, num: int, seed: int = 0):
@@ -111,7 +136,7 @@ def time_epoch(config, run, state, data, permutation, num: int, steps_per_epoch:
   """Seconds of one epoch (epoch 1's permutation) run as train.py runs it: chunks of
   log_every_steps steps, the state read back and the metric sums fetched after every chunk."""
   start = time.perf_counter()
-  perm = run.put_data(permutation(config.seed, 1, num))
+  perm = run.put_state(permutation(config.seed, 1, num))
   for s in range(0, steps_per_epoch, config.log_every_steps):
     state, sums = run(state, data, perm, s, min(config.log_every_steps, steps_per_epoch - s))
     run.get_state(state)
@@ -121,17 +146,17 @@ def time_epoch(config, run, state, data, permutation, num: int, steps_per_epoch:
 
 
 def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = False,
-             profile: bool = False) -> dict:
-  """compile_s, samples_ms (per-step ms, one per call, at least MIN_CALLS), flops, devices and
-  ops (with `profile` the step's ops by time, `step_profile.op_times`, profiled before the timed
-  calls; else None); with `epoch` also epoch_s and epoch_steps (`time_epoch`)."""
+             profile: bool = False, min_calls: int = MIN_CALLS) -> dict:
+  """compile_s, samples_ms (per-step ms, one per call, `torch_timing.call_counts` calls), flops,
+  devices and ops (with `profile` the step's ops by time, `step_profile.op_times`, profiled before
+  the timed calls; else None); with `epoch` also epoch_s and epoch_steps (`time_epoch`)."""
   k, num = config.steps_per_call, len(labels)
   trainable, n, data, permutation, perm, state, first_batch = setup(config, images, labels)
   steps_per_epoch = data_lib.steps_per_epoch(num, config.batch_size * n)
   flops = step_flops(trainable.train_step, state, first_batch)
   ops = step_profile.op_times(trainable.train_step, state, first_batch) if profile else None
   run = make_loop(config, trainable, n)
-  state, data, perm = run.put_state(state), run.put_data(data), run.put_data(perm)
+  state, data, perm = run.put_state(state), run.put_data(data), run.put_state(perm)
   starts = steps_per_epoch - k + 1  # calls cycle through the epoch's steps
 
   def call(i: int) -> float:
@@ -141,10 +166,11 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
     jax.block_until_ready((state, sums))
     return time.perf_counter() - start
 
+  timed, warmup_calls = torch_timing.call_counts(steps, warmup, k, min_calls)
   first = call(0)
-  for i in range(math.ceil(warmup / k)):
+  for i in range(warmup_calls):
     call(1 + i)
-  samples = [1e3 * call(i) / k for i in range(max(MIN_CALLS, math.ceil(steps / k)))]
+  samples = [1e3 * call(i) / k for i in range(timed)]
   compile_s = max(0.0, first - k * statistics.median(samples) / 1e3)
   result = {"compile_s": compile_s, "samples_ms": samples, "flops": flops,
             "devices": run.num_devices, "ops": ops}
@@ -162,24 +188,31 @@ def jax_keys(name: str, config, jax_run: dict, per_step: int, peak: float) -> di
       "model": presets.canonical_name(name), "batch": config.batch_size,
       "devices": jax_run["devices"], "backend": jax.default_backend(),
       "device_kind": jax.devices()[0].device_kind, "dtype": config.compute_dtype,
+      "matmul_precision": config.matmul_precision, "steps_per_call": config.steps_per_call,
       "compile_s": round(jax_run["compile_s"], 3), "step_ms": round(step_ms, 3),
       "step_ms_min": round(min(jax_run["samples_ms"]), 3),
       "step_ms_max": round(max(jax_run["samples_ms"]), 3),
       "images_per_s": round(per_step * 1e3 / step_ms, 1),  # real images; batch_size is global
       "gflop_per_step": round(gflop, 4), "gflops": round(gflop * 1e3 / step_ms, 2),
-      "peak_gflops": round(peak, 2), "fraction_of_peak": round(gflop * 1e3 / step_ms / peak, 4),
+      "peak_kind": peak_kind(config), "peak_gflops": round(peak, 2),
+      "fraction_of_peak": round(gflop * 1e3 / step_ms / peak, 4),
   }
 
 
 def benchmark(name: str, config, *, torch: bool = False, torch_compile: bool = False,
               steps: int = 50, warmup: int = 5, peak_size: int = 4096, epoch: bool = False,
-              num_images: int = NUM_IMAGES, profile: int = 0) -> dict:
-  """The result (the command's JSON keys) of preset `name` with its `bench_config`. Raises
-  BenchmarkError, before anything is timed, where `num_images` holds less than one call or
-  `torch`/`torch_compile` asks for a PyTorch reference the preset does not have."""
+              num_images: int | None = None, profile: int = 0,
+              min_calls: int = MIN_CALLS) -> dict:
+  """The result (the command's JSON keys) of preset `name` with its `bench_config`, over
+  `num_images` synthetic images (None: `images_for` the call). JAX and PyTorch both timed in
+  calls of steps_per_call steps, one sync per call. Raises BenchmarkError, before anything is
+  timed, where `num_images` holds less than one call or `torch`/`torch_compile` asks for a
+  PyTorch reference the preset does not have."""
   info = data_lib.DATASETS[config.dataset]
   family = families.get(config.model)
   per_step = config.batch_size * family.batches_per_step(config)
+  if num_images is None:
+    num_images = images_for(per_step, config.steps_per_call)
   if num_images < per_step * config.steps_per_call:
     raise BenchmarkError(f"--images {num_images} is less than one call's {per_step} x "
                          f"{config.steps_per_call} images; use more images or a smaller batch")
@@ -188,8 +221,9 @@ def benchmark(name: str, config, *, torch: bool = False, torch_compile: bool = F
   images, labels = synthetic_split(info, num_images)
   labels = family.train_labels(config, images, labels)  # as in training
   with backend.matmul_precision(config):
-    jax_run = time_jax(config, images, labels, steps, warmup, epoch, bool(profile))
-  result = jax_keys(name, config, jax_run, per_step, peak_gflops(peak_size))
+    jax_run = time_jax(config, images, labels, steps, warmup, epoch, bool(profile), min_calls)
+  result = jax_keys(name, config, jax_run, per_step,
+                    peak_gflops(peak_size, kind=peak_kind(config)))
   step_ms = statistics.median(jax_run["samples_ms"])
   if epoch:
     epoch_vs_steps = jax_run["epoch_s"] * 1e3 / step_ms / jax_run["epoch_steps"]
@@ -197,9 +231,10 @@ def benchmark(name: str, config, *, torch: bool = False, torch_compile: bool = F
                   epoch_vs_steps=round(epoch_vs_steps, 3))
   if profile:
     print(step_profile.describe(jax_run["ops"], profile, step_ms), file=sys.stderr, flush=True)
+  counts = torch_timing.call_counts(steps, warmup, config.steps_per_call, min_calls)
   if torch:
-    result.update(torch_timing.torch_results(config, images, labels, steps, warmup, step_ms))
+    result.update(torch_timing.torch_results(config, images, labels, counts, step_ms))
   if torch_compile:
-    result.update(torch_timing.torch_results(config, images, labels, steps, warmup, step_ms,
+    result.update(torch_timing.torch_results(config, images, labels, counts, step_ms,
                                              compiled=True))
   return result

@@ -46,6 +46,7 @@ FULL = dict(steps=50, warmup=5, min_calls=5, peak_size=4096,
             eval_samples=10_000)
 TINY = dict(steps=2, warmup=0, min_calls=2, peak_size=256,  # the compiling call warms up
             train=["--config.num_train_steps=10", "--config.batch_size=8", NO_EVAL,
+                   *check.TINY_DCGAN,
                    "--config.log_every_steps=5", "--config.eval_num_samples=200"],
             eval_samples=200)
 BUDGET_S = 420.0

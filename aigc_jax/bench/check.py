@@ -23,6 +23,7 @@ from aigc_jax.bench import torch_reference
 PRECISIONS = {"highest": ("float32", "highest"), "tf32": ("float32", "default"),
               "bfloat16": ("bfloat16", "default")}
 MAIN = ("dcgan", "gan_mlp", "vae_mlp")  # the models of the speed goals
+TINY_DCGAN = ("--config.g_base_features=16", "--config.d_base_features=8")
 
 
 class BenchRow(NamedTuple):
@@ -32,6 +33,7 @@ class BenchRow(NamedTuple):
   torch: bool = False  # PyTorch eager beside it (float32 rows of models with a reference)
   compiled: bool = False  # torch.compile too
   max_steps_per_call: int = 0  # > 0: at most this many (a --tiny row's shorter calls)
+  overrides: tuple[str, ...] = ()  # --config.KEY=VALUE (a --tiny row's narrower networks)
 
   @property
   def label(self) -> str:
@@ -57,14 +59,16 @@ def plan(tiny: bool) -> list[tuple[int, object]]:
   1024; (4) the DCGAN training; then the accelerator tests and (5) the rest. --tiny: the MLP VAE
   and DCGAN at batch 8 in calls of at most 2 steps, and the MLP VAE at 1024 in the platform's
   calls (100 steps on a GPU or TPU)."""
-  if tiny:
-    short = {"max_steps_per_call": 2}  # a GPU's DCGAN formulations are slow on a CPU
-    first = [(1, r._replace(**short)) for r in float32_pair("dcgan", 8, False)]
+  if tiny:  # a GPU's DCGAN formulations are slow on a CPU: short calls, narrow networks
+    short = {"max_steps_per_call": 2}
+    first = [(1, r._replace(overrides=TINY_DCGAN, **short))
+             for r in float32_pair("dcgan", 8, False)]
     second = [(2, r._replace(**short)) for r in float32_pair("vae_mlp", 8, False)]
     second[0] = (2, second[0][1]._replace(compiled=True))  # one torch.compile: it is slow
     wide = [(3, BenchRow("vae_mlp", 1024, "bfloat16")), (3, BenchRow("vae_mlp", 1024, "highest",
                                                                     True))]
-    rest = [(5, BenchRow(m, 8, "bfloat16", **short)) for m in ("dcgan", "vae_mlp")]
+    rest = [(5, BenchRow("dcgan", 8, "bfloat16", overrides=TINY_DCGAN, **short)),
+            (5, BenchRow("vae_mlp", 8, "bfloat16", **short))]
     return first + second + wide + [(4, "train"), (4, "tests")] + rest
   rows = [(1, r) for r in float32_pair("dcgan", 64, True)]
   rows += [(2, r) for m in ("gan_mlp", "vae_mlp") for r in float32_pair(m, 64, True)]
@@ -82,7 +86,8 @@ def bench(spec: BenchRow, part: dict, with_torch: bool) -> dict:
   """`timing.benchmark` of one BenchRow with `part`'s steps, warm-up, calls and peak size."""
   dtype, precision = PRECISIONS[spec.precision]
   config = presets.bench_config(spec.model, spec.batch, overrides=[
-      f"--config.compute_dtype={dtype}", f"--config.matmul_precision={precision}"])
+      f"--config.compute_dtype={dtype}", f"--config.matmul_precision={precision}",
+      *spec.overrides])
   if spec.max_steps_per_call:
     config.steps_per_call = min(config.steps_per_call, spec.max_steps_per_call)
   torch = with_torch and spec.torch and dtype == "float32"

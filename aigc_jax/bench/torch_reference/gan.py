@@ -160,6 +160,7 @@ class GANReference:
       self.d = MLPDiscriminator(shape, num_classes, sn)
     else:
       self.g = DCGANGenerator(shape, z_dim, num_classes, config.upsample, config.label_mode,
+                              features=config.g_base_features,
                               final_features=config.g_final_features)
       self.d = DCGANDiscriminator(shape, num_classes, sn, features=config.d_base_features,
                                   batch_norm=config.d_batchnorm)

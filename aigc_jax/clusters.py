@@ -18,6 +18,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from aigc_jax import safe_files
 from aigc_jax.data import DataError
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,5 @@ def workdir_clusters(workdir: str, images: np.ndarray, k: int, seed: int = 0,
   ids = pixel_clusters(images, k, seed=seed)
   if write:
     os.makedirs(workdir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, ids)
-    os.replace(tmp, path)
+    safe_files.atomic_write(path, lambda f: np.save(f, ids))
   return ids

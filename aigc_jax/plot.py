@@ -20,6 +20,8 @@ import threading
 from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
 
+from aigc_jax import safe_files
+
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": "train", "test": "eval"}  # metrics.jsonl split -> picture name
@@ -88,6 +90,12 @@ def split_figures(workdir: str) -> dict[str, object]:
   return figures
 
 
+def save_figure(fig, path: str) -> str:
+  """Writes `fig` as a PNG to `path`, replaced whole (`safe_files.atomic_write`: a reader never
+  sees half a picture; a link at `path` is replaced, not followed). Returns `path`."""
+  return safe_files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+
+
 def write_curves(workdir: str) -> list[str]:
   """Writes workdir/plots/train.png and eval.png from workdir/metrics.jsonl; returns the paths.
 
@@ -98,14 +106,10 @@ def write_curves(workdir: str) -> list[str]:
     return []
   plots, paths = os.path.join(workdir, "plots"), []
   try:
-    os.makedirs(plots, exist_ok=True)
+    safe_files.make_dir(plots)
     for picture, fig in split_figures(workdir).items():
-      path = os.path.join(plots, f"{picture}.png")
-      tmp = os.path.join(plots, f".{picture}.tmp.png")
-      fig.savefig(tmp, dpi=80)
-      os.replace(tmp, path)  # a reader never sees half a picture
-      paths.append(path)
-  except (OSError, ValueError, RuntimeError) as e:
+      paths.append(save_figure(fig, os.path.join(plots, f"{picture}.png")))
+  except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: WorkdirError too
     log.warning("could not write the curves in %s (%s)", plots, e)
   return paths
 

@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from aigc_jax import backend
+from aigc_jax import safe_files
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 
@@ -53,9 +54,7 @@ def sample_to_file(workdir: str, num: int, out: str, seed: int = 0,
     key = "clusters" if run.config.get("pixel_clusters", 0) else "labels"
     arrays[key] = np.asarray(labels, np.int32)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = out + ".tmp.npz"
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, out)
+  safe_files.atomic_write(out, lambda f: np.savez_compressed(f, **arrays))
   return {"out": out, "step": run.step, "images": list(images.shape)}
 
 

@@ -15,8 +15,9 @@ DIR holds sweep.json (the members' values and when each stopped), checkpoints/ (
 states: the same command resumes an interrupted sweep exactly), metrics.jsonl (records with a
 `member` field), members/NN/ (member NN's metrics.jsonl and TensorBoard run; once it stops, its
 config.json, final checkpoint and samples: an ordinary run directory for `aigc_jax.sample`,
-`aigc_jax.evaluate` and the notebooks), plots/members_test.png and members_train.png, and
-summary.txt, the members' table.
+`aigc_jax.evaluate` and the notebooks; marked as the sweep's, so a plain training run refuses
+it: --export it to train it on), plots/members_test.png and members_train.png, and summary.txt,
+the members' table.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def export(workdir: str, member: int, to: str) -> str:
         f"checkpoint yet; resume the sweep (python -m aigc_jax.sweep --workdir {workdir}) first")
   if os.path.exists(to) and os.listdir(to):
     raise workdir_lib.CheckpointError(f"--to {to} exists and is not empty; name a new directory")
-  shutil.copytree(source, to, dirs_exist_ok=True)
+  shutil.copytree(source, to, dirs_exist_ok=True,  # a run of its own: unlocked, not a member
+                  ignore=shutil.ignore_patterns(lock.LOCK_FILE, lock.MEMBER_FILE))
   return to
 
 

@@ -26,6 +26,7 @@ from aigc_jax import families
 from aigc_jax import lock
 from aigc_jax import plot
 from aigc_jax import population as pop_lib
+from aigc_jax import safe_files
 from aigc_jax import signals as signals_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
@@ -58,10 +59,7 @@ def read_spec(workdir: str) -> dict | None:
 
 
 def write_spec(workdir: str, spec: dict) -> None:
-  path = os.path.join(workdir, SWEEP_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(spec, f, indent=2)
-  os.replace(path + ".tmp", path)
+  safe_files.write_text(os.path.join(workdir, SWEEP_FILE), json.dumps(spec, indent=2))
 
 
 def make_spec(config, varies: list[str], members: int | None = None,
@@ -201,11 +199,11 @@ def write_plots(sweep: Sweep) -> None:
   if jax.process_index() != 0:
     return
   dirs = [member_dir(sweep.workdir, m) for m in range(len(sweep.configs))]
-  os.makedirs(os.path.join(sweep.workdir, "plots"), exist_ok=True)
+  plots = safe_files.make_dir(os.path.join(sweep.workdir, "plots"))
   for split in ("test", "train"):
     try:
       figure = plot.overlay_figure(dirs, split)
-      figure.savefig(os.path.join(sweep.workdir, "plots", f"members_{split}.png"), dpi=80)
+      plot.save_figure(figure, os.path.join(plots, f"members_{split}.png"))
     except (ValueError, OSError) as e:
       train.log.warning("could not draw the members' %s curves (%s)", split, e)
 
@@ -360,9 +358,10 @@ def summary(sweep: Sweep) -> str:
 
 def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices: int = 0) -> str:
   """Trains (or resumes) the sweep `spec` in `workdir` (`setup` for `member_map` and
-  `member_devices`); returns its summary table."""
+  `member_devices`); returns its summary table. Holds the locks of the sweep's directory and
+  of its members' folders (marked: a plain training run refuses them) while it runs."""
   claim = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-  with claim:
+  with claim, contextlib.ExitStack() as members_held:
     saved = read_spec(workdir)
     if saved is not None and (saved["config"], saved["values"], saved.get("halve_every")) != (
         spec["config"], spec["values"], spec.get("halve_every")):
@@ -370,6 +369,8 @@ def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices
           f"{workdir} holds a sweep of another config or other values ({SWEEP_FILE}); resume "
           f"it with python -m aigc_jax.sweep --workdir {workdir}, or use a new --workdir")
     spec = saved or spec
+    for m in range(num_members(spec) if jax.process_index() == 0 else 0):
+      members_held.enter_context(lock.hold(member_dir(workdir, m), member_of=workdir))
     sweep = setup(spec, workdir, member_map, member_devices)
     bar = None
     try:
@@ -391,7 +392,6 @@ def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices
         writer.close()
     write_plots(sweep)
     table = summary(sweep)
-    with open(os.path.join(workdir, "summary.txt"), "w") as f:
-      f.write(table + "\n")
+    safe_files.write_text(os.path.join(workdir, "summary.txt"), table + "\n")
     return table
 

@@ -13,6 +13,7 @@ import ml_collections
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
+from aigc_jax import safe_files
 from aigc_jax.checkpoint import CheckpointError
 from aigc_jax.checkpoint import Checkpoints
 
@@ -40,18 +41,17 @@ def open_checkpoints(workdir: str, config, trainable: families.Trainable) -> Che
 
 def save_config(workdir: str, config, changes: dict | None = None, step: int = 0) -> None:
   """Writes config.json; with `changes` ({key: [old, new]}) made at a resume from `step`, they
-  are appended to its "history" list, which is kept from the previous config.json."""
+  are appended to its "history" list, which is kept from the previous config.json. The file is
+  replaced whole; a link there is replaced, neither read nor followed."""
   path = os.path.join(workdir, CONFIG_FILE)
-  history = read_config_json(path).get(HISTORY, []) if os.path.exists(path) else []
+  own = os.path.isfile(path) and not os.path.islink(path)
+  history = read_config_json(path).get(HISTORY, []) if own else []
   if changes:
     history = history + [{"step": step, "changes": changes}]
   values = json.loads(config.to_json())
   if history:
     values[HISTORY] = history
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(values, f, indent=2)
-  os.replace(tmp, path)
+  safe_files.write_text(path, json.dumps(values, indent=2))
 
 
 def read_config_json(path: str) -> dict:

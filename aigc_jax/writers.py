@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from aigc_jax import plot
+from aigc_jax import safe_files
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,13 @@ def sample_grid(sample, num_images: int, num_classes: int = 0, max_columns: int 
 def save_png(path: str, images: np.ndarray, ncols: int, scale: int = 2, pad: int = 2,
              border: float = 0.5) -> str:
   """Writes `image_grid` of the images to `path` (scale >= 2 unless asked: readable at a
-  glance); a grey border tells apart images of white or black backgrounds. Returns the path."""
+  glance); a grey border tells apart images of white or black backgrounds. Returns the path.
+  The file is replaced whole (`safe_files.atomic_write`): a link there is replaced, not followed;
+  its folder is made unless it is a link (WorkdirError)."""
   grid = image_grid(images, ncols, pad=pad, scale=scale, border=border)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
-  return path
+  safe_files.make_dir(os.path.dirname(path) or ".")
+  image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  return safe_files.atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def _record(line: str) -> dict | None:
@@ -76,7 +79,8 @@ def _record(line: str) -> dict | None:
 
 class MetricWriter:
   """Writes {name: scalar} per (step, split) to TensorBoard and to workdir/metrics.jsonl, and
-  the curves of metrics.jsonl to workdir/plots when asked (`draw_curves`, in the background)."""
+  the curves of metrics.jsonl to workdir/plots when asked (`draw_curves`, in the background).
+  A link at metrics.jsonl or tensorboard/ is a WorkdirError, never written through."""
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
@@ -86,14 +90,14 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
     if enabled and tensorboard:
       from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(safe_files.make_dir(os.path.join(workdir, "tensorboard")))
 
   def truncate_after(self, step: int) -> list[dict]:
     """Drops records after `step` (a resumed run rewrites them) and lines that are not records
     (e.g. one cut short by a crash; with a warning), and returns the records kept."""
-    if not os.path.exists(self.path):
+    if not os.path.lexists(self.path):
       return []
-    with open(self.path) as f:
+    with os.fdopen(safe_files.open_in_place(self.path, os.O_RDONLY), encoding="utf-8") as f:
       lines = [line for line in f if line.strip()]
     records = [r for r in map(_record, lines) if r is not None]
     if len(records) != len(lines):
@@ -101,10 +105,7 @@ class MetricWriter:
                   len(lines) - len(records))
     kept = [r for r in records if r["step"] <= step]
     if self.enabled and len(kept) != len(lines):
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-      os.replace(tmp, self.path)
+      safe_files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
   def write(self, step: int, split: str, metrics: dict) -> None:
@@ -112,8 +113,7 @@ class MetricWriter:
       return
     record = {"step": int(step), "split": split}
     record.update({k: float(v) for k, v in metrics.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    safe_files.append_text(self.path, json.dumps(record) + "\n")
     if self._tb is not None:
       for name, value in metrics.items():
         self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
@@ -121,8 +121,8 @@ class MetricWriter:
   def write_event(self, step: int, split: str, record: dict) -> None:
     """Appends a non-metric record (e.g. a config change) to metrics.jsonl."""
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": int(step), "split": split, **record}) + "\n")
+      safe_files.append_text(self.path, json.dumps({"step": int(step), "split": split, **record})
+                             + "\n")
 
   def write_images(self, step: int, name: str, grid: np.ndarray) -> None:
     if self._tb is not None:

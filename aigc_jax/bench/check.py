@@ -13,6 +13,7 @@ import os
 import time
 from typing import Callable, NamedTuple
 
+from aigc_jax import safe_files
 from aigc_jax.bench import presets
 from aigc_jax.bench import report
 from aigc_jax.bench import timing
@@ -132,10 +133,7 @@ def write_files(out: str, header: dict, records: list[dict]) -> None:
   result = {**header, "rows": records}
   for name, text in (("accelerator_check.json", json.dumps(result, indent=1)),
                      ("accelerator_check.md", markdown(header, records))):
-    path = os.path.join(out, name)
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    safe_files.write_text(os.path.join(out, name), text)
 
 
 def cell(record: dict, key: str, scale: float = 1.0) -> str:

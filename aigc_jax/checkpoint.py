@@ -1,7 +1,8 @@
 """Train-state checkpoints on orbax: keep the last N and the best K steps, atomically.
 
-Layout: ``<directory>/<step>/state`` (orbax ``StandardSave`` of the state's pytree nodes) and
-``<step>/metrics`` (JSON, only with ``best_metric``). Orbax writes each step into
+Layout: ``<directory>/<step>/state`` (orbax ``StandardSave`` of the state's pytree nodes),
+``<step>/checksums`` (JSON: the sha256 of every array; a step without them is never restored)
+and ``<step>/metrics`` (JSON, only with ``best_metric``). Orbax writes each step into
 ``<step>.orbax-checkpoint-tmp`` and renames it when complete (on GCS it writes
 ``commit_success.txt`` last instead); unfinished steps are never listed, restored or kept.
 
@@ -172,7 +173,8 @@ class Checkpoints:
 
   def restore(self, state_template: S, step: int | None = None) -> S:
     """Restores `step` (default latest) into the template's type, static fields and devices,
-    verified: its arrays must match the checksums saved with them and be finite.
+    verified: it must have checksums, its arrays must match them and be finite, and the state's
+    own `step` (when it has one) must be `step`; else CheckpointError.
 
     `state_template` may be concrete or abstract (`jax.eval_shape`).
     """
@@ -194,8 +196,9 @@ class Checkpoints:
         detail = self._corruption(step, state)
         if detail is None:
           return state
-        raise CheckpointError(f"checkpoint {self._path(step)} is corrupt ({detail}); restore "
-                              f"an earlier step of {steps} (--step N) or use a new --workdir")
+        raise CheckpointError(f"checkpoint {self._path(step)} does not verify ({detail}); "
+                              f"delete it and restore an earlier step of {steps} (--step N), or "
+                              "use a new --workdir")
     except CheckpointError:
       raise
     except Exception as e:
@@ -233,16 +236,34 @@ class Checkpoints:
     return newer
 
   def _corruption(self, step: int, state: Any) -> str | None:
-    """Why the restored `state` of `step` is not what was saved (checksums), or not finite."""
-    if (self.directory / str(step) / _SUMS).exists():
-      saved = self._mngr.restore(step, args=ocp.args.Composite(
-          **{_SUMS: ocp.args.JsonRestore()}))[_SUMS]
-      got = checksums(state)
-      bad = next((path for path, digest in saved.items() if got.get(path) != digest), None)
-      if bad is not None:
-        return f"the arrays at {bad} differ from the checksum saved with them"
+    """Why the restored `state` of `step` cannot be trusted, or None: no checksums, arrays that
+    differ from them, a state of another step (moved or copied), or a non-finite leaf."""
+    saved = self._saved_checksums(step)
+    if not saved:
+      return ("it has no checksums: written before checkpoints had them, or edited, so its "
+              "arrays cannot be verified")
+    got = checksums(state)
+    bad = next((p for p in sorted(set(saved) | set(got)) if saved.get(p) != got.get(p)), None)
+    if bad is not None:
+      return f"the arrays at {bad} differ from the checksum saved with them"
+    inside = getattr(state, "step", None)  # a sweep's stacked state holds one per member
+    if inside is not None and np.any(np.asarray(inside) != step):
+      found = sorted({int(s) for s in np.asarray(inside).ravel()})
+      return (f"its state is of step {', '.join(map(str, found))}, not {step}: it was moved or "
+              "copied from another step")
     bad = first_non_finite(state)
     return None if bad is None else f"{bad} is not finite"
+
+  def _saved_checksums(self, step: int) -> dict[str, str] | None:
+    """The checksums saved with `step`; None when they are missing or unreadable."""
+    if not (self.directory / str(step) / _SUMS).exists():
+      return None
+    try:
+      saved = self._mngr.restore(step, args=ocp.args.Composite(
+          **{_SUMS: ocp.args.JsonRestore()}))[_SUMS]
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return saved if isinstance(saved, dict) else None
 
   def _mismatch(self, step: int, target: Any) -> str | None:
     """The first path where the saved arrays differ from `target`, or None."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from typing import Any, Callable
 
 import chex
@@ -181,7 +183,7 @@ def test_empty_directory(tmp_path):
 
 
 def test_same_step_twice_is_skipped_and_older_step_raises(tmp_path):
-  first = train_steps(make_state(), 1)
+  first = train_steps(make_state(), 5)
   with Checkpoints(tmp_path) as ckpts:
     ckpts.save(5, first)
     ckpts.save(5, train_steps(first, 1))  # skipped, keeps the first one
@@ -203,15 +205,15 @@ def test_unfinished_tmp_checkpoint_is_ignored(tmp_path):
     assert ckpts.latest_step() == 1 and ckpts.all_steps() == [1]
     chex.assert_trees_all_equal(ckpts.restore(make_state(seed=3)), good)
     # Saving that step later replaces the stale tmp dir and commits normally.
-    ckpts.save(7, train_steps(good, 1))
+    ckpts.save(7, train_steps(good, 6))
     assert ckpts.latest_step() == 7
-    assert int(ckpts.restore(good).step) == 2
+    assert int(ckpts.restore(good).step) == 7
   assert not tmp.exists()
 
 
 def test_corrupt_checkpoint_raises_and_older_step_still_restores(tmp_path):
   with Checkpoints(tmp_path) as ckpts:
-    ckpts.save(1, make_state())
+    ckpts.save(1, train_steps(make_state(), 1))
     ckpts.save(2, train_steps(make_state(), 2))
   for f in (tmp_path / "2" / "state").rglob("*"):
     if f.is_file():
@@ -219,7 +221,7 @@ def test_corrupt_checkpoint_raises_and_older_step_still_restores(tmp_path):
   with Checkpoints(tmp_path) as ckpts:
     with pytest.raises(CheckpointError, match=r"2 could not be read.*\[1, 2\]"):
       ckpts.restore(make_state())
-    assert int(ckpts.restore(make_state(), step=1).step) == 0
+    assert int(ckpts.restore(make_state(), step=1).step) == 1
 
 
 def test_invalid_arguments(tmp_path):
@@ -244,3 +246,55 @@ def test_a_failed_write_is_one_clear_error_and_keeps_the_checkpoints(tmp_path, m
                        match=r"No space left on device.*free disk space.*\(\[1\]\) are kept"):
       ckpts.save(2, state)
     assert ckpts.all_steps() == [1]
+
+
+def save_trained(directory, steps: list[int]) -> dict[int, TrainState]:
+  """Checkpoints, as each step s of `steps`, the state trained s steps; returns them by step."""
+  states = {s: train_steps(make_state(), s) for s in steps}
+  with Checkpoints(directory) as ckpts:
+    for s, state in states.items():
+      ckpts.save(s, state)
+  return states
+
+
+def assert_refused_and_older_restored(directory, step: int, reason: str, older, caplog):
+  """Restoring `step` raises a CheckpointError naming it, `reason` and the fix; the newest that
+  verifies is the older state."""
+  caplog.set_level(logging.WARNING)
+  with Checkpoints(directory) as ckpts:
+    with pytest.raises(CheckpointError,
+                       match=rf"checkpoint \S*{step} does not verify \({reason}.*delete it"):
+      ckpts.restore(make_state(), step=step)
+    state, restored = ckpts.restore_verified(make_state())
+  assert restored == int(older.step) and f"skipping checkpoint {directory}/{step}" in caplog.text
+  chex.assert_trees_all_equal(state, older)
+
+
+@pytest.mark.parametrize("tamper", ["deleted", "empty", "one_left_out"])
+def test_a_checkpoint_without_all_its_checksums_is_refused(tmp_path, caplog, tamper):
+  states = save_trained(tmp_path, [2, 3])
+  sums = tmp_path / "3" / "checksums"
+  if tamper == "deleted":
+    shutil.rmtree(sums)
+  else:
+    saved = json.loads((sums / "metadata").read_text())
+    assert len(saved) == len(jax.tree.leaves(states[3]))
+    kept = {} if tamper == "empty" else dict(list(saved.items())[1:])
+    (sums / "metadata").write_text(json.dumps(kept))
+  reason = ("it has no checksums" if tamper != "one_left_out" else
+            "the arrays at .* differ from the checksum")
+  assert_refused_and_older_restored(tmp_path, 3, reason, states[2], caplog)
+
+
+@pytest.mark.parametrize("with_checksums", [True, False])
+def test_a_state_moved_into_another_steps_directory_is_refused(tmp_path, caplog,
+                                                               with_checksums):
+  states = save_trained(tmp_path, [1, 2, 3])
+  # Step 2's arrays under step 3's name: with step 2's checksums they all match their checksums.
+  moved = ["state", "checksums"] if with_checksums else ["state"]
+  for item in moved:
+    shutil.rmtree(tmp_path / "3" / item)
+    shutil.copytree(tmp_path / "2" / item, tmp_path / "3" / item)
+  reason = ("its state is of step 2, not 3" if with_checksums else
+            "the arrays at .* differ from the checksum")
+  assert_refused_and_older_restored(tmp_path, 3, reason, states[2], caplog)

@@ -10,6 +10,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from aigc_jax import data as data_lib
 from aigc_jax.metrics import classifier as clf_lib
@@ -108,6 +109,7 @@ def test_train_then_features_shapes_and_cache_files(trained):
   with open(os.path.join(path, "info.json")) as f:
     info = json.load(f)
   assert info["key"] == net_lib.recipe_key(TINY) and info["test_accuracy"] == clf.test_accuracy
+  assert info[clf_lib.PARAMS_SHA256] == clf_lib.params_digest(clf.variables)
   # Padded fixed-size batches: a prefix alone gives the same features.
   np.testing.assert_allclose(clf.features(eval_images(3)), feats[:3], rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match=r"takes \(28, 28, 1\) images"):
@@ -226,3 +228,68 @@ def test_floors_are_cached_beside_the_classifier(trained, tmp_path, monkeypatch)
   with pytest.warns(RuntimeWarning, match="unreadable"):
     assert sm_lib.floors(local, train_images, real, labels[:300], num_train=200,
                           **kwargs) == first
+
+
+def scaled_mean(variables, factor=1.5):
+  """`variables` with the first BatchNorm mean times `factor`, flattened with '/'."""
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
+  mean = next(k for k in sorted(flat) if k.startswith("batch_stats/") and k.endswith("/mean"))
+  return {**flat, mean: flat[mean] * factor}
+
+
+@pytest.mark.parametrize("edit", ["batchnorm_mean_resaved", "digest_dropped"])
+def test_params_that_do_not_match_their_digest_are_retrained(trained, tmp_path, monkeypatch,
+                                                             edit):
+  _, clf, feats = trained
+  path = clf_lib.cache_path(TINY, tmp_path)
+  clf_lib.save(path, clf.variables, {"key": net_lib.recipe_key(TINY), "test_accuracy": 0.5})
+  if edit == "batchnorm_mean_resaved":  # a well-formed npz: only the digest tells
+    np.savez(os.path.join(path, "params.npz"), **scaled_mean(clf.variables))
+  else:  # as an entry cached before entries had a digest
+    with open(os.path.join(path, "info.json")) as f:
+      info = json.load(f)
+    del info[clf_lib.PARAMS_SHA256]
+    with open(os.path.join(path, "info.json"), "w") as f:
+      json.dump(info, f)
+  with pytest.raises(clf_lib.CacheError, match="params.npz does not match the params_sha256"):
+    clf_lib.load(path, TINY)
+  calls = []
+
+  def stub_train(recipe, progress=True):
+    calls.append(recipe)
+    return clf.variables, {"key": net_lib.recipe_key(TINY), "test_accuracy": 0.75,
+                           "train_seconds": 0.0}
+
+  monkeypatch.setattr(train_lib, "train", stub_train)
+  with pytest.warns(RuntimeWarning, match="does not match the params_sha256.*; retraining"):
+    retrained = clf_lib.load_or_train(cache_dir=tmp_path, recipe=TINY, progress=False)
+  assert len(calls) == 1 and retrained.test_accuracy == 0.75
+  reloaded = clf_lib.load(path, TINY)  # the rewritten entry verifies
+  assert reloaded.test_accuracy == 0.75
+  np.testing.assert_array_equal(reloaded.features(eval_images()), feats)
+
+
+def test_edited_floors_are_recomputed_and_another_classifier_misses_them(trained, tmp_path):
+  _, clf, _ = trained
+  images, labels = synthetic_split("fashion_mnist", "test")
+  args = (images[:300], clf.features(images[300:]), labels[:300])
+  kwargs = dict(num_train=200, kid_subsets=5, kid_subset_size=100, is_splits=2)
+  local = net_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe,
+                             str(tmp_path))
+  true = sm_lib.floors(local, *args, **kwargs)
+  [entry] = [tmp_path / n for n in os.listdir(tmp_path) if n.startswith("floors-")]
+  saved = json.loads(entry.read_text())
+  edited_fid = saved["floors"]["fid"] * 1.5 + 1.0
+  entry.write_text(json.dumps({**saved, "floors": {**saved["floors"], "fid": edited_fid}}))
+  with pytest.warns(RuntimeWarning, match="does not match the sha256.*recomputing"):
+    assert sm_lib.floors(local, *args, **kwargs) == true
+  assert json.loads(entry.read_text()) == saved  # and written again
+  entry.write_text(json.dumps(true))  # as cached before entries had a sha256
+  with pytest.warns(RuntimeWarning, match="does not match the sha256"):
+    assert sm_lib.floors(local, *args, **kwargs) == true
+  # A classifier with one BatchNorm mean x1.5 has its own floors, never these.
+  edited = net_lib.Classifier(clf.model, traverse_util.unflatten_dict(scaled_mean(clf.variables),
+                                                                      sep="/"),
+                              clf.test_accuracy, clf.recipe, str(tmp_path))
+  assert sm_lib.floors(edited, *args, **kwargs)["fid"] != true["fid"]
+  assert len([n for n in os.listdir(tmp_path) if n.startswith("floors-")]) == 2

@@ -1,15 +1,17 @@
 """The cached feature classifier: `load_or_train`, its cache entry (`cache_path`, `save`, `load`).
 
 Cache: ``$AIGC_JAX_CACHE`` (default ``~/.cache/aigc_jax``) ``/classifier/<dataset>-<key>/`` holds
-``params.npz`` (the variables flattened with '/') and ``info.json`` (recipe, key, test accuracy),
-each written to a temporary file and renamed; ``info.json`` is written last, so it marks a
-complete entry. Beside them, ``floors-<hash>.json`` caches the real-vs-real floors
-(`sample_metrics.floors`). The network and recipe are in `classifier_net`, the training in
+``params.npz`` (the variables flattened with '/') and ``info.json`` (recipe, key, test accuracy,
+the sha256 of params.npz's arrays), each written to a temporary file and renamed; ``info.json``
+is written last, so it marks a complete entry. An entry whose arrays do not match their sha256
+is retrained. Beside them, ``floors-<hash>.json`` caches the real-vs-real floors with their own
+sha256 (`sample_metrics.floors`). The network and recipe are in `classifier_net`, the training in
 `classifier_train`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ from aigc_jax.metrics import classifier_train
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "AIGC_JAX_CACHE"
+PARAMS_SHA256 = "params_sha256"  # info.json's key for `params_digest` of params.npz
 
 
 class CacheError(RuntimeError):
@@ -55,12 +58,26 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     raise
 
 
-def save(path: str, variables: Any, info: Mapping[str, Any]) -> None:
-  """Writes params.npz then info.json into `path`, each atomically."""
-  os.makedirs(path, exist_ok=True)
+def params_digest(variables: Mapping[str, Any]) -> str:
+  """The sha256 of variables (nested, or flattened with '/'): every leaf's name, dtype, shape
+  and bytes, by name."""
   flat = traverse_util.flatten_dict(variables, sep="/")
+  digest = hashlib.sha256()
+  for name in sorted(flat):
+    array = np.ascontiguousarray(np.asarray(flat[name]))
+    digest.update(f"{name}:{array.dtype.str}{array.shape}:".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def save(path: str, variables: Any, info: Mapping[str, Any]) -> None:
+  """Writes params.npz then info.json (`info` with params.npz's `params_digest`) into `path`,
+  each atomically."""
+  os.makedirs(path, exist_ok=True)
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
   atomic_write(os.path.join(path, "params.npz"), lambda f: np.savez(f, **flat))
-  text = json.dumps(dict(info), indent=2, sort_keys=True).encode()
+  info = {**info, PARAMS_SHA256: params_digest(flat)}
+  text = json.dumps(info, indent=2, sort_keys=True).encode()
   atomic_write(os.path.join(path, "info.json"), lambda f: f.write(text))
 
 
@@ -80,7 +97,8 @@ def _check_params(flat: Mapping[str, np.ndarray], model: classifier_net.CNN,
 
 
 def load(path: str, recipe: Mapping[str, Any]) -> classifier_net.Classifier:
-  """Reads a cache entry; raises `CacheError` if it is missing, corrupt or another recipe's."""
+  """Reads a cache entry; raises `CacheError` if it is missing, corrupt, another recipe's, or
+  its params.npz does not match the digest in info.json (edited, or saved without one)."""
   recipe = classifier_net.resolve_recipe(recipe)
   model = classifier_net.build_model(recipe)
   try:
@@ -95,6 +113,9 @@ def load(path: str, recipe: Mapping[str, Any]) -> classifier_net.Classifier:
     _check_params(flat, model, data_lib.DATASETS[recipe["dataset"]].image_shape)
   except Exception as e:  # pylint: disable=broad-except
     raise CacheError(f"classifier cache {path} is unreadable ({type(e).__name__}: {e})") from e
+  if info.get(PARAMS_SHA256) != params_digest(flat):
+    raise CacheError(f"classifier cache {path}: params.npz does not match the {PARAMS_SHA256} "
+                     "in info.json (edited, or cached before entries had one)")
   variables = traverse_util.unflatten_dict(flat, sep="/")
   return classifier_net.Classifier(model, variables, test_accuracy, recipe, path)
 

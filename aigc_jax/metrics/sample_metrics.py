@@ -66,14 +66,48 @@ def floor_rows(num_images: int, num_train: int, seed: int = 0) -> np.ndarray:
 
 def _floors_file(classifier: classifier_net.Classifier, images: np.ndarray, real: np.ndarray,
                  labels: np.ndarray | None, kwargs: dict) -> str | None:
-  """``<classifier.path>/floors-<hash>.json``, the hash of the inputs; None when not cached."""
+  """``<classifier.path>/floors-<hash>.json``, the hash of the inputs and of the classifier's
+  variables; None when not cached."""
   if not classifier.path:
     return None
   digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode())
+  digest.update(classifier_lib.params_digest(classifier.variables).encode())
   for array in (images, real) if labels is None else (images, real, labels):
     digest.update(f"{array.dtype}{array.shape}".encode())
     digest.update(array.tobytes())
   return os.path.join(classifier.path, f"floors-{digest.hexdigest()[:16]}.json")
+
+
+def _values_digest(values: dict) -> str:
+  return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def _read_floors(path: str) -> dict[str, float] | None:
+  """The floors cached in `path`; None, with a warning, when the file is unreadable or the
+  values do not match the sha256 stored with them (edited, or cached before they had one)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    problem = f"is unreadable ({e})"
+  else:
+    values = saved.get("floors") if isinstance(saved, dict) else None
+    if isinstance(values, dict) and saved.get("sha256") == _values_digest(values):
+      return values
+    problem = "does not match the sha256 stored in it (edited, or cached before it had one)"
+  warnings.warn(f"floors cache {path} {problem}; recomputing", RuntimeWarning, stacklevel=3)
+  return None
+
+
+def _write_floors(path: str, out: dict[str, float]) -> None:
+  """Writes `out` with its sha256 into `path` atomically; a failure is a warning."""
+  values = json.loads(json.dumps(out))  # the floats as they read back
+  text = json.dumps({"floors": values, "sha256": _values_digest(values)}, indent=2,
+                    sort_keys=True).encode()
+  try:
+    classifier_lib.atomic_write(path, lambda f: f.write(text))
+  except OSError as e:
+    warnings.warn(f"could not cache floors in {path} ({e})", RuntimeWarning, stacklevel=3)
 
 
 def floors(classifier: classifier_net.Classifier,
@@ -93,25 +127,19 @@ def floors(classifier: classifier_net.Classifier,
   `train_labels`, label_acc is the classifier's accuracy on it.
 
   Cached as ``floors-<hash>.json`` beside a cached classifier (`classifier.path`); the hash
-  covers the subset's images and labels, `real_features` and the options, so other data misses.
+  covers the subset's images and labels, `real_features`, the options and the classifier's
+  variables, so other data or another classifier misses. The file holds the floors and their
+  sha256: an entry that is unreadable or does not match it is recomputed with a warning.
   """
   idx = floor_rows(len(train_images), num_train, seed)
   images = np.ascontiguousarray(np.asarray(train_images)[idx])
   labels = None if train_labels is None else np.asarray(train_labels, np.int64)[idx]
   real = np.ascontiguousarray(real_features, np.float32)
   path = _floors_file(classifier, images, real, labels, kwargs)
-  if path and os.path.exists(path):
-    try:
-      with open(path, encoding="utf-8") as f:
-        return json.load(f)
-    except (OSError, ValueError) as e:
-      warnings.warn(f"floors cache {path} is unreadable ({e}); recomputing", RuntimeWarning,
-                    stacklevel=2)
+  cached = _read_floors(path) if path and os.path.exists(path) else None
+  if cached is not None:
+    return cached
   out = evaluate_samples(classifier, images, real, labels, **kwargs)
   if path:
-    text = json.dumps(out, indent=2, sort_keys=True).encode()
-    try:
-      classifier_lib.atomic_write(path, lambda f: f.write(text))
-    except OSError as e:
-      warnings.warn(f"could not cache floors in {path} ({e})", RuntimeWarning, stacklevel=2)
+    _write_floors(path, out)
   return out

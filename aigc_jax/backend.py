@@ -55,13 +55,16 @@ def forced_platform() -> str:
   return forced
 
 
-def platform() -> str:
-  """'cpu', 'gpu' or 'tpu': whose defaults `auto` values take ($AIGC_JAX_PLATFORM_DEFAULTS when
-  set, else JAX's default backend; ROCm and CUDA are 'gpu')."""
-  if forced_platform():
-    return forced_platform()
+def computing_platform() -> str:
+  """JAX's default backend as 'cpu', 'gpu' (CUDA and ROCm too) or 'tpu'."""
   name = jax.default_backend()
   return "gpu" if name in ("cuda", "rocm") else name
+
+
+def platform() -> str:
+  """'cpu', 'gpu' or 'tpu': whose defaults `auto` values take ($AIGC_JAX_PLATFORM_DEFAULTS when
+  set, else `computing_platform`)."""
+  return forced_platform() or computing_platform()
 
 
 def requested_platforms() -> str:
@@ -96,8 +99,7 @@ def is_cpu() -> bool:
 
 def emulated() -> bool:
   """Whether the defaults are another platform's than the backend's that computes."""
-  real = jax.default_backend()
-  return platform() != ("gpu" if real in ("cuda", "rocm") else real)
+  return platform() != computing_platform()
 
 
 def choose(value: str, cpu: str, accelerator: str) -> str:

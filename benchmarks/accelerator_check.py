@@ -6,7 +6,8 @@ wheels/ first)
 
 Writes OUTDIR/accelerator_check.json and OUTDIR/accelerator_check.md, both rewritten after every
 row, so that a check cut short still reports. The rows, in order of value (`bench.check.plan`),
-while --budget_s lasts (the rest are listed as skipped):
+run in a worker process that is stopped when --budget_s runs out (the row it was in is listed as
+cut, the rest as skipped):
 1. DCGAN b64, float32, against PyTorch eager and torch.compile: JAX matmul precision 'highest'
    against PyTorch with TF32 off, and JAX 'default' (TF32 on NVIDIA GPUs) against PyTorch TF32;
 2. the MLP GAN and MLP VAE likewise; 3. bfloat16 against float32 at batch 1024;
@@ -141,10 +142,18 @@ def main(argv=None) -> None:
   parser.add_argument("out", metavar="OUTDIR")
   parser.add_argument("--tiny", action="store_true", help="shrink every part (a CPU smoke run)")
   parser.add_argument("--budget_s", type=float, default=BUDGET_S,
-                      help=f"start no row after this many seconds (default {BUDGET_S:g})")
+                      help=f"stop the check after this many seconds (default {BUDGET_S:g})")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  part = TINY if args.tiny else FULL
   os.makedirs(args.out, exist_ok=True)
+  if not args.worker:  # the rows run in a worker that the budget can stop mid-row
+    argv = sys.argv[1:] if argv is None else list(argv)
+    status = check.supervise([sys.executable, os.path.abspath(__file__), *argv, "--worker"],
+                             args.out, args.budget_s, env=ENV)
+    with open(os.path.join(args.out, "accelerator_check.md")) as f:
+      print(f.read())
+    sys.exit(status)
+  part = TINY if args.tiny else FULL
   start = time.perf_counter()
   header = {"devices": backend.describe_devices(), "tiny": args.tiny,
             "platform": backend.platform() + (" (emulated)" if backend.emulated() else ""),
@@ -155,8 +164,6 @@ def main(argv=None) -> None:
                       records)
 
   records = check.run_rows(rows_of(args.out, part, args.tiny), args.budget_s, write)
-  with open(os.path.join(args.out, "accelerator_check.md")) as f:
-    print(f.read())
   sys.exit(1 if any(r["status"] == "failed" for r in records) else 0)
 
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -106,7 +107,8 @@ def test_a_failing_row_is_recorded_and_the_next_rows_run(tmp_path):
   assert [r["status"] for r in records] == ["failed", "ok"]
   assert records[0]["error"].startswith("BenchmarkError: --images 64 is less than one call's")
   assert [[r["status"] for r in s] for s in snapshots] == [
-      ["pending", "pending"], ["failed", "pending"], ["failed", "ok"], ["failed", "ok"]]
+      ["pending", "pending"], ["running", "pending"], ["failed", "pending"],
+      ["failed", "running"], ["failed", "ok"], ["failed", "ok"]]
   result, table = read(str(tmp_path))
   assert result["rows"] == records
   assert "- too few images: BenchmarkError: --images 64" in table
@@ -131,6 +133,49 @@ def test_the_budget_leaves_later_rows_out(tmp_path):
   assert [r["status"] for r in records] == ["ok", "ok", "skipped"]
   table = check.markdown({"devices": "x", "platform": "gpu", "budget_s": 60}, records)
   assert "Skipped by the budget: c" in table
+
+
+FAKE_WORKER = """
+import json, os, subprocess, sys, time
+out = sys.argv[1]
+rows = [{"row": n, "kind": "bench", "group": 1, "status": s} for n, s in
+        [("a", "ok"), ("b", "running"), ("c", "pending")]]
+with open(os.path.join(out, "accelerator_check.json"), "w") as f:
+  json.dump({"devices": "x", "platform": "gpu", "budget_s": 2, "rows": rows}, f)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(os.path.join(out, "child"), "w") as f:
+  f.write(str(child.pid))
+END
+"""
+
+
+def assert_gone(pid):
+  with pytest.raises(ProcessLookupError):
+    for _ in range(100):
+      os.kill(pid, 0)
+      time.sleep(0.05)
+
+
+def test_the_budget_stops_a_running_row_and_everything_it_started(tmp_path):
+  start = time.perf_counter()
+  worker = FAKE_WORKER.replace("END", "time.sleep(60)")
+  status = check.supervise([sys.executable, "-c", worker, str(tmp_path)], str(tmp_path), 2)
+  assert status == 0 and time.perf_counter() - start < 30  # not the worker's 60 s
+  result, table = read(str(tmp_path))
+  assert [r["status"] for r in result["rows"]] == ["ok", "cut", "skipped"]
+  assert result["rows"][1]["reason"] == "the budget of 2 s ran out"
+  assert "Cut short: b (the budget of 2 s ran out)" in table
+  assert "Skipped by the budget: c" in table
+  assert_gone(int((tmp_path / "child").read_text()))  # the row's subprocess went with the worker
+
+
+def test_a_worker_that_dies_mid_row_is_a_failed_check(tmp_path):
+  worker = FAKE_WORKER.replace("END", "sys.exit(3)")
+  assert check.supervise([sys.executable, "-c", worker, str(tmp_path)], str(tmp_path), 30) == 1
+  result, _ = read(str(tmp_path))
+  assert [r["status"] for r in result["rows"]] == ["ok", "cut", "skipped"]
+  assert result["rows"][1]["reason"] == "the check's process ended with status 3"
+  assert_gone(int((tmp_path / "child").read_text()))
 
 
 def test_training_time_leaves_out_the_first_calls_compilation(tmp_path):

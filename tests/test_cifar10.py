@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aigc_jax import backend
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
@@ -41,7 +42,7 @@ SHRINK = dict(batch_size=16, eval_batch_size=64, num_train_steps=4, log_every_st
               eval_every_steps=4, checkpoint_every_steps=4, steps_per_call=1,
               num_sample_images=4, progress_bar=False)
 SHRINK_VAE = dict(latent_dim=4, hidden_dim=16, conv_features=(4, 8))
-SHRINK_GAN = dict(latent_dim=8, d_base_features=4, eval_num_samples=32)
+SHRINK_GAN = dict(latent_dim=8, d_base_features=4, g_base_features=8, eval_num_samples=32)
 
 
 @pytest.fixture(name="metrics_cache", scope="module")
@@ -87,6 +88,29 @@ def test_experiment_trains_end_to_end_on_mock_cifar10(name, shrink, mock_cifar10
   images, _ = run.trainable.sample(run.state, jax.random.PRNGKey(0), 6)
   assert images.shape == (6, *SHAPE)
   assert images.min() >= 0.0 and images.max() <= 1.0 and images.std() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+@pytest.mark.parametrize("name,shrink", [("dcgan_cifar10", SHRINK_GAN),
+                                         ("sngan_hinge_cifar10", SHRINK_GAN),
+                                         ("vae_conv_cifar10", SHRINK_VAE)])
+def test_experiment_trains_under_accelerator_defaults(name, shrink, platform, mock_cifar10,
+                                                      tmp_path, monkeypatch):
+  """A GPU's or TPU's choices on the suite's 4 CPU devices: every step in one call, shard_map."""
+  monkeypatch.setenv(backend.PLATFORM_ENV, platform)
+  config = experiment_config(name)
+  config.update(dict(SHRINK, **shrink, tfds_data_dir=mock_cifar10, steps_per_call=0,
+                     parallel="auto", log_every_steps=4))
+  workdir = str(tmp_path / name)
+  metrics = train.train_and_evaluate(config, workdir)
+  assert metrics and all(np.isfinite(v) for v in metrics.values()), metrics
+  assert backend.steps_per_call(config.steps_per_call) == backend.AUTO_STEPS_PER_CALL
+  assert backend.parallel_mode(config.parallel) == backend.AUTO_PARALLEL
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records if r["split"] in ("train", "test")] == [4, 4]
+  assert workdir_lib.load_trained(workdir, "latest").step == 4
 
 
 def test_vae_conv_cifar10_decoder_outputs_mean_and_log_scale_per_channel():

@@ -4,12 +4,16 @@ value, run within a time budget, every row written to JSON and Markdown as soon 
 A row is a step benchmark (`BenchRow`: model, batch, precision, PyTorch beside it or not), the
 DCGAN training ("train") or the accelerator tests ("tests"). A row that raises is recorded as
 failed with its error and the next one runs; rows the budget leaves out are recorded as skipped.
+The rows run in a worker process that `supervise` stops when the budget runs out, so that a slow
+row cannot overrun it: that row is recorded as cut.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 from typing import Callable, NamedTuple
 
@@ -106,7 +110,7 @@ def error_text(e: BaseException) -> str:
 def run_rows(rows: list[Row], budget_s: float, write: Callable[[list[dict]], None],
              clock: Callable[[], float] = time.perf_counter) -> list[dict]:
   """Runs `rows` in order while less than `budget_s` has passed, calling `write(records)` before
-  the first and after every row. A record: row, group, status (pending, ok, failed, skipped),
+  and after every row. A record: row, group, status (pending, running, ok, failed, skipped),
   seconds, and the row's result or its error. Rows not started in time are 'skipped'."""
   start = clock()
   records = [{"row": r.label, "kind": r.kind, "group": r.group, "status": "pending"}
@@ -117,6 +121,8 @@ def run_rows(rows: list[Row], budget_s: float, write: Callable[[list[dict]], Non
       record.update(status="skipped", reason=f"the budget of {budget_s:g} s was spent")
       continue
     began = clock()
+    record["status"] = "running"
+    write(records)
     try:
       result = row.run()
       record.update(status="failed" if "error" in result else "ok", **result)
@@ -126,6 +132,46 @@ def run_rows(rows: list[Row], budget_s: float, write: Callable[[list[dict]], Non
     write(records)
   write(records)
   return records
+
+
+def stop(records: list[dict], reason: str) -> None:
+  """Records a worker stopped from outside: its running row as 'cut', the rows after as
+  'skipped', both with `reason`."""
+  for record in records:
+    if record["status"] in ("running", "pending"):
+      record.update(status="cut" if record["status"] == "running" else "skipped", reason=reason)
+
+
+def supervise(command: list[str], out: str, budget_s: float, env: dict | None = None) -> int:
+  """Runs the worker `command`, which rewrites OUTDIR's files after every row, in a process group
+  of its own, and kills the group (the worker and the processes it started) once `budget_s` has
+  passed or on Ctrl-C; its files then record why (`stop`). Returns 1 if a row failed or the
+  worker ended without finishing its rows, else 0 (a check cut by the budget included)."""
+  start = time.perf_counter()
+  worker = subprocess.Popen(command, env=env, start_new_session=True)
+  try:
+    reason = "" if worker.wait(timeout=budget_s) == 0 else (
+        f"the check's process ended with status {worker.returncode}")
+  except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
+    reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (
+        f"the budget of {budget_s:g} s ran out")
+  try:  # the worker, and whatever it started that still runs
+    os.killpg(worker.pid, signal.SIGKILL)
+  except ProcessLookupError:
+    pass
+  worker.wait()
+  try:
+    with open(os.path.join(out, "accelerator_check.json")) as f:
+      header = json.load(f)
+  except (OSError, ValueError):
+    return 1
+  records = header.pop("rows")
+  unfinished = any(r["status"] in ("running", "pending") for r in records)
+  if unfinished:
+    stop(records, reason)
+    write_files(out, {**header, "total_s": round(time.perf_counter() - start, 1)}, records)
+  failed = any(r["status"] == "failed" for r in records)
+  return 1 if failed or (unfinished and "budget" not in reason) else 0
 
 
 def write_files(out: str, header: dict, records: list[dict]) -> None:
@@ -177,7 +223,9 @@ def markdown(header: dict, records: list[dict]) -> str:
       lines += ["", "accelerator tests: " + ", ".join(
           f"{r[k]} {k}" for k in ("tests", "passed", "failures", "errors", "skipped"))]
   failed = [f"- {r['row']}: {r.get('error')}" for r in records if r["status"] == "failed"]
+  cut = [f"{r['row']} ({r['reason']})" for r in records if r["status"] == "cut"]
   skipped = [r["row"] for r in records if r["status"] == "skipped"]
   lines += ["", "Failed rows:", "", *failed] if failed else []
+  lines += ["", f"Cut short: {', '.join(cut)}"] if cut else []
   lines += ["", f"Skipped by the budget: {', '.join(skipped)}"] if skipped else []
   return "\n".join(lines) + "\n"

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import logging
 import os
 import socket
-import struct
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aigc_jax import idx
 from aigc_jax.noise import batch_noise
 
 log = logging.getLogger(__name__)
@@ -29,24 +27,10 @@ PathLike = str | os.PathLike[str]
 
 IDX_DIR_ENV = "AIGC_JAX_IDX_DIR"
 TFDS_HOST = "storage.googleapis.com"  # where TFDS downloads from
-_IDX_FIX = "re-download the file or point --config.idx_dir elsewhere"
-_GZIP_MAGIC = b"\x1f\x8b"
-# IDX type code -> dtype (multi-byte types are stored big-endian).
-_IDX_DTYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 _TQDM_MIN_RECORDS = 10_000
 _SCALES = ("zero_one", "minus_one_one")
-
-
-class DataError(ValueError):
-  """A dataset file or source is missing or malformed."""
+DataError = idx.DataError  # a dataset file or source is missing or malformed
+Rows = idx.Rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,106 +55,6 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar10":
         DatasetInfo("cifar10", (32, 32, 3), 10, "cifar10", None),
 }
-
-# ----------------------------------------------------------------- IDX files
-
-
-def read_idx(path: PathLike) -> np.ndarray:
-  """Reads an IDX file (plain or gzipped) into a native-endian array."""
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as e:
-    raise DataError(f"{path}: cannot read file ({e.strerror}); {_IDX_FIX}") from e
-  if raw[:2] == _GZIP_MAGIC:
-    try:
-      raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-      raise DataError(f"{path}: corrupt gzip stream ({e}); {_IDX_FIX}") from e
-  return _parse_idx(raw, path)
-
-
-def _parse_idx(raw: bytes, path: PathLike) -> np.ndarray:
-
-  def fail(what: str) -> DataError:
-    return DataError(f"{path}: {what}; {_IDX_FIX}")
-
-  if len(raw) < 4:
-    raise fail(f"too short for an IDX header (expected >= 4 bytes, got {len(raw)})")
-  if raw[0] != 0 or raw[1] != 0:
-    raise fail(f"bad IDX magic (expected first two bytes 00 00, got {raw[:2].hex(' ')})")
-  code, ndim = raw[2], raw[3]
-  if code not in _IDX_DTYPES:
-    known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-    raise fail(f"unknown IDX type code (expected one of {known}, got 0x{code:02X})")
-  if not 1 <= ndim <= 4:
-    raise fail(f"unsupported number of dimensions (expected 1..4, got {ndim})")
-  header = 4 + 4 * ndim
-  if len(raw) < header:
-    raise fail(f"truncated header (expected {header} bytes, got {len(raw)})")
-  dims = struct.unpack(f">{ndim}I", raw[4:header])
-  if min(dims) == 0:
-    raise fail(f"zero-sized dimension (expected all dims > 0, got {dims})")
-  dtype = _IDX_DTYPES[code]
-  expected = header + int(np.prod(dims)) * dtype.itemsize
-  if len(raw) != expected:
-    what = "truncated payload" if len(raw) < expected else "trailing bytes after payload"
-    raise fail(f"{what} (expected {expected} bytes for shape {dims}, got {len(raw)})")
-  arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-  return arr.astype(dtype.newbyteorder("="))  # always a writable native copy
-
-
-def _idx_candidates(directory: PathLike, split: str, kind: str) -> list[str]:
-  prefix, n = _SPLIT_PREFIX[split], 3 if kind == "images" else 1
-  names = [f"{prefix}-{kind}-idx{n}-ubyte", f"{prefix}-{kind}.idx{n}-ubyte"]
-  return [os.path.join(directory, b + gz) for b in names for gz in ("", ".gz")]
-
-
-def _find_idx_files(directory: PathLike, split: str) -> tuple[str, str] | None:
-  """Returns the (images, labels) paths of a split if both exist."""
-  found = [
-      next((p for p in _idx_candidates(directory, split, kind) if os.path.isfile(p)),
-           None) for kind in ("images", "labels")
-  ]
-  return (found[0], found[1]) if found[0] and found[1] else None
-
-
-def read_idx_split(directory: PathLike,
-                   split: str,
-                   *,
-                   num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Reads one split from a directory of IDX files: uint8 (N,H,W,C), int32 (N,)."""
-  if split not in _SPLIT_PREFIX:
-    raise DataError(f"{directory}: unknown IDX split '{split}' "
-                    f"(expected one of {sorted(_SPLIT_PREFIX)}); use 'train' or 'test'")
-  paths = _find_idx_files(directory, split)
-  if paths is None:
-    looked = [
-        os.path.basename(p)
-        for kind in ("images", "labels")
-        for p in _idx_candidates(directory, split, kind)
-    ]
-    raise DataError(f"{directory}: missing IDX files for split '{split}' (looked for "
-                    f"{', '.join(looked)}); put the files there or point "
-                    "--config.idx_dir elsewhere")
-  images_path, labels_path = paths
-  images, labels = read_idx(images_path), read_idx(labels_path)
-  if images.dtype != np.uint8 or images.ndim not in (3, 4):
-    raise DataError(f"{images_path}: not an image file (expected uint8 with 3 or 4 dims, "
-                    f"got {images.dtype} with shape {images.shape}); {_IDX_FIX}")
-  if labels.dtype != np.uint8 or labels.ndim != 1:
-    raise DataError(f"{labels_path}: not a label file (expected 1-d uint8, got "
-                    f"{labels.dtype} with shape {labels.shape}); {_IDX_FIX}")
-  if len(images) != len(labels):
-    raise DataError(f"{labels_path}: label count does not match {images_path} "
-                    f"(expected {len(images)}, got {len(labels)}); {_IDX_FIX}")
-  if num_classes is not None and labels.max() >= num_classes:
-    raise DataError(f"{labels_path}: label out of range (expected [0, {num_classes}), "
-                    f"got max {labels.max()}); {_IDX_FIX}")
-  if images.ndim == 3:
-    images = images[..., None]
-  return images, labels.astype(np.int32)
-
 
 # ------------------------------------------------------------------- sources
 
@@ -211,33 +95,79 @@ def _tfds_source(info: DatasetInfo, split: str, data_dir: str | None):
   return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir)
 
 
-def _from_tfds(info: DatasetInfo, split: str, data_dir: str | None,
-               tried: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a whole split through `tfds.data_source` into numpy arrays."""
+class _Source(NamedTuple):
+  info: DatasetInfo
+  idx_dir: str | None  # the IDX directory it reads; None: TFDS
+  tfds_data_dir: str | None
+  tried: tuple[str, ...]  # the sources passed over before TFDS
+  text: str
+
+
+def _source(name: str, split: str, idx_dir: PathLike | None,
+            tfds_data_dir: PathLike | None) -> _Source:
+  """Where a split comes from, first wins: `idx_dir` (else $AIGC_JAX_IDX_DIR), the Debian
+  directory, then TFDS. An explicitly given IDX directory is never skipped."""
+  if name not in DATASETS:
+    raise DataError(f"unknown dataset '{name}' (expected one of {sorted(DATASETS)}); "
+                    "set --config.dataset to a known name")
+  info = DATASETS[name]
+  explicit = os.fspath(idx_dir) if idx_dir else os.environ.get(IDX_DIR_ENV) or None
+  if explicit is not None:
+    where = "idx_dir" if idx_dir else f"${IDX_DIR_ENV}"
+    if not os.path.isdir(explicit):
+      raise DataError(f"{explicit}: IDX directory (from {where}) does not exist; "
+                      "create it with the IDX files or point --config.idx_dir elsewhere")
+    return _Source(info, explicit, None, (), f"IDX files in {explicit} (from {where})")
+  if (info.debian_dir and split in idx.SPLIT_PREFIX and
+      idx.find_split(info.debian_dir, split) is not None):
+    return _Source(info, info.debian_dir, None, (), f"Debian IDX files in {info.debian_dir}")
+  tried = [f"${IDX_DIR_ENV} (unset)"] + (
+      [f"Debian dir {info.debian_dir} (no IDX files for this split)"] if info.debian_dir else [])
+  data_dir = os.fspath(tfds_data_dir) if tfds_data_dir else None
+  return _Source(info, None, data_dir, tuple(tried),
+                 f"TFDS {info.tfds_name!r} (data_dir={data_dir or 'default'})")
+
+
+def _tfds_failed(source: _Source, split: str, e: Exception) -> DataError:
+  info = source.info
+  return DataError(f"dataset '{info.name}' split '{split}': no data found (tried "
+                   f"{'; '.join([*source.tried, f'TFDS {info.tfds_name!r}'])}; TFDS failed "
+                   f"with {type(e).__name__}: {e}); {missing_data_fix(info)}")
+
+
+def _open_tfds(source: _Source, split: str) -> Any:
+  """The split's `tfds.data_source` (random access, nothing read yet); never empty."""
   try:
-    records = _read_records(_tfds_source(info, split, data_dir))
+    records = _tfds_source(source.info, split, source.tfds_data_dir)
   except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f"dataset '{info.name}' split '{split}': no data found (tried "
-                    f"{'; '.join([*tried, f'TFDS {info.tfds_name!r}'])}; TFDS failed with "
-                    f"{type(e).__name__}: {e}); {missing_data_fix(info)}") from e
-  if not records:
-    raise DataError(f"TFDS '{info.tfds_name}' split '{split}' is empty; "
+    raise _tfds_failed(source, split, e) from e
+  if len(records) == 0:
+    raise DataError(f"TFDS '{source.info.tfds_name}' split '{split}' is empty; "
                     "choose a non-empty split")
+  return records
+
+
+def _from_tfds(source: _Source, split: str, rows: Rows | None) -> tuple[np.ndarray, np.ndarray]:
+  """Rows [start, stop) of a split (all by default) through `tfds.data_source`."""
+  records = _open_tfds(source, split)
+  try:
+    records = _read_records(records, rows or (0, len(records)))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _tfds_failed(source, split, e) from e
   images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
   labels = np.asarray([r["label"] for r in records], np.int32)
-  if images.ndim == 3:
-    images = images[..., None]
-  return images, labels
+  return images[..., None] if images.ndim == 3 else images, labels
 
 
-def _read_records(source: Any, chunk: int = 1024) -> list[Any]:
-  """Reads all records, batched via `__getitems__` when it works."""
+def _read_records(source: Any, rows: Rows, chunk: int = 1024) -> list[Any]:
+  """Reads records [start, stop), batched via `__getitems__` when it works."""
   from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-  n = len(source)
+  start, stop = rows
   records: list[Any] = []
-  with tqdm.tqdm(total=n, disable=n < _TQDM_MIN_RECORDS, desc="tfds", unit="ex") as bar:
-    for start in range(0, n, chunk):
-      keys = list(range(start, min(n, start + chunk)))
+  with tqdm.tqdm(total=stop - start, disable=stop - start < _TQDM_MIN_RECORDS, desc="tfds",
+                 unit="ex") as bar:
+    for first in range(start, stop, chunk):
+      keys = list(range(first, min(stop, first + chunk)))
       try:
         records.extend(source.__getitems__(keys))
       except (AttributeError, TypeError):  # e.g. tfds.testing.mock_data sources
@@ -246,52 +176,51 @@ def _read_records(source: Any, chunk: int = 1024) -> list[Any]:
   return records
 
 
-def load_split(name: str, split: str, *, idx_dir: PathLike | None = None,
-               tfds_data_dir: PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Loads a split as uint8 (N,H,W,C) images and int32 (N,) labels.
+def split_size(name: str, split: str, *, idx_dir: PathLike | None = None,
+               tfds_data_dir: PathLike | None = None) -> int:
+  """The number of examples of a split (`load_split`'s source), from its IDX header or TFDS's
+  index, without reading its images."""
+  source = _source(name, split, idx_dir, tfds_data_dir)
+  if source.idx_dir is not None:
+    return idx.split_size(source.idx_dir, split)
+  return len(_open_tfds(source, split))
 
-  Sources, first wins: `idx_dir` (else $AIGC_JAX_IDX_DIR), the Debian
-  directory, then TFDS. An explicitly given IDX directory is never skipped.
-  """
-  if name not in DATASETS:
-    raise DataError(f"unknown dataset '{name}' (expected one of {sorted(DATASETS)}); "
-                    "set --config.dataset to a known name")
-  info = DATASETS[name]
-  explicit = os.fspath(idx_dir) if idx_dir else os.environ.get(IDX_DIR_ENV) or None
-  tried: list[str] = []
-  if explicit is not None:
-    where = "idx_dir" if idx_dir else f"${IDX_DIR_ENV}"
-    if not os.path.isdir(explicit):
-      raise DataError(f"{explicit}: IDX directory (from {where}) does not exist; "
-                      "create it with the IDX files or point --config.idx_dir elsewhere")
-    images, labels = read_idx_split(explicit, split, num_classes=info.num_classes)
-    source = f"IDX files in {explicit} (from {where})"
-  elif (info.debian_dir and split in _SPLIT_PREFIX and
-        _find_idx_files(info.debian_dir, split) is not None):
-    images, labels = read_idx_split(info.debian_dir, split, num_classes=info.num_classes)
-    source = f"Debian IDX files in {info.debian_dir}"
+
+def load_split(name: str, split: str, *, idx_dir: PathLike | None = None,
+               tfds_data_dir: PathLike | None = None,
+               rows: Rows | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """A split as uint8 (N,H,W,C) images and int32 (N,) labels: all of it, or only its rows
+  [start, stop) (which is all a process reads when its devices hold those). Sources: `_source`."""
+  source = _source(name, split, idx_dir, tfds_data_dir)
+  info = source.info
+  if source.idx_dir is not None:
+    images, labels = idx.read_split(source.idx_dir, split, num_classes=info.num_classes,
+                                    rows=rows)
   else:
-    tried.append(f"${IDX_DIR_ENV} (unset)")
-    if info.debian_dir:
-      tried.append(f"Debian dir {info.debian_dir} (no IDX files for this split)")
-    data_dir = os.fspath(tfds_data_dir) if tfds_data_dir else None
-    images, labels = _from_tfds(info, split, data_dir, tried)
-    if labels.min() < 0 or labels.max() >= info.num_classes:
+    images, labels = _from_tfds(source, split, rows)
+    if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
       raise DataError(f"TFDS '{info.tfds_name}' split '{split}': label out of range "
                       f"(expected [0, {info.num_classes}), got [{labels.min()}, "
                       f"{labels.max()}]); re-prepare the TFDS dataset")
-    source = f"TFDS {info.tfds_name!r} (data_dir={data_dir or 'default'})"
   if images.shape[1:] != info.image_shape:
-    raise DataError(f"{source}: wrong image shape for '{name}' (expected "
+    raise DataError(f"{source.text}: wrong image shape for '{name}' (expected "
                     f"{info.image_shape}, got {images.shape[1:]}); point the loader "
                     "at data for this dataset")
-  log.info("loaded %s/%s: %d examples from %s", name, split, len(images), source)
+  log.info("loaded %s/%s: %d examples%s from %s", name, split, len(images),
+           f" (rows {rows[0]}:{rows[1]})" if rows else "", source.text)
   return images, labels
 
 
-def load_config_split(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_config_split(config, split: str,
+                      rows: Rows | None = None) -> tuple[np.ndarray, np.ndarray]:
   """`load_split` of config.dataset from the config's sources (idx_dir, tfds_data_dir)."""
   return load_split(config.dataset, split, idx_dir=config.idx_dir or None,
+                    tfds_data_dir=config.tfds_data_dir or None, rows=rows)
+
+
+def config_split_size(config, split: str) -> int:
+  """`split_size` of config.dataset from the config's sources."""
+  return split_size(config.dataset, split, idx_dir=config.idx_dir or None,
                     tfds_data_dir=config.tfds_data_dir or None)
 
 

@@ -14,8 +14,8 @@ Under both parallel modes the dataset is split by rows over the devices (`TrainL
 not copied: each device gathers the rows it holds of a global batch, and a reduce-scatter hands
 every device its slice of that batch (`gather_rows`), the same rows as one device would read.
 With several processes (`jax.distributed`) they span every device of every process, and each
-process places only its devices' rows. Per-step noise is drawn for the global batch and sliced
-(`batch_noise`), so results do not depend on the number of devices.
+process loads (`local_rows`) and places only its devices' rows. Per-step noise is drawn for the
+global batch and sliced (`batch_noise`), so results do not depend on the number of devices.
 """
 
 from __future__ import annotations
@@ -202,31 +202,43 @@ class TrainLoop:
         lambda x: jax.make_array_from_process_local_data(
             stacked, np.broadcast_to(np.asarray(x), (local,) + np.shape(x))), tree)
 
-  def put_data(self, tree: Any, members: int = 0) -> Any:
-    """`tree` (the dataset: host or device arrays of N rows) placed for this loop: on its device
-    ('none'), on a population's devices (`members`), or split by rows over the data axis
-    (`put_rows`)."""
+  def put_data(self, tree: Any, members: int = 0, *, first_row: int = 0,
+               num_examples: int = 0) -> Any:
+    """`tree` (the dataset: host or device arrays of its rows `local_rows`, from `first_row` of
+    `num_examples`, by default all) placed for this loop: on its device ('none'), on a
+    population's devices (`members`), or split by rows over the data axis (`put_rows`)."""
     mesh = self.member_mesh(members) if self._member_pool and members else None
     if mesh is not None:
       return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-    return jax.device_put(tree, self.devices[0]) if self.mode == "none" else self.put_rows(tree)
+    if self.mode == "none":
+      return jax.device_put(tree, self.devices[0])
+    return self.put_rows(tree, first_row=first_row, num_examples=num_examples)
 
   def rows_per_device(self, num_examples: int) -> int:
     """R: device d of the data axis holds rows [d*R, (d+1)*R) of a dataset (zeros past its end)."""
     return -(-num_examples // self.num_devices)
 
-  def put_rows(self, tree: Any) -> Any:
-    """`tree`'s leaves (N rows each) split in blocks of `rows_per_device` rows over the loop's
-    devices, the last block padded with zero rows that no index reaches. Each process copies only
-    its devices' blocks; under pmap every block is one entry of the leading device axis."""
-    per = self.rows_per_device(len(jax.tree_util.tree_leaves(tree)[0]))
+  def local_rows(self, num_examples: int) -> tuple[int, int]:
+    """[start, stop): the rows of a dataset of `num_examples` that this process's devices hold
+    (all of them unless the data is split by rows), which is all this process needs to load."""
+    if self.mode == "none":
+      return 0, num_examples
+    per, local = self.rows_per_device(num_examples), self._local_positions()
+    return min(num_examples, min(local) * per), min(num_examples, (max(local) + 1) * per)
+
+  def put_rows(self, tree: Any, *, first_row: int = 0, num_examples: int = 0) -> Any:
+    """`tree`'s leaves, rows [first_row, ...) of a dataset of `num_examples` (by default their
+    own N rows), split in blocks of `rows_per_device` rows over the loop's devices, the last
+    block padded with zero rows that no index reaches. Each process places only its devices'
+    blocks (`local_rows`); under pmap every block is one entry of the leading device axis."""
+    per = self.rows_per_device(num_examples or len(jax.tree_util.tree_leaves(tree)[0]))
     rows = NamedSharding(self._mesh, PartitionSpec(DATA_AXIS))
 
     def place(x):
       x = np.asarray(x)
       blocks = []
       for d in self._local_positions():
-        block = x[d * per:(d + 1) * per]
+        block = x[max(0, d * per - first_row):max(0, (d + 1) * per - first_row)]
         block = np.concatenate([block, np.zeros((per - len(block),) + x.shape[1:], x.dtype)])
         blocks.append(jax.device_put(block[None] if self.mode == "pmap" else block,
                                      self.devices[d]))

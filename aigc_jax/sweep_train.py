@@ -27,6 +27,7 @@ from aigc_jax import lock
 from aigc_jax import plot
 from aigc_jax import population as pop_lib
 from aigc_jax import safe_files
+from aigc_jax import schedule as schedule_lib
 from aigc_jax import signals as signals_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
@@ -161,10 +162,11 @@ def _permutations(seeds: jax.Array, epoch: int, num_train: int) -> jax.Array:
 def permutations(sweep: Sweep, members: list[int], epoch: int):
   """(N, num_train) int32: each member's data order for `epoch`, from its own seed."""
   seeds = np.asarray([int(sweep.configs[m].seed) for m in members], np.int32)
-  return _permutations(seeds, np.int32(epoch), len(sweep.run.train_data.labels))
+  return _permutations(seeds, np.int32(epoch), sweep.run.num_train)
 
 
-def record_train(sweep: Sweep, members: list[int], step: int, meter: train.TrainMeter) -> dict:
+def record_train(sweep: Sweep, members: list[int], step: int,
+                 meter: schedule_lib.TrainMeter) -> dict:
   """Writes each member's mean train metrics since the last log; {member: 'diverged'} for those
   whose metrics are not finite."""
   sums = jax.device_get(meter.sums)
@@ -254,7 +256,7 @@ class LoopState:
   """The sweep loop's moving parts: the placed population, its members, data and data order."""
 
   def __init__(self, sweep: Sweep, population, members: list[int]):
-    self.sweep, self.meter = sweep, train.TrainMeter()
+    self.sweep, self.meter = sweep, schedule_lib.TrainMeter()
     self.keep(population, members)
 
   def advance(self, step: int, boundary: int) -> None:

@@ -16,7 +16,6 @@ import time
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -27,8 +26,8 @@ from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import lock
 from aigc_jax import parallel
+from aigc_jax import schedule as schedule_lib
 from aigc_jax import signals as signals_lib
-from aigc_jax import state as state_lib
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
 
@@ -37,68 +36,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
   """Training cannot go on (e.g. the loss became NaN)."""
-
-
-def improved(value: float, best: float | None, mode: str) -> bool:
-  """Whether `value` beats `best` (None: nothing yet) when `mode` ('min' or 'max') is better."""
-  return best is None or (value < best if mode == "min" else value > best)
-
-
-class EarlyStop:
-  """The best evaluation so far and how many evaluations since; stopped after `patience` (> 0)
-  evaluations without improvement."""
-
-  def __init__(self, metric: str, mode: str, patience: int, history: list[dict] = ()):
-    self.metric, self.mode, self.patience = metric, mode, patience
-    self.best, self.since = None, 0
-    for record in history:  # the eval records of metrics.jsonl
-      if record.get("split") == "test" and metric in record:
-        self.update(record[metric])
-
-  def update(self, value: float) -> None:
-    if improved(value, self.best, self.mode):
-      self.best, self.since = value, 0
-    else:
-      self.since += 1
-
-  @property
-  def stopped(self) -> bool:
-    return bool(self.patience) and self.best is not None and self.since >= self.patience
-
-
-# The host hands the device about this many steps (a whole number of calls) at once, so that a
-# stop signal is seen, and the run saved, within that many steps.
-STOP_CHECK_STEPS = 10
-
-
-class Schedule(NamedTuple):
-  """When the host stops the device: step counts of the run and of its boundaries."""
-
-  total: int
-  steps_per_epoch: int
-  log_every: int
-  eval_every: int
-  checkpoint_every: int
-  chunk: int  # a multiple of it is a boundary too: where a stop signal is checked
-
-  def next_boundary(self, step: int) -> int:
-    """The first log, eval, checkpoint or chunk step, epoch end or the end after `step`."""
-    epoch = step // self.steps_per_epoch
-    return min(self.total, (epoch + 1) * self.steps_per_epoch,
-               *((step // n + 1) * n for n in (self.log_every, self.eval_every,
-                                               self.checkpoint_every, self.chunk)))
-
-
-def make_schedule(config, num_train: int, batches_per_step: int) -> Schedule:
-  """The run's Schedule: eval every epoch and checkpoint at every eval unless set (> 0)."""
-  steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size * batches_per_step)
-  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-  per_call = backend.steps_per_call(config.steps_per_call)
-  return Schedule(state_lib.total_train_steps(config, num_train, batches_per_step),
-                  steps_per_epoch, config.log_every_steps, eval_every,
-                  config.checkpoint_every_steps if config.checkpoint_every_steps > 0
-                  else eval_every,
-                  per_call * -(-STOP_CHECK_STEPS // per_call))
 
 
 def initialize_distributed(config) -> None:
@@ -141,8 +78,10 @@ class Run(NamedTuple):
   workdir: str
   trainable: families.Trainable
   loop: parallel.TrainLoop
-  schedule: Schedule
-  train_data: data_lib.DeviceData
+  schedule: schedule_lib.Schedule
+  train_data: data_lib.DeviceData  # this process's rows of the train split: `train_rows`
+  train_rows: data_lib.Rows
+  num_train: int
   test_data: data_lib.DeviceData
   checkpoints: Any
   writer: writers.MetricWriter
@@ -156,11 +95,10 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   over a stacked population (`parallel.TrainLoop(members=member_map, member_devices=...)`) and
   metrics.jsonl gets no TensorBoard run."""
   family = families.get(config.model)
-  images, labels = data_lib.load_config_split(config, "train")
-  train_data = data_lib.to_host(images, family.train_labels(config, images, labels, workdir))
+  num_train = data_lib.config_split_size(config, "train")
   test_data = data_lib.to_device(*data_lib.load_config_split(config, "test"))
   batches_per_step = family.batches_per_step(config)
-  schedule = make_schedule(config, len(labels), batches_per_step)
+  schedule = schedule_lib.make_schedule(config, num_train, batches_per_step)
   trainable = family.build(config, data_lib.DATASETS[config.dataset], schedule.total)
   step = (trainable.train_step if population_step is None else
           functools.partial(population_step, total_steps=schedule.total))
@@ -175,14 +113,19 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
         members="" if population_step is None else member_map)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
+  rows = loop.local_rows(num_train)  # all this process's devices read
+  images, labels = data_lib.load_config_split(config, "train", rows)
+  train_data = data_lib.to_host(images, family.train_labels(config, images, labels, workdir,
+                                                            rows=rows))
   log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), %d device(s); %s; %s",
-           config.model, config.dataset, len(labels), len(test_data.labels), schedule.total,
+           config.model, config.dataset, num_train, len(test_data.labels), schedule.total,
            schedule.steps_per_epoch, loop.num_devices, backend.describe_devices(),
            " ".join(f"{k}={v}" for k, v in backend.choices(config, population).items()))
   checkpoints = workdir_lib.open_checkpoints(workdir, config, trainable)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
                                 tensorboard=population_step is None)
-  return Run(config, workdir, trainable, loop, schedule, train_data, test_data, checkpoints, writer)
+  return Run(config, workdir, trainable, loop, schedule, train_data, rows, num_train, test_data,
+             checkpoints, writer)
 
 
 def restore_or_init(run: Run, step: int | None = None):
@@ -219,7 +162,7 @@ def evaluate_and_record(run: Run, state, step: int, bar) -> dict:
   return metrics
 
 
-def record_train(run: Run, step: int, meter: "TrainMeter", bar) -> None:
+def record_train(run: Run, step: int, meter: schedule_lib.TrainMeter, bar) -> None:
   """Writes the mean train metrics since the last log and resets `meter`; stops on a non-finite
   one."""
   means = {k: float(v) / meter.steps for k, v in jax.device_get(meter.sums).items()}
@@ -246,36 +189,25 @@ def save(run: Run, step: int, state, eval_metrics: dict | None) -> None:
                        {f"test_{k}": v for k, v in eval_metrics.items()})
 
 
-class TrainMeter:
-  """Sums of the train metrics since the last log, their step count and wall time."""
-
-  def __init__(self):
-    self.sums, self.steps, self.start = None, 0, time.perf_counter()
-
-  def add(self, sums, steps: int) -> None:
-    self.sums = sums if self.sums is None else jax.tree_util.tree_map(jnp.add, self.sums, sums)
-    self.steps += steps
-
-  def reset(self) -> None:
-    self.sums, self.steps, self.start = None, 0, time.perf_counter()
-
-
 def train_loop(run: Run, state, bar):
   """Trains from `state` to the end (or an early stop): (the last state, the last evaluation).
   Raises Stopped after saving when SIGTERM or SIGINT arrives."""
   step = int(state.step)
-  stop = EarlyStop(run.trainable.best_metric, run.trainable.best_mode,
+  stop = schedule_lib.EarlyStop(run.trainable.best_metric, run.trainable.best_mode,
                    run.config.early_stopping_patience, run.writer.truncate_after(step))
   with signals_lib.StopSignals() as signals:
     return _loop(run, state, step, stop, signals, bar)
 
 
-def _loop(run: Run, state, step: int, stop: EarlyStop, signals: signals_lib.StopSignals, bar):
+def _loop(run: Run, state, step: int, stop: schedule_lib.EarlyStop,
+          signals: signals_lib.StopSignals, bar):
   config, sched, loop = run.config, run.schedule, run.loop
-  placed, placed_train = loop.put_state(state), loop.put_data(run.train_data)  # `state`: host
+  placed = loop.put_state(state)  # `state`: host
+  placed_train = loop.put_data(run.train_data, first_row=run.train_rows[0],
+                               num_examples=run.num_train)
   permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
-  num_train, perm_epoch, perm = len(run.train_data.labels), None, None
-  meter, eval_metrics = TrainMeter(), {}
+  num_train, perm_epoch, perm = run.num_train, None, None
+  meter, eval_metrics = schedule_lib.TrainMeter(), {}
   while step < sched.total and not stop.stopped:
     epoch, index = divmod(step, sched.steps_per_epoch)
     if epoch != perm_epoch:

@@ -19,12 +19,14 @@ from test_train import STEADY_ADAM, small_config  # noqa: E402  (tests/ is this 
 
 
 def reporting_placement(put_data):
-  """`TrainLoop.put_data` that prints how many train rows and bytes this process's devices hold."""
-  def put(loop, tree, members=0):
-    placed = put_data(loop, tree, members)
+  """`TrainLoop.put_data` that prints how many train rows this process loaded and how many rows
+  and bytes its devices hold."""
+  def put(loop, tree, members=0, **rows):
+    placed = put_data(loop, tree, members, **rows)
     shards = placed.images.addressable_shards + placed.labels.addressable_shards
-    rows = sum(s.data.shape[-4] for s in placed.images.addressable_shards)
-    print(f"process {jax.process_index()} holds {rows} of {len(tree.labels)} train rows, "
+    held = sum(s.data.shape[-4] for s in placed.images.addressable_shards)
+    print(f"process {jax.process_index()} loaded {len(tree.labels)} and holds {held} of "
+          f"{rows.get('num_examples') or len(tree.labels)} train rows, "
           f"{sum(s.data.nbytes for s in shards)} bytes", flush=True)
     return placed
   return put

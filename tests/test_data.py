@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from aigc_jax import data
+from aigc_jax import idx
 from aigc_jax.data import DataError
 
 DEBIAN_DIR = data.DATASETS["fashion_mnist"].debian_dir
@@ -62,8 +63,8 @@ def _no_env(monkeypatch):
 def test_read_idx_1d_and_3d(tmp_path, gz):
   labels = np.array([0, 3, 255, 7], np.uint8)
   images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-  out1 = data.read_idx(write(tmp_path / "l", idx_bytes(labels), gz))
-  out3 = data.read_idx(write(tmp_path / "i", idx_bytes(images), gz))
+  out1 = idx.read_idx(write(tmp_path / "l", idx_bytes(labels), gz))
+  out3 = idx.read_idx(write(tmp_path / "i", idx_bytes(images), gz))
   assert out1.dtype == np.uint8 and out1.shape == (4,)
   np.testing.assert_array_equal(out1, labels)
   assert out3.dtype == np.uint8 and out3.shape == (2, 3, 4)
@@ -74,15 +75,15 @@ def test_read_idx_gzip_detected_by_magic_not_suffix(tmp_path):
   arr = np.array([1, 2, 3], np.uint8)
   gz_named_plain = write(tmp_path / "x.gz", idx_bytes(arr))
   plain_named_gz = write(tmp_path / "y", idx_bytes(arr), gz=True)
-  np.testing.assert_array_equal(data.read_idx(gz_named_plain), arr)
-  np.testing.assert_array_equal(data.read_idx(plain_named_gz), arr)
+  np.testing.assert_array_equal(idx.read_idx(gz_named_plain), arr)
+  np.testing.assert_array_equal(idx.read_idx(plain_named_gz), arr)
 
 
 @pytest.mark.parametrize("code,dtype", [(0x09, np.int8), (0x0B, np.int16), (0x0C, np.int32),
                                         (0x0D, np.float32), (0x0E, np.float64)])
 def test_read_idx_big_endian_types(tmp_path, code, dtype):
   arr = np.array([[-2, 1], [300 if code != 0x09 else 100, -7]]).astype(dtype)
-  out = data.read_idx(write(tmp_path / "f", idx_bytes(arr, code)))
+  out = idx.read_idx(write(tmp_path / "f", idx_bytes(arr, code)))
   assert out.dtype == np.dtype(dtype) and out.dtype.isnative
   np.testing.assert_array_equal(out, arr)
 
@@ -105,7 +106,7 @@ def _good() -> bytes:
 def test_read_idx_rejects_corrupt(tmp_path, payload, match):
   path = write(tmp_path / "bad-idx", payload)
   with pytest.raises(DataError, match=match) as e:
-    data.read_idx(path)
+    idx.read_idx(path)
   assert str(path) in str(e.value) and "idx_dir" in str(e.value)
 
 
@@ -113,7 +114,7 @@ def test_read_idx_rejects_corrupt(tmp_path, payload, match):
 def test_read_idx_truncated_inside_gzip(tmp_path, gz):
   path = write(tmp_path / "t.gz", _good()[:-3], gz=gz)
   with pytest.raises(DataError, match=f"{path}: truncated payload"):
-    data.read_idx(path)
+    idx.read_idx(path)
 
 
 def test_read_idx_corrupt_gzip(tmp_path):
@@ -122,13 +123,46 @@ def test_read_idx_corrupt_gzip(tmp_path):
                     ("flip.gz", blob[:12] + bytes(b ^ 0xFF for b in blob[12:30]) + blob[30:])]:
     path = write(tmp_path / name, bad)
     with pytest.raises(DataError, match=r"corrupt gzip stream") as e:
-      data.read_idx(path)
+      idx.read_idx(path)
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_rows_are_those_rows_of_the_whole_file(tmp_path, gz):
+  arr = np.random.default_rng(1).integers(-30000, 30000, (7, 3, 2)).astype(np.int16)
+  path = write(tmp_path / "rows", idx_bytes(arr, 0x0B), gz)
+  for rows in [(0, 7), (2, 5), (6, 7), (3, 3)]:
+    got = idx.read_idx(path, rows)
+    assert got.dtype == np.int16 and got.shape == (rows[1] - rows[0], 3, 2)
+    np.testing.assert_array_equal(got, arr[rows[0]:rows[1]])
+  assert idx.count(path) == 7
+  with pytest.raises(DataError, match=r"rows \[5, 9\) are outside its 7 rows"):
+    idx.read_idx(path, (5, 9))
+
+
+@pytest.mark.parametrize("dims", [(2**16,) * 4, (2**32 - 1,) * 4, (2**32 - 1, 2**32 - 1)])
+def test_read_idx_header_dims_that_overflow_int64_are_a_size_error(tmp_path, dims):
+  # 2**64 bytes wraps to 0 in int64: such a header "matches" an empty payload there
+  head = struct.pack(">BBBB", 0, 0, 0x08, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+  path = write(tmp_path / "huge", head + b"\x00" * 16)
+  expected = len(head) + int(np.prod(np.array(dims, dtype=object)))
+  with pytest.raises(DataError, match=rf"truncated payload \(expected {expected} bytes"):
+    idx.read_idx(path)
+  with pytest.raises(DataError, match="truncated payload"):
+    idx.count(path)
+
+
+def test_load_split_rows_read_only_those_rows(tmp_path):
+  images, labels = make_split_dir(tmp_path, n=9, gz=False)
+  assert data.split_size("fashion_mnist", "train", idx_dir=tmp_path) == 9
+  x, y = data.load_split("fashion_mnist", "train", idx_dir=tmp_path, rows=(4, 9))
+  np.testing.assert_array_equal(x[..., 0], images[4:])
+  np.testing.assert_array_equal(y, labels[4:])
 
 
 def test_read_idx_missing_file(tmp_path):
   with pytest.raises(DataError, match=r"nope.*cannot read file"):
-    data.read_idx(tmp_path / "nope")
+    idx.read_idx(tmp_path / "nope")
 
 
 # ------------------------------------------------------------ read_idx_split
@@ -137,7 +171,7 @@ def test_read_idx_missing_file(tmp_path):
 @pytest.mark.parametrize("gz,dot", [(True, False), (False, False), (False, True), (True, True)])
 def test_read_idx_split(tmp_path, gz, dot):
   images, labels = make_split_dir(tmp_path, n=6, hw=(4, 5), split="test", gz=gz, dot_variant=dot)
-  x, y = data.read_idx_split(tmp_path, "test")
+  x, y = idx.read_split(tmp_path, "test")
   assert x.dtype == np.uint8 and x.shape == (6, 4, 5, 1)
   assert y.dtype == np.int32 and y.shape == (6,)
   np.testing.assert_array_equal(x[..., 0], images)
@@ -149,7 +183,7 @@ def test_read_idx_split_count_mismatch(tmp_path):
   with pytest.raises(DataError,
                      match=r"train-labels-idx1-ubyte.gz: label count does not match "
                      r".*\(expected 5, got 4\)"):
-    data.read_idx_split(tmp_path, "train")
+    idx.read_split(tmp_path, "train")
 
 
 def test_read_idx_split_label_out_of_range(tmp_path):
@@ -157,8 +191,8 @@ def test_read_idx_split_label_out_of_range(tmp_path):
   with pytest.raises(DataError,
                      match=r"train-labels-idx1-ubyte.gz: label out of range "
                      r"\(expected \[0, 10\), got max 10\)"):
-    data.read_idx_split(tmp_path, "train", num_classes=10)
-  _, y = data.read_idx_split(tmp_path, "train")  # unknown num_classes: no range check
+    idx.read_split(tmp_path, "train", num_classes=10)
+  _, y = idx.read_split(tmp_path, "train")  # unknown num_classes: no range check
   assert y.max() == 10
 
 
@@ -166,10 +200,10 @@ def test_read_idx_split_wrong_kinds(tmp_path):
   make_split_dir(tmp_path, n=3)
   write(tmp_path / "train-labels-idx1-ubyte.gz", idx_bytes(np.zeros((3, 2), np.uint8)), gz=True)
   with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: not a label file"):
-    data.read_idx_split(tmp_path, "train")
+    idx.read_split(tmp_path, "train")
   write(tmp_path / "train-images-idx3-ubyte.gz", idx_bytes(np.zeros(3, np.uint8)), gz=True)
   with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: not an image file"):
-    data.read_idx_split(tmp_path, "train")
+    idx.read_split(tmp_path, "train")
 
 
 def test_read_idx_split_missing_files(tmp_path):
@@ -177,12 +211,12 @@ def test_read_idx_split_missing_files(tmp_path):
   with pytest.raises(DataError,
                      match=r"missing IDX files for split 'test' \(looked for "
                      r"t10k-images-idx3-ubyte, t10k-images-idx3-ubyte.gz"):
-    data.read_idx_split(tmp_path, "test")
+    idx.read_split(tmp_path, "test")
   (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
   with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz"):
-    data.read_idx_split(tmp_path, "train")
+    idx.read_split(tmp_path, "train")
   with pytest.raises(DataError, match=r"unknown IDX split 'valid'"):
-    data.read_idx_split(tmp_path, "valid")
+    idx.read_split(tmp_path, "valid")
 
 
 # ---------------------------------------------------------------- load_split
@@ -252,6 +286,11 @@ def test_load_split_tfds_mock(tmp_path, monkeypatch, no_network, name, shape):
   assert y.shape == (37,) and y.dtype == np.int32
   assert 0 <= y.min() and y.max() < 10
   assert x.std() > 0
+  with tfds.testing.mock_data(num_examples=37, policy=tfds.testing.MockPolicy.USE_CODE):
+    assert data.split_size(name, "train", tfds_data_dir=str(tmp_path / "tfds")) == 37
+    rows = data.load_split(name, "train", tfds_data_dir=str(tmp_path / "tfds"), rows=(30, 37))
+  np.testing.assert_array_equal(rows[0], x[30:])
+  np.testing.assert_array_equal(rows[1], y[30:])
 
 
 class FakeSource:

@@ -9,7 +9,7 @@ from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax.families import gan_step
-from test_train import STEADY_ADAM
+from test_train import STEADY_ADAM, write_idx
 
 INFO = data_lib.DATASETS["fashion_mnist"]
 
@@ -213,3 +213,16 @@ def test_loss_terms_add_only_what_the_config_weights():
   loss, metrics = gan_step.add_terms(table, config, None, 1.0, {"base": 1.0})
   assert loss == 1.0 + 10.0 * 2.0 + 0.5 * 4.0 * 3.0
   assert metrics == {"base": 1.0, "a": 2.0, "b": 3.0}
+
+
+def test_pixel_clusters_of_a_process_s_rows_are_the_whole_split_s(tmp_path):
+  images = np.random.default_rng(1).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+  write_idx(tmp_path / "train-images-idx3-ubyte", images)
+  write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(40))
+  config = config_lib.validate(config_lib.get_config("dcgan", pixel_clusters=4,
+                                                     idx_dir=str(tmp_path)))
+  family, labels = families.get("dcgan"), np.zeros(40, np.int32)
+  whole = family.train_labels(config, images[..., None], labels)
+  got = family.train_labels(config, images[10:30, ..., None], labels[10:30], rows=(10, 30))
+  np.testing.assert_array_equal(got, whole[10:30])
+  assert sorted(np.bincount(whole)) == [10] * 4 and len(set(got)) > 1

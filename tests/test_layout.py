@@ -11,8 +11,8 @@ MAX_MODULE_LINES = 400
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
     ("backend", "noise", "suggest", "safe_files", "writers", "plot"),
-    ("data", "clusters", "losses", "gan_losses", "diffusion", "models", "metrics"),
-    ("state",),
+    ("idx", "data", "clusters", "losses", "gan_losses", "diffusion", "models", "metrics"),
+    ("state", "schedule"),
     ("families",),
     ("config", "parallel", "checkpoint", "population"),
     ("workdir", "lock", "signals", "train", "sample", "evaluate", "sweep_train", "sweep"),

@@ -73,9 +73,10 @@ def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mo
   for worker, output in zip(workers, outputs):
     assert worker.returncode == 0, output[-3000:]
   assert "process 1 of 2: 4 devices" in outputs[1], outputs[1][-2000:]
-  rows = 256 * (28 * 28 + 4)  # each process holds half of the train split's 256 rows, no more
+  rows = 256 * (28 * 28 + 4)  # each process reads and holds half of the train split's 256 rows
   for i, output in enumerate(outputs):
-    assert f"process {i} holds 128 of 256 train rows, {rows // 2} bytes" in output, output[-2000:]
+    assert f"process {i} loaded 128 and holds 128 of 256 train rows, {rows // 2} bytes" in output, (
+        output[-2000:])
 
   reference = str(tmp_path / "one_process")
   train.train_and_evaluate(small_config(idx_dir, parallel=mode, **STEADY_ADAM), reference)

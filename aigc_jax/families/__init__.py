@@ -2,8 +2,9 @@
 
 A family module exposes `default_config(model) -> dict` (its keys and defaults),
 `validate_config(config, need)`, `batches_per_step(config) -> int` (the batches of `batch_size`
-one train step consumes), `train_labels(config, train images, labels, workdir=None) -> labels`
-(what the train step sees as labels) and `build(config, info, total_steps) -> Trainable`, which
+one train step consumes), `train_labels(config, train images, labels, workdir=None, rows=None)
+-> labels` (what the train step sees as labels; the images are the train split's rows [start,
+stop) where `rows` is given) and `build(config, info, total_steps) -> Trainable`, which
 binds the family's module-level pure functions (its `train_step` above all) to its networks and
 config. The model names map to family modules here.
 """
@@ -47,9 +48,9 @@ def one_batch_per_step(config) -> int:
   return 1
 
 
-def dataset_labels(config, images, labels, workdir=None):
+def dataset_labels(config, images, labels, workdir=None, rows=None):
   """`train_labels` of a family that trains on the dataset's labels as they are."""
-  del config, images, workdir
+  del config, images, workdir, rows
   return labels
 
 

@@ -139,12 +139,16 @@ def batches_per_step(config) -> int:
   return int(config.n_critic)
 
 
-def train_labels(config, images: np.ndarray, labels: np.ndarray,
-                 workdir: str | None = None) -> np.ndarray:
-  """The labels the train step sees: the dataset's, or balanced pixel k-means cluster ids (kept
-  in `workdir` by its first run, process 0 writing, and read back on resume)."""
+def train_labels(config, images: np.ndarray, labels: np.ndarray, workdir: str | None = None,
+                 rows: data_lib.Rows | None = None) -> np.ndarray:
+  """The labels the train step sees for `images` (the train split's `rows`, by default all of
+  it): the dataset's, or balanced pixel k-means cluster ids of the whole split (kept in
+  `workdir` by its first run, process 0 writing, and read back on resume)."""
   if not config.pixel_clusters:
     return labels
+  if rows is not None and rows[1] - rows[0] < data_lib.config_split_size(config, "train"):
+    whole = data_lib.load_config_split(config, "train")[0]  # the clusters are the split's
+    return train_labels(config, whole, labels, workdir)[rows[0]:rows[1]]
   if workdir is None:
     return clusters.pixel_clusters(images, config.pixel_clusters, seed=config.seed)
   return clusters.workdir_clusters(workdir, images, config.pixel_clusters, seed=config.seed,

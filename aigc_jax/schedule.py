@@ -1,0 +1,91 @@
+"""When the host stops the device, and what it keeps between stops: the run's `Schedule` of
+boundaries (log, evaluation, checkpoint, epoch end, stop check), early stopping on the best
+evaluation, and the train metrics summed since the last log."""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from aigc_jax import backend
+from aigc_jax import data as data_lib
+from aigc_jax import state as state_lib
+
+
+def improved(value: float, best: float | None, mode: str) -> bool:
+  """Whether `value` beats `best` (None: nothing yet) when `mode` ('min' or 'max') is better."""
+  return best is None or (value < best if mode == "min" else value > best)
+
+
+class EarlyStop:
+  """The best evaluation so far and how many evaluations since; stopped after `patience` (> 0)
+  evaluations without improvement."""
+
+  def __init__(self, metric: str, mode: str, patience: int, history: list[dict] = ()):
+    self.metric, self.mode, self.patience = metric, mode, patience
+    self.best, self.since = None, 0
+    for record in history:  # the eval records of metrics.jsonl
+      if record.get("split") == "test" and metric in record:
+        self.update(record[metric])
+
+  def update(self, value: float) -> None:
+    if improved(value, self.best, self.mode):
+      self.best, self.since = value, 0
+    else:
+      self.since += 1
+
+  @property
+  def stopped(self) -> bool:
+    return bool(self.patience) and self.best is not None and self.since >= self.patience
+
+
+# The host hands the device about this many steps (a whole number of calls) at once, so that a
+# stop signal is seen, and the run saved, within that many steps.
+STOP_CHECK_STEPS = 10
+
+
+class Schedule(NamedTuple):
+  """When the host stops the device: step counts of the run and of its boundaries."""
+
+  total: int
+  steps_per_epoch: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  chunk: int  # a multiple of it is a boundary too: where a stop signal is checked
+
+  def next_boundary(self, step: int) -> int:
+    """The first log, eval, checkpoint or chunk step, epoch end or the end after `step`."""
+    epoch = step // self.steps_per_epoch
+    return min(self.total, (epoch + 1) * self.steps_per_epoch,
+               *((step // n + 1) * n for n in (self.log_every, self.eval_every,
+                                               self.checkpoint_every, self.chunk)))
+
+
+def make_schedule(config, num_train: int, batches_per_step: int) -> Schedule:
+  """The run's Schedule: eval every epoch and checkpoint at every eval unless set (> 0)."""
+  steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size * batches_per_step)
+  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  per_call = backend.steps_per_call(config.steps_per_call)
+  return Schedule(state_lib.total_train_steps(config, num_train, batches_per_step),
+                  steps_per_epoch, config.log_every_steps, eval_every,
+                  config.checkpoint_every_steps if config.checkpoint_every_steps > 0
+                  else eval_every,
+                  per_call * -(-STOP_CHECK_STEPS // per_call))
+
+
+class TrainMeter:
+  """Sums of the train metrics since the last log, their step count and wall time."""
+
+  def __init__(self):
+    self.sums, self.steps, self.start = None, 0, time.perf_counter()
+
+  def add(self, sums, steps: int) -> None:
+    self.sums = sums if self.sums is None else jax.tree_util.tree_map(jnp.add, self.sums, sums)
+    self.steps += steps
+
+  def reset(self) -> None:
+    self.sums, self.steps, self.start = None, 0, time.perf_counter()

@@ -1,15 +1,17 @@
 """Train-state checkpoints on orbax: keep the last N and the best K steps, atomically.
 
 Layout: ``<directory>/<step>/state`` (orbax ``StandardSave`` of the state's pytree nodes),
-``<step>/checksums`` (JSON: the sha256 of every array; a step without them is never restored)
-and ``<step>/metrics`` (JSON, only with ``best_metric``). Orbax writes each step into
+``<step>/checksums`` (JSON: the sha256 of every array; a step without them is never restored),
+``<step>/metrics`` (JSON, only with ``best_metric``) and ``FORMAT`` in orbax's step metadata
+(none: format 1, which differs in that only). Orbax writes each step into
 ``<step>.orbax-checkpoint-tmp`` and renames it when complete (on GCS it writes
 ``commit_success.txt`` last instead); unfinished steps are never listed, restored or kept.
 
 Saves are asynchronous: ``save`` returns once the arrays are copied to host memory (donating or
 mutating the state afterwards is safe); files are written in the background and old steps are
 deleted only after the new one is committed. ``wait``, ``restore`` and ``close`` block until
-pending writes are done and re-raise a failed write's error.
+pending writes are done and re-raise a failed write's error (as one CheckpointError; orbax's
+thread tracebacks go to the debug log).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import logging
 import math
 import os
+import sys
 from typing import Any, Mapping, TypeVar
 
 import jax
@@ -25,11 +28,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-__all__ = ["CheckpointError", "Checkpoints", "abstract_like"]
+__all__ = ["CheckpointError", "Checkpoints", "abstract_like", "FORMAT"]
 
 _log = logging.getLogger(__name__)
 _ITEM = "state"
 _SUMS = "checksums"
+# The checkpoint format: its layout and what its state means. Raise it when a change makes
+# checkpoints unreadable by the code before it, and list in READABLE_FORMATS the ones still read.
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: written before checkpoints recorded their format
+_FORMAT_KEY = "aigc_jax_checkpoint_format"
 S = TypeVar("S")
 
 
@@ -52,6 +60,45 @@ def abstract_like(state: Any) -> Any:
   return jax.tree.map(leaf, state)
 
 
+def _orbax_report(record: logging.LogRecord) -> bool:
+  """An absl logger filter: orbax's warnings and error reports (a failed background read or
+  write, with its thread's traceback) go to the debug log; the caller gets one error or warning
+  of ours that says what failed and what was done about it."""
+  if record.levelno < logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname:
+    return True
+  _log.debug("orbax: %s", record.getMessage(), exc_info=record.exc_info)
+  return False
+
+
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  """Whether an unraisable exception is tensorstore completing a read for an asyncio loop that
+  orbax has closed already (after another read of the same restore or save failed)."""
+  if unraisable.object is not None or not isinstance(unraisable.exc_value, RuntimeError):
+    return False
+  tb = unraisable.exc_traceback
+  while tb is not None and tb.tb_frame.f_code.co_name != "call_soon_threadsafe":
+    tb = tb.tb_next
+  return tb is not None
+
+
+def _quiet_orbax() -> None:
+  """Keeps orbax's thread tracebacks off stderr, in the debug log (once per process)."""
+  logging.getLogger("absl").addFilter(_orbax_report)  # a no-op when it is there already
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_orbax", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    if _is_closed_loop_callback(unraisable):
+      _log.debug("orbax: a read completed after its event loop closed (%s)",
+                 unraisable.exc_value)
+    else:
+      previous(unraisable)
+
+  hook.quiets_orbax = True
+  sys.unraisablehook = hook
+
+
 class Checkpoints:
   """Saves and restores train states in `directory`, keeping the last and the best steps.
 
@@ -59,15 +106,8 @@ class Checkpoints:
     checkpoint first). Saving a step older than the latest one raises `CheckpointError`.
     """
 
-  def __init__(
-      self,
-      directory: str | os.PathLike[str],
-      *,
-      keep_last: int = 3,
-      best_metric: str | None = None,
-      best_mode: str = "min",
-      keep_best: int = 1,
-  ) -> None:
+  def __init__(self, directory: str | os.PathLike[str], *, keep_last: int = 3,
+               best_metric: str | None = None, best_mode: str = "min", keep_best: int = 1) -> None:
     if keep_last < 1 or (best_metric is not None and keep_best < 1):
       raise ValueError(f"keep_last and keep_best must be >= 1, got {keep_last}, {keep_best}")
     if best_mode not in ("min", "max"):
@@ -81,21 +121,16 @@ class Checkpoints:
 
     policies: list[Any] = [ocm.LatestN(n=keep_last)]
     if best_metric is not None:  # BestN keeps the tail of the list sorted by score
-      policies.append(
-          ocm.BestN(get_metric_fn=score,
-                    reverse=best_mode == "min",
-                    n=keep_best,
-                    keep_checkpoints_without_metrics=False))
+      policies.append(ocm.BestN(get_metric_fn=score, reverse=best_mode == "min", n=keep_best,
+                                keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocm.AnyPreservationPolicy(policies),
         best_fn=score if best_metric is not None else None,  # else orbax drops metrics
-        best_mode=best_mode,
-        enable_async_checkpointing=True,
-        create=True,
-    )
+        best_mode=best_mode, enable_async_checkpointing=True, create=True)
     # A registry lets a fresh manager read the item's metadata before any save/restore.
     registry = ocp.handlers.create_default_handler_registry(
         **{_ITEM: ocp.StandardCheckpointHandler(), _SUMS: ocp.JsonCheckpointHandler()})
+    _quiet_orbax()
     self._mngr = ocp.CheckpointManager(directory, options=options, handler_registry=registry)
     self.directory = self._mngr.directory
 
@@ -127,6 +162,7 @@ class Checkpoints:
                                      _SUMS: ocp.args.JsonSave(checksums(state))}),
           metrics=self._json_metrics(metrics),
           force=True,  # the training loop decides when to save, not orbax's policy
+          custom_metadata={_FORMAT_KEY: FORMAT},
       )
     except Exception as e:  # a previous save's failure surfaces here too
       raise self._write_error(e) from e
@@ -134,9 +170,8 @@ class Checkpoints:
       absl_logger.removeFilter(quiet)
 
   def _write_error(self, error: Exception) -> CheckpointError:
-    first = (str(error).strip().splitlines() or [""])[0][:300]
     return CheckpointError(
-        f"writing a checkpoint into {self.directory} failed ({type(error).__name__}: {first}); "
+        f"writing a checkpoint into {self.directory} failed ({_first_line(error)}); "
         f"free disk space or fix the directory's permissions, then resume: the checkpoints "
         f"already there ({self.all_steps()}) are kept")
 
@@ -188,6 +223,9 @@ class Checkpoints:
       raise CheckpointError(
           f"checkpoint {self._path(step)} does not exist; pick one of the steps {steps}")
     target = abstract_like(state_template)
+    version = self.format_of(step)
+    if not _readable(version):
+      raise self._format_error(step, version)
     try:  # corrupt/partial files: one clear error instead of orbax internals
       detail = self._mismatch(step, target)
       if detail is None:
@@ -203,11 +241,39 @@ class Checkpoints:
       raise
     except Exception as e:
       raise CheckpointError(
-          f"checkpoint {self._path(step)} could not be read ({type(e).__name__}: {e}); "
+          f"checkpoint {self._path(step)} could not be read ({_first_line(e)}); "
           f"restore another step of {steps} or use a new --workdir") from e
+    if version != FORMAT:
+      raise self._format_error(step, version, detail)
     raise CheckpointError(
         f"checkpoint {self._path(step)} does not match the model built from the config "
         f"({detail}); use the config it was trained with or a new --workdir")
+
+  def format_of(self, step: int) -> Any:
+    """The checkpoint format recorded with `step`: 1 when none is (written before formats were
+    recorded); whatever an edited record holds, which `restore` refuses unless it is readable."""
+    try:
+      custom = self._mngr.metadata(step).custom_metadata
+    except Exception:  # pylint: disable=broad-except  (restore then says what is wrong)
+      custom = None
+    return custom.get(_FORMAT_KEY, 1) if isinstance(custom, dict) else 1
+
+  def _format_error(self, step: int, version: Any, detail: str | None = None) -> CheckpointError:
+    """The error for `step` of checkpoint format `version`, not FORMAT: one this code cannot read,
+    or (with `detail`, where its state does not fit the model) one an older version wrote."""
+    where = f"checkpoint {self._path(step)} is of checkpoint format {version!r}"
+    if detail is not None:
+      return CheckpointError(
+          f"{where}{' (written before checkpoints recorded their format)' * (version == 1)}, not "
+          f"this aigc_jax's format {FORMAT}, and its state does not fit the model built from the "
+          f"config ({detail}): an older aigc_jax wrote it; sample or evaluate it with "
+          "that version (or the config it was trained with), or train anew in a new --workdir")
+    newer = isinstance(version, int) and version > FORMAT
+    return CheckpointError(
+        f"{where}, which this aigc_jax cannot read (it writes format {FORMAT} and reads formats "
+        f"{', '.join(map(str, READABLE_FORMATS))}): "
+        + ("a newer aigc_jax wrote it; update aigc_jax" if newer else
+           "use the aigc_jax that wrote it") + ", or use a new --workdir")
 
   def restore_verified(self, state_template: S, newest: int | None = None) -> tuple[S, int]:
     """(state, step) of the newest checkpoint (at most `newest`) that restores and verifies;
@@ -216,13 +282,20 @@ class Checkpoints:
     steps = [s for s in reversed(self.all_steps()) if newest is None or s <= newest]
     if not steps:
       return self.restore(state_template, newest), newest  # raises the right error
-    skipped = []
-    for step in steps:
-      try:
-        return self.restore(state_template, step), step
-      except CheckpointError as e:
-        _log.warning("skipping checkpoint %s: %s", self._path(step), e)
-        skipped.append(f"{step}: {e}")
+    skipped, tried = [], set()
+    for _ in range(3):  # a run saving meanwhile may replace them all: then try its new ones
+      for step in steps:
+        try:
+          return self.restore(state_template, step), step
+        except CheckpointError as e:
+          _log.warning("skipping checkpoint %s: %s", self._path(step), e)
+          skipped.append(f"{step}: {e}")
+      tried.update(steps)
+      self._mngr.reload()
+      steps = [s for s in reversed(self.all_steps()) if s not in tried
+               and (newest is None or s <= newest)]
+      if not steps:
+        break
     raise CheckpointError(f"no checkpoint in {self.directory} can be restored: "
                           + "; ".join(skipped))
 
@@ -283,8 +356,7 @@ class Checkpoints:
     return f"'{'/'.join(extra)}' is in the checkpoint but not in the model"
 
   def close(self) -> None:
-    """Waits for pending saves and releases orbax resources; a failed save raises
-    CheckpointError."""
+    """Waits for pending saves, releases orbax resources; a failed save raises CheckpointError."""
     try:
       self._mngr.close()
     except Exception as e:
@@ -295,6 +367,15 @@ class Checkpoints:
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
+
+
+def _first_line(error: Exception) -> str:
+  """`error`'s type and the first line of its message, at most 300 characters."""
+  return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+
+
+def _readable(version: Any) -> bool:
+  return not isinstance(version, bool) and version in READABLE_FORMATS
 
 
 def checksums(tree: Any) -> dict[str, str]:

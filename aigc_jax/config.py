@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
+import numbers
 import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
@@ -22,6 +24,47 @@ from aigc_jax.suggest import unknown_key_message
 
 class ConfigError(ValueError):
   """A config key or value that cannot work; the message names the key and the fix."""
+
+
+INT_RANGE = (-2**31, 2**31 - 1)  # int keys become int32 arrays, shapes and step counts
+
+
+def type_problem(value: Any, default: Any) -> str | None:
+  """Why `value` cannot stand for a key whose default is `default` (None when it can): a bool
+  for a bool, an int in INT_RANGE for an int, a finite number for a float, a string for a
+  string, a list or tuple of such elements for a tuple."""
+  if isinstance(default, bool):
+    return None if isinstance(value, bool) else "not true or false"
+  if isinstance(default, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+      return "not an integer"
+    low, high = INT_RANGE
+    return None if low <= value <= high else f"out of the range {low} to {high}"
+  if isinstance(default, float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      return "not a number"
+    return None if math.isfinite(value) else "not a finite number"
+  if isinstance(default, str):
+    return None if isinstance(value, str) else "not a string"
+  if isinstance(default, (tuple, list)):
+    if not isinstance(value, (tuple, list)):
+      return "not a list"
+    problems = (type_problem(v, default[0]) for v in value) if default else ()
+    problem = next((p for p in problems if p is not None), None)
+    return None if problem is None else f"a list with an element that is {problem}"
+  return None
+
+
+def check_types(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+  """Raises ConfigError naming the first key of `values` (known to `defaults`) whose value is not
+  of its default's type (`type_problem`)."""
+  for key, value in values.items():
+    problem = type_problem(value, defaults[key]) if key in defaults else None
+    if problem is not None:
+      shown = repr(value.to_dict() if hasattr(value, "to_dict") else value)  # a ConfigDict
+      shown = shown if len(shown) <= 60 else shown[:57] + "..."
+      raise ConfigError(f"{key} is {shown}, {problem}; give it a value like its default "
+                        f"{defaults[key]!r}")
 
 
 def base_config() -> dict:
@@ -98,6 +141,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if key not in config:
       raise ConfigError(f"config key '{key}' is missing; start from "
                         f"aigc_jax.config.get_config('{config.model}')")
+  check_types(config, known)
 
   def need(ok: bool, message: str):
     if not ok:
@@ -137,6 +181,22 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
        f"early_stopping_patience must be >= 0 (0 = off), got {config.early_stopping_patience}")
   family.validate_config(config, need)
   return config
+
+
+def from_saved(values: Mapping[str, Any], where: str,
+               fix: str = "edit the file, restore it from a backup, or use a new --workdir"
+               ) -> ml_collections.ConfigDict:
+  """The validated config of `values` as a run file holds them (config.json, a sweep's spec):
+  keys added to the project since take their defaults; a value of the wrong type, a bad value
+  or an unknown key raises ConfigError naming `where`, the key and the problem (then `fix`)."""
+  values = dict(values)
+  model = values.pop("model", "")
+  try:
+    if not isinstance(model, str):
+      raise ConfigError(f"model is {model!r}, not a model name such as 'vae_mlp'")
+    return validate(get_config(model, **values))
+  except (KeyError, ConfigError) as e:
+    raise ConfigError(f"{where}: {e.args[0]}" + f" ({fix})" * bool(fix)) from None
 
 
 def load_experiment(path: str) -> ml_collections.ConfigDict:

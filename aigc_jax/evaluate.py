@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
+import zipfile
+import zlib
 
 import numpy as np
 from absl import app, flags
@@ -79,43 +82,113 @@ def evaluate_workdir(workdir: str, which: str | int = "best", progress: bool = F
           "checkpoint": which, **metrics}
 
 
-def _are_classes(labels: np.ndarray, num: int, num_classes: int) -> bool:
-  if labels.shape != (num,) or labels.dtype.kind not in "iu":
-    return False
-  return not num or 0 <= int(labels.min()) <= int(labels.max()) < num_classes
+NPZ_HELP = "write one with np.savez(path, images=uint8 array) or python -m aigc_jax.sample"
+# What a bad file raises while it is read: a zip that is truncated, corrupt (CRC, deflate) or
+# encrypted, an .npy header that does not parse, a payload shorter than its header declares.
+READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
+               ValueError, NotImplementedError, RuntimeError)
 
 
-def load_samples(path: str, dataset: str, num_samples: int = 0):
-  """(images uint8 (n, H, W, C), labels (n,) or None) of a samples file; UsageError if unfit."""
-  if dataset not in data_lib.DATASETS:
-    raise UsageError(f"unknown --dataset {dataset!r}; use one of {sorted(data_lib.DATASETS)}")
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+  """(shape, fortran_order, dtype) of the .npy member open as `f`, which is left at its data."""
+  version = np.lib.format.read_magic(f)
+  if version == (1, 0):
+    return np.lib.format.read_array_header_1_0(f)
+  return np.lib.format.read_array_header_2_0(f)
+
+
+def _member(zf: zipfile.ZipFile, path: str, key: str):
+  """(zip member name, shape, dtype) of the array `key` of an .npz, None when it has none; the
+  header is checked against the member's size, so nothing is read that is not there."""
+  name = next((n for n in (f"{key}.npy", key) if n in zf.namelist()), None)
+  if name is None:
+    return None
+  with zf.open(name) as f:
+    shape, _, dtype = _npy_header(f)
+    held = zf.getinfo(name).file_size - f.tell()
+  declared = math.prod(shape) * dtype.itemsize
+  if declared > held:
+    raise UsageError(f"{path}: `{key}` declares {dtype}{shape} ({declared:,} bytes) but holds "
+                     f"{held:,} bytes: the file is truncated or was edited; write it again "
+                     f"({NPZ_HELP})")
+  return name, shape, dtype
+
+
+def _read_rows(zf: zipfile.ZipFile, name: str, rows: int) -> np.ndarray:
+  """The first `rows` rows of the .npy member `name`; its rest is read through (not kept), so
+  that a corrupt member fails its CRC check."""
+  with zf.open(name) as f:
+    shape, fortran, dtype = _npy_header(f)
+    if fortran and len(shape) > 1:  # rows are not contiguous: read it whole (size checked)
+      with zf.open(name) as whole:
+        return np.lib.format.read_array(whole, allow_pickle=False)[:rows]
+    data = bytearray(rows * math.prod(shape[1:]) * dtype.itemsize)
+    if f.readinto(data) != len(data):
+      raise EOFError(f"`{name}` ends before its {rows} rows")
+    while f.read(1 << 20):
+      pass
+  return np.frombuffer(data, dtype).reshape((rows,) + tuple(shape[1:]))
+
+
+def _check_headers(path: str, dataset: str, images, labels) -> None:
+  """Raises UsageError unless the headers of `images` and `labels` ((name, shape, dtype) or
+  None) are those of `dataset`'s uint8 images and integer classes."""
   info = data_lib.DATASETS[dataset]
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files if k in ("images", "labels")}
-  except (OSError, ValueError, EOFError) as e:
-    raise UsageError(f"cannot read {path} as an .npz file ({e}); write one with "
-                     "np.savez(path, images=uint8 array) or python -m aigc_jax.sample") from None
-  images, labels = arrays.get("images"), arrays.get("labels")
   shape = info.image_shape
-  if images is None or images.dtype != np.uint8 or not (
-      images.shape[1:] == shape or (shape[-1] == 1 and images.shape[1:] == shape[:2])):
-    got = "no `images`" if images is None else f"`images` {images.dtype}{images.shape}"
+  if images is None or images[2] != np.uint8 or not len(images[1]) or not (
+      images[1][1:] == shape or (shape[-1] == 1 and images[1][1:] == shape[:2])):
+    got = "no `images`" if images is None else f"`images` {images[2]}{images[1]}"
     want = "(N, H, W) or " * (shape[-1] == 1) + "(N, H, W, C)"
     raise UsageError(f"{path} holds {got}; {dataset} needs uint8 {want} with (H, W, C) = "
                      f"{shape}: scale floats in [0, 1] by 255, round and cast to uint8")
-  images = images.reshape((len(images),) + shape)
-  if labels is not None and not _are_classes(labels, len(images), info.num_classes):
+  if labels is not None and (labels[1] != images[1][:1] or labels[2].kind not in "iu"):
     raise UsageError(f"{path}: `labels` must be (N,) integer classes in [0, {info.num_classes}), "
-                     f"got {labels.dtype}{labels.shape}; drop them or fix them")
-  num = num_samples or min(len(images), 10_000)
-  if len(images) < sample_eval.MIN_SAMPLES:
-    raise UsageError(f"{path} holds {len(images)} images; the metrics need at least "
-                     f"{sample_eval.MIN_SAMPLES}: draw more")
-  if len(images) < num:
-    raise UsageError(f"{path} holds {len(images)} images, fewer than --num_samples {num}; draw "
-                     f"more, or pass --num_samples {len(images)} or less")
-  return images[:num], None if labels is None else labels[:num]
+                     f"got {labels[2]}{labels[1]}; drop them or fix them")
+
+
+def _open_npz(path: str) -> zipfile.ZipFile:
+  with open(path, "rb") as f:
+    magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+  if magic == np.lib.format.MAGIC_PREFIX:
+    raise UsageError(f"{path} is an .npy file (one array), not an .npz; save the images with "
+                     "np.savez(path, images=uint8 array)")
+  return zipfile.ZipFile(path)
+
+
+def load_samples(path: str, dataset: str, num_samples: int = 0):
+  """(images uint8 (n, H, W, C), labels (n,) or None) of a samples file; UsageError if unfit.
+  Only the first n images are read (n = num_samples, or all of them up to 10000)."""
+  if dataset not in data_lib.DATASETS:
+    raise UsageError(f"unknown --dataset {dataset!r}; use one of {sorted(data_lib.DATASETS)}")
+  info, num = data_lib.DATASETS[dataset], num_samples
+  try:
+    with _open_npz(path) as zf:
+      images, labels = (_member(zf, path, key) for key in ("images", "labels"))
+      _check_headers(path, dataset, images, labels)
+      held = images[1][0]
+      num = num_samples or min(held, 10_000)
+      if held < sample_eval.MIN_SAMPLES:
+        raise UsageError(f"{path} holds {held} images; the metrics need at least "
+                         f"{sample_eval.MIN_SAMPLES}: draw more")
+      if held < num:
+        raise UsageError(f"{path} holds {held} images, fewer than --num_samples {num}; draw "
+                         f"more, or pass --num_samples {held} or less")
+      images = _read_rows(zf, images[0], num).reshape((num,) + info.image_shape)
+      labels = None if labels is None else _read_rows(zf, labels[0], num)
+  except UsageError:
+    raise
+  except MemoryError:
+    raise UsageError(f"{path}: its first {num} images do not fit in this machine's memory; "
+                     "pass a smaller --num_samples") from None
+  except READ_ERRORS as e:
+    raise UsageError(f"cannot read {path} as an .npz file ({type(e).__name__}: {e}); it is "
+                     f"truncated, corrupt or of another format: {NPZ_HELP}") from None
+  if labels is not None and num and not 0 <= int(labels.min()) <= int(labels.max()) < (
+      info.num_classes):
+    raise UsageError(f"{path}: `labels` must be (N,) integer classes in [0, {info.num_classes}), "
+                     f"got values {int(labels.min())} to {int(labels.max())}; drop them or fix "
+                     "them")
+  return images, labels
 
 
 def evaluate_samples_file(path: str, dataset: str = "fashion_mnist", num_samples: int = 0,
@@ -144,6 +217,7 @@ def check_flags() -> None:
 
 
 def main(argv):
+  train.entry.begin("evaluating", "--num_samples, --iwae_examples or --iwae_samples", __name__)
   del argv
   train.quiet_dependencies()
   try:

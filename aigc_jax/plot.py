@@ -20,6 +20,7 @@ import threading
 from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
 
+from aigc_jax import entry
 from aigc_jax import safe_files
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,11 @@ def split_figures(workdir: str) -> dict[str, object]:
   return figures
 
 
-def save_figure(fig, path: str) -> str:
+def save_figure(fig, path: str, target: str = "--workdir") -> str:
   """Writes `fig` as a PNG to `path`, replaced whole (`safe_files.atomic_write`: a reader never
-  sees half a picture; a link at `path` is replaced, not followed). Returns `path`."""
-  return safe_files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+  sees half a picture; a link at `path` is replaced, not followed; WriteError when it cannot be
+  written, whose fix is another `target`). Returns `path`."""
+  return safe_files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80), target)
 
 
 def write_curves(workdir: str) -> list[str]:
@@ -179,6 +181,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
+  entry.begin("drawing the curves", module=__name__)
+  with entry.command():
+    return overlay_command(argv)
+
+
+def overlay_command(argv=None) -> int:
+  """The command's work: 0, or 2 after one error line."""
   parser = _Parser(prog="python -m aigc_jax.plot",
                    description="Overlay the curves of several runs.")
   parser.add_argument("--workdir", nargs="+", default=[], help="training runs' directories")
@@ -195,10 +204,13 @@ def main(argv=None) -> int:
     return 2
   try:
     fig = overlay_figure(args.workdir, args.split)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=80)
-  except (ValueError, OSError) as e:
+    safe_files.make_dir(os.path.dirname(os.path.abspath(args.out)))
+    save_figure(fig, args.out, target="--out")
+  except (ValueError, safe_files.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # reading metrics.jsonl
+    print(f"error: {entry.describe(e) or e}", file=sys.stderr)
     return 2
   print(f"wrote {args.out}")
   return 0

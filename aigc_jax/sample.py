@@ -21,8 +21,8 @@ import numpy as np
 from absl import app, flags
 
 from aigc_jax import backend
+from aigc_jax import entry
 from aigc_jax import safe_files
-from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 
 flags.DEFINE_string("workdir", None, "A training run's directory.")
@@ -45,22 +45,25 @@ def sample_to_file(workdir: str, num: int, out: str, seed: int = 0,
   run = workdir_lib.load_trained(workdir, which)
   workdir_lib.check_tool_options(run.config, options)
   log.info("%s", backend.describe_devices())
-  images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num, **options)
-  images = np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+  with entry.doing("sampling", lower="--num (write several files of fewer images)"):
+    images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num, **options)
+    images = np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
   if images.shape[-1] == 1:
     images = images[..., 0]
   arrays = {"images": images}
   if labels is not None:  # cluster ids are no classes: evaluate must not score them as labels
     key = "clusters" if run.config.get("pixel_clusters", 0) else "labels"
     arrays[key] = np.asarray(labels, np.int32)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  safe_files.atomic_write(out, lambda f: np.savez_compressed(f, **arrays))
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  except OSError as e:
+    raise safe_files.write_error(out, e, target="--out") from None
+  safe_files.atomic_write(out, lambda f: np.savez_compressed(f, **arrays), target="--out")
   return {"out": out, "step": run.step, "images": list(images.shape)}
 
 
-def main(argv):
-  del argv
-  train.quiet_dependencies()
+def check_flags() -> None:
+  """Exits with one error line for flags that cannot be used."""
   if not FLAGS.workdir or not FLAGS.out:
     print("error: --workdir and --out are required, e.g. python -m aigc_jax.sample "
           "--workdir runs/vae --num 64 --out samples.npz", file=sys.stderr)
@@ -72,18 +75,29 @@ def main(argv):
     print(f"error: --out {FLAGS.out} is a directory; name a file in it, e.g. --out "
           f"{os.path.join(FLAGS.out, 'samples.npz')}", file=sys.stderr)
     sys.exit(2)
-  try:
-    which = FLAGS.checkpoint if FLAGS.step is None else FLAGS.step
-    options = {name: FLAGS[name].value for name in ("sampler", "sample_steps", "guidance_scale")
-               if FLAGS[name].value is not None}
-    info = sample_to_file(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.seed, which, **options)
-  except (workdir_lib.CheckpointError, workdir_lib.config_lib.ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:
-    print(f"error: cannot write {FLAGS.out} ({e}); choose a writable --out", file=sys.stderr)
-    sys.exit(2)
-  print(f"wrote {info['images']} images from step {info['step']} to {info['out']}")
+
+
+def main(argv):
+  del argv
+  entry.begin("sampling", module=__name__)
+  entry.quiet_dependencies()
+  with entry.command():
+    check_flags()
+    try:
+      which = FLAGS.checkpoint if FLAGS.step is None else FLAGS.step
+      options = {name: FLAGS[name].value for name in ("sampler", "sample_steps",
+                                                      "guidance_scale")
+                 if FLAGS[name].value is not None}
+      info = sample_to_file(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.seed, which, **options)
+    except (workdir_lib.CheckpointError, workdir_lib.config_lib.ConfigError,
+            safe_files.WorkdirError, entry.OutOfMemory) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except OSError as e:
+      print(f"error: {entry.os_error_message(e, FLAGS.out, 'cannot write', '--out')}",
+            file=sys.stderr)
+      sys.exit(2)
+    print(f"wrote {info['images']} images from step {info['step']} to {info['out']}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """Stopping a run cleanly on SIGTERM or SIGINT (what SLURM, Kubernetes and preemptible VMs send,
-and Ctrl-C): the training loop saves its state at the end of the chunk it is in, then stops."""
+and Ctrl-C): the training loop saves its state at the end of the chunk it is in, then stops.
+Outside the loop, a command's signals end it at once (`entry`)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
-import sys
 import threading
 
 import jax
 import numpy as np
+
+from aigc_jax import entry
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,8 @@ class StopSignals:
   def _handle(self, signum, frame):
     del frame
     if self.signum is not None:
-      print(f"error: second {signal.Signals(signum).name}: exiting without saving", flush=True,
-            file=sys.stderr)
+      entry.undo_all()
+      entry.say(f"error: second {signal.Signals(signum).name}: exiting without saving")
       os._exit(128 + signum)
     self.signum = signum
     log.warning("%s: saving at the end of this chunk (send it again to exit at once)",
@@ -56,6 +58,7 @@ class StopSignals:
     return next((int(s) for s in got if s), None)
 
   def __enter__(self) -> "StopSignals":
+    entry.training_started()  # a signal now saves a checkpoint: the workdir is no longer undone
     if threading.current_thread() is threading.main_thread():
       self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self

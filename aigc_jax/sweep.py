@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  train.entry.begin("running the sweep", "batch_size or the number of members", __name__)
   args, rest = build_parser().parse_known_args(argv)
   train.quiet_dependencies()
   backend.cpu_device_per_core()

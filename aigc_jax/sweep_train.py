@@ -55,8 +55,7 @@ def read_spec(workdir: str) -> dict | None:
   path = os.path.join(workdir, SWEEP_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return pop_lib.read_spec_file(path)  # checked: ConfigError naming the key and the problem
 
 
 def write_spec(workdir: str, spec: dict) -> None:

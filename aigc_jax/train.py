@@ -23,6 +23,7 @@ from aigc_jax import backend
 from aigc_jax import checkpoint as checkpoint_lib
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
+from aigc_jax import entry
 from aigc_jax import families
 from aigc_jax import lock
 from aigc_jax import parallel
@@ -30,12 +31,18 @@ from aigc_jax import schedule as schedule_lib
 from aigc_jax import signals as signals_lib
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
+from aigc_jax.metrics import classifier as classifier_lib
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
   """Training cannot go on (e.g. the loss became NaN)."""
+
+
+# What to lower when a phase runs out of memory.
+TRAIN_SIZES = "batch_size (--config.batch_size=N), or steps_per_call"
+EVAL_SIZES = "eval_batch_size, eval_num_samples or num_sample_images"
 
 
 def initialize_distributed(config) -> None:
@@ -207,13 +214,16 @@ def _loop(run: Run, state, step: int, stop: schedule_lib.EarlyStop,
                                num_examples=run.num_train)
   permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
   num_train, perm_epoch, perm = run.num_train, None, None
-  meter, eval_metrics = schedule_lib.TrainMeter(), {}
+  meter, eval_metrics, first_call = schedule_lib.TrainMeter(), {}, True
   while step < sched.total and not stop.stopped:
     epoch, index = divmod(step, sched.steps_per_epoch)
     if epoch != perm_epoch:
       perm_epoch, perm = epoch, loop.put_state(permutation(config.seed, epoch, num_train))
     boundary = sched.next_boundary(step)
     placed, sums = loop(placed, placed_train, perm, index, boundary - step)
+    if first_call:  # its failure (out of memory) is raised here, not by the next evaluation
+      jax.block_until_ready(sums)
+      first_call = False
     state = loop.get_state(placed)
     meter.add(sums, boundary - step)
     bar.update(boundary - step)
@@ -222,7 +232,8 @@ def _loop(run: Run, state, step: int, stop: schedule_lib.EarlyStop,
       record_train(run, step, meter, bar)
     evaluated = step % sched.eval_every == 0 or step == sched.total
     if evaluated:
-      eval_metrics = evaluate_and_record(run, state, step, bar)
+      with entry.doing("evaluating", EVAL_SIZES):
+        eval_metrics = evaluate_and_record(run, state, step, bar)
       stop.update(eval_metrics[run.trainable.best_metric])
       if stop.stopped:
         bar.write(f"early stopping at step {step}: test_{stop.metric} has not improved for "
@@ -245,32 +256,35 @@ def _train_and_evaluate(config, workdir: str, step: int | None) -> dict:
 
 def _train_locked(config, workdir: str, step: int | None) -> dict:
   changes = workdir_lib.check_resume_config(workdir, config)
-  run = setup(config, workdir)
+  with entry.doing("loading the data and building the model"):
+    run = setup(config, workdir)
   bar = None
   try:
-    state = restore_or_init(run, step)
+    with entry.doing("initialising or restoring the state", "the model's sizes"):
+      state = restore_or_init(run, step)
     if changes:
       run.writer.write_event(int(state.step), "config_change", {"changes": changes})
     if jax.process_index() == 0:
       workdir_lib.save_config(workdir, config, changes, int(state.step))
     bar = tqdm(total=run.schedule.total, initial=int(state.step), desc=config.model, unit="step",
                dynamic_ncols=True, disable=not (config.progress_bar and jax.process_index() == 0))
-    state, eval_metrics = train_loop(run, state, bar)
+    with entry.doing("compiling or running the training step", TRAIN_SIZES):
+      state, eval_metrics = train_loop(run, state, bar)
     if not eval_metrics:  # resumed a finished run: report its numbers without training
-      eval_metrics = run.trainable.evaluate(state, run.test_data)
+      with entry.doing("evaluating", EVAL_SIZES):
+        eval_metrics = run.trainable.evaluate(state, run.test_data)
   finally:
-    if bar is not None:
-      bar.close()
-    run.checkpoints.close()
-    run.writer.close()
+    with entry.doing("writing the last checkpoint and closing the run"):
+      if bar is not None:
+        bar.close()
+      run.checkpoints.close()
+      run.writer.close()
   return eval_metrics
 
 
 def quiet_dependencies() -> None:
   """Called by entry points only: our INFO lines stay, orbax's and absl's INFO chatter goes."""
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("aigc_jax").setLevel(logging.INFO)
+  entry.quiet_dependencies()
 
 
 def print_help(program: str, config) -> None:
@@ -285,8 +299,27 @@ def print_help(program: str, config) -> None:
     print(f"      {key} = {value!r}")
 
 
+def run_command(config, workdir: str, step: int | None) -> dict:
+  """`train_and_evaluate` for the command line: a stop signal or an error a user can act on
+  exits with its one line (status 128 + signal, or 2); a bug keeps its traceback."""
+  try:
+    return train_and_evaluate(config, workdir, step)
+  except signals_lib.Stopped as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_code)
+  except (config_lib.ConfigError, data_lib.DataError, TrainingError, workdir_lib.CheckpointError,
+          lock.WorkdirError, classifier_lib.CacheError, entry.OutOfMemory) as e:
+    print(f"error: {e}", file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except
+    if entry.describe(e) is None:  # a bug: its traceback
+      raise
+    print(f"error: {entry.describe(e)}", file=sys.stderr)
+  sys.exit(entry.EXIT_ERROR)
+
+
 def main(get_config) -> None:
   """An experiment file's entry: `python experiments/NAME.py --workdir DIR [--config.K=V]`."""
+  entry.begin("starting the run", module=getattr(get_config, "__module__", ""))
   from absl import app, flags  # pylint: disable=g-import-not-at-top
 
   config = get_config()
@@ -313,18 +346,11 @@ def main(get_config) -> None:
             file=sys.stderr)
       sys.exit(2)
     quiet_dependencies()
-    try:
-      metrics = train_and_evaluate(config, flags.FLAGS.workdir, flags.FLAGS.step)
-    except signals_lib.Stopped as e:
-      print(str(e), file=sys.stderr)
-      sys.exit(e.exit_code)
-    except (config_lib.ConfigError, data_lib.DataError, TrainingError,
-            workdir_lib.CheckpointError, lock.WorkdirError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-    print(" ".join(f"test_{k}={v:.4f}" for k, v in metrics.items()))
-    out = flags.FLAGS.workdir
-    print(f"outputs in {out}: samples/*_latest.png, plots/train.png, plots/eval.png, "
-          f"metrics.jsonl, checkpoints/, tensorboard/ (tensorboard --logdir {out})")
+    with entry.command():
+      metrics = run_command(config, flags.FLAGS.workdir, flags.FLAGS.step)
+      print(" ".join(f"test_{k}={v:.4f}" for k, v in metrics.items()))
+      out = flags.FLAGS.workdir
+      print(f"outputs in {out}: samples/*_latest.png, plots/train.png, plots/eval.png, "
+            f"metrics.jsonl, checkpoints/, tensorboard/ (tensorboard --logdir {out})")
 
   app.run(run, argv=argv)

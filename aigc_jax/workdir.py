@@ -59,12 +59,17 @@ def read_config_json(path: str) -> dict:
   try:
     with open(path) as f:
       saved = json.load(f)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, RecursionError) as e:
     raise config_lib.ConfigError(f"{path} cannot be read as JSON ({e}); restore it from a "
                                  "backup or use a new --workdir") from None
   if not isinstance(saved, dict):
     raise config_lib.ConfigError(f"{path} is not a JSON object; restore it from a backup or use "
                                  "a new --workdir")
+  history = saved.get(HISTORY, [])
+  if not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
+    raise config_lib.ConfigError(f"{path}: '{HISTORY}' is not the list of changes made at "
+                                 "resumes that this file keeps; restore it from a backup, or "
+                                 f"remove '{HISTORY}'")
   return saved
 
 
@@ -100,11 +105,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                           "experiment (python experiments/NAME.py --workdir DIR)")
   saved = read_config_json(path)
   saved.pop(HISTORY, None)
-  try:  # keys added to the project after the run was written take their defaults
-    config = config_lib.get_config(saved.pop("model", ""), **saved)
-  except (KeyError, config_lib.ConfigError) as e:
-    raise config_lib.ConfigError(f"{path}: {e.args[0]}") from None
-  return config_lib.validate(config)
+  return config_lib.from_saved(saved, path)  # keys added since the run take their defaults
 
 
 # A tool's option (sample, evaluate) -> the config key it sets for that call; a model whose

@@ -1,15 +1,25 @@
-"""Where a run's numbers and pictures go: TensorBoard events, metrics.jsonl and PNG grids."""
+"""Where a run's numbers and pictures go: TensorBoard events, metrics.jsonl and PNG grids.
+
+Each record and picture is written whole or not at all: a write that fails (a full disk, another
+user's file) raises `safe_files.WriteError` naming the file, the cause and the fix, in the
+caller's thread (the curves, drawn in the background, log it as a warning).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+import socket
+import struct
+import time
 
 import numpy as np
 from PIL import Image
 
+from aigc_jax import entry
 from aigc_jax import plot
 from aigc_jax import safe_files
 
@@ -77,6 +87,56 @@ def _record(line: str) -> dict | None:
   return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
+class EventFile:
+  """A TensorBoard event file in `logdir`, written record by record in the caller's thread (no
+  background writer whose failure would go unseen): records are appended whole or not at all."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    self._event = event_pb2.Event
+    self.path = os.path.join(safe_files.make_dir(logdir), f"events.out.tfevents."
+                             f"{int(time.time())}.{socket.gethostname()}")
+    new = not os.path.lexists(self.path)
+    self._fd = safe_files.open_in_place(self.path, os.O_WRONLY | os.O_APPEND)
+    remove = functools.partial(safe_files.remove, self.path) if new else (lambda: None)
+    # A run stopped before its training loop leaves no new event file.
+    self._forget = entry.undo_on_signal(remove, until_training=True)
+    try:
+      self._append([self._event(wall_time=time.time(), file_version="brain.Event:2")])
+    except safe_files.WorkdirError:
+      self.close()
+      remove()  # no empty event file left behind
+      raise
+
+  def _append(self, events) -> None:
+    from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+    records = []
+    for event in events:
+      data = event.SerializeToString()
+      header = struct.pack("<Q", len(data))
+      records += [header, struct.pack("<I", masked_crc32c(header)), data,
+                  struct.pack("<I", masked_crc32c(data))]
+    safe_files.append_bytes(self._fd, b"".join(records), self.path)
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    now = time.time()
+    self._append([self._event(summary=summary.scalar(tag, float(value)), step=int(step),
+                              wall_time=now) for tag, value in values.items()])
+
+  def image(self, step: int, tag: str, grid: np.ndarray) -> None:
+    """Appends the uint8 (H, W, C) image `grid` as a PNG."""
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    self._append([self._event(summary=summary.image(tag, grid, dataformats="HWC"),
+                              step=int(step), wall_time=time.time())])
+
+  def close(self) -> None:
+    self._forget()
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+
 class MetricWriter:
   """Writes {name: scalar} per (step, split) to TensorBoard and to workdir/metrics.jsonl, and
   the curves of metrics.jsonl to workdir/plots when asked (`draw_curves`, in the background).
@@ -87,10 +147,9 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb, self._curves = None, plot.CurveDrawer(workdir) if enabled else None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      safe_files.make_dir(workdir)
     if enabled and tensorboard:
-      from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
-      self._tb = SummaryWriter(safe_files.make_dir(os.path.join(workdir, "tensorboard")))
+      self._tb = EventFile(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> list[dict]:
     """Drops records after `step` (a resumed run rewrites them) and lines that are not records
@@ -115,8 +174,7 @@ class MetricWriter:
     record.update({k: float(v) for k, v in metrics.items()})
     safe_files.append_text(self.path, json.dumps(record) + "\n")
     if self._tb is not None:
-      for name, value in metrics.items():
-        self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+      self._tb.scalars(step, {f"{split}/{name}": value for name, value in metrics.items()})
 
   def write_event(self, step: int, split: str, record: dict) -> None:
     """Appends a non-metric record (e.g. a config change) to metrics.jsonl."""
@@ -126,7 +184,7 @@ class MetricWriter:
 
   def write_images(self, step: int, name: str, grid: np.ndarray) -> None:
     if self._tb is not None:
-      self._tb.add_image(name, grid, int(step), dataformats="HWC")
+      self._tb.image(step, name, grid)
 
   def draw_curves(self) -> None:
     """Redraws workdir/plots/*.png on a background thread; `close` waits for it."""

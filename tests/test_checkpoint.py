@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
+import sys
+import types
 from typing import Any, Callable
 
 import chex
@@ -13,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
+from aigc_jax import checkpoint as checkpoint_lib
 from aigc_jax.checkpoint import CheckpointError
 from aigc_jax.checkpoint import Checkpoints
 
@@ -142,7 +147,8 @@ def test_keep_best_max_and_metricless_checkpoints(tmp_path, caplog):
     assert ckpts.best_step() == 1
   # orbax's "did not provide metrics" warning is dropped, and only for the save call.
   assert not [r for r in caplog.records if "tracked_metric" in r.getMessage()]
-  assert logging.getLogger("absl").filters == []
+  # Only the filter that keeps orbax's thread tracebacks in the debug log stays.
+  assert logging.getLogger("absl").filters == [checkpoint_lib._orbax_report]  # pylint: disable=protected-access
   with Checkpoints(tmp_path / "plain", keep_last=2) as ckpts:
     ckpts.save(1, state, {"loss": 1.0})
     assert ckpts.best_step() is None
@@ -298,3 +304,112 @@ def test_a_state_moved_into_another_steps_directory_is_refused(tmp_path, caplog,
   reason = ("its state is of step 2, not 3" if with_checksums else
             "the arrays at .* differ from the checksum")
   assert_refused_and_older_restored(tmp_path, 3, reason, states[2], caplog)
+
+
+def set_recorded_format(directory, step: int, version) -> None:
+  """Writes `version` as the format recorded in `step`'s metadata (None: no record, as a
+  checkpoint written before formats were recorded)."""
+  path = directory / str(step) / "_CHECKPOINT_METADATA"
+  metadata = json.loads(path.read_text())
+  custom = metadata.get("custom_metadata") or {}
+  assert custom.pop(checkpoint_lib._FORMAT_KEY) == checkpoint_lib.FORMAT  # pylint: disable=protected-access
+  if version is not None:
+    custom[checkpoint_lib._FORMAT_KEY] = version  # pylint: disable=protected-access
+  metadata["custom_metadata"] = custom
+  path.write_text(json.dumps(metadata))
+
+
+def test_a_checkpoint_without_a_recorded_format_still_restores_exactly(tmp_path):
+  states = save_trained(tmp_path, [2])
+  set_recorded_format(tmp_path, 2, None)
+  with Checkpoints(tmp_path) as ckpts:
+    assert ckpts.format_of(2) == 1
+    chex.assert_trees_all_equal(ckpts.restore(make_state(), 2), states[2])
+
+
+@pytest.mark.parametrize("version, message", [
+    (checkpoint_lib.FORMAT + 1, r"format 3, which this aigc_jax cannot read \(it writes format 2 "
+     r"and reads formats 1, 2\): a newer aigc_jax wrote it; update aigc_jax"),
+    ("x", r"format 'x', which this aigc_jax cannot read .*use the aigc_jax that wrote it"),
+])
+def test_a_checkpoint_of_an_unreadable_format_is_refused_naming_both(tmp_path, version, message):
+  save_trained(tmp_path, [2])
+  set_recorded_format(tmp_path, 2, version)
+  with Checkpoints(tmp_path) as ckpts:
+    with pytest.raises(CheckpointError, match=message):
+      ckpts.restore(make_state(), 2)
+
+
+def test_an_older_format_that_does_not_fit_the_model_says_so(tmp_path):
+  """A state of another structure: the older format's own message, not only 'use the config'."""
+  save_trained(tmp_path, [2])
+  set_recorded_format(tmp_path, 2, None)
+  with Checkpoints(tmp_path) as ckpts:
+    with pytest.raises(CheckpointError, match=r"checkpoint format 1 \(written before checkpoints "
+                       r"recorded their format\), not this aigc_jax's format 2, and its state "
+                       r"does not fit .*an older aigc_jax wrote it"):
+      ckpts.restore(make_state(hidden=4), 2)
+
+
+def test_a_failed_background_write_keeps_orbax_tracebacks_in_the_debug_log(tmp_path, monkeypatch,
+                                                                           caplog):
+  """orbax's thread reports of the failure reach no handler but the debug log; the failure is one
+  CheckpointError; the earlier step is kept and still restores."""
+  state = train_steps(make_state(), 1)
+  caplog.set_level(logging.DEBUG, logger="aigc_jax.checkpoint")
+  with Checkpoints(tmp_path) as ckpts:
+    ckpts.save(1, state)
+    ckpts.wait()
+
+    async def disk_full(*args, **kwargs):
+      raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", disk_full)
+    with pytest.raises(CheckpointError, match=r"No space left on device.*\(\[1\]\) are kept"):
+      ckpts.save(2, train_steps(state, 1))
+      ckpts.wait()
+    monkeypatch.undo()
+    assert ckpts.all_steps() == [1]
+    chex.assert_trees_all_equal(ckpts.restore(make_state()), state)
+  assert not [r for r in caplog.records if r.name == "absl" and r.levelno >= logging.ERROR]
+  assert [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info
+          and r.getMessage().startswith("orbax: ")]
+
+
+def test_a_read_completing_after_its_loop_closed_is_not_printed(tmp_path, monkeypatch):
+  """tensorstore reports a read that completes after orbax closed its event loop (another read
+  of the same restore failed) as unraisable: it goes to the debug log, anything else does not."""
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  Checkpoints(tmp_path).close()  # installs the hook over the one in place
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    closed = e
+  other = ValueError("something else")
+  for error in (closed, other):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                             exc_traceback=error.__traceback__, err_msg=None,
+                                             object=None))
+  assert [u.exc_value for u in seen] == [other]
+
+
+def test_a_reader_goes_on_to_the_steps_a_running_save_put_in_place_of_the_ones_it_listed(
+    tmp_path, caplog):
+  """A sample or evaluation opened while training saves: the steps it listed are deleted under
+  it (keep_last) and newer ones written; it restores the newest, with warnings, not an error."""
+  states = {s: train_steps(make_state(), s) for s in range(1, 5)}
+  with Checkpoints(tmp_path, keep_last=2) as writer:
+    writer.save(1, states[1])
+    writer.save(2, states[2])
+    writer.wait()
+    with Checkpoints(tmp_path) as reader:
+      assert reader.all_steps() == [1, 2]
+      writer.save(3, states[3])
+      writer.save(4, states[4])
+      writer.wait()
+      state, step = reader.restore_verified(make_state())
+  assert step == 4 and "skipping checkpoint" in caplog.text
+  chex.assert_trees_all_equal(state, states[4])

@@ -4,10 +4,12 @@ evaluation; bad files and flag values of evaluate and sample are one `error:` li
 The classifier is the conftest's stand-in (`cache_dir`), loaded as the real one is.
 """
 
+import io
 import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -156,3 +158,70 @@ def test_demo_summary_shows_a_vae_row_with_its_pictures(tmp_path):
   assert lines[0].split() == ["model", "steps", "metric", "value", "floor"]
   assert lines[1].split() == ["vae_conv", "1000", "test_neg_elbo", "250.50", "-"]
   assert lines[2].strip().endswith("samples_latest.png")
+
+
+def npy_bytes(array, shape=None) -> bytes:
+  """`array` as an .npy file; with `shape`, its header declares that shape instead."""
+  buffer = io.BytesIO()
+  np.lib.format.write_array_header_1_0(buffer, {"descr": array.dtype.str, "fortran_order": False,
+                                                "shape": shape or array.shape})
+  return buffer.getvalue() + array.tobytes()
+
+
+def corrupt_payload(data: bytes) -> bytes:
+  """An .npz whose `images` has one byte flipped: its zip CRC no longer matches."""
+  data = bytearray(data)
+  data[data.index(b"\x93NUMPY") + 500] ^= 0xFF
+  return bytes(data)
+
+
+def good_npz(path) -> bytes:
+  np.savez(path, images=np.arange(20 * 28 * 28).astype(np.uint8).reshape(20, 28, 28))
+  return path.read_bytes()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("npy", r"is an \.npy file \(one array\), not an \.npz; save the images with np\.savez"),
+    ("truncated", r"\(BadZipFile: File is not a zip file\); it is truncated, corrupt"),
+    ("corrupt", r"\(BadZipFile: Bad CRC-32 for file 'images\.npy'\); it is truncated, corrupt"),
+    ("declared_10gb", r"`images` declares uint8\(12755102, 28, 28\) \(9,999,999,968 bytes\) but "
+     r"holds 15,680 bytes: the file is truncated or was edited"),
+    ("labels_declared_more", r"`labels` declares int64\(10000000,\)"),
+])
+def test_an_unreadable_samples_file_is_one_usage_error(tmp_path, case, message):
+  """Each is refused before anything the file does not hold is allocated."""
+  path = tmp_path / "s.npz"
+  data = good_npz(path)
+  images = np.zeros((20, 28, 28), np.uint8)
+  if case == "npy":
+    path.write_bytes(npy_bytes(images))
+  elif case == "truncated":
+    path.write_bytes(data[:len(data) // 2])
+  elif case == "corrupt":
+    path.write_bytes(corrupt_payload(data))
+  else:
+    with zipfile.ZipFile(path, "w") as zf:
+      big = case == "declared_10gb"
+      zf.writestr("images.npy", npy_bytes(images, (12_755_102, 28, 28) if big else None))
+      if not big:
+        zf.writestr("labels.npy", npy_bytes(np.zeros(20, np.int64), (10_000_000,)))
+  with pytest.raises(evaluate.UsageError, match=message) as raised:
+    evaluate.load_samples(str(path), "fashion_mnist")
+  assert str(path) in str(raised.value) and len(str(raised.value).splitlines()) == 1
+
+
+def test_only_the_images_scored_are_read_and_memory_errors_are_one_line(tmp_path, monkeypatch):
+  path = tmp_path / "s.npz"
+  good_npz(path)
+  got, _ = evaluate.load_samples(str(path), "fashion_mnist", 12)
+  expected = np.arange(20 * 28 * 28).astype(np.uint8).reshape(20, 28, 28, 1)[:12]
+  np.testing.assert_array_equal(got, expected)
+  assert got.flags.writeable
+
+  def out_of_memory(*args):
+    raise MemoryError
+
+  monkeypatch.setattr(evaluate, "_read_rows", out_of_memory)
+  with pytest.raises(evaluate.UsageError, match=r"first 12 images do not fit in this machine's "
+                     r"memory; pass a smaller --num_samples"):
+    evaluate.load_samples(str(path), "fashion_mnist", 12)

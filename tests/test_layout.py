@@ -10,7 +10,7 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 400
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
-    ("backend", "noise", "suggest", "safe_files", "writers", "plot"),
+    ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot"),
     ("idx", "data", "clusters", "losses", "gan_losses", "diffusion", "models", "metrics"),
     ("state", "schedule"),
     ("families",),

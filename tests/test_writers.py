@@ -1,5 +1,8 @@
 """Sample grids: a row per class, capped columns, the unconditional square; upscaled PNGs."""
 
+import glob
+import struct
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,3 +76,33 @@ def test_a_line_cut_short_is_skipped_and_dropped_on_resume(tmp_path, caplog):
   with open(writer.path) as f:
     assert f.read().count("\n") == 2  # rewritten without it
   writer.close()
+
+
+def read_events(path):
+  """The Event protos of a TensorBoard event file, each record's two CRCs checked."""
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.record_writer import masked_crc32c
+  events, data = [], open(path, "rb").read()
+  while data:
+    header, (header_crc,) = data[:8], struct.unpack("<I", data[8:12])
+    (length,) = struct.unpack("<Q", header)
+    body, (body_crc,) = data[12:12 + length], struct.unpack("<I", data[12 + length:16 + length])
+    assert header_crc == masked_crc32c(header) and body_crc == masked_crc32c(body)
+    events.append(event_pb2.Event.FromString(body))
+    data = data[16 + length:]
+  return events
+
+
+def test_tensorboard_events_are_framed_as_tensorboard_reads_them(tmp_path):
+  writer = writers.MetricWriter(str(tmp_path), tensorboard=True)
+  writer.write(4, "train", {"loss": 1.5, "kl": 0.25})
+  writer.write_images(8, "samples", np.zeros((4, 6, 3), np.uint8))
+  writer.close()
+  (path,) = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  events = read_events(path)
+  assert events[0].file_version == "brain.Event:2"
+  scalars = {(e.step, v.tag): v.simple_value for e in events[1:] for v in e.summary.value
+             if v.HasField("simple_value")}
+  assert scalars == {(4, "train/loss"): 1.5, (4, "train/kl"): 0.25}
+  (image,) = [v.image for e in events if e.step == 8 for v in e.summary.value]
+  assert (image.height, image.width) == (4, 6) and image.encoded_image_string[:4] == b"\x89PNG"

@@ -4,9 +4,11 @@ Cache: ``$AIGC_JAX_CACHE`` (default ``~/.cache/aigc_jax``) ``/classifier/<datase
 ``params.npz`` (the variables flattened with '/') and ``info.json`` (recipe, key, test accuracy,
 the sha256 of params.npz's arrays), each written to a temporary file and renamed; ``info.json``
 is written last, so it marks a complete entry. An entry whose arrays do not match their sha256
-is retrained. Beside them, ``floors-<hash>.json`` caches the real-vs-real floors with their own
-sha256 (`sample_metrics.floors`). The network and recipe are in `classifier_net`, the training in
-`classifier_train`.
+is retrained. A cache where no file can be written is refused before the classifier is trained
+(`CacheError`: it would be lost); an entry that cannot be saved after training is a warning, and
+the classifier is used all the same. Beside them, ``floors-<hash>.json`` caches the real-vs-real
+floors with their own sha256 (`sample_metrics.floors`). The network and recipe are in
+`classifier_net`, the training in `classifier_train`.
 """
 
 from __future__ import annotations
@@ -38,12 +40,32 @@ class CacheError(RuntimeError):
   """A cached classifier is missing, corrupt or was trained by another recipe."""
 
 
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
+  """The cache directory: the argument, else $AIGC_JAX_CACHE, else ~/.cache/aigc_jax."""
+  root = cache_dir or os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "aigc_jax")
+  return os.path.expanduser(os.fspath(root))
+
+
 def cache_path(recipe: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None = None) -> str:
   """``<cache>/classifier/<dataset>-<key>``; cache from the argument, $AIGC_JAX_CACHE or ~."""
   recipe = classifier_net.resolve_recipe(recipe)
-  root = cache_dir or os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "aigc_jax")
-  return os.path.join(os.path.expanduser(os.fspath(root)), "classifier",
+  return os.path.join(cache_root(cache_dir), "classifier",
                       f"{recipe['dataset']}-{classifier_net.recipe_key(recipe)}")
+
+
+def check_writable(path: str, cache_dir: str | os.PathLike[str] | None = None) -> None:
+  """Raises CacheError unless a file can be made in the cache entry `path` (created if missing)
+  of the cache `cache_dir` (`cache_root`)."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-")
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise CacheError(
+        f"the classifier cache {cache_root(cache_dir)} is not writable ({e.strerror or e}), so "
+        f"the classifier the metrics need (about 2 minutes of training) would be lost; set "
+        f"{CACHE_ENV} to a directory you can write, e.g. {CACHE_ENV}=/tmp/aigc_jax_cache") from None
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
@@ -134,11 +156,17 @@ def load_or_train(dataset: str = "fashion_mnist",
       return clf
     except CacheError as e:
       warnings.warn(f"{e}; retraining", RuntimeWarning, stacklevel=2)
+  check_writable(path, cache_dir)
   log.info("training the %s classifier (recipe %s) into %s", dataset,
            classifier_net.recipe_key(recipe), path)
   variables, info = classifier_train.train(recipe, progress=progress)
-  save(path, variables, info)
-  log.info("saved classifier to %s (test accuracy %.4f, %.0f s)", path, info["test_accuracy"],
-           info["train_seconds"])
+  try:
+    save(path, variables, info)
+    log.info("saved classifier to %s (test accuracy %.4f, %.0f s)", path, info["test_accuracy"],
+             info["train_seconds"])
+  except OSError as e:  # the metrics go on with it: only the next run pays for the training
+    warnings.warn(f"could not save the classifier in {path} ({e.strerror or e}); it is used "
+                  f"now, and trained again next time: free space there or set {CACHE_ENV} to "
+                  "another directory", RuntimeWarning, stacklevel=2)
   return classifier_net.Classifier(classifier_net.build_model(recipe), variables,
                                    info["test_accuracy"], recipe, path)

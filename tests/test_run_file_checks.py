@@ -1,0 +1,128 @@
+"""Run files a user may edit by hand (a run's config.json, a sweep's sweep.json) are checked when
+read: a bad one is a ConfigError naming the file, the key and the problem, which the commands
+print as one `error:` line (exit status 2)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from aigc_jax import config as config_lib
+from aigc_jax import sweep_train
+from aigc_jax import workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_config(workdir, text):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, workdir_lib.CONFIG_FILE), "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def saved_config(**changes):
+  values = config_lib.get_config("vae_mlp").to_dict()
+  values.update(changes)
+  return json.dumps(values)
+
+
+@pytest.mark.parametrize("text, message", [
+    (saved_config(learning_rate="abc"), r"learning_rate is 'abc', not a number"),
+    (saved_config(batch_size=[1, 2]), r"batch_size is \[1, 2\], not an integer"),
+    (saved_config(latent_dim=1e308), r"latent_dim is 1e\+308, not an integer"),
+    (saved_config(latent_dim=10**30), r"latent_dim is 1000000000000000000000000000000, out of "
+     r"the range"),
+    (saved_config(learning_rate=float("inf")), r"learning_rate is inf, not a finite number"),
+    (saved_config(binarize=1), r"binarize is 1, not true or false"),
+    (saved_config(conv_features=[32, "x"]), r"conv_features is \[32, 'x'\], a list with an "
+     r"element that is not an integer"),
+    (saved_config(dataset=None), r"dataset is None, not a string"),
+    (saved_config(model=3), r"model is 3, not a model name"),
+    (saved_config(lerning_rate=0.1), r"unknown config key 'lerning_rate': did you mean "
+     r"'learning_rate'"),
+    (saved_config(learning_rate=-1.0), r"learning_rate must be > 0"),
+    (saved_config(history="x"), r"'history' is not the list of changes"),
+    ("{x", r"cannot be read as JSON"),
+    ("[1, 2]", r"is not a JSON object"),
+])
+def test_a_hand_edited_config_json_names_the_file_the_key_and_the_problem(tmp_path, text,
+                                                                          message):
+  write_config(tmp_path, text)
+  with pytest.raises(config_lib.ConfigError) as raised:
+    workdir_lib.load_config(str(tmp_path))
+  assert str(raised.value).startswith(str(tmp_path / workdir_lib.CONFIG_FILE))
+  assert len(str(raised.value).splitlines()) == 1
+  assert re.search(message, str(raised.value)), str(raised.value)
+
+
+def test_the_python_api_checks_value_types_too():
+  config = config_lib.get_config("vae_mlp", learning_rate="abc")
+  with pytest.raises(config_lib.ConfigError, match="learning_rate is 'abc', not a number"):
+    config_lib.validate(config)
+  config_lib.validate(config_lib.get_config("vae_mlp", learning_rate=1, conv_features=[8, 16]))
+
+
+@pytest.fixture(scope="module")
+def spec():
+  config = config_lib.get_config("vae_mlp", num_train_steps=8)
+  return sweep_train.make_spec(config, ["learning_rate=1e-3,2e-3"])
+
+
+def edited(spec, change):
+  spec = json.loads(json.dumps(spec))
+  return change(spec) or spec
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: [1, 2], r"holds list, not a sweep's object of"),
+    (lambda s: s.pop("values") and None, r"holds an object with \['config', 'halve_every', "
+     r"'stops'\], not a sweep's object"),
+    (lambda s: s["config"].update(learning_rate="abc"), r"'config': learning_rate is 'abc', not "
+     r"a number"),
+    (lambda s: s.update(config=[1]), r"'config' is not an object of config keys"),
+    (lambda s: s["values"].update(learning_rate=[1e-3, "x"]), r"'values' of learning_rate is a "
+     r"list with an element that is not a number"),
+    (lambda s: s["values"].update(seed=[1, 2, 3]), r"'values' of seed is not a list of one value "
+     r"per member"),
+    (lambda s: s["values"].update(batch_size=[8, 16]), r"'values': --vary batch_size: a int key"),
+    (lambda s: s.update(halve_every=-1), r"'halve_every' is -1, not an integer >= 0"),
+    (lambda s: s.update(stops=[{"step": 8, "members": [5], "reason": "halved"}]),
+     r"'stops' holds .*'members': some of 0 to 1"),
+])
+def test_a_hand_edited_sweep_json_names_the_file_the_key_and_the_problem(tmp_path, spec, change,
+                                                                         message):
+  path = tmp_path / sweep_train.SWEEP_FILE
+  path.write_text(json.dumps(edited(spec, change)))
+  with pytest.raises(config_lib.ConfigError, match=message) as raised:
+    sweep_train.read_spec(str(tmp_path))
+  assert str(raised.value).startswith(str(path)) and "new --workdir" in str(raised.value)
+  assert len(str(raised.value).splitlines()) == 1
+
+
+def test_a_sweep_json_as_written_reads_back(tmp_path, spec):
+  stopped = edited(spec, lambda s: s["stops"].append({"step": 4, "members": [1],
+                                                      "reason": "halved"}))
+  sweep_train.write_spec(str(tmp_path), stopped)
+  assert sweep_train.read_spec(str(tmp_path)) == stopped
+
+
+def run_module(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, name, text, message", [
+    ("aigc_jax.evaluate", workdir_lib.CONFIG_FILE, saved_config(batch_size=[1, 2]),
+     "batch_size is [1, 2], not an integer"),
+    ("aigc_jax.sweep", sweep_train.SWEEP_FILE, "{x", "cannot be read as JSON"),
+], ids=["evaluate_config_json", "sweep_sweep_json"])
+def test_commands_print_one_error_line_for_a_bad_run_file(tmp_path, module, name, text, message):
+  (tmp_path / name).write_text(text)
+  done = run_module(module, "--workdir", str(tmp_path))
+  assert done.returncode == 2, done.stderr[-2000:]
+  [line] = done.stderr.strip().splitlines()
+  assert line.startswith(f"error: {tmp_path / name}") and message in line, line

@@ -46,6 +46,12 @@ class PlatformError(ValueError):
   """$AIGC_JAX_PLATFORM_DEFAULTS names no platform, or JAX fell back to the CPU."""
 
 
+def at_least_float32(x) -> jnp.ndarray:
+  """x as an array of at least float32 precision (bfloat16 -> float32; float32 unchanged)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def forced_platform() -> str:
   """$AIGC_JAX_PLATFORM_DEFAULTS checked ('' when unset); starts no JAX backend."""
   forced = os.environ.get(PLATFORM_ENV, "").strip().lower()

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from aigc_jax.losses import at_least_float32 as f32
+from aigc_jax.backend import at_least_float32 as f32
 from aigc_jax.noise import batch_noise
 
 

@@ -10,7 +10,7 @@ dataset. The three modes run the SAME step function:
 - 'shard_map': `jax.jit` of `jax.shard_map` over a 1-D mesh of all devices named `DATA_AXIS`;
   the state is replicated on the mesh.
 
-Under both parallel modes the dataset is split by rows over the devices (`TrainLoop.put_rows`),
+Under both parallel modes the dataset is split by rows over the devices (`Placement.put_rows`),
 not copied: each device gathers the rows it holds of a global batch, and a reduce-scatter hands
 every device its slice of that batch (`gather_rows`), the same rows as one device would read.
 With several processes (`jax.distributed`) they span every device of every process, and each
@@ -22,30 +22,28 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
+from aigc_jax import placement
+from aigc_jax import state as state_lib
 
 log = logging.getLogger(__name__)
 
-DATA_AXIS = "data"
-MEMBER_AXIS = "members"
-MODES = ("none", "pmap", "shard_map")
-BINARIZE_STREAM = 3  # fold_in constant of the dynamic-binarization noise
+DATA_AXIS = placement.DATA_AXIS  # the device axis the step's collectives run over
 
 
 def batch_at(state, data, perm, index, *, batch_size: int, batches_per_step: int,
              local_batch: int, scale: str, binarize: bool, axis_name: str | None):
   """This device's rows of global batches index*n ... index*n + n - 1 (n = batches_per_step) of
   the epoch permutation `perm`, preprocessed (binarized with the state's step noise if asked).
-  Under `axis_name`, `data` holds this device's block of rows (`TrainLoop.put_data`)."""
+  Under `axis_name`, `data` holds this device's block of rows (`Placement.put_data`)."""
   offsets = (index * batches_per_step + jnp.arange(batches_per_step)) * batch_size
   if axis_name is None:
     idx = jax.vmap(lambda o: jax.lax.dynamic_slice_in_dim(perm, o, local_batch))(offsets)
@@ -56,7 +54,7 @@ def batch_at(state, data, perm, index, *, batch_size: int, batches_per_step: int
     rows = gather_rows(data, idx, axis_name)
   rng = None
   if binarize:
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, BINARIZE_STREAM), state.step)
+    rng = jax.random.fold_in(state_lib.stream_rng(state, state_lib.BINARIZE_STREAM), state.step)
   image = data_lib.preprocess(rows.images, scale=scale, binarize_rng=rng, axis_name=axis_name)
   return {"image": image, "label": rows.labels}
 
@@ -81,13 +79,14 @@ def gather_rows(data, idx, axis_name: str):
 
 
 class TrainLoop:
-  """`loop(state, data, perm, start, num_steps) -> (state, metric sums)` on `num_devices` devices.
+  """`loop(state, data, perm, start, num_steps) -> (state, metric sums)` over the devices of its
+  `place` (a `placement.Placement`).
 
   Step i of a call trains on global batch `start + i` of the epoch permutation `perm`; the metric
   sums (already averaged over devices) are over the `num_steps` steps; `state` is donated.
-  `state`, `data` and `perm` are in the loop's placement: pass them through `put_state`,
-  `put_data` and `put_state` first, and get a single-copy state (for checkpoints, sampling,
-  evaluation) with `get_state`.
+  `state`, `data` and `perm` are in the loop's placement: pass them through `place.put_state`,
+  `place.put_data` and `place.put_state` first, and get a single-copy state (for checkpoints,
+  sampling, evaluation) with `place.get_state`.
 
   With `batches_per_step` n > 1, step s trains on global batches s*n ... s*n + n - 1: its batch
   holds this device's rows of each, one after the other (n * local rows), so a step that splits
@@ -99,7 +98,7 @@ class TrainLoop:
   metric sums are per member. In mode 'none', vmapped members are sharded over up to
   `member_devices` of this process's devices (0: all; 1: one device): over the most of them that
   divides the population's size, each running its share of the members. Place the stacked state
-  and `perm` with `put_state`, the shared data with `put_data(tree, members=N)`.
+  and `perm` with `place.put_state`, the shared data with `place.put_data(tree, members=N)`.
 
   With `steps_per_call` K > 1, up to K steps run inside one `lax.fori_loop` dispatch (the trip
   count is traced, so a shorter chunk does not recompile). With K = 1 every step is one
@@ -111,22 +110,18 @@ class TrainLoop:
   def __init__(self, train_step: Callable, *, batch_size: int, scale: str, binarize: bool,
                steps_per_call: int, mode: str, devices=None, batches_per_step: int = 1,
                members: str = "", member_devices: int = 1):
-    if mode not in MODES:
-      raise ValueError(f"parallel mode '{mode}' is unknown; use one of {MODES}")
-    self.mode = mode
-    self.devices = [jax.local_devices()[0]] if mode == "none" else list(devices or jax.devices())
-    self.num_devices = len(self.devices)
-    if batch_size % self.num_devices:
-      raise ValueError(
-          f"batch_size {batch_size} is not divisible by the {self.num_devices} devices of "
-          f"parallel='{mode}'; use a multiple of {self.num_devices}")
-    self.steps_per_call = backend.steps_per_call(steps_per_call)
     pool = jax.local_devices() if members == "vmap" and mode == "none" else []
-    self._member_pool = pool[:member_devices or len(pool)]
-    self._mesh = jax.sharding.Mesh(np.array(self.devices), (DATA_AXIS,))
+    self.place = placement.Placement(
+        mode, [jax.local_devices()[0]] if mode == "none" else list(devices or jax.devices()),
+        pool[:member_devices or len(pool)])
+    if batch_size % self.place.num_devices:
+      raise ValueError(
+          f"batch_size {batch_size} is not divisible by the {self.place.num_devices} devices of "
+          f"parallel='{mode}'; use a multiple of {self.place.num_devices}")
+    self.steps_per_call = backend.steps_per_call(steps_per_call)
     axis = None if mode == "none" else DATA_AXIS
     batch = functools.partial(batch_at, batch_size=batch_size, batches_per_step=batches_per_step,
-                              local_batch=batch_size // self.num_devices, scale=scale,
+                              local_batch=batch_size // self.place.num_devices, scale=scale,
                               binarize=binarize, axis_name=axis)
     step_kwargs = {} if axis is None else {"axis_name": axis}
 
@@ -148,117 +143,26 @@ class TrainLoop:
     # One step per dispatch traces and compiles the step once; its metrics are summed by a
     # separate tiny add (which also sums the chunks of the K-step loop), so the step's trace is
     # not repeated to learn the metrics' shapes.
-    self._one = self._wrap(one_step, 3, (0,))
+    self._one = self._wrap(one_step, 1)  # (state, data, perm, index)
     self._add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b), donate_argnums=0)
-    self._loop = self._wrap(loop, 3, (0,))
+    self._loop = self._wrap(loop, 2)  # (state, data, perm, start, num_steps)
 
-  def _wrap(self, fn: Callable, placed: int, donate: tuple[int, ...]) -> Callable:
-    """`fn` compiled for the mode; its first `placed` positional arguments are placed per device
-    (`put_state`), the trailing step indices are scalars."""
-    if self.mode == "none":
-      return jax.jit(fn, donate_argnums=donate)
-    if self.mode == "pmap":
-      return jax.pmap(fn, DATA_AXIS, in_axes=(0,) * placed + (None,) * (_arity(fn) - placed),
-                      donate_argnums=donate, devices=self.devices)
+  def _wrap(self, fn: Callable, scalars: int) -> Callable:
+    """`fn(state, data, perm, *scalars)` compiled for the mode, the state donated: state, data
+    and perm placed per device (`placement.Placement`), the trailing step indices scalars."""
+    mode, devices = self.place.mode, self.place.devices
+    if mode == "none":
+      return jax.jit(fn, donate_argnums=0)
+    if mode == "pmap":
+      return jax.pmap(fn, DATA_AXIS, in_axes=(0, 0, 0) + (None,) * scalars, donate_argnums=0,
+                      devices=devices)
     # check_vma=False: gradients of the replicated parameters stay per device, as under pmap,
     # and the step's own pmean averages them (with the check on, shard_map's autodiff would
     # already sum them over devices, and the same step code would count them twice).
     # The state and `perm` replicated, the dataset (argument 1) split by rows (`put_data`).
-    specs = tuple(PartitionSpec(DATA_AXIS) if i == 1 else PartitionSpec()
-                  for i in range(_arity(fn)))
-    return jax.jit(jax.shard_map(fn, mesh=self._mesh, in_specs=specs, out_specs=PartitionSpec(),
-                                 check_vma=False), donate_argnums=donate)
-
-  def member_mesh(self, num_members: int) -> jax.sharding.Mesh | None:
-    """The mesh that `num_members` members are sharded over in mode 'none' (None: one device)."""
-    size = max((k for k in range(1, len(self._member_pool) + 1) if num_members % k == 0),
-               default=1)
-    return None if size == 1 else jax.sharding.Mesh(np.array(self._member_pool[:size]),
-                                                    (MEMBER_AXIS,))
-
-  def put_state(self, tree: Any) -> Any:
-    """A single-copy pytree (state or data) placed for this loop: replicated on its devices.
-
-    For 'pmap' that is one copy per device stacked on a leading device axis; every process passes
-    the same values and places its own devices' copies. A population's stacked tree (state,
-    `perm`) is sharded over its members' devices (`member_mesh`).
-    """
-    # Fresh buffers for every leaf: the state is donated, and two leaves may share one array
-    # (e.g. the EMA parameters start as the generator's), which donation would reject.
-    fresh = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # noqa: E731
-    if self.mode == "none":
-      mesh = (self.member_mesh(len(jax.tree_util.tree_leaves(tree)[0])) if self._member_pool
-              else None)
-      if mesh is not None:
-        return fresh(jax.device_put(tree, NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))))
-      return fresh(jax.device_put(tree, self.devices[0]))
-    if self.mode == "shard_map":  # from host values: a committed array (e.g. a restored
-      # checkpoint) put onto other processes' devices would be a cross-host transfer
-      host = jax.device_get(tree)
-      return fresh(jax.device_put(host, NamedSharding(self._mesh, PartitionSpec())))
-    stacked = NamedSharding(self._mesh, PartitionSpec(DATA_AXIS))
-    local = sum(d.process_index == jax.process_index() for d in self.devices)
-    return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_process_local_data(
-            stacked, np.broadcast_to(np.asarray(x), (local,) + np.shape(x))), tree)
-
-  def put_data(self, tree: Any, members: int = 0, *, first_row: int = 0,
-               num_examples: int = 0) -> Any:
-    """`tree` (the dataset: host or device arrays of its rows `local_rows`, from `first_row` of
-    `num_examples`, by default all) placed for this loop: on its device ('none'), on a
-    population's devices (`members`), or split by rows over the data axis (`put_rows`)."""
-    mesh = self.member_mesh(members) if self._member_pool and members else None
-    if mesh is not None:
-      return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-    if self.mode == "none":
-      return jax.device_put(tree, self.devices[0])
-    return self.put_rows(tree, first_row=first_row, num_examples=num_examples)
-
-  def rows_per_device(self, num_examples: int) -> int:
-    """R: device d of the data axis holds rows [d*R, (d+1)*R) of a dataset (zeros past its end)."""
-    return -(-num_examples // self.num_devices)
-
-  def local_rows(self, num_examples: int) -> tuple[int, int]:
-    """[start, stop): the rows of a dataset of `num_examples` that this process's devices hold
-    (all of them unless the data is split by rows), which is all this process needs to load."""
-    if self.mode == "none":
-      return 0, num_examples
-    per, local = self.rows_per_device(num_examples), self._local_positions()
-    return min(num_examples, min(local) * per), min(num_examples, (max(local) + 1) * per)
-
-  def put_rows(self, tree: Any, *, first_row: int = 0, num_examples: int = 0) -> Any:
-    """`tree`'s leaves, rows [first_row, ...) of a dataset of `num_examples` (by default their
-    own N rows), split in blocks of `rows_per_device` rows over the loop's devices, the last
-    block padded with zero rows that no index reaches. Each process places only its devices'
-    blocks (`local_rows`); under pmap every block is one entry of the leading device axis."""
-    per = self.rows_per_device(num_examples or len(jax.tree_util.tree_leaves(tree)[0]))
-    rows = NamedSharding(self._mesh, PartitionSpec(DATA_AXIS))
-
-    def place(x):
-      x = np.asarray(x)
-      blocks = []
-      for d in self._local_positions():
-        block = x[max(0, d * per - first_row):max(0, (d + 1) * per - first_row)]
-        block = np.concatenate([block, np.zeros((per - len(block),) + x.shape[1:], x.dtype)])
-        blocks.append(jax.device_put(block[None] if self.mode == "pmap" else block,
-                                     self.devices[d]))
-      shape = ((self.num_devices, per) if self.mode == "pmap" else
-               (self.num_devices * per,)) + x.shape[1:]
-      return jax.make_array_from_single_device_arrays(shape, rows, blocks)
-
-    return jax.tree_util.tree_map(place, tree)
-
-  def _local_positions(self) -> list[int]:
-    return [d for d, device in enumerate(self.devices)
-            if device.process_index == jax.process_index()]
-
-  def get_state(self, tree: Any) -> Any:
-    """The single copy (on this process's first device) of a pytree placed by this loop."""
-    if self.mode == "pmap":
-      return jax.tree_util.tree_map(lambda x: x.addressable_data(0)[0], tree)
-    if self.mode == "shard_map":
-      return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
-    return jax.device_put(tree, self.devices[0]) if self._member_pool else tree
+    specs = (PartitionSpec(), PartitionSpec(DATA_AXIS)) + (PartitionSpec(),) * (1 + scalars)
+    return jax.jit(jax.shard_map(fn, mesh=self.place.mesh, in_specs=specs,
+                                 out_specs=PartitionSpec(), check_vma=False), donate_argnums=0)
 
   def __call__(self, state, data, perm, start: int, num_steps: int):
     if self.steps_per_call == 1:
@@ -266,13 +170,13 @@ class TrainLoop:
       for i in range(num_steps):
         state, metrics = self._one(state, data, perm, np.int32(start + i))
         sums = metrics if sums is None else self._add(sums, metrics)
-      return state, self.get_state(sums)
+      return state, self.place.get_state(sums)
     sums = None
     for offset in range(0, num_steps, self.steps_per_call):
       n = min(self.steps_per_call, num_steps - offset)
       state, chunk = self._loop(state, data, perm, np.int32(start + offset), np.int32(n))
       sums = chunk if sums is None else self._add(sums, chunk)
-    return state, self.get_state(sums)
+    return state, self.place.get_state(sums)
 
 
 def member_map(one_step: Callable, how: str) -> Callable:
@@ -290,20 +194,17 @@ def member_map(one_step: Callable, how: str) -> Callable:
   return unrolled
 
 
-def _arity(fn: Callable) -> int:
-  return fn.__code__.co_argcount
-
-
 def make_train_loop(train_step: Callable, *, batch_size: int, scale: str = "zero_one",
                     binarize: bool = False, steps_per_call: int = 1, mode: str = "none",
                     devices=None, batches_per_step: int = 1, members: str = "",
                     member_devices: int = 1) -> TrainLoop:
-  """The `TrainLoop` of `train_step(state, batch, axis_name=None)` in `mode` (see `MODES`)."""
+  """The `TrainLoop` of `train_step(state, batch, axis_name=None)` in `mode` (one of
+  `backend.PARALLEL_MODES`)."""
   loop = TrainLoop(train_step, batch_size=batch_size, scale=scale, binarize=binarize,
                    steps_per_call=steps_per_call, mode=mode, devices=devices,
                    batches_per_step=batches_per_step, members=members,
                    member_devices=member_devices)
-  if mode == "pmap" and loop.num_devices == 1:
+  if mode == "pmap" and loop.place.num_devices == 1:
     log.info("parallel='pmap' on a single device: it runs, but 'none' does the same work "
              "without the device axis")
   return loop

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from aigc_jax import config as config_lib
+from aigc_jax import families
 from aigc_jax.suggest import unknown_key_message
 
 SEED = "seed"
@@ -57,6 +58,12 @@ def check_key(config, key: str) -> None:
   if key not in config:
     raise config_lib.ConfigError(f"--vary: {unknown_key_message(key, config.keys())}")
   value = config[key]
+  if key in families.get(config.model).PROGRAM_KEYS:
+    raise config_lib.ConfigError(
+        f"--vary {key}: its value chooses the step's program (e.g. 0 turns a term off), which "
+        f"the members of one sweep share; run separate experiments for {key}, or vary a key "
+        "that enters the step as a value (learning rates, Adam betas, active loss weights, "
+        "ema_decay, seed)")
   if key != SEED and (isinstance(value, bool) or not isinstance(value, float)):
     raise config_lib.ConfigError(
         f"--vary {key}: a {type(value).__name__} key sets shapes or the program, which the "

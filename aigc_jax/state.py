@@ -89,10 +89,23 @@ def total_train_steps(config, num_train_examples: int, batches_per_step: int = 1
   return int(config.num_epochs) * (num_train_examples // (config.batch_size * batches_per_step))
 
 
+# The noise streams kept apart from training's `step_rng`: draw i of a stream is
+# fold_in(fold_in(state.rng, STREAM), i) (`stream_rng`).
+EVAL_STREAM = 1  # the periodic evaluation's fixed noise (the same at every evaluation)
+SAMPLE_STREAM = 2  # the fixed-noise sample grids
+BINARIZE_STREAM = 3  # dynamic binarization of a batch (drawn per step)
+IWAE_STREAM = 101  # the importance-weighted bound's samples
+
+
 def step_rng(state) -> jax.Array:
   """The rng of this step: fold_in(rng, step). Draw per-example noise from it with
   `noise.batch_noise`."""
   return jax.random.fold_in(state.rng, state.step)
+
+
+def stream_rng(state, stream: int) -> jax.Array:
+  """The base rng of one of the named noise streams; draw i is fold_in of it with i."""
+  return jax.random.fold_in(state.rng, stream)
 
 
 def count_params(params) -> int:

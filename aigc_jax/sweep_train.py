@@ -263,7 +263,7 @@ class LoopState:
     epoch, index = divmod(step, sched.steps_per_epoch)
     if epoch != self.perm_epoch:
       self.perm_epoch = epoch
-      self.perm = loop.put_state(permutations(self.sweep, self.members, epoch))
+      self.perm = loop.place.put_state(permutations(self.sweep, self.members, epoch))
     self.placed, sums = loop(self.placed, self.data, self.perm, index, boundary - step)
     self.meter.add(sums, boundary - step)
 
@@ -274,8 +274,8 @@ class LoopState:
       self.meter.sums = pop_lib.take(self.meter.sums, [self.members.index(m) for m in members])
     loop = self.sweep.run.loop
     self.members, self.perm_epoch, self.perm = members, None, None
-    self.placed = loop.put_state(population)
-    self.data = loop.put_data(self.sweep.run.train_data, len(members))
+    self.placed = loop.place.put_state(population)
+    self.data = loop.place.put_data(self.sweep.run.train_data, len(members))
     train.log.info("%d members on %d device(s)", len(members),
                    len(jax.tree_util.tree_leaves(self.placed)[0].sharding.device_set))
 
@@ -289,7 +289,7 @@ def boundary(sweep: Sweep, ls: LoopState, step: int, bar) -> dict:
     stops.update(record_train(sweep, ls.members, step, ls.meter))
   evaluated = step % sched.eval_every == 0 or step == sched.total
   saving = evaluated or step % sched.checkpoint_every == 0
-  population = loop.get_state(ls.placed) if saving or stops else None  # one device's copy
+  population = loop.place.get_state(ls.placed) if saving or stops else None  # one device's copy
   if saving:
     finite = np.asarray(finite_rows(population.state))
     stops.update({m: "diverged" for i, m in enumerate(ls.members) if not finite[i]})
@@ -322,13 +322,13 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
       done, signum = boundary(sweep, ls, step, bar), signals.agreed()
       results = done["results"] or results
       if done["save"] or signum is not None:
-        run.checkpoints.save(step, jax.device_get(run.loop.get_state(ls.placed)))
+        run.checkpoints.save(step, jax.device_get(run.loop.place.get_state(ls.placed)))
       if done["save"]:
         ls.meter.start = train.time.perf_counter()  # steps_per_second counts training only
       if signum is not None and step < sched.total:
         run.checkpoints.wait()
         raise signals_lib.Stopped(step, signum)
-  return run.loop.get_state(ls.placed), ls.members, results
+  return run.loop.place.get_state(ls.placed), ls.members, results
 
 
 def summary(sweep: Sweep) -> str:

@@ -120,13 +120,13 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
         members="" if population_step is None else member_map)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  rows = loop.local_rows(num_train)  # all this process's devices read
+  rows = loop.place.local_rows(num_train)  # all this process's devices read
   images, labels = data_lib.load_config_split(config, "train", rows)
   train_data = data_lib.to_host(images, family.train_labels(config, images, labels, workdir,
                                                             rows=rows))
   log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), %d device(s); %s; %s",
            config.model, config.dataset, num_train, len(test_data.labels), schedule.total,
-           schedule.steps_per_epoch, loop.num_devices, backend.describe_devices(),
+           schedule.steps_per_epoch, loop.place.num_devices, backend.describe_devices(),
            " ".join(f"{k}={v}" for k, v in backend.choices(config, population).items()))
   checkpoints = workdir_lib.open_checkpoints(workdir, config, trainable)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
@@ -209,8 +209,8 @@ def train_loop(run: Run, state, bar):
 def _loop(run: Run, state, step: int, stop: schedule_lib.EarlyStop,
           signals: signals_lib.StopSignals, bar):
   config, sched, loop = run.config, run.schedule, run.loop
-  placed = loop.put_state(state)  # `state`: host
-  placed_train = loop.put_data(run.train_data, first_row=run.train_rows[0],
+  placed = loop.place.put_state(state)  # `state`: host
+  placed_train = loop.place.put_data(run.train_data, first_row=run.train_rows[0],
                                num_examples=run.num_train)
   permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
   num_train, perm_epoch, perm = run.num_train, None, None
@@ -218,13 +218,13 @@ def _loop(run: Run, state, step: int, stop: schedule_lib.EarlyStop,
   while step < sched.total and not stop.stopped:
     epoch, index = divmod(step, sched.steps_per_epoch)
     if epoch != perm_epoch:
-      perm_epoch, perm = epoch, loop.put_state(permutation(config.seed, epoch, num_train))
+      perm_epoch, perm = epoch, loop.place.put_state(permutation(config.seed, epoch, num_train))
     boundary = sched.next_boundary(step)
     placed, sums = loop(placed, placed_train, perm, index, boundary - step)
     if first_call:  # its failure (out of memory) is raised here, not by the next evaluation
       jax.block_until_ready(sums)
       first_call = False
-    state = loop.get_state(placed)
+    state = loop.place.get_state(placed)
     meter.add(sums, boundary - step)
     bar.update(boundary - step)
     step, signum = boundary, signals.agreed()

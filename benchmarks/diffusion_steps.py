@@ -19,7 +19,7 @@ from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
 
 from aigc_jax import workdir as workdir_lib
-from aigc_jax.families import diffusion as diffusion_family
+from aigc_jax.families import diffusion_sampling
 from aigc_jax.families import sample_eval
 
 
@@ -38,9 +38,9 @@ def sweep(workdir: str, num: int, steps: list[int], samplers: list[str],
       metrics = scores.sample_metrics(run.state, real, num, sampler=sampler, sample_steps=k,
                                       **guided)
       seconds = time.perf_counter() - start
-      how = diffusion_family.sampling(run.config, sampler, k, guidance_scale)
+      how = diffusion_sampling.sampling(run.config, sampler, k, guidance_scale)
       rows.append(dict(sampler=sampler, steps=k,
-                       nfe=diffusion_family.network_evaluations(how, conditional),
+                       nfe=diffusion_sampling.network_evaluations(how, conditional),
                        seconds=seconds, label_acc=metrics.get("label_acc"),
                        **{m: metrics[m] for m in ("fid", "precision", "recall")}))
       print(rows[-1], flush=True)

@@ -12,17 +12,17 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 2)  # 2 processes x 2 devices = the 4 of the reference
 
-from aigc_jax import parallel  # noqa: E402
+from aigc_jax import placement  # noqa: E402
 from aigc_jax import signals  # noqa: E402
 from aigc_jax import train  # noqa: E402
 from test_train import STEADY_ADAM, small_config  # noqa: E402  (tests/ is this script's directory)
 
 
 def reporting_placement(put_data):
-  """`TrainLoop.put_data` that prints how many train rows this process loaded and how many rows
+  """`Placement.put_data` that prints how many train rows this process loaded and how many rows
   and bytes its devices hold."""
-  def put(loop, tree, members=0, **rows):
-    placed = put_data(loop, tree, members, **rows)
+  def put(place, tree, members=0, **rows):
+    placed = put_data(place, tree, members, **rows)
     shards = placed.images.addressable_shards + placed.labels.addressable_shards
     held = sum(s.data.shape[-4] for s in placed.images.addressable_shards)
     print(f"process {jax.process_index()} loaded {len(tree.labels)} and holds {held} of "
@@ -33,7 +33,7 @@ def reporting_placement(put_data):
 
 
 def main(idx_dir, workdir, mode, port, process_id, overrides="{}"):
-  parallel.TrainLoop.put_data = reporting_placement(parallel.TrainLoop.put_data)
+  placement.Placement.put_data = reporting_placement(placement.Placement.put_data)
   config = small_config(idx_dir, parallel=mode, coordinator_address=f"127.0.0.1:{port}",
                         num_processes=2, process_id=int(process_id), **STEADY_ADAM,
                         **json.loads(overrides))

@@ -1,5 +1,5 @@
 """Under compute_dtype='bfloat16' every softmax, log-softmax, normalisation statistic and loss
-reduction runs in float32, read off the jaxpr of each family's train step and of the losses.
+reduction runs in float32, read off the jaxpr of each family's train step and of the likelihoods.
 
 The rule: no reduction (`REDUCTIONS`) of the forward pass takes a bfloat16 operand. A softmax
 reduces (max, then sum), and so do a log-softmax, a norm's mean and variance and a loss's mean,
@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from aigc_jax import gan_losses
-from aigc_jax import losses
+from aigc_jax import likelihoods
 from tests import test_backend
 from tests import test_diffusion
 
@@ -104,12 +104,12 @@ def loss_call(name):
     return (d_loss, (bf16(8), bf16(8) + 1)) if name.endswith("_d") else (g_loss, (bf16(8),))
   return {
       "classifier": (gan_losses.classifier_loss, (bf16(8, 10), jnp.arange(8) % 10)),
-      "gaussian_kl": (losses.gaussian_kl, (bf16(8, 4), bf16(8, 4))),
-      "bernoulli": (losses.bernoulli_log_likelihood, (bf16(8, 4, 4, 1), images)),
-      "gaussian": (losses.gaussian_log_likelihood, (bf16(8, 4, 4, 1), bf16(), images)),
-      "logistic": (losses.discretized_logistic_log_likelihood,
+      "gaussian_kl": (likelihoods.gaussian_kl, (bf16(8, 4), bf16(8, 4))),
+      "bernoulli": (likelihoods.bernoulli_log_likelihood, (bf16(8, 4, 4, 1), images)),
+      "gaussian": (likelihoods.gaussian_log_likelihood, (bf16(8, 4, 4, 1), bf16(), images)),
+      "logistic": (likelihoods.discretized_logistic_log_likelihood,
                    (bf16(8, 4, 4, 1, uniform=True), bf16(8, 4, 4, 1) - 3, images)),
-      "iwae": (losses.iwae_bound, (bf16(3, 8), bf16(3, 8, 4), bf16(8, 4), bf16(8, 4))),
+      "iwae": (likelihoods.iwae_bound, (bf16(3, 8), bf16(3, 8, 4), bf16(8, 4), bf16(8, 4))),
   }[name]
 
 

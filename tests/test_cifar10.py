@@ -17,7 +17,7 @@ from aigc_jax import backend
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
-from aigc_jax import losses
+from aigc_jax import likelihoods
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.metrics import classifier as clf_lib
@@ -140,7 +140,8 @@ def logistic_cdf(t, mean, scale):
                                             (-3.0, 2.0), (0.9, -8.0)])
 def test_discretized_logistic_probabilities_of_all_bins_sum_to_one(mean, log_scale):
   x = (jnp.arange(256.0) / 255.0).reshape(256, 1, 1, 1)  # every intensity level as an image
-  log_p = losses.discretized_logistic_log_likelihood(jnp.float32(mean), jnp.float32(log_scale), x)
+  log_p = likelihoods.discretized_logistic_log_likelihood(jnp.float32(mean),
+                                                          jnp.float32(log_scale), x)
   assert log_p.shape == (256,) and bool(jnp.all(log_p <= 0))
   np.testing.assert_allclose(float(jnp.exp(jax.nn.logsumexp(log_p))), 1.0, rtol=1e-5)
 
@@ -149,7 +150,7 @@ def test_discretized_logistic_matches_cdf_differences_by_hand():
   mean, scale = 0.4, 0.05
   k = np.array([0, 1, 102, 200, 254, 255])
   x = jnp.asarray(k / 255.0, jnp.float32).reshape(1, 1, 6, 1)
-  got = losses.discretized_logistic_log_likelihood(jnp.full(x.shape, mean),
+  got = likelihoods.discretized_logistic_log_likelihood(jnp.full(x.shape, mean),
                                                    jnp.full(x.shape, math.log(scale)), x)
   per_bin = []
   for level in k:
@@ -157,7 +158,7 @@ def test_discretized_logistic_matches_cdf_differences_by_hand():
     lower = 0.0 if level == 0 else logistic_cdf((level - 0.5) / 255, mean, scale)
     per_bin.append(math.log(upper - lower))
   np.testing.assert_allclose(got, [sum(per_bin)], rtol=1e-5)
-  single = losses.discretized_logistic_log_likelihood(
+  single = likelihoods.discretized_logistic_log_likelihood(
       jnp.float32(mean), jnp.float32(math.log(scale)), x[..., 2:3, :], event_ndim=3)
   np.testing.assert_allclose(single, [per_bin[2]], rtol=1e-5)
 
@@ -168,7 +169,7 @@ def test_discretized_logistic_is_finite_with_finite_gradients_in_the_tails():
   mean = jnp.array([0.9, 0.1, 0.0, 1.0]).reshape(x.shape)
   log_scale = jnp.full(x.shape, -9.0)
   value, grads = jax.value_and_grad(
-      lambda m, s: jnp.sum(losses.discretized_logistic_log_likelihood(m, s, x)),
+      lambda m, s: jnp.sum(likelihoods.discretized_logistic_log_likelihood(m, s, x)),
       argnums=(0, 1))(mean, log_scale)
   assert np.isfinite(float(value)) and float(value) < -1e3
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
@@ -178,7 +179,7 @@ def test_discretized_logistic_is_finite_with_finite_gradients_in_the_tails():
 
 def test_discretized_logistic_snaps_off_grid_values_to_the_nearest_level():
   x = jnp.array([100 / 255, 100.4 / 255, 99.6 / 255]).reshape(3, 1, 1, 1)
-  log_p = losses.discretized_logistic_log_likelihood(jnp.float32(0.3), jnp.float32(-4.0), x)
+  log_p = likelihoods.discretized_logistic_log_likelihood(jnp.float32(0.3), jnp.float32(-4.0), x)
   np.testing.assert_allclose(log_p[1:], [log_p[0], log_p[0]], rtol=1e-6)
 
 

@@ -12,10 +12,11 @@ import pytest
 
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
-from aigc_jax import diffusion
+from aigc_jax import noise_processes
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import diffusion as family
+from aigc_jax.families import diffusion_sampling as sampling
 from tests.test_train import idx_dir  # noqa: F401
 
 INFO = data_lib.DATASETS["fashion_mnist"]
@@ -42,7 +43,7 @@ def perturbed_state(trainable, scale=0.05, seed=0):
   return state.replace(ema_params=jax.tree_util.tree_unflatten(tree, noisy))
 
 
-def net_of(trainable) -> family.Net:
+def net_of(trainable) -> sampling.Net:
   return trainable.train_step.keywords["net"]
 
 
@@ -52,13 +53,14 @@ def net_of(trainable) -> family.Net:
 def test_forward_process_has_its_closed_form_mean_and_variance(objective, level, mean, var):
   """x_t | x_0 = 2: DDPM N(sqrt(abar) x_0, 1 - abar); flow N((1 - t) x_0, t^2)."""
   noise = jax.random.normal(jax.random.PRNGKey(0), (200_000, 1))
-  x_t = diffusion.noisy(objective, jnp.full((200_000, 1), 2.0), noise, jnp.full((200_000,), level))
+  x_t = noise_processes.noisy(objective, jnp.full((200_000, 1), 2.0), noise,
+                              jnp.full((200_000,), level))
   assert float(jnp.mean(x_t)) == pytest.approx(2.0 * mean, abs=0.01)
   assert float(jnp.var(x_t)) == pytest.approx(var, rel=0.02)
 
 
 def test_schedules():
-  linear, cosine = diffusion.alpha_bars("linear"), diffusion.alpha_bars("cosine")
+  linear, cosine = noise_processes.alpha_bars("linear"), noise_processes.alpha_bars("cosine")
   beta_1 = 1e-4 + 0.0199 / 999  # betas: 1e-4 to 0.02 in 1000 even steps
   assert linear[0] == pytest.approx(1 - 1e-4) and linear[1] == pytest.approx((1 - 1e-4) *
                                                                            (1 - beta_1))
@@ -70,13 +72,13 @@ def test_schedules():
 
 def test_targets_and_predictions_by_hand():
   x0, noise, abar = jnp.array([[1.0]]), jnp.array([[2.0]]), jnp.array([0.36])
-  assert float(diffusion.target("eps", x0, noise, abar)[0, 0]) == 2.0
-  assert float(diffusion.target("flow", x0, noise, abar)[0, 0]) == 1.0
-  v = diffusion.target("v", x0, noise, abar)
+  assert float(noise_processes.target("eps", x0, noise, abar)[0, 0]) == 2.0
+  assert float(noise_processes.target("flow", x0, noise, abar)[0, 0]) == 1.0
+  v = noise_processes.target("v", x0, noise, abar)
   assert float(v[0, 0]) == pytest.approx(0.6 * 2.0 - 0.8 * 1.0)
-  x_t = diffusion.noisy("v", x0, noise, abar)  # 0.6 + 1.6 = 2.2
+  x_t = noise_processes.noisy("v", x0, noise, abar)  # 0.6 + 1.6 = 2.2
   for objective, out in (("v", v), ("eps", noise)):
-    x0_hat, eps_hat = diffusion.denoised(objective, out, x_t, 0.36)
+    x0_hat, eps_hat = noise_processes.denoised(objective, out, x_t, 0.36)
     assert float(x0_hat[0, 0]) == pytest.approx(1.0) and float(eps_hat[0, 0]) == pytest.approx(2.0)
 
 
@@ -102,16 +104,16 @@ def test_loss_is_the_squared_error_to_the_target():
 
 def test_min_snr_weights_by_hand():
   levels = jnp.asarray([0.5, 0.9, 0.1])  # SNR 1, 9, 1/9
-  np.testing.assert_allclose(diffusion.min_snr_weight("eps", levels, 5.0), [1.0, 5 / 9, 1.0],
+  np.testing.assert_allclose(noise_processes.min_snr_weight("eps", levels, 5.0), [1.0, 5 / 9, 1.0],
                              rtol=1e-6)
-  np.testing.assert_allclose(diffusion.min_snr_weight("v", levels, 5.0), [0.5, 0.5, 0.1],
+  np.testing.assert_allclose(noise_processes.min_snr_weight("v", levels, 5.0), [0.5, 0.5, 0.1],
                              rtol=1e-5)
   with pytest.raises(ValueError, match="objective 'eps' or 'v'"):
-    diffusion.min_snr_weight("flow", levels, 5.0)
+    noise_processes.min_snr_weight("flow", levels, 5.0)
 
 
 def sample_from(trainable, how, x, labels=None):
-  return family.denoise(trainable_params(trainable), x, jax.random.PRNGKey(7), labels,
+  return sampling.denoise(trainable_params(trainable), x, jax.random.PRNGKey(7), labels,
                         net=net_of(trainable), how=how)
 
 
@@ -125,13 +127,13 @@ def test_a_one_step_sampler_is_its_formula(objective, sampler):
   _, trainable = tiny(objective=objective)
   net, params = net_of(trainable), trainable_params(trainable)
   x = jax.random.normal(jax.random.PRNGKey(5), (3, 28, 28, 1))
-  got = sample_from(trainable, family.Sampling(sampler, 1, 1.0, False, "python"), x)
-  time, level = diffusion.plan(objective, "cosine", 1)[0]
+  got = sample_from(trainable, sampling.Sampling(sampler, 1, 1.0, False, "python"), x)
+  time, level = noise_processes.plan(objective, "cosine", 1)[0]
   out = jax.jit(net.model.apply)(params, x, jnp.full((3,), time))
   if objective == "flow":
     want = x - out  # t: 1 -> 0
   else:  # to the data (abar 1): the predicted x_0, with no noise even for DDPM
-    want = diffusion.denoised(objective, out, x, level)[0]
+    want = noise_processes.denoised(objective, out, x, level)[0]
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 
@@ -139,39 +141,39 @@ def test_a_one_step_sampler_is_its_formula(objective, sampler):
 def test_ddim_is_deterministic_and_inverts_to_its_noise():
   _, trainable = tiny(objective="eps")
   net, params = net_of(trainable), trainable_params(trainable, scale=0.01)  # a smooth net
-  how = family.Sampling("ddim", 100, 1.0, False, "python")
+  how = sampling.Sampling("ddim", 100, 1.0, False, "python")
   noise = jax.random.normal(jax.random.PRNGKey(8), (2, 28, 28, 1))
-  x0 = family.denoise(params, noise, jax.random.PRNGKey(7), None, net=net, how=how)
-  other_rng = family.denoise(params, noise, jax.random.PRNGKey(9), None, net=net, how=how)
+  x0 = sampling.denoise(params, noise, jax.random.PRNGKey(7), None, net=net, how=how)
+  other_rng = sampling.denoise(params, noise, jax.random.PRNGKey(9), None, net=net, how=how)
   np.testing.assert_array_equal(x0, other_rng)  # eta 0: the step rng is not read
-  grid = diffusion.plan("eps", "cosine", 100)[::-1]  # data -> noise
+  grid = noise_processes.plan("eps", "cosine", 100)[::-1]  # data -> noise
   x, apply = x0, jax.jit(net.model.apply)
   for (time, level), (_, level_next) in zip(grid[:-1], grid[1:]):  # the same ODE, backwards
     out = apply(params, x, jnp.full((2,), time))
-    x0_hat, eps_hat = diffusion.denoised("eps", out, x, level)
-    x = diffusion.ddim_step(x0_hat, eps_hat, level_next, 0.0, 0.0)
+    x0_hat, eps_hat = noise_processes.denoised("eps", out, x, level)
+    x = noise_processes.ddim_step(x0_hat, eps_hat, level_next, 0.0, 0.0)
   assert float(jnp.max(jnp.abs(x - noise))) < 0.05 * float(jnp.max(jnp.abs(noise)))
 
 
 def test_heun_is_exact_for_a_velocity_linear_in_time():
   """dx/dt = t has x(0) = x(1) - 1/2; Euler from t = 1 in one step is off by 1/2, Heun is not."""
   x, velocity_at = jnp.ones(()), lambda y, t: t  # noqa: E731
-  assert float(diffusion.heun_step(x, velocity_at(x, 1.0), velocity_at, 1.0, 0.0)) == 0.5
-  assert float(diffusion.euler_step(x, velocity_at(x, 1.0), 1.0, 0.0)) == 0.0
+  assert float(noise_processes.heun_step(x, velocity_at(x, 1.0), velocity_at, 1.0, 0.0)) == 0.5
+  assert float(noise_processes.euler_step(x, velocity_at(x, 1.0), 1.0, 0.0)) == 0.0
 
 
 @pytest.mark.slow
 def test_python_and_scanned_sampling_loops_agree():
   _, trainable = tiny(objective="v")
   x = jax.random.normal(jax.random.PRNGKey(5), (2, 28, 28, 1))
-  a = sample_from(trainable, family.Sampling("ddpm", 3, 1.0, True, "python"), x)
-  b = sample_from(trainable, family.Sampling("ddpm", 3, 1.0, True, "scan"), x)
+  a = sample_from(trainable, sampling.Sampling("ddpm", 3, 1.0, True, "python"), x)
+  b = sample_from(trainable, sampling.Sampling("ddpm", 3, 1.0, True, "scan"), x)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_network_evaluations_count_heuns_correction_and_guidance():
   def count(sampler, scale, conditional):
-    return family.network_evaluations(family.Sampling(sampler, 10, scale, True, "python"),
+    return sampling.network_evaluations(sampling.Sampling(sampler, 10, scale, True, "python"),
                                       conditional)
   assert count("ddim", 1.0, True) == 10
   assert count("ddpm", 3.0, True) == 20
@@ -185,9 +187,9 @@ def test_guidance_mixes_the_conditional_and_null_predictions():
   _, trainable = tiny(conditional=True)
   net, params = net_of(trainable), trainable_params(trainable)
   x, labels = jax.random.normal(jax.random.PRNGKey(5), (4, 28, 28, 1)), jnp.arange(4)
-  cond = family.predict(net, params, x, 0.5, labels, None)
-  null = family.predict(net, params, x, 0.5, jnp.full((4,), 10), None)
-  guided = family.predict(net, params, x, 0.5, labels, jnp.float32(3.0))
+  cond = sampling.predict(net, params, x, 0.5, labels, None)
+  null = sampling.predict(net, params, x, 0.5, jnp.full((4,), 10), None)
+  guided = sampling.predict(net, params, x, 0.5, labels, jnp.float32(3.0))
   assert float(jnp.max(jnp.abs(cond - null))) > 1e-3
   np.testing.assert_allclose(guided, null + 3.0 * (cond - null), rtol=1e-4, atol=1e-5)
 
@@ -210,7 +212,7 @@ def test_the_loss_falls_on_a_small_batch(objective):
 
 @pytest.mark.slow
 def test_sample_chunks_do_not_depend_on_the_count(monkeypatch):
-  monkeypatch.setattr(family, "CHUNK", 3)
+  monkeypatch.setattr(sampling, "SAMPLE_CHUNK", 3)
   config, trainable = tiny(conditional=True, sample_steps=2)
   state = perturbed_state(trainable)
   five, labels = trainable.sample(state, jax.random.PRNGKey(1), 5)

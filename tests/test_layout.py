@@ -11,10 +11,11 @@ MAX_MODULE_LINES = 400
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
     ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot"),
-    ("idx", "data", "clusters", "losses", "gan_losses", "diffusion", "models", "metrics"),
+    ("idx", "data", "clusters", "likelihoods", "gan_losses", "noise_processes", "models",
+     "metrics"),
     ("state", "schedule"),
     ("families",),
-    ("config", "parallel", "checkpoint", "population"),
+    ("config", "placement", "parallel", "checkpoint", "population"),
     ("workdir", "lock", "signals", "train", "sample", "evaluate", "sweep_train", "sweep"),
     ("bench", "benchmark", "demo_summary"),
 )

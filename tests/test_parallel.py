@@ -85,11 +85,11 @@ def train(model, overrides, mode, steps, optimizer, wrap_step=lambda step: step)
   if optimizer == "sgd":
     init = with_sgd(init, config.learning_rate)
   with jax.default_matmul_precision("float32"):
-    state = loop.put_state(init)
-    data = loop.put_data(synthetic_data())
-    perm = loop.put_state(data_lib.epoch_permutation(0, 0, ROWS))
+    state = loop.place.put_state(init)
+    data = loop.place.put_data(synthetic_data())
+    perm = loop.place.put_state(data_lib.epoch_permutation(0, 0, ROWS))
     state, sums = loop(state, data, perm, 0, steps)
-  return jax.device_get(init), jax.device_get(loop.get_state(state)), jax.device_get(sums)
+  return jax.device_get(init), jax.device_get(loop.place.get_state(state)), jax.device_get(sums)
 
 
 single_device = functools.cache(functools.partial(train, mode="none"))
@@ -241,7 +241,7 @@ def test_pmap_on_one_device_runs_and_says_so(caplog):
   caplog.set_level("INFO", logger="aigc_jax.parallel")
   loop = parallel.make_train_loop(lambda s, b, axis_name=None: (s, {}), batch_size=8,
                                   mode="pmap", devices=jax.devices()[:1])
-  assert loop.num_devices == 1
+  assert loop.place.num_devices == 1
   assert "single device" in caplog.text
 
 
@@ -254,9 +254,9 @@ def gathered_batches(mode, data, start, batches_per_step=2, batch=16):
 
   loop = parallel.make_train_loop(step, batch_size=batch, mode=mode,
                                   batches_per_step=batches_per_step)
-  placed = loop.put_data(data)
-  perm = loop.put_state(data_lib.epoch_permutation(0, 0, len(data.labels)))
-  _, got = loop(loop.put_state({"step": jnp.int32(0)}), placed, perm, start, 1)
+  placed = loop.place.put_data(data)
+  perm = loop.place.put_state(data_lib.epoch_permutation(0, 0, len(data.labels)))
+  _, got = loop(loop.place.put_state({"step": jnp.int32(0)}), placed, perm, start, 1)
   return jax.device_get(got), placed
 
 
@@ -293,7 +293,7 @@ def test_auto_on_an_emulated_gpu_uses_every_device_and_trains_as_one_device(
   monkeypatch.setenv("AIGC_JAX_PLATFORM_DEFAULTS", "gpu")
   auto = train_lib.train_and_evaluate(small_config(idx_dir, parallel="auto", **STEADY_ADAM),
                                       str(tmp_path / "auto"))
-  modes = [(loop.mode, loop.num_devices) for loop in loops]
+  modes = [(loop.place.mode, loop.place.num_devices) for loop in loops]
   assert modes == [("none", 1), (backend.AUTO_PARALLEL, 4)] and backend.AUTO_PARALLEL != "none"
   trained = [workdir_lib.load_trained(str(tmp_path / d), "latest").state for d in ("none", "auto")]
   assert int(trained[0].step) == int(trained[1].step) == 16

@@ -1,5 +1,6 @@
 """Sweeps: members equal their runs alone, halving keeps the best, resume, refusals, export."""
 
+import functools
 import json
 import os
 import shutil
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
+from aigc_jax import families
 from aigc_jax import parallel
 from aigc_jax import population as pop_lib
 from aigc_jax import sweep
@@ -66,6 +69,31 @@ def test_a_key_the_step_branches_on_is_refused():
     pop_lib.check_traceable(step, {}, batch, ["weight"])
   pop_lib.check_traceable(lambda m, b: (m, {"loss": m.values["weight"] * b["x"].sum()}), {},
                           batch, ["weight"])
+
+
+@pytest.mark.parametrize("model,options", [
+    ("vae_mlp", {}), ("vae_conv", {"conditional": True}), ("gan_mlp", {}),
+    ("dcgan", {"gan_loss": "hinge", "conditional": True}), ("unet", {"conditional": True})])
+def test_every_float_key_but_the_family_s_program_keys_enters_the_step_as_a_value(model,
+                                                                                  options):
+  config = config_lib.get_config(model, **options, batch_size=4)
+  family, info = families.get(model), data_lib.DATASETS[config.dataset]
+  floats = [k for k, v in config.items() if isinstance(v, float) and not isinstance(v, bool)]
+  varied = [k for k in floats if k not in family.PROGRAM_KEYS]
+  assert len(varied) >= 4 and set(family.PROGRAM_KEYS) <= set(floats)
+  step = functools.partial(pop_lib.member_step, family=family, config=config, info=info,
+                           total_steps=10)
+  state = jax.eval_shape(family.build(config, info, 10).init, jax.random.PRNGKey(0))
+  rows = config.batch_size * family.batches_per_step(config)
+  batch = {"image": jax.ShapeDtypeStruct((rows, *info.image_shape), np.float32),
+           "label": jax.ShapeDtypeStruct((rows,), np.int32)}
+  traced = {k: jax.ShapeDtypeStruct((), np.float32) for k in varied}
+  jax.eval_shape(step, pop_lib.Member(state=state, values=traced), batch)  # all of them at once
+  for key in varied:
+    pop_lib.check_key(config, key)
+  for key in family.PROGRAM_KEYS:
+    with pytest.raises(config_lib.ConfigError, match=f"--vary {key}: its value chooses"):
+      pop_lib.check_key(config, key)
 
 
 def test_values_that_change_the_state_shape_are_refused(idx_dir, tmp_path):  # noqa: F811
@@ -125,7 +153,7 @@ def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):  # 
 def test_members_go_to_the_most_devices_that_divide_them():
   step = lambda state, batch: (state, {})  # noqa: E731
   sizes = lambda loop: [None if mesh is None else mesh.size  # noqa: E731
-                        for mesh in map(loop.member_mesh, [1, 2, 3, 4, 5, 6, 8])]
+                        for mesh in map(loop.place.member_mesh, [1, 2, 3, 4, 5, 6, 8])]
   loop = parallel.make_train_loop(step, batch_size=8, members="vmap", member_devices=0)
   assert jax.local_device_count() == 4 and sizes(loop) == [None, 2, 3, 4, None, 3, 4]
   two = parallel.make_train_loop(step, batch_size=8, members="vmap", member_devices=2)

@@ -28,6 +28,7 @@ import os
 import sys
 from pathlib import Path
 
+from aigc_jax import backend
 from aigc_jax.bench import presets
 from aigc_jax.bench import report
 from aigc_jax.bench import timing
@@ -35,7 +36,6 @@ from aigc_jax.bench import torch_timing
 from aigc_jax.bench.presets import BenchmarkError
 
 PROG = "python -m aigc_jax.benchmark"
-PARALLEL_MODES = ("none", "pmap", "shard_map")
 # What `make bench` measures: (model, batch), the experiments' batches plus MLP GAN at 256.
 TABLE_RUNS = ("gan_mlp:64", "gan_mlp:256", "dcgan:64", "cgan:64", "wgan_gp:64", "sngan_hinge:64",
               "vae_mlp:128", "vae_conv:64", "cvae:128")
@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"an experiment preset: {', '.join(presets.model_names())} (mlp_gan = gan_mlp)")
   add("--batch", type=positive_int, nargs="+", metavar="B",
       help="batch size, or several to sweep (default: the experiment's)")
-  add("--parallel", default="none", choices=PARALLEL_MODES, metavar="MODE",
-      help=f"data-parallel mode: {', '.join(PARALLEL_MODES)} (default none: one device)")
+  add("--parallel", default="none", choices=backend.PARALLEL_MODES, metavar="MODE",
+      help=f"data-parallel mode: {', '.join(backend.PARALLEL_MODES)} (default none: one device)")
   add("--steps-per-call", type=positive_int, metavar="K",
       help="train steps per dispatch (default: the experiment's)")
   add("--torch", action="store_true", help="also time the PyTorch eager reference")

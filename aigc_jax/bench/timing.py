@@ -136,10 +136,10 @@ def time_epoch(config, run, state, data, permutation, num: int, steps_per_epoch:
   """Seconds of one epoch (epoch 1's permutation) run as train.py runs it: chunks of
   log_every_steps steps, the state read back and the metric sums fetched after every chunk."""
   start = time.perf_counter()
-  perm = run.put_state(permutation(config.seed, 1, num))
+  perm = run.place.put_state(permutation(config.seed, 1, num))
   for s in range(0, steps_per_epoch, config.log_every_steps):
     state, sums = run(state, data, perm, s, min(config.log_every_steps, steps_per_epoch - s))
-    run.get_state(state)
+    run.place.get_state(state)
     jax.device_get(sums)
   jax.block_until_ready(state)
   return time.perf_counter() - start
@@ -156,7 +156,8 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
   flops = step_flops(trainable.train_step, state, first_batch)
   ops = step_profile.op_times(trainable.train_step, state, first_batch) if profile else None
   run = make_loop(config, trainable, n)
-  state, data, perm = run.put_state(state), run.put_data(data), run.put_state(perm)
+  place = run.place
+  state, data, perm = place.put_state(state), place.put_data(data), place.put_state(perm)
   starts = steps_per_epoch - k + 1  # calls cycle through the epoch's steps
 
   def call(i: int) -> float:
@@ -173,7 +174,7 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
   samples = [1e3 * call(i) / k for i in range(timed)]
   compile_s = max(0.0, first - k * statistics.median(samples) / 1e3)
   result = {"compile_s": compile_s, "samples_ms": samples, "flops": flops,
-            "devices": run.num_devices, "ops": ops}
+            "devices": run.place.num_devices, "ops": ops}
   if epoch:
     epoch_s = time_epoch(config, run, state, data, permutation, num, steps_per_epoch)
     result.update(epoch_s=epoch_s, epoch_steps=steps_per_epoch)

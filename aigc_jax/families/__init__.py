@@ -7,6 +7,11 @@ one train step consumes), `train_labels(config, train images, labels, workdir=No
 stop) where `rows` is given) and `build(config, info, total_steps) -> Trainable`, which
 binds the family's module-level pure functions (its `train_step` above all) to its networks and
 config. The model names map to family modules here.
+
+The sweep contract: `PROGRAM_KEYS` names the float keys whose value chooses the program (an
+`if config.x:` in the family, e.g. a loss weight whose 0 turns its term off); every other float
+key enters the train step as a value, traced when a sweep varies it between members
+(`population.member_step`), and sweeps refuse to vary the program keys.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
+
+import jax
+
+from aigc_jax import state as state_lib
 
 MODELS = {
     "vae_mlp": "aigc_jax.families.vae",
@@ -52,6 +61,31 @@ def dataset_labels(config, images, labels, workdir=None, rows=None):
   """`train_labels` of a family that trains on the dataset's labels as they are."""
   del config, images, workdir, rows
   return labels
+
+
+SAMPLE_CHUNK = 1000  # images per sampling call (chunk c drawn from fold_in(rng, c))
+
+
+def pmean(tree, axis_name: str | None):
+  """The mean of `tree` over the devices of `axis_name`; `tree` itself on one device."""
+  return jax.lax.pmean(tree, axis_name) if axis_name else tree
+
+
+def eval_params(state, player: str):
+  """The parameters evaluation and sampling use: their moving average when the run keeps one
+  (ema_decay > 0), else `player`'s trained parameters."""
+  return state.ema_params or state.players[player].params
+
+
+def single_player_step(state, player: str, loss_fn: Callable, ema_decay: float,
+                       axis_name: str | None):
+  """One optimizer step of `player` on `loss_fn(params) -> (loss, metrics)` (gradients and
+  metrics averaged over `axis_name`), the moving average's, and the step count's."""
+  trained = state.players[player]
+  grads, metrics = pmean(jax.grad(loss_fn, has_aux=True)(trained.params), axis_name)
+  trained = trained.apply_gradients(grads)
+  ema = state_lib.with_ema(state, trained.params, ema_decay)  # {} when the run keeps no EMA
+  return state.replace(step=state.step + 1, players={player: trained}, ema_params=ema), metrics
 
 
 def get(model: str) -> ModuleType:

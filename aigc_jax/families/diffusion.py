@@ -13,34 +13,40 @@ lowest FID, else the lowest test loss).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
-from aigc_jax import diffusion
+from aigc_jax import noise_processes
 from aigc_jax import state as state_lib
 from aigc_jax import writers
 from aigc_jax.families import Trainable
 from aigc_jax.families import dataset_labels
+from aigc_jax.families import eval_params
 from aigc_jax.families import one_batch_per_step
 from aigc_jax.families import sample_eval
+from aigc_jax.families import single_player_step
+from aigc_jax.families.diffusion_sampling import Net
+from aigc_jax.families.diffusion_sampling import default_sampler
+from aigc_jax.families.diffusion_sampling import sample_images
+from aigc_jax.families.diffusion_sampling import sampling
 from aigc_jax.models import unet
 from aigc_jax.noise import batch_noise
+from aigc_jax.state import EVAL_STREAM
+from aigc_jax.state import SAMPLE_STREAM
 from aigc_jax.state import Player
 from aigc_jax.state import TrainState
 from aigc_jax.state import step_rng
-from aigc_jax.state import with_ema
+from aigc_jax.state import stream_rng
 from aigc_jax.suggest import unknown_choice_message
 
-EVAL_STREAM = 1  # fold_in constants that keep eval and sampling noise apart from training noise
-SAMPLE_STREAM = 2
-CHUNK = 1000  # images per sampling call
 SAMPLE_LOOPS = ("python", "scan")
 GROUPS = 8  # GroupNorm groups: every width must divide by it
+# Float keys whose value chooses the step's program (0 turns label dropout or the min-SNR
+# weighting off), so a sweep cannot vary them.
+PROGRAM_KEYS = ("label_dropout", "min_snr_gamma")
 
 
 def default_config(model: str) -> dict:
@@ -81,11 +87,11 @@ def default_config(model: str) -> dict:
 def validate_config(config, need) -> None:
   need(config.scale == "minus_one_one", "diffusion models noise data in [-1, 1]: set "
        "scale='minus_one_one'")
-  need(config.objective in diffusion.OBJECTIVES,
-       unknown_choice_message("objective", config.objective, diffusion.OBJECTIVES))
-  need(config.schedule in diffusion.SCHEDULES,
-       unknown_choice_message("schedule", config.schedule, diffusion.SCHEDULES))
-  samplers = diffusion.SAMPLERS[config.objective]
+  need(config.objective in noise_processes.OBJECTIVES,
+       unknown_choice_message("objective", config.objective, noise_processes.OBJECTIVES))
+  need(config.schedule in noise_processes.SCHEDULES,
+       unknown_choice_message("schedule", config.schedule, noise_processes.SCHEDULES))
+  samplers = noise_processes.SAMPLERS[config.objective]
   need(config.sampler in ("",) + samplers,
        f"sampler '{config.sampler}' does not fit objective '{config.objective}'; choose one of "
        f"{samplers} (or '' for {default_sampler(config.objective)})")
@@ -123,48 +129,8 @@ def _validate_shapes(config, need) -> None:
        f"{factor}: use fewer multipliers or a smaller patch")
 
 
-def default_sampler(objective: str) -> str:
-  return "heun" if objective == "flow" else "ddim"
-
-
 batches_per_step = one_batch_per_step
 train_labels = dataset_labels  # read by conditional models only
-
-
-class Net(NamedTuple):
-  """The U-Net and the static choices its functions are traced with (hashable: a jit static)."""
-
-  model: unet.UNet
-  objective: str
-  schedule: str
-  num_classes: int  # 0: unconditional
-
-  def labels(self, batch):
-    return batch["label"] if self.num_classes else None
-
-
-class Sampling(NamedTuple):
-  """How to sample: the sampler, its steps, the guidance scale, clipping, the loop's form."""
-
-  sampler: str
-  steps: int
-  guidance_scale: float
-  clip: bool
-  loop: str
-
-  @property
-  def guided(self) -> bool:
-    """Whether a conditional model mixes in its unconditional output (scale other than 1)."""
-    return self.guidance_scale != 1.0
-
-
-# Network evaluations per image in one step of each sampler (Heun's method corrects with a second).
-EVALUATIONS_PER_STEP = {"ddim": 1, "ddpm": 1, "euler": 1, "heun": 2}
-
-
-def network_evaluations(how: Sampling, conditional: bool) -> int:
-  """Network evaluations per image over the whole plan; guidance runs the network twice."""
-  return how.steps * EVALUATIONS_PER_STEP[how.sampler] * (2 if conditional and how.guided else 1)
 
 
 def build_model(config, info: data_lib.DatasetInfo) -> unet.UNet:
@@ -173,22 +139,6 @@ def build_model(config, info: data_lib.DatasetInfo) -> unet.UNet:
                    num_classes=info.num_classes if config.conditional else 0, patch=config.patch,
                    groups=GROUPS, heads=config.attention_heads,
                    dtype=backend.compute_dtype(config))
-
-
-def sampling(config, sampler: str | None = None, sample_steps: int | None = None,
-             guidance_scale: float | None = None) -> Sampling:
-  """The config's sampling choices, each replaced by the argument given."""
-  name = sampler or config.sampler or default_sampler(config.objective)
-  if name not in diffusion.SAMPLERS[config.objective]:
-    raise ValueError(f"sampler '{name}' does not fit objective '{config.objective}'; choose one "
-                     f"of {diffusion.SAMPLERS[config.objective]}")
-  steps = int(sample_steps or config.sample_steps)
-  scale = config.guidance_scale if guidance_scale is None else float(guidance_scale)
-  if steps < 1 or scale < 0:
-    raise ValueError(f"sample_steps must be >= 1 and guidance_scale >= 0, got {steps} and "
-                     f"{scale}")
-  return Sampling(name, steps, scale, bool(config.clip_denoised),
-                  backend.resolve("sample_loop", config.sample_loop))
 
 
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
@@ -219,11 +169,6 @@ def init(rng, *, net: Net, tx, info: data_lib.DatasetInfo, config) -> TrainState
                            unet=Player.create(params, tx))
 
 
-def eval_params(state: TrainState):
-  """The moving average when the run keeps one (ema_decay > 0), else the trained params."""
-  return state.ema_params or state.players["unet"].params
-
-
 def noised_batch(net: Net, x0, rng, axis_name=None):
   """(x_t, network time (B,), level (B,), target) of data `x0` at per-example random times and
   noise."""
@@ -232,18 +177,18 @@ def noised_batch(net: Net, x0, rng, axis_name=None):
   if net.objective == "flow":
     time = level = batch_noise(jax.random.uniform, k_time, x0.shape[:1], axis_name)
   else:
-    steps = batch_noise(lambda k, s: jax.random.randint(k, s, 0, diffusion.NUM_TIMESTEPS),
+    steps = batch_noise(lambda k, s: jax.random.randint(k, s, 0, noise_processes.NUM_TIMESTEPS),
                         k_time, x0.shape[:1], axis_name)
-    level = jnp.asarray(diffusion.alpha_bars(net.schedule), jnp.float32)[steps]
-    time = steps / diffusion.NUM_TIMESTEPS
-  x_t = diffusion.noisy(net.objective, x0, noise, level)
-  return x_t, time, level, diffusion.target(net.objective, x0, noise, level)
+    level = jnp.asarray(noise_processes.alpha_bars(net.schedule), jnp.float32)[steps]
+    time = steps / noise_processes.NUM_TIMESTEPS
+  x_t = noise_processes.noisy(net.objective, x0, noise, level)
+  return x_t, time, level, noise_processes.target(net.objective, x0, noise, level)
 
 
 def per_example_loss(net: Net, params, batch, rng, label_dropout: float = 0.0, axis_name=None,
                      min_snr_gamma: float = 0.0):
   """The squared error of the network's output against its target, mean per example (B,),
-  weighted by `diffusion.min_snr_weight` when min_snr_gamma > 0."""
+  weighted by `noise_processes.min_snr_weight` when min_snr_gamma > 0."""
   k_noise, k_drop = jax.random.split(rng)
   x_t, time, level, goal = noised_batch(net, batch["image"], k_noise, axis_name)
   labels = net.labels(batch)
@@ -253,25 +198,19 @@ def per_example_loss(net: Net, params, batch, rng, label_dropout: float = 0.0, a
   out = net.model.apply(params, x_t, time, labels)
   loss = jnp.mean(jnp.square(out - goal), axis=tuple(range(1, out.ndim)))
   if min_snr_gamma > 0:
-    loss = loss * diffusion.min_snr_weight(net.objective, level, min_snr_gamma)
+    loss = loss * noise_processes.min_snr_weight(net.objective, level, min_snr_gamma)
   return loss
 
 
 def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | None = None):
   """One Adam step on the denoising loss of `batch` (images in [-1, 1]), and the EMA's."""
-  player = state.players["unet"]
 
   def loss_fn(params):
     loss = jnp.mean(per_example_loss(net, params, batch, step_rng(state), config.label_dropout,
                                      axis_name, config.min_snr_gamma))
     return loss, {"loss": loss}
 
-  grads, metrics = jax.grad(loss_fn, has_aux=True)(player.params)
-  if axis_name is not None:
-    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-  player = player.apply_gradients(grads)
-  ema = with_ema(state, player.params, config.ema_decay)  # {} when the run keeps no EMA
-  return state.replace(step=state.step + 1, players={"unet": player}, ema_params=ema), metrics
+  return single_player_step(state, "unet", loss_fn, config.ema_decay, axis_name)
 
 
 @functools.partial(jax.jit, static_argnames="net")
@@ -282,11 +221,11 @@ def eval_loss_sums(params, batch, rng, net: Net):
 
 def test_loss(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) -> float:
   """The denoising loss (no label dropout) over the test split with fixed times and noise."""
-  rng = jax.random.fold_in(state.rng, EVAL_STREAM)
+  rng = stream_rng(state, EVAL_STREAM)
   total, count = 0.0, 0.0
   batches = data_lib.eval_batches(test, config.eval_batch_size, scale=config.scale)
   for i, batch in enumerate(batches):
-    loss_sum, n = eval_loss_sums(eval_params(state), batch, jax.random.fold_in(rng, i), net)
+    loss_sum, n = eval_loss_sums(eval_params(state, "unet"), batch, jax.random.fold_in(rng, i), net)
     total, count = total + float(loss_sum), count + float(n)
   return total / count
 
@@ -313,87 +252,10 @@ def full_evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, con
           **({"guidance_scale": choice.guidance_scale} if net.num_classes else {})}
 
 
-def predict(net: Net, params, x, time, labels, guidance):
-  """The network's output at (x, scalar time); with a guidance scale w (not None) the
-  classifier-free mix uncond + w * (cond - uncond)."""
-  times = jnp.full((x.shape[0],), time)
-  if guidance is None or labels is None:
-    return net.model.apply(params, x, times, labels)
-  both = jnp.concatenate([labels, jnp.full_like(labels, net.num_classes)])
-  out = net.model.apply(params, jnp.concatenate([x, x]), jnp.concatenate([times, times]), both)
-  cond, uncond = jnp.split(out, 2)
-  return uncond + guidance * (cond - uncond)
-
-
-def sampler_step(net: Net, how: Sampling, params, x, rows, rng, labels, guidance):
-  """x at the next row of the plan; `rows` (2, 2): this row and the next (time, level)."""
-  (time, level), (_, level_next) = rows[0], rows[1]
-  out = predict(net, params, x, time, labels, guidance)
-  if net.objective == "flow":
-    if how.sampler == "euler":
-      return diffusion.euler_step(x, out, level, level_next)
-    velocity_at = lambda y, t: predict(net, params, y, t, labels, guidance)  # noqa: E731
-    return diffusion.heun_step(x, out, velocity_at, level, level_next)
-  x0, eps = diffusion.denoised(net.objective, out, x, level)
-  if how.clip:
-    x0 = jnp.clip(x0, -1.0, 1.0)
-    eps = (x - jnp.sqrt(level) * x0) / jnp.sqrt(1.0 - level)
-  sigma = diffusion.ddim_sigma(level, level_next, 1.0 if how.sampler == "ddpm" else 0.0)
-  return diffusion.ddim_step(x0, eps, level_next, sigma, jax.random.normal(rng, x.shape))
-
-
-@functools.partial(jax.jit, static_argnames=("net", "how"))
-def jitted_step(params, x, rows, rng, labels, guidance, *, net: Net, how: Sampling):
-  return sampler_step(net, how, params, x, rows, rng, labels, guidance)
-
-
-@functools.partial(jax.jit, static_argnames=("net", "how"))
-def scanned_steps(params, x, grid, rng, labels, guidance, *, net: Net, how: Sampling):
-  """Every step of the plan `grid` in one program."""
-  def body(i, x):
-    rows = jax.lax.dynamic_slice_in_dim(grid, i, 2)
-    return sampler_step(net, how, params, x, rows, jax.random.fold_in(rng, i), labels, guidance)
-  return jax.lax.fori_loop(0, grid.shape[0] - 1, body, x)
-
-
-def denoise(params, x, rng, labels, *, net: Net, how: Sampling):
-  """Data in [-1, 1] from the noise `x` along the sampler's plan."""
-  grid = jnp.asarray(diffusion.plan(net.objective, net.schedule, how.steps))
-  guidance = jnp.float32(how.guidance_scale) if how.guided else None
-  if how.loop == "scan":
-    return scanned_steps(params, x, grid, rng, labels, guidance, net=net, how=how)
-  for i in range(how.steps):
-    x = jitted_step(params, x, grid[i:i + 2], jax.random.fold_in(rng, i), labels, guidance,
-                    net=net, how=how)
-  return x
-
-
-def sample_images(state: TrainState, rng, num: int, use_ema: bool = True, *, net: Net, config,
-                  **sample_options):
-  """(num images in [0, 1] (N,H,W,C) np, their labels (class i % num_classes) or None).
-
-  Drawn CHUNK at a time, chunk c from fold_in(rng, c): the first images do not depend on num.
-  """
-  how = sampling(config, **sample_options)
-  params = eval_params(state) if use_ema else state.players["unet"].params
-  images, labels = [], None
-  if net.num_classes:
-    labels = np.arange(num, dtype=np.int32) % net.num_classes
-  image_shape = data_lib.DATASETS[config.dataset].image_shape
-  for c, start in enumerate(range(0, num, CHUNK)):
-    n = min(CHUNK, num - start)
-    k_noise, k_steps = jax.random.split(jax.random.fold_in(rng, c))
-    x = jax.random.normal(k_noise, (n,) + tuple(image_shape))
-    chunk_labels = None if labels is None else jnp.asarray(labels[start:start + n])
-    x = denoise(params, x, k_steps, chunk_labels, net=net, how=how)
-    images.append(np.asarray(jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)))
-  return np.concatenate(images), labels
-
-
 def log_images(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) -> dict:
   """A fixed-noise grid of samples (a class per row when conditional)."""
   del test
-  rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)
+  rng = stream_rng(state, SAMPLE_STREAM)
   grid = writers.sample_grid(lambda num: sample_images(state, rng, num, net=net, config=config),
                              config.num_sample_images, net.num_classes)
   return {"samples": grid}

@@ -25,11 +25,16 @@ from aigc_jax.families import gan_step
 from aigc_jax.families import sample_eval
 from aigc_jax.models import gan as gan_models
 from aigc_jax.models.layers import TRANSPOSE_IMPLS
+from aigc_jax.state import SAMPLE_STREAM
 from aigc_jax.state import Player
 from aigc_jax.state import TrainState
+from aigc_jax.state import stream_rng
 
-SAMPLE_STREAM = 2
 CRITIC_LOOPS = ("unroll", "scan")
+# Float keys whose value chooses the step's program, so a sweep cannot vary them: a weight of 0
+# turns its term off, d_learning_rate <= 0 means the generator's, g_topk 1 keeps every fake.
+PROGRAM_KEYS = ("d_learning_rate", "g_topk", "gp_weight", "r1_gamma", "cr_weight",
+                "rotation_d_weight", "rotation_g_weight")
 
 
 def default_config(model: str) -> dict:
@@ -210,7 +215,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   def log_images(state: TrainState, test: data_lib.DeviceData) -> dict:
     """Fixed-noise grid from the EMA generator (a class or pixel cluster per row)."""
     del test
-    rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)
+    rng = stream_rng(state, SAMPLE_STREAM)
     return {"samples": writers.sample_grid(lambda num: sample(state, rng, num),
                                            config.num_sample_images, num_classes)}
 

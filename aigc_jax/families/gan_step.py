@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from aigc_jax import gan_losses
+from aigc_jax.families import pmean
 from aigc_jax.models import gan as gan_models
 from aigc_jax.noise import batch_noise
 from aigc_jax.state import Player
@@ -80,11 +81,6 @@ def add_terms(table: dict, config, inputs: TermInputs, loss, metrics: dict):
       metrics[name] = term(inputs)
       loss = loss + weight * metrics[name]
   return loss, metrics
-
-
-def pmean(tree, axis_name: str | None):
-  """The mean over the data axis, or `tree` itself without one."""
-  return jax.lax.pmean(tree, axis_name) if axis_name else tree
 
 
 def generate(nets: Nets, params, stats, z, label, train: bool, axis_name=None):

@@ -18,11 +18,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from aigc_jax import data as data_lib
+from aigc_jax.families import SAMPLE_CHUNK
 from aigc_jax.metrics import classifier as classifier_lib
 from aigc_jax.metrics import sample_metrics
 
 FLOOR_METRICS = ("fid", "kid", "precision", "recall", "is", "label_acc")  # the CLI's *_floor keys
-CHUNK = 1000  # images generated per sampling call
 # The fewest images the metrics take: inception_score's 10 splits (precision/recall's k + 1 = 6,
 # FID's and KID's 2 are fewer).
 MIN_SAMPLES = 10
@@ -119,11 +119,11 @@ class SampleEvaluator:
     `sample_options` go to `sample`.
     """
     fakes, labels = [], []
-    starts = range(0, num, CHUNK)
+    starts = range(0, num, SAMPLE_CHUNK)
     if progress is not None:
       starts = progress(starts, desc="ema samples" if use_ema else "raw samples")
     for i, start in enumerate(starts):
-      images, lab = self.sample(state, jax.random.PRNGKey(1000 + i), min(CHUNK, num - start),
+      images, lab = self.sample(state, jax.random.PRNGKey(1000 + i), min(SAMPLE_CHUNK, num - start),
                                 use_ema, **sample_options)
       fakes.append(np.asarray(jnp.round(images * 255).astype(jnp.uint8)))
       labels.append(lab)

@@ -16,21 +16,23 @@ import numpy as np
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
-from aigc_jax import losses
+from aigc_jax import likelihoods
 from aigc_jax import state as state_lib
 from aigc_jax import writers
 from aigc_jax.families import Trainable
 from aigc_jax.families import dataset_labels
+from aigc_jax.families import eval_params
 from aigc_jax.families import one_batch_per_step
+from aigc_jax.families import single_player_step
 from aigc_jax.models import vae as vae_models
+from aigc_jax.state import EVAL_STREAM
+from aigc_jax.state import IWAE_STREAM
+from aigc_jax.state import SAMPLE_STREAM
 from aigc_jax.state import Player
 from aigc_jax.state import TrainState
 from aigc_jax.state import step_rng
-from aigc_jax.state import with_ema
+from aigc_jax.state import stream_rng
 from aigc_jax.suggest import unknown_choice_message
-
-EVAL_STREAM = 1  # fold_in constants that keep eval and sampling noise apart from training noise
-SAMPLE_STREAM = 2
 
 
 def default_config(model: str) -> dict:
@@ -94,12 +96,12 @@ def build_model(config, info: data_lib.DatasetInfo) -> vae_models.VAE:
 def _log_likelihood(params, likelihood: str, scale: str, out, x):
   """log p(x | decoder output `out`) per example, in nats; x on the config's `scale`."""
   if likelihood == "bernoulli":
-    return losses.bernoulli_log_likelihood(out, x)
+    return likelihoods.bernoulli_log_likelihood(out, x)
   if likelihood == "gaussian":
-    return losses.gaussian_log_likelihood(out, params["params"]["log_scale"], x)
+    return likelihoods.gaussian_log_likelihood(out, params["params"]["log_scale"], x)
   mean, log_scale = jnp.split(out, 2, axis=-1)  # location in [0, 1] units, whatever the scale
   x01 = (x + 1.0) / 2.0 if scale == "minus_one_one" else x
-  return losses.discretized_logistic_log_likelihood(mean, log_scale, x01)
+  return likelihoods.discretized_logistic_log_likelihood(mean, log_scale, x01)
 
 
 def mean_image(likelihood: str, scale: str, out):
@@ -111,12 +113,7 @@ def mean_image(likelihood: str, scale: str, out):
   return jnp.clip((out + 1.0) / 2.0 if scale == "minus_one_one" else out, 0.0, 1.0)
 
 
-def eval_params(state: TrainState):
-  """The parameters evaluation and sampling use: their moving average when the run keeps one
-  (ema_decay > 0), else the trained parameters."""
-  return state.ema_params or state.players["vae"].params
-
-
+PROGRAM_KEYS = ()  # every float key enters the step as a value
 batches_per_step = one_batch_per_step
 train_labels = dataset_labels  # read by conditional models only
 
@@ -165,7 +162,7 @@ def per_example_terms(net: Net, params, batch, rng, num_samples: int, axis_name=
   out, mean, logvar, z = net.model.apply(params, x, rng, net.labels(batch), num_samples,
                                          axis_name)
   log_lik = _log_likelihood(params, net.likelihood, net.scale, out, x)  # (S, B)
-  return log_lik, losses.gaussian_kl(mean, logvar), (z, mean, logvar)
+  return log_lik, likelihoods.gaussian_kl(mean, logvar), (z, mean, logvar)
 
 
 def loss_fn(params, batch, rng, *, net: Net, config, axis_name=None):
@@ -176,21 +173,16 @@ def loss_fn(params, batch, rng, *, net: Net, config, axis_name=None):
   if k == 1:
     loss = jnp.mean(-log_lik[0] + config.beta * kl)
   else:
-    loss = -jnp.mean(losses.iwae_bound(log_lik, z, mean, logvar))
+    loss = -jnp.mean(likelihoods.iwae_bound(log_lik, z, mean, logvar))
   return loss, {"loss": loss, "neg_elbo": jnp.mean(neg_elbo), "recon": -jnp.mean(log_lik),
                 "kl": jnp.mean(kl)}
 
 
 def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | None = None):
   """One Adam step on the loss of `batch` (images on the config's scale), and the EMA's."""
-  vae = state.players["vae"]
-  objective = functools.partial(loss_fn, net=net, config=config, axis_name=axis_name)
-  grads, metrics = jax.grad(objective, has_aux=True)(vae.params, batch, step_rng(state))
-  if axis_name is not None:
-    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-  vae = vae.apply_gradients(grads)
-  ema = with_ema(state, vae.params, config.ema_decay)  # {} when the run keeps no EMA
-  return state.replace(step=state.step + 1, players={"vae": vae}, ema_params=ema), metrics
+  objective = functools.partial(loss_fn, batch=batch, rng=step_rng(state), net=net,
+                                config=config, axis_name=axis_name)
+  return single_player_step(state, "vae", objective, config.ema_decay, axis_name)
 
 
 @functools.partial(jax.jit, static_argnames="net")
@@ -203,11 +195,11 @@ def eval_sums(params, batch, rng, net: Net):
 
 def evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) -> dict:
   """One-sample ELBO terms over the whole split, with fixed noise (the same at every eval)."""
-  rng = jax.random.fold_in(state.rng, EVAL_STREAM)
+  rng = stream_rng(state, EVAL_STREAM)
   totals = None
   batches = data_lib.eval_batches(test, config.eval_batch_size, scale=config.scale)
   for i, batch in enumerate(batches):
-    sums = eval_sums(eval_params(state), batch, jax.random.fold_in(rng, i), net)
+    sums = eval_sums(eval_params(state, "vae"), batch, jax.random.fold_in(rng, i), net)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = totals.pop("count")
@@ -218,8 +210,8 @@ def evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) 
 def iwae_chunk(params, batch, rng, net: Net, num_samples: int):
   """Per image: the k-sample bound and the k-sample mean ELBO (same samples, so bound >= ELBO)."""
   log_lik, _, (z, mean, logvar) = per_example_terms(net, params, batch, rng, num_samples)
-  log_w = losses.importance_log_weights(log_lik, z, mean, logvar)
-  return losses.iwae_bound_from_log_weights(log_w), jnp.mean(log_w, axis=0)
+  log_w = likelihoods.importance_log_weights(log_lik, z, mean, logvar)
+  return likelihoods.iwae_bound_from_log_weights(log_w), jnp.mean(log_w, axis=0)
 
 
 def full_evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, config,
@@ -231,11 +223,11 @@ def full_evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, con
             for name, value in evaluate(state, test, net=net, config=config).items()}
   subset = data_lib.DeviceData(test.images[:n], test.labels[:n])
   chunk = max(1, min(n, 10_000 // k))  # about 10k decoder evaluations per call
-  rng = jax.random.fold_in(state.rng, EVAL_STREAM + 100)
+  rng = stream_rng(state, IWAE_STREAM)
   bound_sum, elbo_sum = 0.0, 0.0
   batches = list(data_lib.eval_batches(subset, chunk, scale=config.scale))
   for i, batch in enumerate(progress(batches) if progress else batches):
-    bound, elbo = iwae_chunk(eval_params(state), batch, jax.random.fold_in(rng, i), net, k)
+    bound, elbo = iwae_chunk(eval_params(state, "vae"), batch, jax.random.fold_in(rng, i), net, k)
     bound_sum += float(jnp.sum(bound * batch["mask"]))
     elbo_sum += float(jnp.sum(elbo * batch["mask"]))
   result.update(nll_iwae=-bound_sum / n, nll_iwae_samples=k, nll_iwae_examples=n,
@@ -254,7 +246,7 @@ def decode_prior(params, rng, labels, net: Net, num: int):
 def sample(state: TrainState, rng, num: int, *, net: Net, num_classes: int):
   """(num images in [0, 1], their labels (class i % num_classes) or None)."""
   labels = jnp.arange(num, dtype=jnp.int32) % num_classes if net.conditional else None
-  images = np.asarray(decode_prior(eval_params(state), rng, labels, num=num, net=net))
+  images = np.asarray(decode_prior(eval_params(state, "vae"), rng, labels, num=num, net=net))
   return images, (None if labels is None else np.asarray(labels))
 
 
@@ -267,12 +259,12 @@ def reconstruct(params, batch, rng, net: Net):
 def log_images(state: TrainState, test: data_lib.DeviceData, *, net: Net, config,
                num_classes: int) -> dict:
   """A sample grid (class per row when conditional) and test originals over reconstructions."""
-  rng = jax.random.fold_in(state.rng, SAMPLE_STREAM)  # the same noise at every step
+  rng = stream_rng(state, SAMPLE_STREAM)  # the same noise at every step
   samples, ncols = writers.sample_grid(
       lambda num: sample(state, rng, num, net=net, num_classes=num_classes),
       config.num_sample_images, num_classes)
   batch = next(data_lib.eval_batches(test, 32, scale=config.scale))
-  recon = np.asarray(reconstruct(eval_params(state), batch, rng, net))
+  recon = np.asarray(reconstruct(eval_params(state, "vae"), batch, rng, net))
   originals = np.asarray(batch["image"])
   if config.scale == "minus_one_one":
     originals = (originals + 1.0) / 2.0

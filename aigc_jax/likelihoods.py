@@ -8,13 +8,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from aigc_jax.backend import at_least_float32
+
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def at_least_float32(x) -> jnp.ndarray:
-  """x as an array of at least float32 precision (bfloat16 -> float32; float32 unchanged)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _sum_event(x: jnp.ndarray, event_ndim: int) -> jnp.ndarray:

@@ -90,7 +90,7 @@ lint: $(SETUP_STAMP)
 
 # JAX vs PyTorch eager train steps for every experiment; writes benchmarks/RESULTS.md (~15 min).
 bench: $(BENCH_STAMP) data
-	$(PY) -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md
+	$(PY) -m aigc_jax.bench --torch --table benchmarks/RESULTS.md
 
 # wheels/ for benchmarks/accelerator_check.sh on an offline GPU machine (Python $(WHEEL_PYTHON), x86-64)
 # that already has jax, flax, optax, orbax-checkpoint, chex and torch: binary wheels of the rest

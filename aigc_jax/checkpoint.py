@@ -276,9 +276,9 @@ class Checkpoints:
            "use the aigc_jax that wrote it") + ", or use a new --workdir")
 
   def restore_verified(self, state_template: S, newest: int | None = None) -> tuple[S, int]:
-    """(state, step) of the newest checkpoint (at most `newest`) that restores and verifies;
-    every newer one that does not is logged with the reason. Raises CheckpointError when none
-    does."""
+    """(state, step) of the newest checkpoint (at most `newest`) that restores and verifies into
+    `state_template` (or `state_template(step)` where it is callable); newer ones that do not are
+    logged with the reason. Raises CheckpointError when none does."""
     steps = [s for s in reversed(self.all_steps()) if newest is None or s <= newest]
     if not steps:
       return self.restore(state_template, newest), newest  # raises the right error
@@ -286,7 +286,8 @@ class Checkpoints:
     for _ in range(3):  # a run saving meanwhile may replace them all: then try its new ones
       for step in steps:
         try:
-          return self.restore(state_template, step), step
+          template = state_template(step) if callable(state_template) else state_template
+          return self.restore(template, step), step
         except CheckpointError as e:
           _log.warning("skipping checkpoint %s: %s", self._path(step), e)
           skipped.append(f"{step}: {e}")

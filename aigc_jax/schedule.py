@@ -1,17 +1,19 @@
 """When the host stops the device, and what it keeps between stops: the run's `Schedule` of
-boundaries (log, evaluation, checkpoint, epoch end, stop check), early stopping on the best
-evaluation, and the train metrics summed since the last log."""
+boundaries (log, evaluation, checkpoint, epoch end, stop check), the host loop over them that
+training and sweeps share (`run_chunks`), early stopping on the best evaluation, and the train
+metrics summed since the last log."""
 
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
+from aigc_jax import signals as signals_lib
 from aigc_jax import state as state_lib
 
 
@@ -63,6 +65,49 @@ class Schedule(NamedTuple):
     return min(self.total, (epoch + 1) * self.steps_per_epoch,
                *((step // n + 1) * n for n in (self.log_every, self.eval_every,
                                                self.checkpoint_every, self.chunk)))
+
+
+class Boundary(NamedTuple):
+  """What the host does where a chunk ends (`Schedule.at`)."""
+
+  step: int
+  log: bool  # the train metrics since the last log
+  evaluate: bool
+  checkpoint: bool  # the schedule's; a stop signal saves too
+  signum: int | None  # the stop signal every process agreed on, if any
+
+
+def at(schedule: Schedule, step: int, signum: int | None = None) -> Boundary:
+  """The boundary at `step`: log, evaluate and checkpoint at their multiples and at the end."""
+  end = step == schedule.total
+  return Boundary(step, end or step % schedule.log_every == 0,
+                  end or step % schedule.eval_every == 0,
+                  end or step % schedule.checkpoint_every == 0, signum)
+
+
+def run_chunks(schedule: Schedule, step: int, train_chunk: Callable[[int, int], None],
+               at_boundary: Callable[[Boundary], tuple[bool, bool]], *, signals,
+               meter: "TrainMeter", checkpoints, bar) -> None:
+  """The host loop of training and of sweeps, from `step` to the end, chunk by chunk:
+  `train_chunk(step, end)` trains steps [step, end) on the device (adding to `meter`), then
+  `at_boundary(boundary) -> (saved, go_on)` logs, evaluates and checkpoints as the boundary says.
+  A save restarts the meter's clock (steps_per_second counts training only). After a stop signal
+  (`signals.agreed()`), which `at_boundary` saves on, raises `signals_lib.Stopped` once
+  `checkpoints` has written the save."""
+  while step < schedule.total:
+    end = schedule.next_boundary(step)
+    train_chunk(step, end)
+    bar.update(end - step)
+    step = end
+    boundary = at(schedule, step, signals.agreed())
+    saved, go_on = at_boundary(boundary)
+    if saved:
+      meter.start = time.perf_counter()
+    if boundary.signum is not None and step < schedule.total:
+      checkpoints.wait()
+      raise signals_lib.Stopped(step, boundary.signum)
+    if not go_on:
+      return
 
 
 def make_schedule(config, num_train: int, batches_per_step: int) -> Schedule:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
+import time
 from typing import NamedTuple
 
 import jax
@@ -32,6 +34,8 @@ from aigc_jax import signals as signals_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
+
+log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
 
@@ -122,27 +126,20 @@ def init_population(sweep: Sweep, members: list[int]) -> pop_lib.Member:
 def restore_or_init(sweep: Sweep) -> tuple[pop_lib.Member, list[int]]:
   """(the stacked state, its members) of the newest checkpoint that verifies, or fresh ones."""
   ckpts = sweep.run.checkpoints
-  latest = ckpts.latest_step()
-  if latest is None:
+  if ckpts.latest_step() is None:
     members = list(range(len(sweep.configs)))
     return init_population(sweep, members), members
-  template = jax.eval_shape(lambda: init_population(sweep, [0]))
-  steps = sorted(ckpts.all_steps(), reverse=True)
-  for step in steps:
-    members = alive_at(sweep.spec, step)
-    stacked = jax.tree_util.tree_map(
-        lambda t: jax.ShapeDtypeStruct((len(members),) + t.shape[1:], t.dtype), template)
-    try:
-      population = ckpts.restore(stacked, step)
-    except workdir_lib.CheckpointError as e:
-      train.log.warning("checkpoint %d does not verify (%s); trying an older one", step, e)
-      continue
-    ckpts.delete_after(step)
-    sweep.spec["stops"] = [s for s in sweep.spec["stops"] if s["step"] <= step]
-    train.log.info("resuming the sweep from step %d in %s", step, sweep.workdir)
-    return population, members
-  raise workdir_lib.CheckpointError(f"no checkpoint in {ckpts.directory} verifies; move them "
-                                    "away to start the sweep again")
+  one = jax.eval_shape(lambda: init_population(sweep, [0]))
+
+  def template(step: int):  # the members alive at `step`, stacked
+    return jax.tree_util.tree_map(lambda t: jax.ShapeDtypeStruct(
+        (len(alive_at(sweep.spec, step)),) + t.shape[1:], t.dtype), one)
+
+  population, step = ckpts.restore_verified(template)
+  ckpts.delete_after(step)
+  sweep.spec["stops"] = [s for s in sweep.spec["stops"] if s["step"] <= step]
+  log.info("resuming the sweep from step %d in %s", step, sweep.workdir)
+  return population, alive_at(sweep.spec, step)
 
 
 @jax.jit
@@ -169,7 +166,7 @@ def record_train(sweep: Sweep, members: list[int], step: int,
   """Writes each member's mean train metrics since the last log; {member: 'diverged'} for those
   whose metrics are not finite."""
   sums = jax.device_get(meter.sums)
-  seconds = train.time.perf_counter() - meter.start
+  seconds = time.perf_counter() - meter.start
   stops = {}
   for i, m in enumerate(members):
     means = {k: float(v[i]) / meter.steps for k, v in sums.items()}
@@ -206,7 +203,7 @@ def write_plots(sweep: Sweep) -> None:
       figure = plot.overlay_figure(dirs, split)
       plot.save_figure(figure, os.path.join(plots, f"members_{split}.png"))
     except (ValueError, OSError) as e:
-      train.log.warning("could not draw the members' %s curves (%s)", split, e)
+      log.warning("could not draw the members' %s curves (%s)", split, e)
 
 
 def halving(sweep: Sweep, members: list[int], results: dict, step: int) -> dict:
@@ -241,7 +238,7 @@ def stop_members(sweep: Sweep, population, members: list[int], stops: dict, step
   for reason in sorted(set(stops.values())):
     stopped = [m for m in members if stops.get(m) == reason]
     sweep.spec["stops"].append({"step": step, "members": stopped, "reason": reason})
-    train.log.info("step %d: members %s stop (%s)", step, stopped, reason)
+    log.info("step %d: members %s stop (%s)", step, stopped, reason)
   if jax.process_index() == 0:
     write_spec(sweep.workdir, sweep.spec)
     for i, m in enumerate(members):
@@ -276,19 +273,20 @@ class LoopState:
     self.members, self.perm_epoch, self.perm = members, None, None
     self.placed = loop.place.put_state(population)
     self.data = loop.place.put_data(self.sweep.run.train_data, len(members))
-    train.log.info("%d members on %d device(s)", len(members),
+    log.info("%d members on %d device(s)", len(members),
                    len(jax.tree_util.tree_leaves(self.placed)[0].sharding.device_set))
 
 
-def boundary(sweep: Sweep, ls: LoopState, step: int, bar) -> dict:
-  """Logs, evaluates and stops members at `step`, as the schedule says; returns the evaluation's
-  {member: metrics} ({} when none ran) and whether the schedule checkpoints here."""
-  sched, loop = sweep.run.schedule, sweep.run.loop
+def at_boundary(sweep: Sweep, ls: LoopState, boundary: schedule_lib.Boundary, bar) -> dict:
+  """Logs, evaluates and stops members as `boundary` says (the sweep checkpoints at every
+  evaluation); returns the evaluation's {member: metrics} ({} when none ran) and whether the
+  schedule checkpoints here."""
+  step, loop = boundary.step, sweep.run.loop
   stops, results = {}, {}
-  if step % sched.log_every == 0 or step == sched.total:
+  if boundary.log:
     stops.update(record_train(sweep, ls.members, step, ls.meter))
-  evaluated = step % sched.eval_every == 0 or step == sched.total
-  saving = evaluated or step % sched.checkpoint_every == 0
+  evaluated = boundary.evaluate
+  saving = evaluated or boundary.checkpoint
   population = loop.place.get_state(ls.placed) if saving or stops else None  # one device's copy
   if saving:
     finite = np.asarray(finite_rows(population.state))
@@ -313,21 +311,18 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
   for writer in [run.writer] + sweep.member_writers:
     writer.truncate_after(step)
   ls, results = LoopState(sweep, population, members), {}
+
+  def boundary(b: schedule_lib.Boundary) -> tuple[bool, bool]:
+    nonlocal results
+    done = at_boundary(sweep, ls, b, bar)
+    results = done["results"] or results
+    if done["save"] or b.signum is not None:
+      run.checkpoints.save(b.step, jax.device_get(run.loop.place.get_state(ls.placed)))
+    return done["save"], True
+
   with signals_lib.StopSignals() as signals:
-    while step < sched.total:
-      end = sched.next_boundary(step)
-      ls.advance(step, end)
-      bar.update(end - step)
-      step = end
-      done, signum = boundary(sweep, ls, step, bar), signals.agreed()
-      results = done["results"] or results
-      if done["save"] or signum is not None:
-        run.checkpoints.save(step, jax.device_get(run.loop.place.get_state(ls.placed)))
-      if done["save"]:
-        ls.meter.start = train.time.perf_counter()  # steps_per_second counts training only
-      if signum is not None and step < sched.total:
-        run.checkpoints.wait()
-        raise signals_lib.Stopped(step, signum)
+    schedule_lib.run_chunks(sched, step, ls.advance, boundary, signals=signals, meter=ls.meter,
+                            checkpoints=run.checkpoints, bar=bar)
   return run.loop.place.get_state(ls.placed), ls.members, results
 
 

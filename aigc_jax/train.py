@@ -206,46 +206,60 @@ def train_loop(run: Run, state, bar):
     return _loop(run, state, step, stop, signals, bar)
 
 
+class TrainChunks:
+  """The device side of training: the placed state, data and epoch permutation, a chunk at a
+  time (`train`), and the single copy of the state (`state`)."""
+
+  def __init__(self, run: Run, state):
+    self.run, self.meter, self.first = run, schedule_lib.TrainMeter(), True
+    self.epoch, self.perm = None, None
+    self.placed = run.loop.place.put_state(state)  # `state`: host
+    self.data = run.loop.place.put_data(run.train_data, first_row=run.train_rows[0],
+                                        num_examples=run.num_train)
+    self.permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
+
+  def train(self, step: int, end: int) -> None:
+    run, loop = self.run, self.run.loop
+    epoch, index = divmod(step, run.schedule.steps_per_epoch)
+    if epoch != self.epoch:
+      self.epoch, self.perm = epoch, loop.place.put_state(
+          self.permutation(run.config.seed, epoch, run.num_train))
+    self.placed, sums = loop(self.placed, self.data, self.perm, index, end - step)
+    if self.first:  # its failure (out of memory) is raised here, not by the next evaluation
+      jax.block_until_ready(sums)
+      self.first = False
+    self.meter.add(sums, end - step)
+
+  def state(self):
+    return self.run.loop.place.get_state(self.placed)
+
+
 def _loop(run: Run, state, step: int, stop: schedule_lib.EarlyStop,
           signals: signals_lib.StopSignals, bar):
-  config, sched, loop = run.config, run.schedule, run.loop
-  placed = loop.place.put_state(state)  # `state`: host
-  placed_train = loop.place.put_data(run.train_data, first_row=run.train_rows[0],
-                               num_examples=run.num_train)
-  permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
-  num_train, perm_epoch, perm = run.num_train, None, None
-  meter, eval_metrics, first_call = schedule_lib.TrainMeter(), {}, True
-  while step < sched.total and not stop.stopped:
-    epoch, index = divmod(step, sched.steps_per_epoch)
-    if epoch != perm_epoch:
-      perm_epoch, perm = epoch, loop.place.put_state(permutation(config.seed, epoch, num_train))
-    boundary = sched.next_boundary(step)
-    placed, sums = loop(placed, placed_train, perm, index, boundary - step)
-    if first_call:  # its failure (out of memory) is raised here, not by the next evaluation
-      jax.block_until_ready(sums)
-      first_call = False
-    state = loop.place.get_state(placed)
-    meter.add(sums, boundary - step)
-    bar.update(boundary - step)
-    step, signum = boundary, signals.agreed()
-    if step % sched.log_every == 0 or step == sched.total:
-      record_train(run, step, meter, bar)
-    evaluated = step % sched.eval_every == 0 or step == sched.total
-    if evaluated:
+  if stop.stopped:  # a resumed run that had stopped early
+    return state, {}
+  chunks, eval_metrics = TrainChunks(run, state), {}
+
+  def at_boundary(boundary: schedule_lib.Boundary) -> tuple[bool, bool]:
+    nonlocal eval_metrics
+    state, step = chunks.state(), boundary.step
+    if boundary.log:
+      record_train(run, step, chunks.meter, bar)
+    if boundary.evaluate:
       with entry.doing("evaluating", EVAL_SIZES):
         eval_metrics = evaluate_and_record(run, state, step, bar)
       stop.update(eval_metrics[run.trainable.best_metric])
       if stop.stopped:
         bar.write(f"early stopping at step {step}: test_{stop.metric} has not improved for "
                   f"{stop.patience} evaluations (best {stop.best:.4f})")
-    if (step % sched.checkpoint_every == 0 or step == sched.total or stop.stopped or
-        signum is not None):
-      save(run, step, state, eval_metrics if evaluated else None)
-      meter.start = time.perf_counter()  # do not count the checkpoint in steps_per_second
-    if signum is not None and step < sched.total:
-      run.checkpoints.wait()
-      raise signals_lib.Stopped(step, signum)
-  return state, eval_metrics
+    saving = boundary.checkpoint or stop.stopped or boundary.signum is not None
+    if saving:
+      save(run, step, state, eval_metrics if boundary.evaluate else None)
+    return saving, not stop.stopped
+
+  schedule_lib.run_chunks(run.schedule, step, chunks.train, at_boundary, signals=signals,
+                          meter=chunks.meter, checkpoints=run.checkpoints, bar=bar)
+  return chunks.state(), eval_metrics
 
 
 def _train_and_evaluate(config, workdir: str, step: int | None) -> dict:

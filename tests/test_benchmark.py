@@ -149,10 +149,10 @@ def test_torch_without_a_reference_exits_2_before_timing(argv, message, monkeypa
 
 
 def test_runs_as_a_module():
-  proc = subprocess.run([sys.executable, "-m", "aigc_jax.benchmark", "--model", "vae_gan"],
+  proc = subprocess.run([sys.executable, "-m", "aigc_jax.bench", "--model", "vae_gan"],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stdout == ""
-  assert proc.stderr.splitlines()[-1].startswith("python -m aigc_jax.benchmark: error: unknown")
+  assert proc.stderr.splitlines()[-1].startswith("python -m aigc_jax.bench: error: unknown")
 
 
 def jax_param_count(config) -> int:

@@ -63,7 +63,7 @@ def test_only_the_commands_take_over_the_stop_signals(monkeypatch):
   assert entry.started_as_entry_point(["python", "-X", "dev", "-m", "aigc_jax.evaluate", "--x"])
   assert entry.started_as_entry_point(["python", "-maigc_jax.plot"])
   for argv in (["python", "-m", "pytest"], ["python", "-c", "import aigc_jax"], ["python"],
-               ["ipykernel_launcher.py", "-f", "k.json"], ["python", "-m", "aigc_jax.benchmark"]):
+               ["ipykernel_launcher.py", "-f", "k.json"], ["python", "-m", "aigc_jax.bench"]):
     assert not entry.started_as_entry_point(argv), argv
   # A command's main called from Python (a test, a notebook) leaves Python's handlers alone.
   before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.excepthook

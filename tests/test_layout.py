@@ -13,11 +13,12 @@ LAYERS = (
     ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot"),
     ("idx", "data", "clusters", "likelihoods", "gan_losses", "noise_processes", "models",
      "metrics"),
-    ("state", "schedule"),
+    ("state",),
     ("families",),
     ("config", "placement", "parallel", "checkpoint", "population"),
-    ("workdir", "lock", "signals", "train", "sample", "evaluate", "sweep_train", "sweep"),
-    ("bench", "benchmark", "demo_summary"),
+    ("workdir", "lock", "signals", "schedule", "train", "sample", "evaluate", "sweep_train",
+     "sweep"),
+    ("bench", "demo_summary"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -234,3 +234,12 @@ def test_loss_falls_on_real_fashion_mnist():
   assert int(state.step) == 300
   assert last_loss < 0.7 * first_loss, (first_loss, last_loss)
   assert last_loss < 300.0  # nats per image; an untrained model is above 500
+
+
+@pytest.mark.parametrize("features", [(8, 16, 32), (8,), (8, 0)])
+def test_conv_features_are_the_two_stages_the_decoder_reverses(features):
+  with pytest.raises(config_lib.ConfigError, match=r"conv_features must be two positive widths"):
+    config_lib.validate(tiny_config("vae_conv", conv_features=features))
+  config = config_lib.validate(tiny_config("vae_conv", conv_features=(8, 16)))
+  model = families.get("vae_conv").build_model(config, data_lib.DATASETS["fashion_mnist"])
+  assert (model.encoder.features, model.decoder.features) == ((8, 16), (16, 8))

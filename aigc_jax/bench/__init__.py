@@ -2,5 +2,5 @@
 step profiler.
 
 Modules here may import the library; the library (every module of aigc_jax outside bench/) never
-imports this package. `python -m aigc_jax.benchmark` runs `cli.main`.
+imports this package. `python -m aigc_jax.bench` runs `cli.main`.
 """

@@ -1,8 +1,8 @@
 """Times an experiment's real train step on this machine, optionally against PyTorch eager.
 
-  python -m aigc_jax.benchmark --model gan_mlp --batch 64 [256 ...] [--steps-per-call K] [--torch]
+  python -m aigc_jax.bench --model gan_mlp --batch 64 [256 ...] [--steps-per-call K] [--torch]
       [--torch-compile] [--json]
-  python -m aigc_jax.benchmark --torch --table benchmarks/RESULTS.md    # what `make bench` runs
+  python -m aigc_jax.bench --torch --table benchmarks/RESULTS.md    # what `make bench` runs
 
 A model is an experiment preset (`presets`) with the batch size and steps per call overridden.
 The JAX side is the training loop's own path (`timing`). Reported: compile time (the first call
@@ -35,7 +35,7 @@ from aigc_jax.bench import timing
 from aigc_jax.bench import torch_timing
 from aigc_jax.bench.presets import BenchmarkError
 
-PROG = "python -m aigc_jax.benchmark"
+PROG = "python -m aigc_jax.bench"
 # What `make bench` measures: (model, batch), the experiments' batches plus MLP GAN at 256.
 TABLE_RUNS = ("gan_mlp:64", "gan_mlp:256", "dcgan:64", "cgan:64", "wgan_gp:64", "sngan_hinge:64",
               "vae_mlp:128", "vae_conv:64", "cvae:128")

@@ -2,7 +2,7 @@
 
 `op_times(fn, *args)` compiles `fn`, runs it under `jax.profiler` and returns the ops of the
 compiled module by total time per call, each with its line of the optimized HLO (shapes, window,
-dimension labels). `python -m aigc_jax.benchmark --model M --profile N` prints the top N for an
+dimension labels). `python -m aigc_jax.bench --model M --profile N` prints the top N for an
 experiment's train step.
 """
 

@@ -2,7 +2,7 @@
 
 The JAX side is the family's `train_step` under `parallel.make_train_loop` over a synthetic uint8
 dataset on the device; one step is a full train step (for a GAN, its n_critic D updates and the
-G update). `benchmark` returns one result: the keys `python -m aigc_jax.benchmark --json` prints.
+G update). `benchmark` returns one result: the keys `python -m aigc_jax.bench --json` prints.
 JAX and PyTorch are timed alike: calls of steps_per_call steps, one sync per call, the per-step
 time a call's time / steps_per_call (`torch_timing.call_counts` calls each). A row's % of peak
 divides by the peak of what it ran (`peak_kind`), measured in the same process.

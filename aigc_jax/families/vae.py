@@ -42,7 +42,7 @@ def default_config(model: str) -> dict:
       steps_per_call=100 if model == "vae_mlp" else 0,
       latent_dim=20,
       hidden_dim=400,  # MLP: one hidden layer of this width; conv: the dense layer's width
-      conv_features=(32, 64),  # conv encoder channels; the decoder mirrors them
+      conv_features=(32, 64),  # the conv encoder's two stride-2 stages; the decoder's reversed
       conv_activation="relu",  # the conv VAE's nonlinearity: 'relu', 'silu' or 'elu'
       likelihood="bernoulli",  # 'gaussian' or 'discretized_logistic' (decoder: 2C channels)
       torch_init=False,  # MLP layers initialised like PyTorch's nn.Linear (U(+-1/sqrt(fan_in)))
@@ -67,6 +67,9 @@ def validate_config(config, need) -> None:
   need(config.conv_activation in vae_models.ACTIVATIONS,
        f"conv_activation '{config.conv_activation}' is unknown; choose one of "
        f"{sorted(vae_models.ACTIVATIONS)}")
+  need(len(config.conv_features) == 2 and min(config.conv_features) > 0,
+       "conv_features must be two positive widths (the encoder's two stride-2 stages, which the "
+       f"decoder runs in reverse), got {tuple(config.conv_features)}")
   need(config.beta > 0, f"beta must be > 0, got {config.beta}")
   need(config.iwae_samples >= 1, f"iwae_samples must be >= 1, got {config.iwae_samples}")
   need(config.iwae_samples == 1 or config.beta == 1.0,

@@ -32,6 +32,8 @@ ACCELERATOR_BACKENDS = ("gpu", "tpu")
 # tests run on the first device as before).
 jax.config.update("jax_num_cpu_devices", 4)
 
+import helpers  # noqa: E402  (tests/)
+
 from aigc_jax import data as data_lib  # noqa: E402
 
 FASHION_DIR = data_lib.DATASETS["fashion_mnist"].debian_dir
@@ -125,6 +127,12 @@ def fixture_curves_when_marked(request, real_write_curves, monkeypatch) -> None:
   if request.node.get_closest_marker("curves") is not None:
     from aigc_jax import plot  # pylint: disable=g-import-not-at-top
     monkeypatch.setattr(plot, "write_curves", real_write_curves)
+
+
+@pytest.fixture(name="idx_dir", scope="session")
+def fixture_idx_dir(tmp_path_factory) -> str:
+  """A tiny IDX dataset (`helpers.write_blobs`), built once per run; tests only read it."""
+  return str(build_once(tmp_path_factory, "idx_blobs", helpers.write_blobs))
 
 
 @pytest.fixture(name="cache_dir", scope="session")

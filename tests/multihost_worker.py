@@ -12,10 +12,12 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 2)  # 2 processes x 2 devices = the 4 of the reference
 
+from helpers import STEADY_ADAM  # noqa: E402  (tests/ is this script's directory)
+from helpers import small_config  # noqa: E402  (tests/ is this script's directory)
+
 from aigc_jax import placement  # noqa: E402
 from aigc_jax import signals  # noqa: E402
 from aigc_jax import train  # noqa: E402
-from test_train import STEADY_ADAM, small_config  # noqa: E402  (tests/ is this script's directory)
 
 
 def reporting_placement(put_data):

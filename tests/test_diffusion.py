@@ -17,7 +17,6 @@ from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import diffusion as family
 from aigc_jax.families import diffusion_sampling as sampling
-from tests.test_train import idx_dir  # noqa: F401
 
 INFO = data_lib.DATASETS["fashion_mnist"]
 # One resolution level keeps compilation short; the runs below use two (down- and upsampling).
@@ -236,7 +235,7 @@ def test_config_errors_name_the_fix(overrides, words):
     config_lib.validate(config_lib.get_config("unet", **overrides))
 
 
-def run_config(idx_dir, **overrides):  # noqa: F811
+def run_config(idx_dir, **overrides):
   values = dict(TINY, idx_dir=idx_dir, multipliers=(1, 2), num_train_steps=8, eval_every_steps=4,
                 log_every_steps=4, num_sample_images=10, conditional=True, eval_batch_size=32)
   values.update(overrides)
@@ -244,7 +243,7 @@ def run_config(idx_dir, **overrides):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_resume_is_exact_and_the_tools_take_sampling_options(idx_dir, tmp_path):  # noqa: F811
+def test_resume_is_exact_and_the_tools_take_sampling_options(idx_dir, tmp_path):
   unbroken, resumed = str(tmp_path / "unbroken"), str(tmp_path / "resumed")
   train.train_and_evaluate(run_config(idx_dir), unbroken)
   train.train_and_evaluate(run_config(idx_dir, num_train_steps=4), resumed)

@@ -8,11 +8,11 @@ import sys
 
 import jax
 import pytest
+from helpers import small_config
 
 from aigc_jax import backend
 from aigc_jax import config as config_lib
 from aigc_jax import train
-from test_train import idx_dir, small_config  # noqa: F401  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_STEP_NODELIST",
@@ -116,7 +116,7 @@ def test_describe_devices_on_cpu():
 
 
 @pytest.mark.slow
-def test_every_entry_point_logs_the_devices(idx_dir, tmp_path, caplog):  # noqa: F811
+def test_every_entry_point_logs_the_devices(idx_dir, tmp_path, caplog):
   workdir = str(tmp_path / "run")
   with caplog.at_level(logging.INFO, logger="aigc_jax"):
     train.train_and_evaluate(small_config(idx_dir, num_train_steps=4, eval_every_steps=4,

@@ -17,6 +17,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from helpers import small_config
 from PIL import Image
 
 from aigc_jax import config as config_lib
@@ -30,7 +31,6 @@ from aigc_jax import writers
 from aigc_jax.metrics import classifier as clf_lib
 from aigc_jax.metrics import classifier_net as net_lib
 from aigc_jax.metrics import classifier_train as clf_train_lib
-from test_train import idx_dir, small_config  # noqa: F401  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -98,7 +98,7 @@ SMALL = ["--config.batch_size=32", "--config.hidden_dim=32", "--config.latent_di
          "--config.eval_iwae_examples=10"]
 
 
-def experiment_config(idx_dir):  # noqa: F811  (not the fixture)
+def experiment_config(idx_dir):
   """The config that `start_experiment` runs."""
   spec = importlib.util.spec_from_file_location("vae_mlp_experiment", EXPERIMENT)
   module = importlib.util.module_from_spec(spec)
@@ -108,7 +108,7 @@ def experiment_config(idx_dir):  # noqa: F811  (not the fixture)
   return config
 
 
-def start_experiment(idx_dir, workdir):  # noqa: F811  (not the fixture)
+def start_experiment(idx_dir, workdir):
   """EXPERIMENT on the tests' small data, with SIGINT at its default, as a terminal has it."""
   reset = "import os,signal,sys;signal.signal(2,signal.SIG_DFL);os.execv(sys.argv[1],sys.argv[1:])"
   return subprocess.Popen([sys.executable, "-c", reset, sys.executable, EXPERIMENT, "--workdir",
@@ -142,7 +142,7 @@ def assert_one_stop_line(err: str, signum: int) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_before_the_training_loop_is_one_line_and_leaves_nothing(idx_dir, tmp_path):  # noqa: F811
+def test_ctrl_c_before_the_training_loop_is_one_line_and_leaves_nothing(idx_dir, tmp_path):
   workdir = str(tmp_path / "runs" / "fresh")
   process = start_experiment(idx_dir, workdir)
   err = stop_once_locked(process, workdir, signal.SIGINT)
@@ -233,7 +233,7 @@ def test_a_workdir_path_too_long_is_refused_before_anything_is_made(tmp_path):
 
 
 @pytest.fixture(name="disk_full_run", scope="module")
-def fixture_disk_full_run(idx_dir, tmp_path_factory):  # noqa: F811
+def fixture_disk_full_run(idx_dir, tmp_path_factory):
   """(workdir, error) of a run whose disk fills up at its second evaluation (step 8), after the
   checkpoint at step 4."""
   workdir = str(tmp_path_factory.mktemp("disk_full") / "run")
@@ -260,7 +260,7 @@ def test_a_full_disk_mid_run_keeps_the_checkpoints_before(disk_full_run):
 
 
 @pytest.mark.slow
-def test_sigterm_while_resuming_is_one_line_and_keeps_the_checkpoints(disk_full_run, idx_dir,  # noqa: F811
+def test_sigterm_while_resuming_is_one_line_and_keeps_the_checkpoints(disk_full_run, idx_dir,
                                                                        tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(disk_full_run[0], workdir)
@@ -304,7 +304,7 @@ def test_out_of_memory_names_the_phase_and_what_to_lower():
 
 
 @pytest.mark.slow
-def test_a_run_out_of_memory_while_starting_says_so(idx_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_a_run_out_of_memory_while_starting_says_so(idx_dir, tmp_path, monkeypatch):
   def restore_or_init(run, step=None):
     raise jax_out_of_memory()
   monkeypatch.setattr(train, "restore_or_init", restore_or_init)

@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import STEADY_ADAM
+from helpers import write_idx
 
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax.families import gan_step
-from test_train import STEADY_ADAM, write_idx
 
 INFO = data_lib.DATASETS["fashion_mnist"]
 
@@ -113,7 +114,7 @@ def test_rotation_loss_teaches_d_the_rotations_and_g_weight_moves_only_g():
   assert abs(losses[0] - np.log(4)) < 0.5 and losses[-1] < 0.5 * losses[0], losses
 
   # adam_eps 1e-3: D's bias before its BatchNorm has an exact gradient of 0, and Adam would turn
-  # the two programs' different rounding noise into +-lr steps (test_train.STEADY_ADAM)
+  # the two programs' different rounding noise into +-lr steps (helpers.STEADY_ADAM)
   d_only, state0 = make("dcgan", rotation_d_weight=1.0, **STEADY_ADAM)
   both, state1 = make("dcgan", rotation_d_weight=1.0, rotation_g_weight=1.0, **STEADY_ADAM)
   new0, m0 = jax.jit(d_only.train_step)(state0, batch())

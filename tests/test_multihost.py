@@ -11,12 +11,15 @@ import time
 import chex
 import jax
 import pytest
+from helpers import STEADY_ADAM
+from helpers import arrays
+from helpers import read_jsonl
+from helpers import small_config
 
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from conftest import free_port
 from conftest import xla_level_flag
-from test_train import STEADY_ADAM, arrays, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,7 +47,7 @@ def wait_for_train_record(workdir, timeout=120):
   raise AssertionError(f"no train record in {path} after {timeout} s")
 
 
-def test_sigterm_to_one_process_stops_both_at_one_saved_step(idx_dir, tmp_path):  # noqa: F811
+def test_sigterm_to_one_process_stops_both_at_one_saved_step(idx_dir, tmp_path):
   shared = str(tmp_path / "two_processes")
   long_run = {"num_train_steps": 240, "eval_every_steps": 120}
   workers = start_workers(idx_dir, shared, "shard_map", long_run)
@@ -66,7 +69,7 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(idx_dir, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["shard_map", "pmap"])
-def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mode):  # noqa: F811
+def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mode):
   shared = str(tmp_path / "two_processes")
   workers = start_workers(idx_dir, shared, mode)
   outputs = [w.communicate(timeout=300)[0] for w in workers]
@@ -96,7 +99,7 @@ def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mo
   assert len(set(steps)) == len(steps)
 
 
-def test_checkpoint_from_four_devices_continues_on_one(idx_dir, tmp_path):  # noqa: F811
+def test_checkpoint_from_four_devices_continues_on_one(idx_dir, tmp_path):
   unbroken = str(tmp_path / "unbroken")
   train.train_and_evaluate(small_config(idx_dir, **STEADY_ADAM), unbroken)  # 16 steps, 1 device
 

@@ -9,13 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import small_config
+from helpers import write_idx
 from PIL import Image
 
 from aigc_jax import config as config_lib
 from aigc_jax import train
 from aigc_jax.metrics import classifier as clf_lib
 from conftest import needs_fashion_mnist
-from test_train import idx_dir, small_config, write_idx  # noqa: F401  (a fixture)
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
@@ -85,7 +86,7 @@ def fixture_rgb_idx_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("colour", [False, True], ids=["gray", "rgb"])
-def test_explore_vae(idx_dir, rgb_idx_dir, kernels, tmp_path, monkeypatch, colour):  # noqa: F811
+def test_explore_vae(idx_dir, rgb_idx_dir, kernels, tmp_path, monkeypatch, colour):
   """Gray: a conditional VAE on 28x28x1; rgb: an unconditional one on 32x32x3, shown in colour."""
   workdir = str(tmp_path / "vae")
   if colour:
@@ -110,7 +111,7 @@ def test_explore_vae(idx_dir, rgb_idx_dir, kernels, tmp_path, monkeypatch, colou
 
 
 @needs_fashion_mnist  # the metrics classifier's stand-in trains on it
-def test_explore_gan(idx_dir, cache_dir, kernels, tmp_path, monkeypatch):  # noqa: F811
+def test_explore_gan(idx_dir, cache_dir, kernels, tmp_path, monkeypatch):
   """A self-conditioned DCGAN (4 pixel clusters, 4 steps), evaluated on 32 samples."""
   monkeypatch.setenv(clf_lib.CACHE_ENV, cache_dir)
   workdir = str(tmp_path / "gan")

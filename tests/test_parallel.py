@@ -27,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import STEADY_ADAM
+from helpers import arrays
+from helpers import small_config
 
 from aigc_jax import backend
 from aigc_jax import config as config_lib
@@ -36,7 +39,6 @@ from aigc_jax import parallel
 from aigc_jax import train as train_lib
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import gan_step
-from test_train import STEADY_ADAM, arrays, idx_dir, small_config  # noqa: F401  (a fixture)
 
 INFO = data_lib.DATASETS["fashion_mnist"]
 BATCH = 16
@@ -280,7 +282,7 @@ def test_rows_split_over_devices_give_each_device_its_rows_exactly(mode):
 
 @pytest.mark.slow
 def test_auto_on_an_emulated_gpu_uses_every_device_and_trains_as_one_device(
-    idx_dir, tmp_path, monkeypatch):  # noqa: F811
+    idx_dir, tmp_path, monkeypatch):
   loops, make = [], parallel.make_train_loop
 
   def recorded(*args, **kwargs):

@@ -15,11 +15,11 @@ import os
 
 import numpy as np
 import pytest
+from helpers import write_idx
 
 from aigc_jax import backend
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
-from test_train import write_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(os.path.basename(p)[:-3] for p in

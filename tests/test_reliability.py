@@ -10,6 +10,9 @@ import time
 
 import chex
 import pytest
+from helpers import arrays
+from helpers import read_jsonl
+from helpers import small_config
 
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
@@ -17,7 +20,6 @@ from aigc_jax import lock
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.checkpoint import CheckpointError
-from test_train import arrays, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +35,7 @@ def flip_bytes(workdir: str, step: int, count: int = 400) -> None:
   target.write_bytes(bytes(data))
 
 
-def test_a_flipped_checkpoint_is_refused_and_the_previous_one_used(idx_dir, tmp_path, caplog):  # noqa: F811
+def test_a_flipped_checkpoint_is_refused_and_the_previous_one_used(idx_dir, tmp_path, caplog):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(small_config(idx_dir), workdir)  # checkpoints at steps 8 and 16
   good = workdir_lib.load_trained(workdir, 8).state
@@ -46,7 +48,7 @@ def test_a_flipped_checkpoint_is_refused_and_the_previous_one_used(idx_dir, tmp_
 
 
 @pytest.mark.slow
-def test_resume_after_a_corrupt_checkpoint_ends_like_an_unbroken_run(idx_dir, tmp_path):  # noqa: F811
+def test_resume_after_a_corrupt_checkpoint_ends_like_an_unbroken_run(idx_dir, tmp_path):
   unbroken, broken = str(tmp_path / "unbroken"), str(tmp_path / "broken")
   train.train_and_evaluate(small_config(idx_dir, num_train_steps=24), unbroken)
   train.train_and_evaluate(small_config(idx_dir, num_train_steps=16), broken)
@@ -59,7 +61,7 @@ def test_resume_after_a_corrupt_checkpoint_ends_like_an_unbroken_run(idx_dir, tm
 
 
 @pytest.mark.slow
-def test_resume_from_a_chosen_step_drops_the_later_checkpoints(idx_dir, tmp_path):  # noqa: F811
+def test_resume_from_a_chosen_step_drops_the_later_checkpoints(idx_dir, tmp_path):
   """Steps 8-16 trained again at another learning rate from --step 8 == a run that switched
   learning rates at step 8."""
   switched, resumed = str(tmp_path / "switched"), str(tmp_path / "resumed")
@@ -74,7 +76,7 @@ def test_resume_from_a_chosen_step_drops_the_later_checkpoints(idx_dir, tmp_path
     train.train_and_evaluate(small_config(idx_dir), resumed, step=12)
 
 
-def test_a_state_that_is_not_finite_is_never_saved(idx_dir, tmp_path):  # noqa: F811
+def test_a_state_that_is_not_finite_is_never_saved(idx_dir, tmp_path):
   """Divergence between two logs: the checkpoints saved before it stay, none after it."""
   workdir = str(tmp_path / "nan")
   config = small_config(idx_dir, learning_rate=1e9, num_train_steps=40, log_every_steps=40,
@@ -86,7 +88,7 @@ def test_a_state_that_is_not_finite_is_never_saved(idx_dir, tmp_path):  # noqa: 
     assert workdir_lib.load_trained(workdir, step).step == step
 
 
-def test_a_second_process_on_the_same_workdir_is_refused(idx_dir, tmp_path):  # noqa: F811
+def test_a_second_process_on_the_same_workdir_is_refused(idx_dir, tmp_path):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   with lock.hold(workdir):  # another run holds it (flock conflicts across open files)
@@ -106,7 +108,7 @@ def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path):
   assert not os.path.exists(workdir)
 
 
-def test_resume_refuses_a_changed_seed_unless_allowed(idx_dir, tmp_path):  # noqa: F811
+def test_resume_refuses_a_changed_seed_unless_allowed(idx_dir, tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(small_config(idx_dir, num_train_steps=8), workdir)
   with pytest.raises(config_lib.ConfigError, match=r"--config.seed=1 differs from the 0 .*"
@@ -126,7 +128,7 @@ def test_resume_refuses_a_changed_seed_unless_allowed(idx_dir, tmp_path):  # noq
   assert workdir_lib.load_config(workdir).seed == 1
 
 
-def run_experiment(idx_dir, workdir, *overrides):  # noqa: F811  (not the fixture)
+def run_experiment(idx_dir, workdir, *overrides):
   """Starts experiments/vae_mlp_fashion_mnist.py on the tests' small data (unbuffered output)."""
   args = [sys.executable, os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py"),
           "--workdir", workdir, f"--config.idx_dir={idx_dir}", "--config.batch_size=32",
@@ -139,7 +141,7 @@ def run_experiment(idx_dir, workdir, *overrides):  # noqa: F811  (not the fixtur
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_the_resumed_run_ends_like_an_unbroken_one(idx_dir, tmp_path):  # noqa: F811
+def test_sigterm_saves_and_the_resumed_run_ends_like_an_unbroken_one(idx_dir, tmp_path):
   """SIGTERM after the first checkpoint: the 88 steps and 11 checkpoints left take seconds, far
   longer than the signal takes to arrive."""
   unbroken, stopped = str(tmp_path / "unbroken"), str(tmp_path / "stopped")
@@ -164,7 +166,7 @@ def test_sigterm_saves_and_the_resumed_run_ends_like_an_unbroken_one(idx_dir, tm
   chex.assert_trees_all_equal(arrays(got.state), arrays(want.state))
 
 
-def test_a_read_only_workdir_is_refused_before_training_and_still_reads(idx_dir, tmp_path,  # noqa: F811
+def test_a_read_only_workdir_is_refused_before_training_and_still_reads(idx_dir, tmp_path,
                                                                        monkeypatch):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(small_config(idx_dir, num_train_steps=8), workdir)
@@ -177,7 +179,7 @@ def test_a_read_only_workdir_is_refused_before_training_and_still_reads(idx_dir,
   assert workdir_lib.load_trained(workdir, "latest").step == 8
 
 
-def test_unusable_workdirs_and_configs_are_one_clear_error(idx_dir, tmp_path):  # noqa: F811
+def test_unusable_workdirs_and_configs_are_one_clear_error(idx_dir, tmp_path):
   a_file = tmp_path / "a_file"
   a_file.write_text("not a directory")
   with pytest.raises(lock.WorkdirError, match="is a file, not a directory"):

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import small_config
 from PIL import Image
 from test_reliability import run_experiment
 
@@ -18,7 +19,6 @@ from aigc_jax import sweep_train
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
-from test_train import idx_dir, small_config  # noqa: F401  (a fixture)
 
 SECRET = "DATA that is not the run's\n"
 
@@ -114,7 +114,7 @@ def test_a_link_at_metrics_or_a_run_folder_is_refused(tmp_path, victim):
 
 
 @pytest.mark.slow
-def test_the_cli_refuses_a_linked_lock_and_a_sweep_member(idx_dir, tmp_path, victim):  # noqa: F811
+def test_the_cli_refuses_a_linked_lock_and_a_sweep_member(idx_dir, tmp_path, victim):
   workdir = str(tmp_path / "run")
   plant(workdir, lock.LOCK_FILE, victim)
   member = sweep_train.member_dir(str(tmp_path / "sweep"), 0)
@@ -141,7 +141,7 @@ def test_a_sweep_that_fails_before_writing_leaves_no_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_plain_run_refuses_a_sweep_member_while_and_after_it_runs(idx_dir, tmp_path,  # noqa: F811
+def test_a_plain_run_refuses_a_sweep_member_while_and_after_it_runs(idx_dir, tmp_path,
                                                                     monkeypatch):
   workdir = str(tmp_path / "sweep")
   member, intruded = sweep_train.member_dir(workdir, 0), []

@@ -11,6 +11,10 @@ import chex
 import jax
 import numpy as np
 import pytest
+from helpers import STEADY_ADAM
+from helpers import arrays
+from helpers import read_jsonl
+from helpers import small_config
 
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
@@ -21,7 +25,6 @@ from aigc_jax import sweep
 from aigc_jax import sweep_train
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
-from test_train import STEADY_ADAM, arrays, idx_dir, read_jsonl, small_config  # noqa: F401  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +99,7 @@ def test_every_float_key_but_the_family_s_program_keys_enters_the_step_as_a_valu
       pop_lib.check_key(config, key)
 
 
-def test_values_that_change_the_state_shape_are_refused(idx_dir, tmp_path):  # noqa: F811
+def test_values_that_change_the_state_shape_are_refused(idx_dir, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="differs in shape"):
     sweep_train.run_sweep(spec_of(idx_dir, ["ema_decay=0,0.9"]), str(tmp_path / "sweep"))
 
@@ -118,7 +121,7 @@ def spec_of(data_dir, varies, halve_every=0, **overrides):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("member_map", ["vmap", "unroll"])
-def test_members_train_like_their_configs_alone(idx_dir, tmp_path, member_map):  # noqa: F811
+def test_members_train_like_their_configs_alone(idx_dir, tmp_path, member_map):
   spec = spec_of(idx_dir, ["learning_rate=1e-3,3e-3", "seed=0,1"])
   sweep_train.run_sweep(spec, str(tmp_path / "sweep"), member_map)
   alone = str(tmp_path / "alone")
@@ -137,7 +140,7 @@ def test_members_train_like_their_configs_alone(idx_dir, tmp_path, member_map): 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
-def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):  # noqa: F811
+def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):
   varies = ["learning_rate=1e-3,3e-3"]
   sweep_train.run_sweep(spec_of(idx_dir, varies, num_train_steps=8, **STEADY_ADAM),
                         str(tmp_path / "one"))
@@ -165,7 +168,7 @@ def test_members_go_to_the_most_devices_that_divide_them():
 
 
 @pytest.mark.slow
-def test_members_sharded_over_devices_train_like_on_one(idx_dir, tmp_path):  # noqa: F811
+def test_members_sharded_over_devices_train_like_on_one(idx_dir, tmp_path):
   spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
   sweep_train.run_sweep(spec, str(tmp_path / "one"), "vmap", member_devices=1)
   sweep_train.run_sweep(spec, str(tmp_path / "many"), "vmap")
@@ -181,7 +184,7 @@ def test_members_sharded_over_devices_train_like_on_one(idx_dir, tmp_path):  # n
 
 
 @pytest.mark.slow
-def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):  # noqa: F811
+def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):
   workdir = str(tmp_path / "sweep")
   spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
   table = sweep_train.run_sweep(spec, workdir)
@@ -199,7 +202,7 @@ def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):  # noqa
 
 
 @pytest.mark.slow
-def test_a_diverged_member_stops_and_the_others_go_on(idx_dir, tmp_path):  # noqa: F811
+def test_a_diverged_member_stops_and_the_others_go_on(idx_dir, tmp_path):
   workdir = str(tmp_path / "sweep")
   table = sweep_train.run_sweep(spec_of(idx_dir, ["learning_rate=1e-3,1e9"]), workdir)
   saved = json.load(open(os.path.join(workdir, "sweep.json")))
@@ -213,7 +216,7 @@ def test_a_diverged_member_stops_and_the_others_go_on(idx_dir, tmp_path):  # noq
 
 
 @pytest.mark.slow
-def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):  # noqa: F811
+def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):
   spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
   whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
   sweep_train.run_sweep(spec, whole)
@@ -235,7 +238,7 @@ def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_an_exported_member_evaluates_like_a_normal_run(idx_dir, tmp_path):  # noqa: F811
+def test_an_exported_member_evaluates_like_a_normal_run(idx_dir, tmp_path):
   workdir = str(tmp_path / "sweep")
   sweep_train.run_sweep(spec_of(idx_dir, ["beta=1,0.5", "ema_decay=0.9,0.99"]), workdir)
   out = str(tmp_path / "exported")

@@ -8,6 +8,10 @@ import sys
 import chex
 import numpy as np
 import pytest
+from helpers import STEADY_ADAM
+from helpers import arrays
+from helpers import read_jsonl
+from helpers import small_config
 
 from aigc_jax import config as config_lib
 from aigc_jax import families
@@ -15,53 +19,6 @@ from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_idx(path, array):
-  array = np.asarray(array, np.uint8)
-  header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-  with open(path, "wb") as f:
-    f.write(header + array.tobytes())
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-  """256 train / 64 test 28x28 images: blobs whose brightness depends on the label."""
-  directory = tmp_path_factory.mktemp("idx")
-  rng = np.random.default_rng(0)
-  for prefix, n in (("train", 256), ("t10k", 64)):
-    labels = rng.integers(0, 10, n)
-    yy, xx = np.mgrid[:28, :28]
-    blob = np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / 40.0)
-    images = (blob[None] * (25 * labels[:, None, None] + 20) + rng.uniform(0, 10, (n, 28, 28)))
-    write_idx(directory / f"{prefix}-images-idx3-ubyte", np.clip(images, 0, 255))
-    write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels)
-  return str(directory)
-
-
-# Adam whose step on a ~0 gradient is ~0 instead of a +-learning-rate step of random sign, so that
-# two differently compiled programs (other fusions, summation orders, device counts) that train
-# the same model stay within rounding of each other on any CPU.
-STEADY_ADAM = {"adam_eps": 1e-3}
-
-
-def small_config(idx_dir, **overrides):
-  values = dict(idx_dir=idx_dir, hidden_dim=32, latent_dim=4, batch_size=32, eval_batch_size=50,
-                num_train_steps=16, log_every_steps=4, eval_every_steps=8, steps_per_call=4,
-                progress_bar=False, num_sample_images=16, eval_iwae_samples=20,
-                eval_iwae_examples=10)
-  values.update(overrides)
-  return config_lib.get_config("vae_mlp", **values)
-
-
-def arrays(state):
-  """Each player's params, optimizer state and model state (its optimizer left out)."""
-  return {name: (p.params, p.opt_state, p.model_state) for name, p in state.players.items()}
-
-
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f]
 
 
 @pytest.mark.curves

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import STEADY_ADAM
 
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
@@ -12,7 +13,6 @@ from aigc_jax import families
 from aigc_jax import parallel
 from aigc_jax.models import vae as vae_models
 from conftest import needs_fashion_mnist
-from test_train import STEADY_ADAM
 
 TINY = data_lib.DatasetInfo("tiny", (2, 2, 1), 3, "tiny", None)
 

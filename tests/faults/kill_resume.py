@@ -23,21 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [ROOT, os.path.dirname(HERE)]
 
 import jax  # noqa: E402
+from helpers import write_blobs  # noqa: E402
 
 from aigc_jax import workdir as workdir_lib  # noqa: E402
-from test_train import write_idx  # noqa: E402
-
-
-def make_data(directory: str) -> None:
-  """256 train / 64 test images of label-dependent blobs, as the tests' idx_dir fixture."""
-  rng = np.random.default_rng(0)
-  for prefix, n in (("train", 256), ("t10k", 64)):
-    labels = rng.integers(0, 10, n)
-    yy, xx = np.mgrid[:28, :28]
-    blob = np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / 40.0)
-    images = blob[None] * (25 * labels[:, None, None] + 20) + rng.uniform(0, 10, (n, 28, 28))
-    write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte"), np.clip(images, 0, 255))
-    write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), labels)
 
 
 def start(idx_dir: str, workdir: str, steps: int) -> subprocess.Popen:
@@ -71,7 +59,7 @@ def main() -> int:
   with tempfile.TemporaryDirectory() as tmp:
     idx_dir, unbroken, killed = (os.path.join(tmp, n) for n in ("idx", "unbroken", "killed"))
     os.makedirs(idx_dir)
-    make_data(idx_dir)
+    write_blobs(idx_dir)
     assert start(idx_dir, unbroken, args.steps).wait() == 0
     for kill in range(args.kills):
       before = (saved_steps(killed) or [0])[-1]

@@ -17,11 +17,11 @@ def write_idx(path, array):
     f.write(header + array.tobytes())
 
 
-def write_blobs(directory) -> str:
-  """256 train / 64 test 28x28 IDX images in `directory`: blobs whose brightness depends on the
+def write_blobs(directory, train: int = 256, test: int = 64) -> str:
+  """`train` / `test` 28x28 IDX images in `directory`: blobs whose brightness depends on the
   label (a set a small VAE learns in a few steps)."""
   rng = np.random.default_rng(0)
-  for prefix, n in (("train", 256), ("t10k", 64)):
+  for prefix, n in (("train", train), ("t10k", test)):
     labels = rng.integers(0, 10, n)
     yy, xx = np.mgrid[:28, :28]
     blob = np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / 40.0)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable
 
 from probe_lab import BASE_STEPS
 from probe_lab import ROOT
@@ -67,12 +68,13 @@ def stopped(done, signum: int) -> Result:
 
 
 def signal_run(lab: Lab, args: list[str], workdir: str, signum: int, at: float,
-               after_checkpoint: bool = False, twice: bool = False, sweep: bool = False) -> Result:
-  """Sends `signum` `at` s after the start (or after the first checkpoint), then checks what is
-  left and (not for a `sweep`) that the same command resumes to the unbroken run's state."""
+               after: Callable[[str], bool] | None = None, twice: bool = False,
+               sweep: bool = False) -> Result:
+  """Sends `signum` `at` s after the start (or after `after(workdir)` holds), then checks what
+  is left and (not for a `sweep`) that the same command resumes to the unbroken run's state."""
   process = lab.start(args)
-  while after_checkpoint and not saved_steps(workdir) and process.poll() is None:
-    time.sleep(0.02)
+  while after and not after(workdir) and process.poll() is None:
+    time.sleep(0.01)
   time.sleep(at)
   if process.poll() is not None:
     return worst(judge(lab.finish(process), 0), Result("OK", "ended before the signal"))
@@ -115,16 +117,28 @@ for _sig in (signal.SIGINT, signal.SIGTERM):
             "half-made, or checkpoints that load and resume bitwise",
             fast=_at == 1 and _try == "a")(_signal_probe(_sig, _at))
   probe(f"{_sig.name.lower()}_after_first_checkpoint", "exit 128+signal, one line; resumes "
-        "bitwise")(_signal_probe(_sig, 0.3, after_checkpoint=True))
+        "bitwise")(_signal_probe(_sig, 0.3, after=saved_steps))
 probe("sigint_twice_after_first_checkpoint", "exit 130 at once, one line; the checkpoints load, "
-      "resume bitwise")(_signal_probe(signal.SIGINT, 0.3, after_checkpoint=True, twice=True))
+      "resume bitwise")(_signal_probe(signal.SIGINT, 0.3, after=saved_steps, twice=True))
+
+
+def last_step_logged(workdir: str) -> bool:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return f'"step": {SIGNAL_STEPS - 4}, "split": "train"' in f.read()
+
+
+probe("sigint_in_the_last_chunk", "exit 130, one line (not the final evaluation and exit 0); "
+      "resumes bitwise")(_signal_probe(signal.SIGINT, 0, after=last_step_logged))
 
 
 @probe("sigint_sweep_after_first_checkpoint", "exit 130, one line; the sweep resumes, exit 0")
 def _sigint_sweep(lab: Lab) -> Result:
   workdir = lab.path("sweep")
   result = signal_run(lab, sweep_args(lab, workdir, 64), workdir, signal.SIGINT, 0.3,
-                      after_checkpoint=True, sweep=True)
+                      after=saved_steps, sweep=True)
   return worst(result, judge(lab.run(sweep_args(lab, workdir, 64)), 0))
 
 

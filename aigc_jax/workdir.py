@@ -34,8 +34,11 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def open_checkpoints(workdir: str, config, trainable: families.Trainable) -> Checkpoints:
-  return Checkpoints(checkpoint_dir(workdir), keep_last=config.keep_checkpoints,
+def open_checkpoints(workdir: str, config, trainable: families.Trainable,
+                     write: bool = True) -> Checkpoints:
+  """The run's checkpoints; to `write` them, a link or a file at their folder is refused."""
+  directory = safe_files.make_dir(checkpoint_dir(workdir)) if write else checkpoint_dir(workdir)
+  return Checkpoints(directory, keep_last=config.keep_checkpoints,
                      best_metric=f"test_{trainable.best_metric}", best_mode=trainable.best_mode)
 
 
@@ -145,7 +148,7 @@ def load_trained(workdir: str, which: str | int = "best") -> TrainedRun:
   config = load_config(workdir)
   info = data_lib.DATASETS[config.dataset]
   trainable = families.get(config.model).build(config, info)  # schedule unused: no training
-  ckpts = open_checkpoints(workdir, config, trainable)
+  ckpts = open_checkpoints(workdir, config, trainable, write=False)
   try:
     if ckpts.latest_step() is None:
       raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}: train first "

@@ -169,3 +169,18 @@ def test_a_plain_run_refuses_a_sweep_member_while_and_after_it_runs(idx_dir, tmp
   assert not os.path.exists(os.path.join(out, lock.MEMBER_FILE))
   with lock.hold(out):  # an ordinary run folder of its own
     pass
+
+
+@pytest.mark.parametrize("planted", ["link", "file"])
+def test_a_linked_or_file_checkpoints_folder_is_refused(idx_dir, tmp_path, planted):
+  outside, workdir = tmp_path / "outside", tmp_path / "run"
+  outside.mkdir()
+  workdir.mkdir()
+  if planted == "link":
+    (workdir / "checkpoints").symlink_to(outside)
+  else:
+    (workdir / "checkpoints").write_text("")
+  what = "a symbolic link" if planted == "link" else "not a directory"
+  with pytest.raises(safe_files.WorkdirError, match=f"checkpoints is {what}, where this run keeps"):
+    train.train_and_evaluate(small_config(idx_dir), str(workdir))
+  assert os.listdir(outside) == []

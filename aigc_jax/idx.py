@@ -8,7 +8,7 @@ import math
 import os
 import struct
 import zlib
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -82,27 +82,50 @@ def _check_rows(rows: Rows | None, header: Header, path: PathLike) -> Rows:
   return start, stop
 
 
-def read_idx(path: PathLike, rows: Rows | None = None) -> np.ndarray:
-  """An IDX file as a native-endian array: all of it, or rows [start, stop) of its first
-  dimension (a plain file reads only those; a gzipped one is decompressed whole)."""
+def _cannot_read(path: PathLike, e: OSError) -> DataError:
+  return DataError(f"{path}: cannot read file ({e.strerror}); {FIX}")
+
+
+def _open(path: PathLike) -> tuple[Header, Callable[[int, int], bytes]]:
+  """An IDX file's checked header and a reader of the payload bytes of its rows [start, stop):
+  a gzipped file is decompressed here, once; a plain one is read later, only where the rows
+  lie."""
   try:
     with open(path, "rb") as f:
       head = f.read(_MAX_HEADER)
       if head[:2] == _GZIP_MAGIC:
         raw = _gunzip(head + f.read(), path)
         header = parse_header(raw[:_MAX_HEADER], len(raw), path)
-        start, stop = _check_rows(rows, header, path)
-        payload = raw[header.size + start * header.row_bytes:
-                      header.size + stop * header.row_bytes]
-      else:
-        header = parse_header(head, os.fstat(f.fileno()).st_size, path)
-        start, stop = _check_rows(rows, header, path)
-        f.seek(header.size + start * header.row_bytes)
-        payload = f.read((stop - start) * header.row_bytes)
+        return header, lambda start, stop: raw[header.size + start * header.row_bytes:
+                                               header.size + stop * header.row_bytes]
+      header = parse_header(head, os.fstat(f.fileno()).st_size, path)
   except OSError as e:
-    raise DataError(f"{path}: cannot read file ({e.strerror}); {FIX}") from e
-  array = np.frombuffer(payload, header.dtype).reshape((stop - start, *header.dims[1:]))
+    raise _cannot_read(path, e) from e
+
+  def read_plain(start: int, stop: int) -> bytes:
+    try:
+      with open(path, "rb") as f:
+        f.seek(header.size + start * header.row_bytes)
+        return f.read((stop - start) * header.row_bytes)
+    except OSError as e:
+      raise _cannot_read(path, e) from e
+
+  return header, read_plain
+
+
+def _array(path: PathLike, opened: tuple[Header, Callable[[int, int], bytes]],
+           rows: Rows | None) -> np.ndarray:
+  header, read = opened
+  start, stop = _check_rows(rows, header, path)
+  array = np.frombuffer(read(start, stop), header.dtype).reshape((stop - start,
+                                                                   *header.dims[1:]))
   return array.astype(header.dtype.newbyteorder("="))  # always a writable native copy
+
+
+def read_idx(path: PathLike, rows: Rows | None = None) -> np.ndarray:
+  """An IDX file as a native-endian array: all of it, or rows [start, stop) of its first
+  dimension (a plain file reads only those; a gzipped one is decompressed whole)."""
+  return _array(path, _open(path), rows)
 
 
 def _gunzip(raw: bytes, path: PathLike) -> bytes:
@@ -114,15 +137,7 @@ def _gunzip(raw: bytes, path: PathLike) -> bytes:
 
 def count(path: PathLike) -> int:
   """The first dimension of an IDX file (its rows), from its header."""
-  try:
-    with open(path, "rb") as f:
-      head = f.read(_MAX_HEADER)
-      if head[:2] == _GZIP_MAGIC:
-        raw = _gunzip(head + f.read(), path)
-        return parse_header(raw[:_MAX_HEADER], len(raw), path).dims[0]
-      return parse_header(head, os.fstat(f.fileno()).st_size, path).dims[0]
-  except OSError as e:
-    raise DataError(f"{path}: cannot read file ({e.strerror}); {FIX}") from e
+  return _open(path)[0].dims[0]
 
 
 def candidates(directory: PathLike, split: str, kind: str) -> list[str]:
@@ -163,11 +178,12 @@ def read_split(directory: PathLike, split: str, *, num_classes: int | None = Non
   """One split from a directory of IDX files, whole or rows [start, stop): uint8 (N,H,W,C)
   images, int32 (N,) labels."""
   images_path, labels_path = split_paths(directory, split)
-  num_images, num_labels = count(images_path), count(labels_path)
+  images_file, labels_file = _open(images_path), _open(labels_path)  # each decompressed once
+  num_images, num_labels = images_file[0].dims[0], labels_file[0].dims[0]
   if num_images != num_labels:
     raise DataError(f"{labels_path}: label count does not match {images_path} "
                     f"(expected {num_images}, got {num_labels}); {FIX}")
-  images, labels = read_idx(images_path, rows), read_idx(labels_path, rows)
+  images, labels = _array(images_path, images_file, rows), _array(labels_path, labels_file, rows)
   if images.dtype != np.uint8 or images.ndim not in (3, 4):
     raise DataError(f"{images_path}: not an image file (expected uint8 with 3 or 4 dims, "
                     f"got {images.dtype} with shape {images.shape}); {FIX}")

@@ -16,11 +16,9 @@ thread tracebacks go to the debug log).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
-import sys
 from typing import Any, Mapping, TypeVar
 
 import jax
@@ -28,15 +26,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-__all__ = ["CheckpointError", "Checkpoints", "abstract_like", "FORMAT"]
+from aigc_jax import checkpoint_verify as verify
+from aigc_jax import orbax_logs
+
+__all__ = ["CheckpointError", "Checkpoints", "abstract_like"]
 
 _log = logging.getLogger(__name__)
 _ITEM = "state"
 _SUMS = "checksums"
-# The checkpoint format: its layout and what its state means. Raise it when a change makes
-# checkpoints unreadable by the code before it, and list in READABLE_FORMATS the ones still read.
-FORMAT = 2
-READABLE_FORMATS = (1, 2)  # 1: written before checkpoints recorded their format
 _FORMAT_KEY = "aigc_jax_checkpoint_format"
 S = TypeVar("S")
 
@@ -58,45 +55,6 @@ def abstract_like(state: Any) -> Any:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
   return jax.tree.map(leaf, state)
-
-
-def _orbax_report(record: logging.LogRecord) -> bool:
-  """An absl logger filter: orbax's warnings and error reports (a failed background read or
-  write, with its thread's traceback) go to the debug log; the caller gets one error or warning
-  of ours that says what failed and what was done about it."""
-  if record.levelno < logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname:
-    return True
-  _log.debug("orbax: %s", record.getMessage(), exc_info=record.exc_info)
-  return False
-
-
-def _is_closed_loop_callback(unraisable: Any) -> bool:
-  """Whether an unraisable exception is tensorstore completing a read for an asyncio loop that
-  orbax has closed already (after another read of the same restore or save failed)."""
-  if unraisable.object is not None or not isinstance(unraisable.exc_value, RuntimeError):
-    return False
-  tb = unraisable.exc_traceback
-  while tb is not None and tb.tb_frame.f_code.co_name != "call_soon_threadsafe":
-    tb = tb.tb_next
-  return tb is not None
-
-
-def _quiet_orbax() -> None:
-  """Keeps orbax's thread tracebacks off stderr, in the debug log (once per process)."""
-  logging.getLogger("absl").addFilter(_orbax_report)  # a no-op when it is there already
-  previous = sys.unraisablehook
-  if getattr(previous, "quiets_orbax", False):
-    return
-
-  def hook(unraisable: Any) -> None:
-    if _is_closed_loop_callback(unraisable):
-      _log.debug("orbax: a read completed after its event loop closed (%s)",
-                 unraisable.exc_value)
-    else:
-      previous(unraisable)
-
-  hook.quiets_orbax = True
-  sys.unraisablehook = hook
 
 
 class Checkpoints:
@@ -130,7 +88,7 @@ class Checkpoints:
     # A registry lets a fresh manager read the item's metadata before any save/restore.
     registry = ocp.handlers.create_default_handler_registry(
         **{_ITEM: ocp.StandardCheckpointHandler(), _SUMS: ocp.JsonCheckpointHandler()})
-    _quiet_orbax()
+    orbax_logs.quiet_orbax()
     self._mngr = ocp.CheckpointManager(directory, options=options, handler_registry=registry)
     self.directory = self._mngr.directory
 
@@ -148,26 +106,18 @@ class Checkpoints:
       raise CheckpointError(
           f"cannot save checkpoint {self._path(step)}: it is older than the latest step "
           f"{latest} there; resume from the latest step or use a new --workdir")
-    # Metric-less saves are fine (LatestN only): drop orbax's warning about them for this call.
-    absl_logger = logging.getLogger("absl")
-
-    def quiet(record: logging.LogRecord) -> bool:
-      return not str(record.msg).startswith("Requested `tracked_metric`")
-
-    absl_logger.addFilter(quiet)
     try:
-      self._mngr.save(
-          step,
-          args=ocp.args.Composite(**{_ITEM: ocp.args.StandardSave(state),
-                                     _SUMS: ocp.args.JsonSave(checksums(state))}),
-          metrics=self._json_metrics(metrics),
-          force=True,  # the training loop decides when to save, not orbax's policy
-          custom_metadata={_FORMAT_KEY: FORMAT},
-      )
+      with orbax_logs.metricless_save():
+        self._mngr.save(
+            step,
+            args=ocp.args.Composite(**{_ITEM: ocp.args.StandardSave(state),
+                                       _SUMS: ocp.args.JsonSave(verify.checksums(state))}),
+            metrics=self._json_metrics(metrics),
+            force=True,  # the training loop decides when to save, not orbax's policy
+            custom_metadata={_FORMAT_KEY: verify.FORMAT},
+        )
     except Exception as e:  # a previous save's failure surfaces here too
       raise self._write_error(e) from e
-    finally:
-      absl_logger.removeFilter(quiet)
 
   def _write_error(self, error: Exception) -> CheckpointError:
     return CheckpointError(
@@ -224,14 +174,14 @@ class Checkpoints:
           f"checkpoint {self._path(step)} does not exist; pick one of the steps {steps}")
     target = abstract_like(state_template)
     version = self.format_of(step)
-    if not _readable(version):
-      raise self._format_error(step, version)
+    if not verify.readable(version):
+      raise CheckpointError(verify.format_problem(f"checkpoint {self._path(step)}", version))
     try:  # corrupt/partial files: one clear error instead of orbax internals
       detail = self._mismatch(step, target)
       if detail is None:
         args = ocp.args.Composite(**{_ITEM: ocp.args.StandardRestore(target)})
         state = self._mngr.restore(step, args=args)[_ITEM]
-        detail = self._corruption(step, state)
+        detail = verify.corruption(state, step, self._saved_checksums(step))
         if detail is None:
           return state
         raise CheckpointError(f"checkpoint {self._path(step)} does not verify ({detail}); "
@@ -243,8 +193,9 @@ class Checkpoints:
       raise CheckpointError(
           f"checkpoint {self._path(step)} could not be read ({_first_line(e)}); "
           f"restore another step of {steps} or use a new --workdir") from e
-    if version != FORMAT:
-      raise self._format_error(step, version, detail)
+    if version != verify.FORMAT:
+      raise CheckpointError(
+          verify.format_problem(f"checkpoint {self._path(step)}", version, detail))
     raise CheckpointError(
         f"checkpoint {self._path(step)} does not match the model built from the config "
         f"({detail}); use the config it was trained with or a new --workdir")
@@ -257,23 +208,6 @@ class Checkpoints:
     except Exception:  # pylint: disable=broad-except  (restore then says what is wrong)
       custom = None
     return custom.get(_FORMAT_KEY, 1) if isinstance(custom, dict) else 1
-
-  def _format_error(self, step: int, version: Any, detail: str | None = None) -> CheckpointError:
-    """The error for `step` of checkpoint format `version`, not FORMAT: one this code cannot read,
-    or (with `detail`, where its state does not fit the model) one an older version wrote."""
-    where = f"checkpoint {self._path(step)} is of checkpoint format {version!r}"
-    if detail is not None:
-      return CheckpointError(
-          f"{where}{' (written before checkpoints recorded their format)' * (version == 1)}, not "
-          f"this aigc_jax's format {FORMAT}, and its state does not fit the model built from the "
-          f"config ({detail}): an older aigc_jax wrote it; sample or evaluate it with "
-          "that version (or the config it was trained with), or train anew in a new --workdir")
-    newer = isinstance(version, int) and version > FORMAT
-    return CheckpointError(
-        f"{where}, which this aigc_jax cannot read (it writes format {FORMAT} and reads formats "
-        f"{', '.join(map(str, READABLE_FORMATS))}): "
-        + ("a newer aigc_jax wrote it; update aigc_jax" if newer else
-           "use the aigc_jax that wrote it") + ", or use a new --workdir")
 
   def restore_verified(self, state_template: S, newest: int | None = None) -> tuple[S, int]:
     """(state, step) of the newest checkpoint (at most `newest`) that restores and verifies into
@@ -309,25 +243,6 @@ class Checkpoints:
       self._mngr.delete(s)
     return newer
 
-  def _corruption(self, step: int, state: Any) -> str | None:
-    """Why the restored `state` of `step` cannot be trusted, or None: no checksums, arrays that
-    differ from them, a state of another step (moved or copied), or a non-finite leaf."""
-    saved = self._saved_checksums(step)
-    if not saved:
-      return ("it has no checksums: written before checkpoints had them, or edited, so its "
-              "arrays cannot be verified")
-    got = checksums(state)
-    bad = next((p for p in sorted(set(saved) | set(got)) if saved.get(p) != got.get(p)), None)
-    if bad is not None:
-      return f"the arrays at {bad} differ from the checksum saved with them"
-    inside = getattr(state, "step", None)  # a sweep's stacked state holds one per member
-    if inside is not None and np.any(np.asarray(inside) != step):
-      found = sorted({int(s) for s in np.asarray(inside).ravel()})
-      return (f"its state is of step {', '.join(map(str, found))}, not {step}: it was moved or "
-              "copied from another step")
-    bad = first_non_finite(state)
-    return None if bad is None else f"{bad} is not finite"
-
   def _saved_checksums(self, step: int) -> dict[str, str] | None:
     """The checksums saved with `step`; None when they are missing or unreadable."""
     if not (self.directory / str(step) / _SUMS).exists():
@@ -345,16 +260,7 @@ class Checkpoints:
     item = meta[_ITEM] if meta is not None and _ITEM in meta else None
     if item is None:
       return f"it has no '{_ITEM}' item"
-    saved = ocp.tree.to_flat_dict(getattr(item, "tree", item))
-    wanted = ocp.tree.to_flat_dict(target)
-    for path, want in wanted.items():
-      have = tuple(saved[path].shape) if path in saved else "missing"
-      if have != tuple(want.shape):
-        return f"'{'/'.join(path)}': {have} in the checkpoint, {want.shape} in the model"
-    extra = next((p for p in saved if p not in wanted), None)
-    if extra is None:
-      return None
-    return f"'{'/'.join(extra)}' is in the checkpoint but not in the model"
+    return verify.shape_mismatch(getattr(item, "tree", item), target)
 
   def close(self) -> None:
     """Waits for pending saves, releases orbax resources; a failed save raises CheckpointError."""
@@ -373,28 +279,3 @@ class Checkpoints:
 def _first_line(error: Exception) -> str:
   """`error`'s type and the first line of its message, at most 300 characters."""
   return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
-
-
-def _readable(version: Any) -> bool:
-  return not isinstance(version, bool) and version in READABLE_FORMATS
-
-
-def checksums(tree: Any) -> dict[str, str]:
-  """The sha256 of every array leaf's bytes (C order), by its key path."""
-  return {jax.tree_util.keystr(path): hashlib.sha256(
-      np.ascontiguousarray(np.asarray(leaf)).tobytes()).hexdigest()
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def first_non_finite(tree: Any) -> str | None:
-  """The key path of the first floating-point leaf of `tree` that is not finite, or None."""
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    leaf = np.asarray(leaf)
-    if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
-      return jax.tree_util.keystr(path)
-  return None
-
-
-def all_finite(tree: Any) -> bool:
-  """Whether every floating-point leaf of `tree` is finite."""
-  return first_non_finite(tree) is None

@@ -142,6 +142,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"config key '{key}' is missing; start from "
                         f"aigc_jax.config.get_config('{config.model}')")
   check_types(config, known)
+  _check_values(config, family)
+  return config
+
+
+def _check_values(config: ml_collections.ConfigDict, family) -> None:
+  """ConfigError for the first value out of its range or set of choices."""
 
   def need(ok: bool, message: str):
     if not ok:
@@ -180,7 +186,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(config.early_stopping_patience >= 0,
        f"early_stopping_patience must be >= 0 (0 = off), got {config.early_stopping_patience}")
   family.validate_config(config, need)
-  return config
 
 
 def from_saved(values: Mapping[str, Any], where: str,

@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aigc_jax import idx
+from aigc_jax import tfds_split
 from aigc_jax.noise import batch_noise
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 IDX_DIR_ENV = "AIGC_JAX_IDX_DIR"
-TFDS_HOST = "storage.googleapis.com"  # where TFDS downloads from
-_TQDM_MIN_RECORDS = 10_000
 _SCALES = ("zero_one", "minus_one_one")
 DataError = idx.DataError  # a dataset file or source is missing or malformed
 Rows = idx.Rows
@@ -73,28 +71,6 @@ def missing_data_fix(info: DatasetInfo) -> str:
   return ", ".join(fixes[:-1]) + (", or " if len(fixes) > 1 else "") + fixes[-1]
 
 
-def network_reachable(host: str = TFDS_HOST, timeout: float = 3.0) -> bool:
-  """Whether a TCP connection to `host`:443 opens within `timeout` seconds."""
-  try:
-    socket.create_connection((host, 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
-
-
-def _tfds_source(info: DatasetInfo, split: str, data_dir: str | None):
-  """`tfds.data_source` of a prepared split; downloads and prepares it only when the network is
-  reachable (without one, TFDS would retry for minutes and leave partial downloads)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
-  except Exception:  # pylint: disable=broad-except  # not prepared in data_dir
-    if not network_reachable():
-      raise DataError(f"TFDS has not prepared {info.tfds_name!r} in its data_dir and there is no "
-                      f"network to download it ({TFDS_HOST} is unreachable)") from None
-  return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir)
-
-
 class _Source(NamedTuple):
   info: DatasetInfo
   idx_dir: str | None  # the IDX directory it reads; None: TFDS
@@ -138,7 +114,7 @@ def _tfds_failed(source: _Source, split: str, e: Exception) -> DataError:
 def _open_tfds(source: _Source, split: str) -> Any:
   """The split's `tfds.data_source` (random access, nothing read yet); never empty."""
   try:
-    records = _tfds_source(source.info, split, source.tfds_data_dir)
+    records = tfds_split.open_split(source.info.tfds_name, split, source.tfds_data_dir)
   except Exception as e:  # pylint: disable=broad-except
     raise _tfds_failed(source, split, e) from e
   if len(records) == 0:
@@ -151,29 +127,12 @@ def _from_tfds(source: _Source, split: str, rows: Rows | None) -> tuple[np.ndarr
   """Rows [start, stop) of a split (all by default) through `tfds.data_source`."""
   records = _open_tfds(source, split)
   try:
-    records = _read_records(records, rows or (0, len(records)))
+    records = tfds_split.read_records(records, rows or (0, len(records)))
   except Exception as e:  # pylint: disable=broad-except
     raise _tfds_failed(source, split, e) from e
   images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
   labels = np.asarray([r["label"] for r in records], np.int32)
   return images[..., None] if images.ndim == 3 else images, labels
-
-
-def _read_records(source: Any, rows: Rows, chunk: int = 1024) -> list[Any]:
-  """Reads records [start, stop), batched via `__getitems__` when it works."""
-  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-  start, stop = rows
-  records: list[Any] = []
-  with tqdm.tqdm(total=stop - start, disable=stop - start < _TQDM_MIN_RECORDS, desc="tfds",
-                 unit="ex") as bar:
-    for first in range(start, stop, chunk):
-      keys = list(range(first, min(stop, first + chunk)))
-      try:
-        records.extend(source.__getitems__(keys))
-      except (AttributeError, TypeError):  # e.g. tfds.testing.mock_data sources
-        records.extend(source[k] for k in keys)
-      bar.update(len(keys))
-  return records
 
 
 def split_size(name: str, split: str, *, idx_dir: PathLike | None = None,

@@ -10,6 +10,7 @@ run alone.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax.suggest import unknown_key_message
 
@@ -228,6 +230,20 @@ def take(tree, rows: Sequence[int]) -> Any:
   """The stacked tree of the members at `rows`, in that order."""
   index = np.asarray(rows, dtype=np.int32)
   return jax.tree_util.tree_map(lambda x: x[index], tree)
+
+
+@jax.jit
+def finite_rows(tree) -> jax.Array:
+  """(N,) bool: whether every leaf of member i of a stacked tree is finite."""
+  rows = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+          for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(rows), axis=0)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def permutations(seeds: jax.Array, epoch: int, num_train: int) -> jax.Array:
+  """(N, num_train) int32: the data order of `epoch` for each of the N members' `seeds`."""
+  return jax.vmap(data_lib.epoch_permutation, in_axes=(0, None, None))(seeds, epoch, num_train)
 
 
 def traced_config(config, values: dict) -> ml_collections.ConfigDict:

@@ -34,11 +34,11 @@ from aigc_jax import lock
 from aigc_jax import signals as signals_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
-from aigc_jax.sweep_train import SWEEP_FILE
-from aigc_jax.sweep_train import make_spec
-from aigc_jax.sweep_train import member_dir
-from aigc_jax.sweep_train import num_members
-from aigc_jax.sweep_train import read_spec
+from aigc_jax.sweep_spec import SWEEP_FILE
+from aigc_jax.sweep_spec import make_spec
+from aigc_jax.sweep_spec import member_dir
+from aigc_jax.sweep_spec import num_members
+from aigc_jax.sweep_spec import read_spec
 from aigc_jax.sweep_train import run_sweep
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import time
@@ -21,24 +20,22 @@ import numpy as np
 from tqdm import tqdm
 
 from aigc_jax import backend
-from aigc_jax import checkpoint as checkpoint_lib
+from aigc_jax import checkpoint_verify
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import lock
-from aigc_jax import plot
 from aigc_jax import population as pop_lib
+from aigc_jax import run_setup
 from aigc_jax import safe_files
 from aigc_jax import schedule as schedule_lib
 from aigc_jax import signals as signals_lib
+from aigc_jax import sweep_spec
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
 
 log = logging.getLogger(__name__)
-
-SWEEP_FILE = "sweep.json"
-
 
 class Sweep(NamedTuple):
   """A sweep once set up: the runs' shared parts, one config and trainable per member."""
@@ -47,43 +44,8 @@ class Sweep(NamedTuple):
   spec: dict  # sweep.json: config (the shared one), values ({key: per member}), halve_every
   configs: list
   trainables: list
-  run: train.Run  # member 0's Run, whose loop is the vmapped population step
+  run: run_setup.Run  # member 0's Run, whose loop is the vmapped population step
   member_writers: list
-
-
-def member_dir(workdir: str, member: int) -> str:
-  return os.path.join(workdir, "members", f"{member:02d}")
-
-
-def read_spec(workdir: str) -> dict | None:
-  path = os.path.join(workdir, SWEEP_FILE)
-  if not os.path.exists(path):
-    return None
-  return pop_lib.read_spec_file(path)  # checked: ConfigError naming the key and the problem
-
-
-def write_spec(workdir: str, spec: dict) -> None:
-  safe_files.write_text(os.path.join(workdir, SWEEP_FILE), json.dumps(spec, indent=2))
-
-
-def make_spec(config, varies: list[str], members: int | None = None,
-              halve_every: int = 0) -> dict:
-  """sweep.json's content for a new sweep of `config` with the `varies` ('KEY=SPEC') arguments;
-  raises ConfigError when a member's config is invalid."""
-  values = pop_lib.member_values(config, varies, members)
-  pop_lib.member_configs(config, values)
-  spec = {"config": config.to_dict(), "values": values, "halve_every": halve_every, "stops": []}
-  return json.loads(json.dumps(spec))  # as sweep.json holds it (tuples become lists)
-
-
-def alive_at(spec: dict, step: int) -> list[int]:
-  """The members still training after the stops at steps <= `step`."""
-  stopped = {m for stop in spec["stops"] if stop["step"] <= step for m in stop["members"]}
-  return [m for m in range(num_members(spec)) if m not in stopped]
-
-
-def num_members(spec: dict) -> int:
-  return len(next(iter(spec["values"].values())))
 
 
 def setup(spec: dict, workdir: str, member_map: str = "auto", member_devices: int = 0) -> Sweep:
@@ -99,7 +61,7 @@ def setup(spec: dict, workdir: str, member_map: str = "auto", member_devices: in
   step = functools.partial(pop_lib.member_step, family=family, config=configs[0], info=info)
   conv = backend.steps_per_call(base.steps_per_call) == 1  # models whose loops are slow on CPU
   member_map = backend.choose(member_map, "unroll" if conv else "vmap", "vmap")
-  run = train.setup(configs[0], workdir, step, member_map, member_devices)
+  run = run_setup.setup(configs[0], workdir, step, member_map, member_devices)
   trainables = [run.trainable] + [family.build(c, info, run.schedule.total) for c in configs[1:]]
   rows = base.batch_size * family.batches_per_step(base)
   batch = {"image": jax.ShapeDtypeStruct((rows,) + tuple(info.image_shape), jnp.float32),
@@ -107,8 +69,9 @@ def setup(spec: dict, workdir: str, member_map: str = "auto", member_devices: in
   template = jax.eval_shape(run.trainable.init, jax.random.PRNGKey(0))
   pop_lib.check_traceable(functools.partial(step, total_steps=run.schedule.total), template,
                           batch, spec["values"])
-  member_writers = [writers.MetricWriter(member_dir(workdir, m), jax.process_index() == 0)
-                    for m in range(len(configs))]
+  member_writers = [
+      writers.MetricWriter(sweep_spec.member_dir(workdir, m), jax.process_index() == 0)
+      for m in range(len(configs))]
   return Sweep(workdir, spec, configs, trainables, run, member_writers)
 
 
@@ -133,32 +96,19 @@ def restore_or_init(sweep: Sweep) -> tuple[pop_lib.Member, list[int]]:
 
   def template(step: int):  # the members alive at `step`, stacked
     return jax.tree_util.tree_map(lambda t: jax.ShapeDtypeStruct(
-        (len(alive_at(sweep.spec, step)),) + t.shape[1:], t.dtype), one)
+        (len(sweep_spec.alive_at(sweep.spec, step)),) + t.shape[1:], t.dtype), one)
 
   population, step = ckpts.restore_verified(template)
   ckpts.delete_after(step)
   sweep.spec["stops"] = [s for s in sweep.spec["stops"] if s["step"] <= step]
   log.info("resuming the sweep from step %d in %s", step, sweep.workdir)
-  return population, alive_at(sweep.spec, step)
-
-
-@jax.jit
-def finite_rows(tree) -> jax.Array:
-  """(N,) bool: whether every leaf of member i of a stacked tree is finite."""
-  rows = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
-          for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(rows), axis=0)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _permutations(seeds: jax.Array, epoch: int, num_train: int) -> jax.Array:
-  return jax.vmap(data_lib.epoch_permutation, in_axes=(0, None, None))(seeds, epoch, num_train)
+  return population, sweep_spec.alive_at(sweep.spec, step)
 
 
 def permutations(sweep: Sweep, members: list[int], epoch: int):
   """(N, num_train) int32: each member's data order for `epoch`, from its own seed."""
   seeds = np.asarray([int(sweep.configs[m].seed) for m in members], np.int32)
-  return _permutations(seeds, np.int32(epoch), sweep.run.num_train)
+  return pop_lib.permutations(seeds, np.int32(epoch), sweep.run.num_train)
 
 
 def record_train(sweep: Sweep, members: list[int], step: int,
@@ -193,19 +143,6 @@ def evaluate_members(sweep: Sweep, population, members: list[int], step: int, ba
   return results
 
 
-def write_plots(sweep: Sweep) -> None:
-  if jax.process_index() != 0:
-    return
-  dirs = [member_dir(sweep.workdir, m) for m in range(len(sweep.configs))]
-  plots = safe_files.make_dir(os.path.join(sweep.workdir, "plots"))
-  for split in ("test", "train"):
-    try:
-      figure = plot.overlay_figure(dirs, split)
-      plot.save_figure(figure, os.path.join(plots, f"members_{split}.png"))
-    except (ValueError, OSError) as e:
-      log.warning("could not draw the members' %s curves (%s)", split, e)
-
-
 def halving(sweep: Sweep, members: list[int], results: dict, step: int) -> dict:
   """{member: 'halved'} for the worse half at every `halve_every`-th evaluation (not the last)."""
   every, sched = sweep.spec.get("halve_every", 0), sweep.run.schedule
@@ -220,11 +157,11 @@ def halving(sweep: Sweep, members: list[int], results: dict, step: int) -> dict:
 def write_member_run(sweep: Sweep, member: int, state, step: int, metrics: dict | None) -> None:
   """members/NN as an ordinary run directory: config.json, its state as a checkpoint (when
   finite) and samples/ (`python -m aigc_jax.plot --workdir` draws its curves)."""
-  directory = member_dir(sweep.workdir, member)
+  directory = sweep_spec.member_dir(sweep.workdir, member)
   workdir_lib.save_config(directory, sweep.configs[member])
   trainable = sweep.trainables[member]
   host = jax.device_get(state)
-  if checkpoint_lib.all_finite(host):
+  if checkpoint_verify.all_finite(host):
     with workdir_lib.open_checkpoints(directory, sweep.configs[member], trainable) as ckpts:
       ckpts.save(step, host, None if metrics is None else
                  {f"test_{k}": v for k, v in metrics.items()})
@@ -240,7 +177,7 @@ def stop_members(sweep: Sweep, population, members: list[int], stops: dict, step
     sweep.spec["stops"].append({"step": step, "members": stopped, "reason": reason})
     log.info("step %d: members %s stop (%s)", step, stopped, reason)
   if jax.process_index() == 0:
-    write_spec(sweep.workdir, sweep.spec)
+    sweep_spec.write_spec(sweep.workdir, sweep.spec)
     for i, m in enumerate(members):
       if m in stops:
         write_member_run(sweep, m, pop_lib.row(population.state, i), step, results.get(m))
@@ -289,7 +226,7 @@ def at_boundary(sweep: Sweep, ls: LoopState, boundary: schedule_lib.Boundary, ba
   saving = evaluated or boundary.checkpoint
   population = loop.place.get_state(ls.placed) if saving or stops else None  # one device's copy
   if saving:
-    finite = np.asarray(finite_rows(population.state))
+    finite = np.asarray(pop_lib.finite_rows(population.state))
     stops.update({m: "diverged" for i, m in enumerate(ls.members) if not finite[i]})
   if evaluated:
     results = evaluate_members(sweep, population, ls.members, step, bar)
@@ -326,53 +263,21 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
   return run.loop.place.get_state(ls.placed), ls.members, results
 
 
-def summary(sweep: Sweep) -> str:
-  """The members' table: values, how each ended, last and best test metric."""
-  best, mode = sweep.trainables[0].best_metric, sweep.trainables[0].best_mode
-  ended = {m: f"stopped at {s['step']} ({s['reason']})"
-           for s in sweep.spec["stops"] for m in s["members"]}
-  lines = [f"member | {' | '.join(sweep.spec['values'])} | ended | last {best} | best {best}",
-           "|".join(["---"] * (len(sweep.spec["values"]) + 4))]
-  scores = {}
-  for m in range(len(sweep.configs)):
-    values = [r[best] for r in plot.read_records(
-        os.path.join(member_dir(sweep.workdir, m), "metrics.jsonl"))
-        if r.get("split") == "test" and best in r]
-    pick = min if mode == "min" else max
-    scores[m] = pick(values) if values else float("nan")
-    cells = [f"{sweep.spec['values'][k][m]:.4g}" for k in sweep.spec["values"]]
-    last = f"{values[-1]:.4f}" if values else "-"
-    lines.append(f"{m:02d} | {' | '.join(cells)} | {ended.get(m, 'finished')} | {last} | "
-                 f"{scores[m]:.4f}")
-  finite = [m for m in scores if np.isfinite(scores[m])]
-  if finite:
-    top = (min if mode == "min" else max)(finite, key=scores.get)
-    lines.append(f"best: member {top:02d} ({pop_lib.describe(sweep.spec['values'], top)}), "
-                 f"{best} {scores[top]:.4f}; run dir {member_dir(sweep.workdir, top)}")
-  return "\n".join(lines)
-
-
 def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices: int = 0) -> str:
   """Trains (or resumes) the sweep `spec` in `workdir` (`setup` for `member_map` and
   `member_devices`); returns its summary table. Holds the locks of the sweep's directory and
   of its members' folders (marked: a plain training run refuses them) while it runs."""
   claim = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with claim, contextlib.ExitStack() as members_held:
-    saved = read_spec(workdir)
-    if saved is not None and (saved["config"], saved["values"], saved.get("halve_every")) != (
-        spec["config"], spec["values"], spec.get("halve_every")):
-      raise config_lib.ConfigError(
-          f"{workdir} holds a sweep of another config or other values ({SWEEP_FILE}); resume "
-          f"it with python -m aigc_jax.sweep --workdir {workdir}, or use a new --workdir")
-    spec = saved or spec
-    for m in range(num_members(spec) if jax.process_index() == 0 else 0):
-      members_held.enter_context(lock.hold(member_dir(workdir, m), member_of=workdir))
+    spec = sweep_spec.resume_spec(workdir, spec)
+    for m in range(sweep_spec.num_members(spec) if jax.process_index() == 0 else 0):
+      members_held.enter_context(lock.hold(sweep_spec.member_dir(workdir, m), member_of=workdir))
     sweep = setup(spec, workdir, member_map, member_devices)
     bar = None
     try:
       population, members = restore_or_init(sweep)
       if jax.process_index() == 0:
-        write_spec(workdir, sweep.spec)
+        sweep_spec.write_spec(workdir, sweep.spec)
       bar = tqdm(total=sweep.run.schedule.total, initial=int(population.state.step[0]),
                  desc=f"sweep of {len(members)}", unit="step", dynamic_ncols=True,
                  disable=not (sweep.configs[0].progress_bar and jax.process_index() == 0))
@@ -386,8 +291,10 @@ def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices
       sweep.run.checkpoints.close()
       for writer in [sweep.run.writer] + sweep.member_writers:
         writer.close()
-    write_plots(sweep)
-    table = summary(sweep)
+    if jax.process_index() == 0:
+      sweep_spec.write_plots(workdir, sweep.spec)
+    table = sweep_spec.summary(workdir, sweep.spec, sweep.trainables[0].best_metric,
+                               sweep.trainables[0].best_mode)
     safe_files.write_text(os.path.join(workdir, "summary.txt"), table + "\n")
     return table
 

@@ -8,25 +8,22 @@ exactly: per-step noise is fold_in(rng, step) and the data order depends only on
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import sys
 import time
-from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from aigc_jax import backend
-from aigc_jax import checkpoint as checkpoint_lib
+from aigc_jax import checkpoint_verify
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import entry
-from aigc_jax import families
 from aigc_jax import lock
-from aigc_jax import parallel
+from aigc_jax import run_setup
 from aigc_jax import schedule as schedule_lib
 from aigc_jax import signals as signals_lib
 from aigc_jax import workdir as workdir_lib
@@ -45,115 +42,18 @@ TRAIN_SIZES = "batch_size (--config.batch_size=N), or steps_per_call"
 EVAL_SIZES = "eval_batch_size, eval_num_samples or num_sample_images"
 
 
-def initialize_distributed(config) -> None:
-  """`jax.distributed.initialize` when the config or the environment asks for several processes:
-  with the coordinator address (config or JAX_COORDINATOR_ADDRESS), else from the cluster
-  (`backend.cluster_environment`); num_processes and process_id, when set, win. Call before JAX
-  runs anything. Process 0 writes the logs, samples and metrics.jsonl; all of them checkpoint.
-  Raises ConfigError when jax cannot tell the job's processes."""
-  address = config.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-  cluster = None if address else backend.cluster_environment()
-  if not (address or cluster) or jax.distributed.is_initialized():
-    return
-  try:
-    jax.distributed.initialize(address or None, num_processes=config.num_processes or None,
-                               process_id=None if config.process_id < 0 else config.process_id)
-  except ValueError as e:  # jax found no coordinator or process count
-    raise config_lib.ConfigError(
-        f"cannot start the processes of this {cluster or 'multi-host'} job ({e}); set "
-        "coordinator_address (process 0's host:port), num_processes and process_id") from None
-  log.info("process %d of %d (coordinator %s): %d local / %d global devices",
-           jax.process_index(), jax.process_count(), address or f"from {cluster}",
-           jax.local_device_count(), jax.device_count())
-
-
 def train_and_evaluate(config, workdir: str, step: int | None = None) -> dict:
   """Trains (or resumes) `config` in `workdir`; returns the last evaluation's metrics.
 
   A run resumes from its newest checkpoint that verifies, or from `step` when given; the
   checkpoints after the one it resumes from are deleted."""
   config = config_lib.validate(config)
-  initialize_distributed(config)
+  run_setup.initialize_distributed(config)
   with backend.matmul_precision(config):  # every function of the run traces inside it
     return _train_and_evaluate(config, workdir, step)
 
 
-class Run(NamedTuple):
-  """What one training run is made of, once set up."""
-
-  config: Any
-  workdir: str
-  trainable: families.Trainable
-  loop: parallel.TrainLoop
-  schedule: schedule_lib.Schedule
-  train_data: data_lib.DeviceData  # this process's rows of the train split: `train_rows`
-  train_rows: data_lib.Rows
-  num_train: int
-  test_data: data_lib.DeviceData
-  checkpoints: Any
-  writer: writers.MetricWriter
-
-
-def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
-          member_devices: int = 1) -> Run:
-  """Loads the data, builds the family and its train loop, opens the checkpoints and metrics.
-
-  With `population_step(members, batch, *, total_steps, axis_name=None)`, the loop runs that step
-  over a stacked population (`parallel.TrainLoop(members=member_map, member_devices=...)`) and
-  metrics.jsonl gets no TensorBoard run."""
-  family = families.get(config.model)
-  num_train = data_lib.config_split_size(config, "train")
-  test_data = data_lib.to_device(*data_lib.load_config_split(config, "test"))
-  batches_per_step = family.batches_per_step(config)
-  schedule = schedule_lib.make_schedule(config, num_train, batches_per_step)
-  trainable = family.build(config, data_lib.DATASETS[config.dataset], schedule.total)
-  step = (trainable.train_step if population_step is None else
-          functools.partial(population_step, total_steps=schedule.total))
-  population = population_step is not None
-  try:  # a CPU fallback beside a GPU plugin, a batch the devices do not divide: ConfigError
-    backend.check_no_fallback()
-    loop = parallel.make_train_loop(
-        step, batch_size=config.batch_size, scale=config.scale, binarize=config.binarize,
-        steps_per_call=config.steps_per_call,
-        mode=backend.parallel_mode(config.parallel, population),
-        batches_per_step=batches_per_step, member_devices=member_devices,
-        members="" if population_step is None else member_map)
-  except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from None
-  rows = loop.place.local_rows(num_train)  # all this process's devices read
-  images, labels = data_lib.load_config_split(config, "train", rows)
-  train_data = data_lib.to_host(images, family.train_labels(config, images, labels, workdir,
-                                                            rows=rows))
-  log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), %d device(s); %s; %s",
-           config.model, config.dataset, num_train, len(test_data.labels), schedule.total,
-           schedule.steps_per_epoch, loop.place.num_devices, backend.describe_devices(),
-           " ".join(f"{k}={v}" for k, v in backend.choices(config, population).items()))
-  checkpoints = workdir_lib.open_checkpoints(workdir, config, trainable)
-  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
-                                tensorboard=population_step is None)
-  return Run(config, workdir, trainable, loop, schedule, train_data, rows, num_train, test_data,
-             checkpoints, writer)
-
-
-def restore_or_init(run: Run, step: int | None = None):
-  """The state of the newest checkpoint that verifies (at most `step`), or a new one from the
-  config's seed. Newer checkpoints are deleted: training goes on from the restored one."""
-  rng = jax.random.PRNGKey(run.config.seed)
-  if run.checkpoints.latest_step() is None:
-    if step is not None:
-      raise workdir_lib.CheckpointError(f"--step {step}: {run.workdir} has no checkpoint; "
-                                        "leave --step out to start training")
-    return jax.jit(run.trainable.init)(rng)
-  template = jax.eval_shape(run.trainable.init, rng)
-  if step is not None and step not in run.checkpoints.all_steps():
-    run.checkpoints.restore(template, step)  # raises the error that names the steps there
-  state, restored = run.checkpoints.restore_verified(template, step)
-  run.checkpoints.delete_after(restored)
-  log.info("resuming from the checkpoint at step %d in %s", restored, run.workdir)
-  return state
-
-
-def evaluate_and_record(run: Run, state, step: int, bar) -> dict:
+def evaluate_and_record(run: run_setup.Run, state, step: int, bar) -> dict:
   """Evaluates: metrics to metrics.jsonl, TensorBoard, plots/; grids to samples/, TensorBoard."""
   metrics = run.trainable.evaluate(state, run.test_data)
   run.writer.write(step, "test", metrics)
@@ -169,7 +69,7 @@ def evaluate_and_record(run: Run, state, step: int, bar) -> dict:
   return metrics
 
 
-def record_train(run: Run, step: int, meter: schedule_lib.TrainMeter, bar) -> None:
+def record_train(run: run_setup.Run, step: int, meter: schedule_lib.TrainMeter, bar) -> None:
   """Writes the mean train metrics since the last log and resets `meter`; stops on a non-finite
   one."""
   means = {k: float(v) / meter.steps for k, v in jax.device_get(meter.sums).items()}
@@ -182,13 +82,13 @@ def record_train(run: Run, step: int, meter: schedule_lib.TrainMeter, bar) -> No
   meter.reset()
 
 
-def save(run: Run, step: int, state, eval_metrics: dict | None) -> None:
+def save(run: run_setup.Run, step: int, state, eval_metrics: dict | None) -> None:
   """Checkpoints `state` as `step` unless it is not finite (then nothing is saved and training
   stops: the checkpoints keep the last good state)."""
   # Host (numpy) copies: with several processes every one holds the same replicated state, and
   # orbax writes numpy arrays from process 0 only.
   host = jax.device_get(state)
-  if not checkpoint_lib.all_finite(host):
+  if not checkpoint_verify.all_finite(host):
     raise TrainingError(f"training diverged before step {step}: the state is not finite, so it "
                         f"was not saved; lower learning_rate, and resume from the last good "
                         f"checkpoint (steps {run.checkpoints.all_steps()}) or a new workdir")
@@ -196,7 +96,7 @@ def save(run: Run, step: int, state, eval_metrics: dict | None) -> None:
                        {f"test_{k}": v for k, v in eval_metrics.items()})
 
 
-def train_loop(run: Run, state, bar):
+def train_loop(run: run_setup.Run, state, bar):
   """Trains from `state` to the end (or an early stop): (the last state, the last evaluation).
   Raises Stopped after saving when SIGTERM or SIGINT arrives."""
   step = int(state.step)
@@ -210,7 +110,7 @@ class TrainChunks:
   """The device side of training: the placed state, data and epoch permutation, a chunk at a
   time (`train`), and the single copy of the state (`state`)."""
 
-  def __init__(self, run: Run, state):
+  def __init__(self, run: run_setup.Run, state):
     self.run, self.meter, self.first = run, schedule_lib.TrainMeter(), True
     self.epoch, self.perm = None, None
     self.placed = run.loop.place.put_state(state)  # `state`: host
@@ -234,7 +134,7 @@ class TrainChunks:
     return self.run.loop.place.get_state(self.placed)
 
 
-def _loop(run: Run, state, step: int, stop: schedule_lib.EarlyStop,
+def _loop(run: run_setup.Run, state, step: int, stop: schedule_lib.EarlyStop,
           signals: signals_lib.StopSignals, bar):
   if stop.stopped:  # a resumed run that had stopped early
     return state, {}
@@ -271,11 +171,11 @@ def _train_and_evaluate(config, workdir: str, step: int | None) -> dict:
 def _train_locked(config, workdir: str, step: int | None) -> dict:
   changes = workdir_lib.check_resume_config(workdir, config)
   with entry.doing("loading the data and building the model"):
-    run = setup(config, workdir)
+    run = run_setup.setup(config, workdir)
   bar = None
   try:
     with entry.doing("initialising or restoring the state", "the model's sizes"):
-      state = restore_or_init(run, step)
+      state = run_setup.restore_or_init(run, step)
     if changes:
       run.writer.write_event(int(state.step), "config_change", {"changes": changes})
     if jax.process_index() == 0:

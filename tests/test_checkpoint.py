@@ -20,6 +20,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from aigc_jax import checkpoint as checkpoint_lib
+from aigc_jax import checkpoint_verify
+from aigc_jax import orbax_logs
 from aigc_jax.checkpoint import CheckpointError
 from aigc_jax.checkpoint import Checkpoints
 
@@ -148,7 +150,7 @@ def test_keep_best_max_and_metricless_checkpoints(tmp_path, caplog):
   # orbax's "did not provide metrics" warning is dropped, and only for the save call.
   assert not [r for r in caplog.records if "tracked_metric" in r.getMessage()]
   # Only the filter that keeps orbax's thread tracebacks in the debug log stays.
-  assert logging.getLogger("absl").filters == [checkpoint_lib._orbax_report]  # pylint: disable=protected-access
+  assert logging.getLogger("absl").filters == [orbax_logs.orbax_report]
   with Checkpoints(tmp_path / "plain", keep_last=2) as ckpts:
     ckpts.save(1, state, {"loss": 1.0})
     assert ckpts.best_step() is None
@@ -312,7 +314,7 @@ def set_recorded_format(directory, step: int, version) -> None:
   path = directory / str(step) / "_CHECKPOINT_METADATA"
   metadata = json.loads(path.read_text())
   custom = metadata.get("custom_metadata") or {}
-  assert custom.pop(checkpoint_lib._FORMAT_KEY) == checkpoint_lib.FORMAT  # pylint: disable=protected-access
+  assert custom.pop(checkpoint_lib._FORMAT_KEY) == checkpoint_verify.FORMAT  # pylint: disable=protected-access
   if version is not None:
     custom[checkpoint_lib._FORMAT_KEY] = version  # pylint: disable=protected-access
   metadata["custom_metadata"] = custom
@@ -328,7 +330,8 @@ def test_a_checkpoint_without_a_recorded_format_still_restores_exactly(tmp_path)
 
 
 @pytest.mark.parametrize("version, message", [
-    (checkpoint_lib.FORMAT + 1, r"format 3, which this aigc_jax cannot read \(it writes format 2 "
+    (checkpoint_verify.FORMAT + 1,
+     r"format 3, which this aigc_jax cannot read \(it writes format 2 "
      r"and reads formats 1, 2\): a newer aigc_jax wrote it; update aigc_jax"),
     ("x", r"format 'x', which this aigc_jax cannot read .*use the aigc_jax that wrote it"),
 ])

@@ -15,6 +15,7 @@ import pytest
 
 from aigc_jax import data
 from aigc_jax import idx
+from aigc_jax import tfds_split
 from aigc_jax.data import DataError
 
 DEBIAN_DIR = data.DATASETS["fashion_mnist"].debian_dir
@@ -336,7 +337,7 @@ def test_load_split_tfds_failure_is_data_error(tmp_path, monkeypatch, no_network
     raise OSError("no network")
 
   monkeypatch.setattr(tfds, "data_source", fail)
-  monkeypatch.setattr(data, "network_reachable", lambda *args, **kwargs: True)
+  monkeypatch.setattr(tfds_split, "network_reachable", lambda *args, **kwargs: True)
   monkeypatch.setitem(data.DATASETS, "fashion_mnist",
                       dataclasses.replace(data.DATASETS["fashion_mnist"], debian_dir=str(tmp_path)))
   with pytest.raises(DataError,
@@ -355,7 +356,7 @@ def test_without_a_network_tfds_is_not_asked_to_download(tmp_path, monkeypatch, 
     raise AssertionError("Dataset mnist: could not find data in " + str(tmp_path))
 
   monkeypatch.setattr(tfds, "data_source", not_prepared)
-  monkeypatch.setattr(data, "network_reachable", lambda *args, **kwargs: False)
+  monkeypatch.setattr(tfds_split, "network_reachable", lambda *args, **kwargs: False)
   with pytest.raises(DataError, match=r"no network to download it .*tfds_data_dir"):
     data.load_split("mnist", "train", tfds_data_dir=str(tmp_path))
   assert [c["download"] for c in calls] == [False]  # no download attempt, no partial files

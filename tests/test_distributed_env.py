@@ -12,6 +12,7 @@ from helpers import small_config
 
 from aigc_jax import backend
 from aigc_jax import config as config_lib
+from aigc_jax import run_setup
 from aigc_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,15 +80,15 @@ def test_cluster_environment(env, kind, clean_env, monkeypatch):
 def test_initializes_only_for_a_job_of_several_processes(env, expected, calls, monkeypatch):
   for name, value in env.items():
     monkeypatch.setenv(name, value)
-  train.initialize_distributed(config())
+  run_setup.initialize_distributed(config())
   assert calls == expected
 
 
 def test_explicit_values_win_over_the_cluster(calls, monkeypatch):
   for name, value in slurm(4).items():
     monkeypatch.setenv(name, value)
-  train.initialize_distributed(config(num_processes=2, process_id=1))
-  train.initialize_distributed(config(coordinator_address="host0:99", num_processes=2,
+  run_setup.initialize_distributed(config(num_processes=2, process_id=1))
+  run_setup.initialize_distributed(config(coordinator_address="host0:99", num_processes=2,
                                       process_id=0))
   assert calls == [(None, 2, 1), ("host0:99", 2, 0)]
 
@@ -95,7 +96,7 @@ def test_explicit_values_win_over_the_cluster(calls, monkeypatch):
 def test_an_initialized_runtime_is_left_alone(calls, monkeypatch):
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
   monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-  train.initialize_distributed(config(coordinator_address="host0:99"))
+  run_setup.initialize_distributed(config(coordinator_address="host0:99"))
   assert calls == []
 
 
@@ -106,7 +107,7 @@ def test_a_cluster_jax_cannot_read_is_a_config_error(calls, monkeypatch):
   monkeypatch.setattr(jax.distributed, "initialize", initialize)
   monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
   with pytest.raises(config_lib.ConfigError, match="this ompi job .* set coordinator_address"):
-    train.initialize_distributed(config())
+    run_setup.initialize_distributed(config())
 
 
 def test_describe_devices_on_cpu():

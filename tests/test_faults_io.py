@@ -23,6 +23,7 @@ from PIL import Image
 from aigc_jax import config as config_lib
 from aigc_jax import entry
 from aigc_jax import lock
+from aigc_jax import run_setup
 from aigc_jax import safe_files
 from aigc_jax import signals
 from aigc_jax import train
@@ -307,7 +308,7 @@ def test_out_of_memory_names_the_phase_and_what_to_lower():
 def test_a_run_out_of_memory_while_starting_says_so(idx_dir, tmp_path, monkeypatch):
   def restore_or_init(run, step=None):
     raise jax_out_of_memory()
-  monkeypatch.setattr(train, "restore_or_init", restore_or_init)
+  monkeypatch.setattr(run_setup, "restore_or_init", restore_or_init)
   with pytest.raises(entry.OutOfMemory, match="while initialising or restoring the state .*; "
                                               "lower the model's sizes"):
     train.train_and_evaluate(small_config(idx_dir), str(tmp_path / "run"))

@@ -10,14 +10,14 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 400
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
-    ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot"),
-    ("idx", "data", "clusters", "likelihoods", "gan_losses", "noise_processes", "models",
-     "metrics"),
+    ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot", "orbax_logs"),
+    ("idx", "tfds_split", "data", "clusters", "likelihoods", "gan_losses", "noise_processes",
+     "models", "metrics"),
     ("state",),
     ("families",),
-    ("config", "placement", "parallel", "checkpoint", "population"),
-    ("workdir", "lock", "signals", "schedule", "train", "sample", "evaluate", "sweep_train",
-     "sweep"),
+    ("config", "placement", "parallel", "checkpoint", "checkpoint_verify", "population"),
+    ("workdir", "lock", "signals", "schedule", "run_setup", "train", "sample", "evaluate",
+     "sweep_spec", "sweep_train", "sweep"),
     ("bench", "demo_summary"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from aigc_jax import config as config_lib
-from aigc_jax import sweep_train
+from aigc_jax import sweep_spec
 from aigc_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ def test_the_python_api_checks_value_types_too():
 @pytest.fixture(scope="module")
 def spec():
   config = config_lib.get_config("vae_mlp", num_train_steps=8)
-  return sweep_train.make_spec(config, ["learning_rate=1e-3,2e-3"])
+  return sweep_spec.make_spec(config, ["learning_rate=1e-3,2e-3"])
 
 
 def edited(spec, change):
@@ -94,10 +94,10 @@ def edited(spec, change):
 ])
 def test_a_hand_edited_sweep_json_names_the_file_the_key_and_the_problem(tmp_path, spec, change,
                                                                          message):
-  path = tmp_path / sweep_train.SWEEP_FILE
+  path = tmp_path / sweep_spec.SWEEP_FILE
   path.write_text(json.dumps(edited(spec, change)))
   with pytest.raises(config_lib.ConfigError, match=message) as raised:
-    sweep_train.read_spec(str(tmp_path))
+    sweep_spec.read_spec(str(tmp_path))
   assert str(raised.value).startswith(str(path)) and "new --workdir" in str(raised.value)
   assert len(str(raised.value).splitlines()) == 1
 
@@ -105,8 +105,8 @@ def test_a_hand_edited_sweep_json_names_the_file_the_key_and_the_problem(tmp_pat
 def test_a_sweep_json_as_written_reads_back(tmp_path, spec):
   stopped = edited(spec, lambda s: s["stops"].append({"step": 4, "members": [1],
                                                       "reason": "halved"}))
-  sweep_train.write_spec(str(tmp_path), stopped)
-  assert sweep_train.read_spec(str(tmp_path)) == stopped
+  sweep_spec.write_spec(str(tmp_path), stopped)
+  assert sweep_spec.read_spec(str(tmp_path)) == stopped
 
 
 def run_module(module, *args):
@@ -118,7 +118,7 @@ def run_module(module, *args):
 @pytest.mark.parametrize("module, name, text, message", [
     ("aigc_jax.evaluate", workdir_lib.CONFIG_FILE, saved_config(batch_size=[1, 2]),
      "batch_size is [1, 2], not an integer"),
-    ("aigc_jax.sweep", sweep_train.SWEEP_FILE, "{x", "cannot be read as JSON"),
+    ("aigc_jax.sweep", sweep_spec.SWEEP_FILE, "{x", "cannot be read as JSON"),
 ], ids=["evaluate_config_json", "sweep_sweep_json"])
 def test_commands_print_one_error_line_for_a_bad_run_file(tmp_path, module, name, text, message):
   (tmp_path / name).write_text(text)

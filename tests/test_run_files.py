@@ -15,6 +15,7 @@ from aigc_jax import lock
 from aigc_jax import plot
 from aigc_jax import safe_files
 from aigc_jax import sweep
+from aigc_jax import sweep_spec
 from aigc_jax import sweep_train
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
@@ -117,7 +118,7 @@ def test_a_link_at_metrics_or_a_run_folder_is_refused(tmp_path, victim):
 def test_the_cli_refuses_a_linked_lock_and_a_sweep_member(idx_dir, tmp_path, victim):
   workdir = str(tmp_path / "run")
   plant(workdir, lock.LOCK_FILE, victim)
-  member = sweep_train.member_dir(str(tmp_path / "sweep"), 0)
+  member = sweep_spec.member_dir(str(tmp_path / "sweep"), 0)
   os.makedirs(member)  # written by a sweep: kept, and marked as the sweep marks it
   with lock.hold(member, member_of=str(tmp_path / "sweep")):
     pass
@@ -134,7 +135,7 @@ def test_the_cli_refuses_a_linked_lock_and_a_sweep_member(idx_dir, tmp_path, vic
 
 def test_a_sweep_that_fails_before_writing_leaves_no_directory(tmp_path):
   workdir = str(tmp_path / "sweep")
-  spec = sweep_train.make_spec(small_config(str(tmp_path / "no_such_dir")), ["beta=1,0.5"])
+  spec = sweep_spec.make_spec(small_config(str(tmp_path / "no_such_dir")), ["beta=1,0.5"])
   with pytest.raises(data_lib.DataError, match="does not exist"):
     sweep_train.run_sweep(spec, workdir)
   assert not os.path.exists(workdir)
@@ -144,7 +145,7 @@ def test_a_sweep_that_fails_before_writing_leaves_no_directory(tmp_path):
 def test_a_plain_run_refuses_a_sweep_member_while_and_after_it_runs(idx_dir, tmp_path,
                                                                     monkeypatch):
   workdir = str(tmp_path / "sweep")
-  member, intruded = sweep_train.member_dir(workdir, 0), []
+  member, intruded = sweep_spec.member_dir(workdir, 0), []
   real_setup = sweep_train.setup
 
   def setup_then_intrude(spec, directory, *args):  # runs while the sweep holds its members
@@ -156,7 +157,7 @@ def test_a_plain_run_refuses_a_sweep_member_while_and_after_it_runs(idx_dir, tmp
     intruded.append(True)
     return real_setup(spec, directory, *args)
   monkeypatch.setattr(sweep_train, "setup", setup_then_intrude)
-  spec = sweep_train.make_spec(small_config(idx_dir, num_train_steps=8, eval_every_steps=8),
+  spec = sweep_spec.make_spec(small_config(idx_dir, num_train_steps=8, eval_every_steps=8),
                                ["beta=1,0.5"])
   sweep_train.run_sweep(spec, workdir)
   steps = [int(p) for p in os.listdir(workdir_lib.checkpoint_dir(member)) if p.isdigit()]

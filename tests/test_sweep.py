@@ -22,6 +22,7 @@ from aigc_jax import families
 from aigc_jax import parallel
 from aigc_jax import population as pop_lib
 from aigc_jax import sweep
+from aigc_jax import sweep_spec
 from aigc_jax import sweep_train
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
@@ -59,7 +60,7 @@ def test_specs_give_one_value_per_member():
 def test_bad_vary_arguments_are_refused(varies, members, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(
       ")", r"\)")):
-    sweep_train.make_spec(config_lib.get_config("vae_mlp"), varies, members)
+    sweep_spec.make_spec(config_lib.get_config("vae_mlp"), varies, members)
 
 
 def test_a_key_the_step_branches_on_is_refused():
@@ -116,7 +117,7 @@ def test_survivors_are_the_better_half(scores, mode, kept):
 
 def spec_of(data_dir, varies, halve_every=0, **overrides):
   config = small_config(data_dir, **overrides)
-  return sweep_train.make_spec(config, varies, halve_every=halve_every)
+  return sweep_spec.make_spec(config, varies, halve_every=halve_every)
 
 
 @pytest.mark.slow
@@ -126,10 +127,10 @@ def test_members_train_like_their_configs_alone(idx_dir, tmp_path, member_map):
   sweep_train.run_sweep(spec, str(tmp_path / "sweep"), member_map)
   alone = str(tmp_path / "alone")
   train.train_and_evaluate(small_config(idx_dir, learning_rate=3e-3, seed=1), alone)
-  member = restore(sweep_train.member_dir(str(tmp_path / "sweep"), 1))
+  member = restore(sweep_spec.member_dir(str(tmp_path / "sweep"), 1))
   chex.assert_trees_all_close(arrays(member.state), arrays(restore(alone).state), rtol=1e-5,
                               atol=1e-6)
-  member_records = read_jsonl(os.path.join(sweep_train.member_dir(str(tmp_path / "sweep"), 1),
+  member_records = read_jsonl(os.path.join(sweep_spec.member_dir(str(tmp_path / "sweep"), 1),
                                            "metrics.jsonl"))
   alone_records = read_jsonl(os.path.join(alone, "metrics.jsonl"))
   test = lambda rs: [r["neg_elbo"] for r in rs if r["split"] == "test"]  # noqa: E731
@@ -148,8 +149,8 @@ def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):
                                 **STEADY_ADAM), str(tmp_path / "many"))
   assert jax.device_count() == 4
   for m in range(2):
-    one = restore(sweep_train.member_dir(str(tmp_path / "one"), m)).state
-    many = restore(sweep_train.member_dir(str(tmp_path / "many"), m)).state
+    one = restore(sweep_spec.member_dir(str(tmp_path / "one"), m)).state
+    many = restore(sweep_spec.member_dir(str(tmp_path / "many"), m)).state
     chex.assert_trees_all_close(arrays(one), arrays(many), rtol=1e-4, atol=1e-5)
 
 
@@ -173,8 +174,8 @@ def test_members_sharded_over_devices_train_like_on_one(idx_dir, tmp_path):
   sweep_train.run_sweep(spec, str(tmp_path / "one"), "vmap", member_devices=1)
   sweep_train.run_sweep(spec, str(tmp_path / "many"), "vmap")
   for m in range(4):
-    one = restore(sweep_train.member_dir(str(tmp_path / "one"), m)).state
-    many = restore(sweep_train.member_dir(str(tmp_path / "many"), m)).state
+    one = restore(sweep_spec.member_dir(str(tmp_path / "one"), m)).state
+    many = restore(sweep_spec.member_dir(str(tmp_path / "many"), m)).state
     chex.assert_trees_all_close(arrays(one), arrays(many), rtol=1e-5, atol=1e-6)
   fresh = sweep_train.setup(spec, str(tmp_path / "fresh"), "vmap")
   placed = sweep_train.LoopState(fresh, *sweep_train.restore_or_init(fresh))
@@ -197,7 +198,7 @@ def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):
           if r["step"] == 16}
   assert last == set(ranked[:2])
   for m in range(4):  # every member ends as a run directory
-    assert workdir_lib.has_checkpoints(sweep_train.member_dir(workdir, m))
+    assert workdir_lib.has_checkpoints(sweep_spec.member_dir(workdir, m))
   assert "stopped at 8 (halved)" in table and "finished" in table
 
 
@@ -208,8 +209,8 @@ def test_a_diverged_member_stops_and_the_others_go_on(idx_dir, tmp_path):
   saved = json.load(open(os.path.join(workdir, "sweep.json")))
   assert [s["members"] for s in saved["stops"]] == [[1]] and saved["stops"][0]["reason"] == \
       "diverged"
-  assert not workdir_lib.has_checkpoints(sweep_train.member_dir(workdir, 1))  # no NaN state kept
-  assert restore(sweep_train.member_dir(workdir, 0)).step == 16
+  assert not workdir_lib.has_checkpoints(sweep_spec.member_dir(workdir, 1))  # no NaN state kept
+  assert restore(sweep_spec.member_dir(workdir, 0)).step == 16
   assert "best: member 00" in table
   with pytest.raises(train.TrainingError, match="every member of the sweep diverged"):
     sweep_train.run_sweep(spec_of(idx_dir, ["learning_rate=1e9,1e10"]), str(tmp_path / "all"))
@@ -225,15 +226,15 @@ def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):
   halved = json.load(open(os.path.join(broken, "sweep.json")))["stops"][0]["members"]
   finished = [m for m in range(4) if m not in halved]
   for m in finished:
-    shutil.rmtree(os.path.join(sweep_train.member_dir(broken, m), "checkpoints"))
+    shutil.rmtree(os.path.join(sweep_spec.member_dir(broken, m), "checkpoints"))
   sweep_train.run_sweep(spec, broken)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "steps_per_second"}  # noqa: E731
                       for r in rs]
   assert strip(read_jsonl(os.path.join(broken, "metrics.jsonl"))) == strip(
       read_jsonl(os.path.join(whole, "metrics.jsonl")))
   for m in range(4):
-    a = restore(sweep_train.member_dir(whole, m)).state
-    b = restore(sweep_train.member_dir(broken, m)).state
+    a = restore(sweep_spec.member_dir(whole, m)).state
+    b = restore(sweep_spec.member_dir(broken, m)).state
     chex.assert_trees_all_equal(arrays(a), arrays(b))
 
 

@@ -71,6 +71,16 @@ def default_config(model: str) -> dict:
       # shard_map, so the kept fakes depend on the device count; g_loss is that subset's mean.
       g_topk=1.0,
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
+      # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
+      # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
+      eval_num_samples=2000,
+      **_network_defaults(),
+  )
+
+
+def _network_defaults() -> dict:
+  """The networks' shapes, inits and formulations."""
+  return dict(
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
       d_base_features=64,  # DCGAN discriminator: its first conv's channels (the second has 2x)
@@ -86,9 +96,6 @@ def default_config(model: str) -> dict:
       d_conv="auto",
       upsample_impl="auto",
       critic_loop="auto",
-      # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
-      # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
-      eval_num_samples=2000,
   )
 
 

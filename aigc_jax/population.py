@@ -11,7 +11,6 @@ run alone.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from typing import Any, Sequence
 
@@ -139,76 +138,13 @@ def member_configs(config, values: dict[str, list]) -> list[ml_collections.Confi
 
 
 def describe(values: dict[str, list], i: int) -> str:
-  return ", ".join(f"{k}={v[i]:.4g}" if isinstance(v[i], float) else f"{k}={v[i]}"
-                   for k, v in values.items())
+  return ", ".join(
+      f"{k}={v[i]:.4g}" if isinstance(v[i], float) else f"{k}={v[i]}" for k, v in values.items())
 
 
 def stepped_values(values: dict[str, list]) -> dict[str, jax.Array]:
   """The varied values that enter the step (all but the seed), stacked: {key: (N,) float32}."""
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items() if k != SEED}
-
-
-SPEC_KEYS = ("config", "values", "halve_every", "stops")
-
-
-def read_spec_file(path: str) -> dict:
-  """A sweep's spec (sweep.json), checked: `config` a valid config, `values` one list per varied
-  key of one value per member, `halve_every` an int >= 0, `stops` the members' stops. Raises
-  ConfigError naming the file, the key and the problem."""
-  fix = "restore the file from a backup, or start the sweep again in a new --workdir"
-  try:
-    with open(path, encoding="utf-8") as f:
-      spec = json.load(f)
-  except (OSError, ValueError, RecursionError) as e:
-    raise config_lib.ConfigError(f"{path} cannot be read as JSON ({e}); {fix}") from None
-  if not isinstance(spec, dict) or not set(SPEC_KEYS) - {"halve_every"} <= set(spec) <= set(
-      SPEC_KEYS):
-    what = f"an object with {sorted(spec)}" if isinstance(spec, dict) else type(spec).__name__
-    raise config_lib.ConfigError(f"{path} holds {what}, not a sweep's object of {SPEC_KEYS}; "
-                                 f"{fix}")
-  try:
-    if not isinstance(spec["config"], dict):
-      raise config_lib.ConfigError("'config' is not an object of config keys")
-    config = config_lib.from_saved(spec["config"], "'config'", fix="")
-    _check_values(config, spec["values"])
-    every = spec.get("halve_every", 0)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-      raise config_lib.ConfigError(f"'halve_every' is {every!r}, not an integer >= 0")
-    _check_stops(spec["stops"], len(next(iter(spec["values"].values()))))
-  except config_lib.ConfigError as e:
-    raise config_lib.ConfigError(f"{path}: {e}; {fix}") from None
-  return spec
-
-
-def _check_values(config, values: Any) -> None:
-  """Raises ConfigError unless `values` is {varied key: one value of its type per member}."""
-  if not isinstance(values, dict) or not values:
-    raise config_lib.ConfigError(f"'values' is {values!r}, not an object of varied keys")
-  for key, column in values.items():
-    try:
-      check_key(config, key)
-    except config_lib.ConfigError as e:
-      raise config_lib.ConfigError(f"'values': {e}") from None
-    if not isinstance(column, list) or len(column) != len(next(iter(values.values()))):
-      raise config_lib.ConfigError(f"'values' of {key} is not a list of one value per member")
-    problem = config_lib.type_problem(column, (config[key],))
-    if problem is not None or not column:
-      raise config_lib.ConfigError(f"'values' of {key} is {problem or 'empty'}")
-
-
-def _check_stops(stops: Any, members: int) -> None:
-  """Raises ConfigError unless `stops` is a list of {step, members, reason} of known members."""
-  if not isinstance(stops, list):
-    raise config_lib.ConfigError(f"'stops' is {stops!r}, not a list")
-  for stop in stops:
-    ok = isinstance(stop, dict) and set(stop) == {"step", "members", "reason"}
-    ok = ok and config_lib.type_problem(stop["step"], 0) is None and stop["step"] >= 0
-    ok = ok and isinstance(stop["reason"], str) and isinstance(stop["members"], list)
-    if not ok or not all(config_lib.type_problem(m, 0) is None and 0 <= m < members
-                         for m in stop["members"]):
-      raise config_lib.ConfigError(f"'stops' holds {stop!r}, not a stop of {{'step': an integer "
-                                   f">= 0, 'members': some of 0 to {members - 1}, 'reason': a "
-                                   "string}")
 
 
 def check_shapes(trees: Sequence[Any]) -> None:
@@ -235,8 +171,10 @@ def take(tree, rows: Sequence[int]) -> Any:
 @jax.jit
 def finite_rows(tree) -> jax.Array:
   """(N,) bool: whether every leaf of member i of a stacked tree is finite."""
-  rows = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
-          for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  rows = [
+      jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+      for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(rows), axis=0)
 
 
@@ -257,16 +195,16 @@ def member_step(member: Member, batch, *, family, config, info, total_steps: int
   traced values; mapped over the members by `parallel.TrainLoop(members='vmap' or 'unroll')`."""
   trainable = family.build(traced_config(config, member.values), info, total_steps)
   kwargs = {} if axis_name is None else {"axis_name": axis_name}
-  state, metrics = trainable.train_step(
-      with_optimizers(member.state, dict(trainable.optimizers)), batch, **kwargs)
+  state, metrics = trainable.train_step(with_optimizers(member.state, dict(trainable.optimizers)),
+                                        batch, **kwargs)
   shared = {name: p.tx for name, p in member.state.players.items()}
   return member.replace(state=with_optimizers(state, shared)), metrics
 
 
 def with_optimizers(state, optimizers: dict):
   """`state` whose players use `optimizers` ({player name: optax transformation})."""
-  return state.replace(players={name: p.replace(tx=optimizers[name])
-                                for name, p in state.players.items()})
+  return state.replace(
+      players={name: p.replace(tx=optimizers[name]) for name, p in state.players.items()})
 
 
 def survivors(scores: Sequence[float], mode: str) -> list[int]:

@@ -37,6 +37,7 @@ from aigc_jax import writers
 
 log = logging.getLogger(__name__)
 
+
 class Sweep(NamedTuple):
   """A sweep once set up: the runs' shared parts, one config and trainable per member."""
 
@@ -64,14 +65,17 @@ def setup(spec: dict, workdir: str, member_map: str = "auto", member_devices: in
   run = run_setup.setup(configs[0], workdir, step, member_map, member_devices)
   trainables = [run.trainable] + [family.build(c, info, run.schedule.total) for c in configs[1:]]
   rows = base.batch_size * family.batches_per_step(base)
-  batch = {"image": jax.ShapeDtypeStruct((rows,) + tuple(info.image_shape), jnp.float32),
-           "label": jax.ShapeDtypeStruct((rows,), jnp.int32)}
+  batch = {
+      "image": jax.ShapeDtypeStruct((rows,) + tuple(info.image_shape), jnp.float32),
+      "label": jax.ShapeDtypeStruct((rows,), jnp.int32)
+  }
   template = jax.eval_shape(run.trainable.init, jax.random.PRNGKey(0))
-  pop_lib.check_traceable(functools.partial(step, total_steps=run.schedule.total), template,
-                          batch, spec["values"])
+  pop_lib.check_traceable(functools.partial(step, total_steps=run.schedule.total), template, batch,
+                          spec["values"])
   member_writers = [
-      writers.MetricWriter(sweep_spec.member_dir(workdir, m), jax.process_index() == 0)
-      for m in range(len(configs))]
+      writers.MetricWriter(sweep_spec.member_dir(workdir, m),
+                           jax.process_index() == 0) for m in range(len(configs))
+  ]
   return Sweep(workdir, spec, configs, trainables, run, member_writers)
 
 
@@ -79,8 +83,8 @@ def init_population(sweep: Sweep, members: list[int]) -> pop_lib.Member:
   """The stacked fresh states of `members`, each from its own config's seed, by one vmapped
   init: an init's values depend on the seed only, its shapes on the config."""
   rngs = [jax.random.PRNGKey(sweep.configs[m].seed) for m in members]
-  pop_lib.check_shapes([jax.eval_shape(sweep.trainables[m].init, rng)
-                        for m, rng in zip(members, rngs)])
+  pop_lib.check_shapes(
+      [jax.eval_shape(sweep.trainables[m].init, rng) for m, rng in zip(members, rngs)])
   state = jax.jit(jax.vmap(sweep.trainables[members[0]].init))(jnp.stack(rngs))
   values = pop_lib.stepped_values(sweep.spec["values"])
   return pop_lib.Member(state=state, values=pop_lib.take(values, members))
@@ -95,20 +99,15 @@ def restore_or_init(sweep: Sweep) -> tuple[pop_lib.Member, list[int]]:
   one = jax.eval_shape(lambda: init_population(sweep, [0]))
 
   def template(step: int):  # the members alive at `step`, stacked
-    return jax.tree_util.tree_map(lambda t: jax.ShapeDtypeStruct(
-        (len(sweep_spec.alive_at(sweep.spec, step)),) + t.shape[1:], t.dtype), one)
+    return jax.tree_util.tree_map(
+        lambda t: jax.ShapeDtypeStruct(
+            (len(sweep_spec.alive_at(sweep.spec, step)),) + t.shape[1:], t.dtype), one)
 
   population, step = ckpts.restore_verified(template)
   ckpts.delete_after(step)
   sweep.spec["stops"] = [s for s in sweep.spec["stops"] if s["step"] <= step]
   log.info("resuming the sweep from step %d in %s", step, sweep.workdir)
   return population, sweep_spec.alive_at(sweep.spec, step)
-
-
-def permutations(sweep: Sweep, members: list[int], epoch: int):
-  """(N, num_train) int32: each member's data order for `epoch`, from its own seed."""
-  seeds = np.asarray([int(sweep.configs[m].seed) for m in members], np.int32)
-  return pop_lib.permutations(seeds, np.int32(epoch), sweep.run.num_train)
 
 
 def record_train(sweep: Sweep, members: list[int], step: int,
@@ -138,8 +137,8 @@ def evaluate_members(sweep: Sweep, population, members: list[int], step: int, ba
     sweep.run.writer.write_event(step, "test", {"member": m, **metrics})
     results[m] = metrics
   best = sweep.trainables[0].best_metric
-  bar.write(f"step {step}: test_{best} " + " ".join(
-      f"[{m}] {results[m][best]:.4g}" for m in members))
+  bar.write(f"step {step}: test_{best} " +
+            " ".join(f"[{m}] {results[m][best]:.4g}" for m in members))
   return results
 
 
@@ -163,8 +162,8 @@ def write_member_run(sweep: Sweep, member: int, state, step: int, metrics: dict 
   host = jax.device_get(state)
   if checkpoint_verify.all_finite(host):
     with workdir_lib.open_checkpoints(directory, sweep.configs[member], trainable) as ckpts:
-      ckpts.save(step, host, None if metrics is None else
-                 {f"test_{k}": v for k, v in metrics.items()})
+      ckpts.save(step, host,
+                 None if metrics is None else {f"test_{k}": v for k, v in metrics.items()})
     for name, (images, ncols) in trainable.log_images(state, sweep.run.test_data).items():
       writers.save_png(os.path.join(directory, "samples", f"{name}_latest.png"), images, ncols)
 
@@ -197,7 +196,9 @@ class LoopState:
     epoch, index = divmod(step, sched.steps_per_epoch)
     if epoch != self.perm_epoch:
       self.perm_epoch = epoch
-      self.perm = loop.place.put_state(permutations(self.sweep, self.members, epoch))
+      seeds = np.asarray([int(self.sweep.configs[m].seed) for m in self.members], np.int32)
+      perm = pop_lib.permutations(seeds, np.int32(epoch), self.sweep.run.num_train)
+      self.perm = loop.place.put_state(perm)  # each member's data order, from its own seed
     self.placed, sums = loop(self.placed, self.data, self.perm, index, boundary - step)
     self.meter.add(sums, boundary - step)
 
@@ -211,7 +212,7 @@ class LoopState:
     self.placed = loop.place.put_state(population)
     self.data = loop.place.put_data(self.sweep.run.train_data, len(members))
     log.info("%d members on %d device(s)", len(members),
-                   len(jax.tree_util.tree_leaves(self.placed)[0].sharding.device_set))
+             len(jax.tree_util.tree_leaves(self.placed)[0].sharding.device_set))
 
 
 def at_boundary(sweep: Sweep, ls: LoopState, boundary: schedule_lib.Boundary, bar) -> dict:
@@ -297,4 +298,3 @@ def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices
                                sweep.trainables[0].best_mode)
     safe_files.write_text(os.path.join(workdir, "summary.txt"), table + "\n")
     return table
-

@@ -1,9 +1,13 @@
 """What the tests, the fault scripts and the multi-host worker share: tiny IDX data, the small
-training config, and reading a run's outputs back."""
+training config, a saved config.json's text, reading a run's outputs back, and cheap variables
+for the models' tests."""
 
 import json
+import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from aigc_jax import config as config_lib
@@ -47,6 +51,13 @@ def small_config(idx_dir, **overrides):
   return config_lib.get_config("vae_mlp", **values)
 
 
+def saved_config(**changes):
+  """The text of a vae_mlp run's config.json, with `changes` (any JSON values) made to it."""
+  values = config_lib.get_config("vae_mlp").to_dict()
+  values.update(changes)
+  return json.dumps(values)
+
+
 def arrays(state):
   """Each player's params, optimizer state and model state (its optimizer left out)."""
   return {name: (p.params, p.opt_state, p.model_state) for name, p in state.players.items()}
@@ -55,3 +66,38 @@ def arrays(state):
 def read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f]
+
+
+def key(seed=0):
+  # rbg keys: flax's init compiles ~3x faster than with threefry keys on CPU (the models do not
+  # depend on the key's implementation).
+  return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def numpy_variables(model, *args, seed=0, **kwargs):
+  """Variables of init's structure drawn with numpy: compiling init costs more than the tests.
+
+  Kernels and embeddings ~ N(0, 1 / fan_in); biases and BatchNorm means 0; scales, variances
+  and spectral-norm sigmas 1; spectral-norm u ~ N(0, 1).
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda *a: model.init(key(), *a, **kwargs), *args)
+
+  def fill(path, leaf):
+    name = str(path[-1].key)
+    if name in ("bias", "mean") or name.endswith("/bias"):
+      value = np.zeros(leaf.shape)
+    elif name in ("scale", "var") or name.endswith("/sigma"):
+      value = np.ones(leaf.shape)
+    else:
+      fan_in = math.prod(leaf.shape[:-1]) if name != "embedding" else 1
+      value = rng.normal(size=leaf.shape) / math.sqrt(fan_in)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def top_singular_value(w):
+  """The largest singular value of `w` viewed as a matrix (all axes but the last, by the last)."""
+  w = np.asarray(w, np.float64)
+  return float(np.linalg.svd(w.reshape(-1, w.shape[-1]), compute_uv=False)[0])

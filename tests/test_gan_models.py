@@ -1,52 +1,20 @@
 """GAN models: shapes and ranges, conditioning, a hand-computed MLP generator, spectral norm."""
 
 import functools
-import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import key
+from helpers import numpy_variables
+from helpers import top_singular_value
 
 from aigc_jax.models import gan
-from aigc_jax.models.layers import TRANSPOSE_IMPLS
-from aigc_jax.models.layers import TransposeUpsample
-from aigc_jax.models.layers import conv_general_dilated
-from aigc_jax.models.layers import maybe_spectral
 
 B, Z = 3, 6
 IMAGE = (28, 28, 1)
 LABELS = jnp.array([0, 1, 2])
-
-
-def key(seed=0):
-  # rbg keys: flax's init compiles ~3x faster than with threefry keys on CPU (the models do not
-  # depend on the key's implementation).
-  return jax.random.key(seed, impl="unsafe_rbg")
-
-
-def numpy_variables(model, *args, seed=0, **kwargs):
-  """Variables of init's structure drawn with numpy: compiling init costs more than the tests.
-
-  Kernels and embeddings ~ N(0, 1 / fan_in); biases and BatchNorm means 0; scales, variances
-  and spectral-norm sigmas 1; spectral-norm u ~ N(0, 1).
-  """
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(lambda *a: model.init(key(), *a, **kwargs), *args)
-
-  def fill(path, leaf):
-    name = str(path[-1].key)
-    if name in ("bias", "mean") or name.endswith("/bias"):
-      value = np.zeros(leaf.shape)
-    elif name in ("scale", "var") or name.endswith("/sigma"):
-      value = np.ones(leaf.shape)
-    else:
-      fan_in = math.prod(leaf.shape[:-1]) if name != "embedding" else 1
-      value = rng.normal(size=leaf.shape) / math.sqrt(fan_in)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def z_batch():  # numpy draws: no XLA compilation
@@ -199,29 +167,6 @@ def test_dcgan_discriminator_rotation_head(aux):
   assert (out[0] if aux else out).shape == (B,)
 
 
-@pytest.mark.parametrize("impl", TRANSPOSE_IMPLS)
-def test_transpose_upsample_is_flax_conv_transpose_with_rearranged_weights(impl):
-  """TransposeUpsample == nn.ConvTranspose((4, 4), (2, 2), 'SAME'), kernel mapped as documented,
-  in both formulations, with the same parameter tree; the same number of weights."""
-  x = np.random.default_rng(0).normal(size=(2, 5, 6, 3)).astype(np.float32)
-  ours = TransposeUpsample(4, impl=impl)
-  variables = TransposeUpsample(4).init(key(), x)
-  assert (jax.tree_util.tree_structure(ours.init(key(), x))
-          == jax.tree_util.tree_structure(variables))
-  kernel = np.asarray(variables["params"]["Conv_0"]["kernel"]).reshape(2, 2, 3, 2, 2, 4)
-  bias = np.random.default_rng(1).normal(size=4).astype(np.float32)
-  big = np.zeros((4, 4, 3, 4), np.float32)
-  for dy, dx, py, px in np.ndindex(2, 2, 2, 2):
-    big[2 * dy + 1 - py, 2 * dx + 1 - px] = kernel[dy, dx, :, py, px]
-  flax_t = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding="SAME")
-  want = flax_t.apply({"params": {"kernel": big, "bias": bias}}, x)
-  params = {"Conv_0": variables["params"]["Conv_0"], "bias": bias}
-  got = ours.apply({"params": params}, x)
-  assert got.shape == (2, 10, 12, 4)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  assert sum(a.size for a in jax.tree_util.tree_leaves(params)) == big.size + bias.size
-
-
 def test_models_reject_bad_config():
   with pytest.raises(ValueError, match="upsample"):
     abstract_init_apply(small_dcgan_g(upsample="bilinear"), z_batch(), None)
@@ -261,44 +206,6 @@ def test_mlp_generator_by_hand():
                              0.1 * pre_bn.mean(axis=0), rtol=1e-5, atol=1e-7)
 
 
-def _top_singular_value(w):
-  w = np.asarray(w, np.float64)
-  return float(np.linalg.svd(w.reshape(-1, w.shape[-1]), compute_uv=False)[0])
-
-
-class _SNDense(nn.Module):
-  @nn.compact
-  def __call__(self, x, update_stats):
-    return maybe_spectral(nn.Dense(5, name="dense"), True, update_stats)(x)
-
-
-def test_spectral_norm_dense_converges_to_unit_singular_value():
-  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 12)), jnp.float32)
-  model = _SNDense()
-  variables = numpy_variables(model, x, update_stats=False)
-  assert set(variables["params"]["dense"]) == {"kernel", "bias"}  # u, sigma are not params
-  stats = ("SpectralNorm_0", "dense/kernel/sigma")
-  assert float(variables["batch_stats"][stats[0]][stats[1]]) == 1.0  # before iterating
-  kernel = 3.0 * np.asarray(variables["params"]["dense"]["kernel"])
-  variables["params"]["dense"]["kernel"] = jnp.asarray(kernel)
-  assert _top_singular_value(kernel) > 3.0
-
-  @jax.jit
-  def step(variables):  # a train-mode call: one power iteration, u and sigma written
-    return {**variables, **model.apply(variables, x, update_stats=True, mutable=["batch_stats"])[1]}
-
-  for _ in range(20):
-    variables = step(variables)
-  sigma = float(variables["batch_stats"][stats[0]][stats[1]])
-  np.testing.assert_allclose(sigma, _top_singular_value(kernel), rtol=1e-3)
-  assert abs(_top_singular_value(kernel / sigma) - 1.0) < 1e-2
-  # Eval mode (nothing mutable) computes x @ (W / sigma) + b.
-  bias = np.asarray(variables["params"]["dense"]["bias"])
-  np.testing.assert_allclose(jax.jit(model.apply, static_argnames="update_stats")(
-      variables, x, update_stats=False), np.asarray(x) @ (kernel / sigma) + bias, rtol=1e-4,
-                             atol=1e-5)
-
-
 def test_spectral_norm_discriminator_normalizes_conv_kernels():
   model = gan.DCGANDiscriminator(base_features=4, spectral_norm=True)
   x = images()
@@ -311,7 +218,7 @@ def test_spectral_norm_discriminator_normalizes_conv_kernels():
   for i in range(2):
     kernel = variables["params"][f"Conv_{i}"]["kernel"]
     sigma = stats[f"SpectralNorm_{i}"][f"Conv_{i}/kernel/sigma"]
-    assert abs(_top_singular_value(kernel / sigma) - 1.0) < 1e-2
+    assert abs(top_singular_value(kernel / sigma) - 1.0) < 1e-2
 
 
 def test_spectral_norm_gradients_reach_every_param():
@@ -327,38 +234,3 @@ def test_spectral_norm_gradients_reach_every_param():
   grads = jax.jit(jax.grad(loss))(variables["params"])
   norms = jax.tree_util.tree_map(lambda g: float(jnp.linalg.norm(g)), grads)
   assert all(n > 0 for n in jax.tree_util.tree_leaves(norms)), norms
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("strides,padding,dilation", [((2, 2), "SAME", (1, 1)),
-                                                      ((1, 1), ((1, 0), (2, 1)), (1, 1)),
-                                                      ((1, 1), "VALID", (2, 2))])
-def test_conv_with_fast_higher_derivatives_matches_lax(strides, padding, dilation):
-  """Values, gradients, the gradient-penalty style second derivatives (d/dw of d/dx) and third
-  derivatives of layers.conv_general_dilated equal those of lax.conv_general_dilated."""
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(3, 9, 8, 2)), jnp.float32)
-  w1 = jnp.asarray(rng.normal(size=(3, 3, 2, 4)) * 0.3, jnp.float32)
-  w2 = jnp.asarray(rng.normal(size=(2, 2, 4, 3)) * 0.3, jnp.float32)
-
-  def critic(conv, params, x):  # smooth, so third derivatives are not zero
-    dn = ("NHWC", "HWIO", "NHWC")
-    h = jnp.tanh(conv(x, params[0], strides, padding, rhs_dilation=dilation,
-                      dimension_numbers=dn))
-    return jnp.sum(jnp.tanh(conv(h, params[1], (1, 1), "SAME", dimension_numbers=dn)) ** 2)
-
-  def penalty(conv, params, x):
-    g = jax.grad(lambda x: critic(conv, params, x))(x)
-    return jnp.sum(g ** 2) + critic(conv, params, x)
-
-  results = {}
-  for name, conv in (("lax", jax.lax.conv_general_dilated), ("fast", conv_general_dilated)):
-    value, grads = jax.value_and_grad(functools.partial(penalty, conv))((w1, w2), x)
-    grad_norm = lambda params, x, arg: sum(  # noqa: E731
-        jnp.sum(g ** 2) for g in jax.tree.leaves(jax.grad(functools.partial(penalty, conv), arg)(
-            params, x)))
-    third = jax.grad(grad_norm, (0, 1))((w1, w2), x, 0), jax.grad(grad_norm, (0, 1))((w1, w2), x, 1)
-    results[name] = (value, grads, third)
-  for fast, lax in zip(jax.tree.leaves(results["fast"]), jax.tree.leaves(results["lax"])):
-    assert float(jnp.max(jnp.abs(lax))) > 0
-    np.testing.assert_allclose(fast, lax, rtol=2e-4, atol=1e-5 * float(jnp.max(jnp.abs(lax))))

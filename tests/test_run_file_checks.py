@@ -1,68 +1,20 @@
 """Run files a user may edit by hand (a run's config.json, a sweep's sweep.json) are checked when
 read: a bad one is a ConfigError naming the file, the key and the problem, which the commands
-print as one `error:` line (exit status 2)."""
+print as one `error:` line (exit status 2). config.json's checks: test_workdir.py."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
+from helpers import saved_config
 
 from aigc_jax import config as config_lib
 from aigc_jax import sweep_spec
 from aigc_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_config(workdir, text):
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, workdir_lib.CONFIG_FILE), "w", encoding="utf-8") as f:
-    f.write(text)
-
-
-def saved_config(**changes):
-  values = config_lib.get_config("vae_mlp").to_dict()
-  values.update(changes)
-  return json.dumps(values)
-
-
-@pytest.mark.parametrize("text, message", [
-    (saved_config(learning_rate="abc"), r"learning_rate is 'abc', not a number"),
-    (saved_config(batch_size=[1, 2]), r"batch_size is \[1, 2\], not an integer"),
-    (saved_config(latent_dim=1e308), r"latent_dim is 1e\+308, not an integer"),
-    (saved_config(latent_dim=10**30), r"latent_dim is 1000000000000000000000000000000, out of "
-     r"the range"),
-    (saved_config(learning_rate=float("inf")), r"learning_rate is inf, not a finite number"),
-    (saved_config(binarize=1), r"binarize is 1, not true or false"),
-    (saved_config(conv_features=[32, "x"]), r"conv_features is \[32, 'x'\], a list with an "
-     r"element that is not an integer"),
-    (saved_config(dataset=None), r"dataset is None, not a string"),
-    (saved_config(model=3), r"model is 3, not a model name"),
-    (saved_config(lerning_rate=0.1), r"unknown config key 'lerning_rate': did you mean "
-     r"'learning_rate'"),
-    (saved_config(learning_rate=-1.0), r"learning_rate must be > 0"),
-    (saved_config(history="x"), r"'history' is not the list of changes"),
-    ("{x", r"cannot be read as JSON"),
-    ("[1, 2]", r"is not a JSON object"),
-])
-def test_a_hand_edited_config_json_names_the_file_the_key_and_the_problem(tmp_path, text,
-                                                                          message):
-  write_config(tmp_path, text)
-  with pytest.raises(config_lib.ConfigError) as raised:
-    workdir_lib.load_config(str(tmp_path))
-  assert str(raised.value).startswith(str(tmp_path / workdir_lib.CONFIG_FILE))
-  assert len(str(raised.value).splitlines()) == 1
-  assert re.search(message, str(raised.value)), str(raised.value)
-
-
-def test_the_python_api_checks_value_types_too():
-  config = config_lib.get_config("vae_mlp", learning_rate="abc")
-  with pytest.raises(config_lib.ConfigError, match="learning_rate is 'abc', not a number"):
-    config_lib.validate(config)
-  config_lib.validate(config_lib.get_config("vae_mlp", learning_rate=1, conv_features=[8, 16]))
 
 
 @pytest.fixture(scope="module")

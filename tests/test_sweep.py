@@ -1,6 +1,5 @@
 """Sweeps: members equal their runs alone, halving keeps the best, resume, refusals, export."""
 
-import functools
 import json
 import os
 import shutil
@@ -17,10 +16,7 @@ from helpers import read_jsonl
 from helpers import small_config
 
 from aigc_jax import config as config_lib
-from aigc_jax import data as data_lib
-from aigc_jax import families
 from aigc_jax import parallel
-from aigc_jax import population as pop_lib
 from aigc_jax import sweep
 from aigc_jax import sweep_spec
 from aigc_jax import sweep_train
@@ -34,85 +30,9 @@ def restore(workdir):
   return workdir_lib.load_trained(workdir, "latest")
 
 
-def test_specs_give_one_value_per_member():
-  config = config_lib.get_config("vae_mlp", seed=3)
-  values = pop_lib.member_values(
-      config, ["learning_rate=loguniform:1e-4:1e-2", "beta=0.5,1,2", "seed=seeds"], 3)
-  assert values["beta"] == [0.5, 1.0, 2.0] and values["seed"] == [3, 4, 5]
-  assert all(1e-4 <= v <= 1e-2 for v in values["learning_rate"])
-  assert len(set(values["learning_rate"])) == 3
-  again = pop_lib.member_values(config, ["learning_rate=loguniform:1e-4:1e-2"], 3)
-  assert again["learning_rate"] == values["learning_rate"]  # drawn with the config's seed
-
-
-@pytest.mark.parametrize("varies, members, message", [
-    (["hidden_dim=16,32"], None, "int key sets shapes"),
-    (["likelihood=gaussian,bernoulli"], None, "str key sets shapes"),
-    (["learnin_rate=1e-3,1e-2"], None, "did you mean 'learning_rate'"),
-    (["learning_rate=1e-3,1e-2,1e-1"], 2, "lists 3 values for --members 2"),
-    (["learning_rate=loguniform:1e-2:1e-4"], 2, "0 < LOW < HIGH"),
-    (["learning_rate=loguniform:1e-4:1e-2"], None, "needs --members"),
-    (["beta=seeds"], 2, "'seeds' is for the key seed"),
-    (["learning_rate"], 2, "write KEY=SPEC"),
-    (["learning_rate=1e-3"], None, "at least 2 members"),
-    (["learning_rate=1e-3,-1"], None, "member 1 (learning_rate=-1): learning_rate must be > 0"),
-])
-def test_bad_vary_arguments_are_refused(varies, members, message):
-  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(
-      ")", r"\)")):
-    sweep_spec.make_spec(config_lib.get_config("vae_mlp"), varies, members)
-
-
-def test_a_key_the_step_branches_on_is_refused():
-  def step(member, batch):
-    scale = 2.0 if member.values["weight"] > 0 else 1.0
-    return member, {"loss": scale * batch["x"].sum()}
-
-  batch = {"x": jax.ShapeDtypeStruct((4,), np.float32)}
-  with pytest.raises(config_lib.ConfigError, match="decides its structure by weight"):
-    pop_lib.check_traceable(step, {}, batch, ["weight"])
-  pop_lib.check_traceable(lambda m, b: (m, {"loss": m.values["weight"] * b["x"].sum()}), {},
-                          batch, ["weight"])
-
-
-@pytest.mark.parametrize("model,options", [
-    ("vae_mlp", {}), ("vae_conv", {"conditional": True}), ("gan_mlp", {}),
-    ("dcgan", {"gan_loss": "hinge", "conditional": True}), ("unet", {"conditional": True})])
-def test_every_float_key_but_the_family_s_program_keys_enters_the_step_as_a_value(model,
-                                                                                  options):
-  config = config_lib.get_config(model, **options, batch_size=4)
-  family, info = families.get(model), data_lib.DATASETS[config.dataset]
-  floats = [k for k, v in config.items() if isinstance(v, float) and not isinstance(v, bool)]
-  varied = [k for k in floats if k not in family.PROGRAM_KEYS]
-  assert len(varied) >= 4 and set(family.PROGRAM_KEYS) <= set(floats)
-  step = functools.partial(pop_lib.member_step, family=family, config=config, info=info,
-                           total_steps=10)
-  state = jax.eval_shape(family.build(config, info, 10).init, jax.random.PRNGKey(0))
-  rows = config.batch_size * family.batches_per_step(config)
-  batch = {"image": jax.ShapeDtypeStruct((rows, *info.image_shape), np.float32),
-           "label": jax.ShapeDtypeStruct((rows,), np.int32)}
-  traced = {k: jax.ShapeDtypeStruct((), np.float32) for k in varied}
-  jax.eval_shape(step, pop_lib.Member(state=state, values=traced), batch)  # all of them at once
-  for key in varied:
-    pop_lib.check_key(config, key)
-  for key in family.PROGRAM_KEYS:
-    with pytest.raises(config_lib.ConfigError, match=f"--vary {key}: its value chooses"):
-      pop_lib.check_key(config, key)
-
-
 def test_values_that_change_the_state_shape_are_refused(idx_dir, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="differs in shape"):
     sweep_train.run_sweep(spec_of(idx_dir, ["ema_decay=0,0.9"]), str(tmp_path / "sweep"))
-
-
-@pytest.mark.parametrize("scores, mode, kept", [
-    ([3.0, 1.0, 2.0, 4.0], "min", [1, 2]),
-    ([3.0, 1.0, 2.0, 4.0], "max", [0, 3]),
-    ([float("nan"), 1.0, 2.0], "min", [1, 2]),
-    ([5.0, 5.0], "min", [0]),
-])
-def test_survivors_are_the_better_half(scores, mode, kept):
-  assert pop_lib.survivors(scores, mode) == kept
 
 
 def spec_of(data_dir, varies, halve_every=0, **overrides):

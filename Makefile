@@ -29,7 +29,7 @@ SETUP_STAMP := $(call stamp,dev$(ACCEL_EXTRA))
 BENCH_EXTRA := $(if $(filter cuda12,$(ACCEL)),bench-cuda12,bench)
 BENCH_STAMP := $(call stamp,dev$(comma)$(BENCH_EXTRA)$(ACCEL_EXTRA))
 
-.PHONY: setup data demo test test-fast lint bench wheels clean
+.PHONY: setup data demo test test-fast lint format bench wheels clean
 
 setup: $(SETUP_STAMP) data
 
@@ -84,9 +84,15 @@ test: $(BENCH_STAMP) data
 test-fast: $(BENCH_STAMP) data
 	$(PYTEST) -m "not slow"
 
-# Lint (ruff check, rules in pyproject.toml); formatting is not checked.
+# Lint: ruff check, and the formatting that `make format` applies (yapf); rules in pyproject.toml.
+LINTED := aigc_jax tests benchmarks experiments
 lint: $(SETUP_STAMP)
-	$(PY) -m ruff check aigc_jax tests benchmarks experiments
+	$(PY) -m ruff check $(LINTED)
+	@$(PY) -m yapf --diff --recursive --parallel $(LINTED) > $(VENV)/format.diff || \
+	  { cat $(VENV)/format.diff; echo "error: these files are not formatted; run 'make format'"; exit 1; }
+
+format: $(SETUP_STAMP)
+	$(PY) -m yapf --in-place --recursive --parallel $(LINTED)
 
 # JAX vs PyTorch eager train steps for every experiment; writes benchmarks/RESULTS.md (~15 min).
 bench: $(BENCH_STAMP) data

@@ -36,10 +36,11 @@ AUTO = {
     "sample_loop": ("python", "scan"),  # the diffusion sampler's steps
 }
 
-
 # jax's accelerator plugins (distribution -> the platform name they register).
-ACCELERATOR_PLUGINS = {"jax-cuda12-plugin": "cuda", "jax-cuda13-plugin": "cuda",
-                       "jax-rocm6-plugin": "rocm", "jax-rocm7-plugin": "rocm", "libtpu": "tpu"}
+ACCELERATOR_PLUGINS = {
+    "jax-cuda12-plugin": "cuda", "jax-cuda13-plugin": "cuda", "jax-rocm6-plugin": "rocm",
+    "jax-rocm7-plugin": "rocm", "libtpu": "tpu"
+}
 
 
 class PlatformError(ValueError):
@@ -135,11 +136,12 @@ def parallel_mode(value: str, population: bool = False) -> str:
 
 def choices(config, population: bool = False) -> dict:
   """The values a run of `config` takes for each of its platform-dependent keys."""
-  out = {"platform": platform() + (f" (emulated on {jax.default_backend()})" if emulated()
-                                   else ""),
-         "steps_per_call": steps_per_call(config.steps_per_call),
-         "parallel": parallel_mode(config.parallel, population),
-         "matmul_precision": config.matmul_precision, "compute_dtype": config.compute_dtype}
+  out = {
+      "platform": platform() + (f" (emulated on {jax.default_backend()})" if emulated() else ""),
+      "steps_per_call": steps_per_call(config.steps_per_call),
+      "parallel": parallel_mode(config.parallel, population),
+      "matmul_precision": config.matmul_precision, "compute_dtype": config.compute_dtype
+  }
   out.update({key: resolve(key, config[key]) for key in AUTO if key in config})
   return out
 
@@ -169,8 +171,8 @@ def cpu_device_per_core() -> None:
   (`jax_num_cpu_devices`, or --xla_force_host_platform_device_count in XLA_FLAGS). Call it before
   JAX starts a backend; afterwards it changes nothing. Work sharded over the devices (a sweep's
   members) then runs on every core at once; GPU and TPU backends are not affected."""
-  if (jax.config.jax_num_cpu_devices > 0
-      or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+  if (jax.config.jax_num_cpu_devices > 0 or
+      "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
     return
   try:
     jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))

@@ -79,12 +79,15 @@ class Checkpoints:
 
     policies: list[Any] = [ocm.LatestN(n=keep_last)]
     if best_metric is not None:  # BestN keeps the tail of the list sorted by score
-      policies.append(ocm.BestN(get_metric_fn=score, reverse=best_mode == "min", n=keep_best,
-                                keep_checkpoints_without_metrics=False))
+      policies.append(
+          ocm.BestN(get_metric_fn=score, reverse=best_mode == "min", n=keep_best,
+                    keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocm.AnyPreservationPolicy(policies),
         best_fn=score if best_metric is not None else None,  # else orbax drops metrics
-        best_mode=best_mode, enable_async_checkpointing=True, create=True)
+        best_mode=best_mode,
+        enable_async_checkpointing=True,
+        create=True)
     # A registry lets a fresh manager read the item's metadata before any save/restore.
     registry = ocp.handlers.create_default_handler_registry(
         **{_ITEM: ocp.StandardCheckpointHandler(), _SUMS: ocp.JsonCheckpointHandler()})
@@ -110,8 +113,10 @@ class Checkpoints:
       with orbax_logs.metricless_save():
         self._mngr.save(
             step,
-            args=ocp.args.Composite(**{_ITEM: ocp.args.StandardSave(state),
-                                       _SUMS: ocp.args.JsonSave(verify.checksums(state))}),
+            args=ocp.args.Composite(**{
+                _ITEM: ocp.args.StandardSave(state), _SUMS: ocp.args.JsonSave(
+                    verify.checksums(state))
+            }),
             metrics=self._json_metrics(metrics),
             force=True,  # the training loop decides when to save, not orbax's policy
             custom_metadata={_FORMAT_KEY: verify.FORMAT},
@@ -190,12 +195,11 @@ class Checkpoints:
     except CheckpointError:
       raise
     except Exception as e:
-      raise CheckpointError(
-          f"checkpoint {self._path(step)} could not be read ({_first_line(e)}); "
-          f"restore another step of {steps} or use a new --workdir") from e
+      raise CheckpointError(f"checkpoint {self._path(step)} could not be read ({_first_line(e)}); "
+                            f"restore another step of {steps} or use a new --workdir") from e
     if version != verify.FORMAT:
-      raise CheckpointError(
-          verify.format_problem(f"checkpoint {self._path(step)}", version, detail))
+      raise CheckpointError(verify.format_problem(f"checkpoint {self._path(step)}", version,
+                                                  detail))
     raise CheckpointError(
         f"checkpoint {self._path(step)} does not match the model built from the config "
         f"({detail}); use the config it was trained with or a new --workdir")
@@ -227,12 +231,14 @@ class Checkpoints:
           skipped.append(f"{step}: {e}")
       tried.update(steps)
       self._mngr.reload()
-      steps = [s for s in reversed(self.all_steps()) if s not in tried
-               and (newest is None or s <= newest)]
+      steps = [
+          s for s in reversed(self.all_steps())
+          if s not in tried and (newest is None or s <= newest)
+      ]
       if not steps:
         break
-    raise CheckpointError(f"no checkpoint in {self.directory} can be restored: "
-                          + "; ".join(skipped))
+    raise CheckpointError(f"no checkpoint in {self.directory} can be restored: " +
+                          "; ".join(skipped))
 
   def delete_after(self, step: int) -> list[int]:
     """Deletes the checkpoints newer than `step` (so that training can go on from it)."""
@@ -248,8 +254,8 @@ class Checkpoints:
     if not (self.directory / str(step) / _SUMS).exists():
       return None
     try:
-      saved = self._mngr.restore(step, args=ocp.args.Composite(
-          **{_SUMS: ocp.args.JsonRestore()}))[_SUMS]
+      saved = self._mngr.restore(step,
+                                 args=ocp.args.Composite(**{_SUMS: ocp.args.JsonRestore()}))[_SUMS]
     except Exception:  # pylint: disable=broad-except
       return None
     return saved if isinstance(saved, dict) else None

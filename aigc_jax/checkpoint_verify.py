@@ -32,9 +32,9 @@ def format_problem(where: str, version: Any, detail: str | None = None) -> str:
             "version (or the config it was trained with), or train anew in a new --workdir")
   newer = isinstance(version, int) and version > FORMAT
   return (f"{where}, which this aigc_jax cannot read (it writes format {FORMAT} and reads formats "
-          f"{', '.join(map(str, READABLE_FORMATS))}): "
-          + ("a newer aigc_jax wrote it; update aigc_jax" if newer else
-             "use the aigc_jax that wrote it") + ", or use a new --workdir")
+          f"{', '.join(map(str, READABLE_FORMATS))}): " +
+          ("a newer aigc_jax wrote it; update aigc_jax"
+           if newer else "use the aigc_jax that wrote it") + ", or use a new --workdir")
 
 
 def shape_mismatch(saved_tree: Any, target: Any) -> str | None:
@@ -72,9 +72,11 @@ def corruption(state: Any, step: int, saved: dict[str, str] | None) -> str | Non
 
 def checksums(tree: Any) -> dict[str, str]:
   """The sha256 of every array leaf's bytes (C order), by its key path."""
-  return {jax.tree_util.keystr(path): hashlib.sha256(
-      np.ascontiguousarray(np.asarray(leaf)).tobytes()).hexdigest()
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+      jax.tree_util.keystr(path):
+          hashlib.sha256(np.ascontiguousarray(np.asarray(leaf)).tobytes()).hexdigest()
+      for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def first_non_finite(tree: Any) -> str | None:

@@ -59,8 +59,7 @@ def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 
   def squared_distances(centers):
     return np.maximum(norms[:, None] - 2.0 * x @ centers.T + np.sum(centers**2, axis=1), 0.0)
 
-  bar = tqdm(total=k + iterations, desc="k-means", unit="step", disable=not progress,
-             leave=False)
+  bar = tqdm(total=k + iterations, desc="k-means", unit="step", disable=not progress, leave=False)
   centers = x[rng.integers(num)][None]
   nearest = squared_distances(centers)[:, 0].astype(np.float64)
   for _ in range(1, k):  # k-means++: the next center far from the chosen ones
@@ -103,8 +102,8 @@ def workdir_clusters(workdir: str, images: np.ndarray, k: int, seed: int = 0,
     ids = np.load(path)
     if ids.shape != (len(images),) or ids.min() < 0 or ids.max() >= k:
       raise DataError(f"{path} holds cluster ids of shape {ids.shape} in [{ids.min()}, "
-                       f"{ids.max()}], not {len(images)} ids in [0, {k}): the workdir was "
-                       "trained on other data or another pixel_clusters; use a new workdir")
+                      f"{ids.max()}], not {len(images)} ids in [0, {k}): the workdir was "
+                      "trained on other data or another pixel_clusters; use a new workdir")
     return ids.astype(np.int32)
   ids = pixel_clusters(images, k, seed=seed)
   if write:

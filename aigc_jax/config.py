@@ -161,13 +161,15 @@ def _check_values(config: ml_collections.ConfigDict, family) -> None:
        "binarize=True needs scale='zero_one' (pixels are Bernoulli probabilities)")
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "num_sample_images"):
     need(int(config[key]) > 0, f"{key} must be a positive integer, got {config[key]}")
-  need(int(config.steps_per_call) >= 0,
-       f"steps_per_call must be >= 0 (0 = auto for the backend), got {config.steps_per_call}")
+  need(
+      int(config.steps_per_call) >= 0,
+      f"steps_per_call must be >= 0 (0 = auto for the backend), got {config.steps_per_call}")
   need(config.compute_dtype in backend.COMPUTE_DTYPES,
        f"compute_dtype '{config.compute_dtype}' is unknown; use one of {backend.COMPUTE_DTYPES}")
-  need(config.matmul_precision in backend.MATMUL_PRECISIONS,
-       f"matmul_precision '{config.matmul_precision}' is unknown; use one of "
-       f"{backend.MATMUL_PRECISIONS}")
+  need(
+      config.matmul_precision in backend.MATMUL_PRECISIONS,
+      f"matmul_precision '{config.matmul_precision}' is unknown; use one of "
+      f"{backend.MATMUL_PRECISIONS}")
   need(config.num_train_steps > 0 or config.num_epochs > 0,
        "set num_train_steps > 0 or num_epochs > 0 (num_train_steps wins when both are set)")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
@@ -188,9 +190,10 @@ def _check_values(config: ml_collections.ConfigDict, family) -> None:
   family.validate_config(config, need)
 
 
-def from_saved(values: Mapping[str, Any], where: str,
-               fix: str = "edit the file, restore it from a backup, or use a new --workdir"
-               ) -> ml_collections.ConfigDict:
+def from_saved(
+    values: Mapping[str, Any], where: str,
+    fix: str = "edit the file, restore it from a backup, or use a new --workdir"
+) -> ml_collections.ConfigDict:
   """The validated config of `values` as a run file holds them (config.json, a sweep's spec):
   keys added to the project since take their defaults; a value of the wrong type, a bad value
   or an unknown key raises ConfigError naming `where`, the key and the problem (then `fix`)."""

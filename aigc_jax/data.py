@@ -153,8 +153,7 @@ def load_split(name: str, split: str, *, idx_dir: PathLike | None = None,
   source = _source(name, split, idx_dir, tfds_data_dir)
   info = source.info
   if source.idx_dir is not None:
-    images, labels = idx.read_split(source.idx_dir, split, num_classes=info.num_classes,
-                                    rows=rows)
+    images, labels = idx.read_split(source.idx_dir, split, num_classes=info.num_classes, rows=rows)
   else:
     images, labels = _from_tfds(source, split, rows)
     if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
@@ -223,11 +222,8 @@ def epoch_permutation(seed: int | jax.Array, epoch: int | jax.Array,
   return jax.random.permutation(key, num_examples).astype(jnp.int32)
 
 
-def preprocess(images_uint8: jax.Array | np.ndarray,
-               *,
-               scale: str = "zero_one",
-               binarize_rng: jax.Array | None = None,
-               axis_name: str | None = None) -> jax.Array:
+def preprocess(images_uint8: jax.Array | np.ndarray, *, scale: str = "zero_one",
+               binarize_rng: jax.Array | None = None, axis_name: str | None = None) -> jax.Array:
   """uint8 -> float32 in [0,1] or [-1,1]; optional dynamic binarization.
 
   Binarization draws Bernoulli(pixel) from `binarize_rng`; under a named data axis, for the whole
@@ -267,9 +263,7 @@ def _eval_batch(data: DeviceData, idx: jax.Array, mask: jax.Array,
   }
 
 
-def eval_batches(data: DeviceData,
-                 batch_size: int,
-                 *,
+def eval_batches(data: DeviceData, batch_size: int, *,
                  scale: str = "zero_one") -> Iterator[dict[str, jax.Array]]:
   """Fixed-size in-order batches; the last is padded, with 'mask' 0 on padding."""
   if batch_size <= 0:

@@ -40,6 +40,7 @@ class OutOfMemory(RuntimeError):
 
 # -- stop signals ----------------------------------------------------------------------------------
 
+
 def undo_on_signal(undo: Callable[[], None], until_training: bool = False) -> Callable[[], None]:
   """Calls `undo` (removing something half-made) if a stop signal ends the process, until the
   function returned is called; `until_training`: only until the training loop starts."""
@@ -170,6 +171,7 @@ def begin(what: str = "", lower: str = "", module: str = "__main__") -> None:
 
 # -- one-line errors -------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def doing(what: str, lower: str = "") -> Iterator[None]:
   """Names what the block does for the stop signals' line; an out-of-memory error raised in it
@@ -190,8 +192,9 @@ def is_out_of_memory(e: BaseException) -> bool:
   if isinstance(e, MemoryError):
     return True
   text = str(e)
-  return type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
-      "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
+  return type(e).__name__ in ("JaxRuntimeError",
+                              "XlaRuntimeError") and ("RESOURCE_EXHAUSTED" in text or
+                                                      "out of memory" in text.lower())
 
 
 def out_of_memory_message(e: BaseException, what: str, lower: str) -> str:

@@ -51,8 +51,9 @@ flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to
 flags.DEFINE_integer("step", None, "Evaluate this checkpoint step instead.")
 flags.DEFINE_integer("iwae_samples", 0, "Importance samples per image (0: the config's).")
 flags.DEFINE_integer("iwae_examples", 0, "Test images for nll_iwae (0: the config's).")
-flags.DEFINE_integer("num_samples", 0, "GAN, diffusion or --samples: images per metric (0: "
-                     "10000, or all the file's).")
+flags.DEFINE_integer(
+    "num_samples", 0, "GAN, diffusion or --samples: images per metric (0: "
+    "10000, or all the file's).")
 flags.DEFINE_string("sampler", None, "Diffusion: ddim or ddpm (eps/v), euler or heun (flow).")
 flags.DEFINE_integer("sample_steps", None, "Diffusion: the sampler's steps.")
 flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the guidance scale.")
@@ -78,15 +79,17 @@ def evaluate_workdir(workdir: str, which: str | int = "best", progress: bool = F
   log.info("%s", backend.describe_devices())
   bar = progress_bar if progress else None
   metrics = run.trainable.full_evaluate(run.state, test, progress=bar, **options)
-  return {"model": run.config.model, "dataset": run.config.dataset, "step": run.step,
-          "checkpoint": which, **metrics}
+  return {
+      "model": run.config.model, "dataset": run.config.dataset, "step": run.step,
+      "checkpoint": which, **metrics
+  }
 
 
 NPZ_HELP = "write one with np.savez(path, images=uint8 array) or python -m aigc_jax.sample"
 # What a bad file raises while it is read: a zip that is truncated, corrupt (CRC, deflate) or
 # encrypted, an .npy header that does not parse, a payload shorter than its header declares.
-READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
-               ValueError, NotImplementedError, RuntimeError)
+READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, ValueError,
+               NotImplementedError, RuntimeError)
 
 
 def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -135,8 +138,8 @@ def _check_headers(path: str, dataset: str, images, labels) -> None:
   None) are those of `dataset`'s uint8 images and integer classes."""
   info = data_lib.DATASETS[dataset]
   shape = info.image_shape
-  if images is None or images[2] != np.uint8 or not len(images[1]) or not (
-      images[1][1:] == shape or (shape[-1] == 1 and images[1][1:] == shape[:2])):
+  if images is None or images[2] != np.uint8 or not len(
+      images[1]) or not (images[1][1:] == shape or (shape[-1] == 1 and images[1][1:] == shape[:2])):
     got = "no `images`" if images is None else f"`images` {images[2]}{images[1]}"
     want = "(N, H, W) or " * (shape[-1] == 1) + "(N, H, W, C)"
     raise UsageError(f"{path} holds {got}; {dataset} needs uint8 {want} with (H, W, C) = "
@@ -183,8 +186,8 @@ def load_samples(path: str, dataset: str, num_samples: int = 0):
   except READ_ERRORS as e:
     raise UsageError(f"cannot read {path} as an .npz file ({type(e).__name__}: {e}); it is "
                      f"truncated, corrupt or of another format: {NPZ_HELP}") from None
-  if labels is not None and num and not 0 <= int(labels.min()) <= int(labels.max()) < (
-      info.num_classes):
+  if labels is not None and num and not 0 <= int(labels.min()) <= int(
+      labels.max()) < (info.num_classes):
     raise UsageError(f"{path}: `labels` must be (N,) integer classes in [0, {info.num_classes}), "
                      f"got values {int(labels.min())} to {int(labels.max())}; drop them or fix "
                      "them")
@@ -222,8 +225,10 @@ def main(argv):
   train.quiet_dependencies()
   try:
     check_flags()
-    options = {name: FLAGS[name].value for name in OPTIONS if FLAGS[name].value is not None
-               and (FLAGS[name].value != 0 or name == "guidance_scale")}  # 0: the config's
+    options = {
+        name: FLAGS[name].value for name in OPTIONS
+        if FLAGS[name].value is not None and (FLAGS[name].value != 0 or name == "guidance_scale")
+    }  # 0: the config's
     if FLAGS.samples:
       result = evaluate_samples_file(FLAGS.samples, FLAGS.dataset, **options)
     else:

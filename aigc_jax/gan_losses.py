@@ -74,8 +74,8 @@ def _sum_nonbatch(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(x, axis=tuple(range(1, x.ndim)))
 
 
-def gradient_penalty(critic_fn: Callable, real: jnp.ndarray, fake: jnp.ndarray,
-                     rng: jax.Array, axis_name: str | None = None) -> jnp.ndarray:
+def gradient_penalty(critic_fn: Callable, real: jnp.ndarray, fake: jnp.ndarray, rng: jax.Array,
+                     axis_name: str | None = None) -> jnp.ndarray:
   """WGAN-GP (Gulrajani et al., 2017): mean over x_hat of (||grad critic(x_hat)||_2 - 1)^2.
 
   x_hat = eps * real + (1 - eps) * fake with eps ~ U(0, 1) per example; the norm is over all
@@ -111,8 +111,8 @@ def flip_and_shift(x: jnp.ndarray, flip: jnp.ndarray, shift: jnp.ndarray,
   return jax.vmap(crop)(padded, shift)
 
 
-def consistency_penalty(critic_fn: Callable, real: jnp.ndarray, rng: jax.Array,
-                        max_shift: int = 2, axis_name: str | None = None) -> jnp.ndarray:
+def consistency_penalty(critic_fn: Callable, real: jnp.ndarray, rng: jax.Array, max_shift: int = 2,
+                        axis_name: str | None = None) -> jnp.ndarray:
   """CR-GAN (Zhang et al., 2020): mean of (critic(x) - critic(T(x)))^2 over real x.
 
   T mirrors each image with probability 1/2 and shifts it by up to `max_shift` pixels per

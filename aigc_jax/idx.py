@@ -96,8 +96,8 @@ def _open(path: PathLike) -> tuple[Header, Callable[[int, int], bytes]]:
       if head[:2] == _GZIP_MAGIC:
         raw = _gunzip(head + f.read(), path)
         header = parse_header(raw[:_MAX_HEADER], len(raw), path)
-        return header, lambda start, stop: raw[header.size + start * header.row_bytes:
-                                               header.size + stop * header.row_bytes]
+        return header, lambda start, stop: raw[header.size + start * header.row_bytes:header.size +
+                                               stop * header.row_bytes]
       header = parse_header(head, os.fstat(f.fileno()).st_size, path)
   except OSError as e:
     raise _cannot_read(path, e) from e
@@ -117,8 +117,7 @@ def _array(path: PathLike, opened: tuple[Header, Callable[[int, int], bytes]],
            rows: Rows | None) -> np.ndarray:
   header, read = opened
   start, stop = _check_rows(rows, header, path)
-  array = np.frombuffer(read(start, stop), header.dtype).reshape((stop - start,
-                                                                   *header.dims[1:]))
+  array = np.frombuffer(read(start, stop), header.dtype).reshape((stop - start, *header.dims[1:]))
   return array.astype(header.dtype.newbyteorder("="))  # always a writable native copy
 
 
@@ -148,8 +147,10 @@ def candidates(directory: PathLike, split: str, kind: str) -> list[str]:
 
 def find_split(directory: PathLike, split: str) -> tuple[str, str] | None:
   """The (images, labels) paths of a split if both exist."""
-  found = [next((p for p in candidates(directory, split, kind) if os.path.isfile(p)), None)
-           for kind in ("images", "labels")]
+  found = [
+      next((p for p in candidates(directory, split, kind) if os.path.isfile(p)), None)
+      for kind in ("images", "labels")
+  ]
   return (found[0], found[1]) if found[0] and found[1] else None
 
 
@@ -160,8 +161,10 @@ def split_paths(directory: PathLike, split: str) -> tuple[str, str]:
                     f"(expected one of {sorted(SPLIT_PREFIX)}); use 'train' or 'test'")
   paths = find_split(directory, split)
   if paths is None:
-    looked = [os.path.basename(p) for kind in ("images", "labels")
-              for p in candidates(directory, split, kind)]
+    looked = [
+        os.path.basename(p) for kind in ("images", "labels")
+        for p in candidates(directory, split, kind)
+    ]
     raise DataError(f"{directory}: missing IDX files for split '{split}' (looked for "
                     f"{', '.join(looked)}); put the files there or point "
                     "--config.idx_dir elsewhere")

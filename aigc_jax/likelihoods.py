@@ -38,9 +38,8 @@ def gaussian_log_likelihood(mean: jnp.ndarray, log_scale: jnp.ndarray, x: jnp.nd
   return _sum_event(-0.5 * jnp.square(z) - log_scale - 0.5 * _LOG_2PI, event_ndim)
 
 
-def discretized_logistic_log_likelihood(mean: jnp.ndarray, log_scale: jnp.ndarray,
-                                        x: jnp.ndarray, event_ndim: int = 3,
-                                        num_bins: int = 256) -> jnp.ndarray:
+def discretized_logistic_log_likelihood(mean: jnp.ndarray, log_scale: jnp.ndarray, x: jnp.ndarray,
+                                        event_ndim: int = 3, num_bins: int = 256) -> jnp.ndarray:
   """log P(bin of x) under a logistic(mean, exp(log_scale)) discretized to `num_bins` bins.
 
   x is in [0, 1] on the grid k / (num_bins - 1) (uint8 / 255; off-grid values go to the nearest

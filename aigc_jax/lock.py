@@ -90,8 +90,9 @@ def _claim(fd: int, workdir: str, member_of: str | None) -> None:
                        "it to end or stop it, or choose another --workdir") from None
   try:
     os.ftruncate(fd, 0)
-    os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since "
-                 f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}".encode())
+    os.write(
+        fd, f"host {socket.gethostname()}, pid {os.getpid()}, since "
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}".encode())
   except OSError as e:
     raise safe_files.write_error(os.path.join(workdir, LOCK_FILE), e) from None
   if member_of is not None:
@@ -137,8 +138,9 @@ def hold(workdir: str, member_of: str | None = None) -> Iterator[None]:
   top = make_workdir(workdir)
   with contextlib.ExitStack() as undo:
     if top is not None:
-      undo.enter_context(entry.undone_on_signal(functools.partial(_remove_made, workdir, top),
-                                                until_training=True))
+      undo.enter_context(
+          entry.undone_on_signal(functools.partial(_remove_made, workdir, top),
+                                 until_training=True))
     try:
       fd = safe_files.open_in_place(os.path.join(workdir, LOCK_FILE), os.O_RDWR)
     except WorkdirError:

@@ -21,5 +21,5 @@ def batch_noise(sampler: Callable, rng: jax.Array, shape, axis_name: str | None 
   full_shape = list(shape)
   full_shape[batch_axis] = local * jax.lax.axis_size(axis_name)
   full = sampler(rng, tuple(full_shape))
-  return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * local, local,
-                                      batch_axis)
+  return jax.lax.dynamic_slice_in_dim(full,
+                                      jax.lax.axis_index(axis_name) * local, local, batch_axis)

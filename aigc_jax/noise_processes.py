@@ -34,7 +34,7 @@ def alpha_bars(schedule: str, num_timesteps: int = NUM_TIMESTEPS) -> np.ndarray:
     betas = np.linspace(1e-4, 0.02, num_timesteps, dtype=np.float64)
   elif schedule == "cosine":
     s = 0.008
-    f = np.cos((np.arange(num_timesteps + 1) / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+    f = np.cos((np.arange(num_timesteps + 1) / num_timesteps + s) / (1 + s) * math.pi / 2)**2
     betas = np.clip(1.0 - f[1:] / f[:-1], 0.0, 0.999)
   else:
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")

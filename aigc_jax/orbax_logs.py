@@ -42,8 +42,7 @@ def quiet_orbax() -> None:
 
   def hook(unraisable: Any) -> None:
     if _is_closed_loop_callback(unraisable):
-      _log.debug("orbax: a read completed after its event loop closed (%s)",
-                 unraisable.exc_value)
+      _log.debug("orbax: a read completed after its event loop closed (%s)", unraisable.exc_value)
     else:
       previous(unraisable)
 

@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 DATA_AXIS = placement.DATA_AXIS  # the device axis the step's collectives run over
 
 
-def batch_at(state, data, perm, index, *, batch_size: int, batches_per_step: int,
-             local_batch: int, scale: str, binarize: bool, axis_name: str | None):
+def batch_at(state, data, perm, index, *, batch_size: int, batches_per_step: int, local_batch: int,
+             scale: str, binarize: bool, axis_name: str | None):
   """This device's rows of global batches index*n ... index*n + n - 1 (n = batches_per_step) of
   the epoch permutation `perm`, preprocessed (binarized with the state's step noise if asked).
   Under `axis_name`, `data` holds this device's block of rows (`Placement.put_data`)."""
@@ -132,6 +132,7 @@ class TrainLoop:
       one_step = member_map(one_step, members)
 
     def loop(state, data, perm, start, num_steps):
+
       def body(i, carry):
         state, metrics = one_step(carry[0], data, perm, start + i)
         return state, jax.tree_util.tree_map(jnp.add, carry[1], metrics)
@@ -161,8 +162,9 @@ class TrainLoop:
     # already sum them over devices, and the same step code would count them twice).
     # The state and `perm` replicated, the dataset (argument 1) split by rows (`put_data`).
     specs = (PartitionSpec(), PartitionSpec(DATA_AXIS)) + (PartitionSpec(),) * (1 + scalars)
-    return jax.jit(jax.shard_map(fn, mesh=self.place.mesh, in_specs=specs,
-                                 out_specs=PartitionSpec(), check_vma=False), donate_argnums=0)
+    return jax.jit(
+        jax.shard_map(fn, mesh=self.place.mesh, in_specs=specs, out_specs=PartitionSpec(),
+                      check_vma=False), donate_argnums=0)
 
   def __call__(self, state, data, perm, start: int, num_steps: int):
     if self.steps_per_call == 1:
@@ -187,8 +189,10 @@ def member_map(one_step: Callable, how: str) -> Callable:
     raise ValueError(f"members '{how}' is unknown; use 'vmap' or 'unroll'")
 
   def unrolled(state, data, perm, index):
-    outs = [one_step(jax.tree_util.tree_map(lambda x, i=i: x[i], state), data, perm[i], index)
-            for i in range(perm.shape[0])]
+    outs = [
+        one_step(jax.tree_util.tree_map(lambda x, i=i: x[i], state), data, perm[i], index)
+        for i in range(perm.shape[0])
+    ]
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
 
   return unrolled

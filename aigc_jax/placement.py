@@ -33,8 +33,7 @@ class Placement:
 
   def member_mesh(self, num_members: int) -> jax.sharding.Mesh | None:
     """The mesh that `num_members` members are sharded over in mode 'none' (None: one device)."""
-    size = max((k for k in range(1, len(self.member_pool) + 1) if num_members % k == 0),
-               default=1)
+    size = max((k for k in range(1, len(self.member_pool) + 1) if num_members % k == 0), default=1)
     return None if size == 1 else jax.sharding.Mesh(np.array(self.member_pool[:size]),
                                                     (MEMBER_AXIS,))
 
@@ -49,8 +48,8 @@ class Placement:
     # (e.g. the EMA parameters start as the generator's), which donation would reject.
     fresh = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # noqa: E731
     if self.mode == "none":
-      mesh = (self.member_mesh(len(jax.tree_util.tree_leaves(tree)[0])) if self.member_pool
-              else None)
+      mesh = (self.member_mesh(len(jax.tree_util.tree_leaves(tree)[0]))
+              if self.member_pool else None)
       if mesh is not None:
         return fresh(jax.device_put(tree, NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))))
       return fresh(jax.device_put(tree, self.devices[0]))
@@ -111,8 +110,9 @@ class Placement:
     return jax.tree_util.tree_map(place, tree)
 
   def _local_positions(self) -> list[int]:
-    return [d for d, device in enumerate(self.devices)
-            if device.process_index == jax.process_index()]
+    return [
+        d for d, device in enumerate(self.devices) if device.process_index == jax.process_index()
+    ]
 
   def get_state(self, tree: Any) -> Any:
     """The single copy (on this process's first device) of a pytree placed by this loop."""

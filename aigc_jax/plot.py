@@ -196,8 +196,9 @@ def overlay_command(argv=None) -> int:
                       help="test: eval metrics (default); train: train losses")
   args = parser.parse_args(argv)
   if not args.workdir or not args.out:
-    print("error: --workdir and --out are required, e.g. python -m aigc_jax.plot "
-          "--workdir runs/a runs/b --out compare.png", file=sys.stderr)
+    print(
+        "error: --workdir and --out are required, e.g. python -m aigc_jax.plot "
+        "--workdir runs/a runs/b --out compare.png", file=sys.stderr)
     return 2
   if not args.out.lower().endswith(".png") or os.path.isdir(args.out):
     print(f"error: --out must name a .png file, got {args.out!r}", file=sys.stderr)

@@ -40,9 +40,9 @@ def initialize_distributed(config) -> None:
     raise config_lib.ConfigError(
         f"cannot start the processes of this {cluster or 'multi-host'} job ({e}); set "
         "coordinator_address (process 0's host:port), num_processes and process_id") from None
-  log.info("process %d of %d (coordinator %s): %d local / %d global devices",
-           jax.process_index(), jax.process_count(), address or f"from {cluster}",
-           jax.local_device_count(), jax.device_count())
+  log.info("process %d of %d (coordinator %s): %d local / %d global devices", jax.process_index(),
+           jax.process_count(), address or f"from {cluster}", jax.local_device_count(),
+           jax.device_count())
 
 
 class Run(NamedTuple):
@@ -74,23 +74,23 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   batches_per_step = family.batches_per_step(config)
   schedule = schedule_lib.make_schedule(config, num_train, batches_per_step)
   trainable = family.build(config, data_lib.DATASETS[config.dataset], schedule.total)
-  step = (trainable.train_step if population_step is None else
-          functools.partial(population_step, total_steps=schedule.total))
+  step = (trainable.train_step if population_step is None else functools.partial(
+      population_step, total_steps=schedule.total))
   population = population_step is not None
   try:  # a CPU fallback beside a GPU plugin, a batch the devices do not divide: ConfigError
     backend.check_no_fallback()
-    loop = parallel.make_train_loop(
-        step, batch_size=config.batch_size, scale=config.scale, binarize=config.binarize,
-        steps_per_call=config.steps_per_call,
-        mode=backend.parallel_mode(config.parallel, population),
-        batches_per_step=batches_per_step, member_devices=member_devices,
-        members="" if population_step is None else member_map)
+    loop = parallel.make_train_loop(step, batch_size=config.batch_size, scale=config.scale,
+                                    binarize=config.binarize, steps_per_call=config.steps_per_call,
+                                    mode=backend.parallel_mode(config.parallel, population),
+                                    batches_per_step=batches_per_step,
+                                    member_devices=member_devices,
+                                    members="" if population_step is None else member_map)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
   rows = loop.place.local_rows(num_train)  # all this process's devices read
   images, labels = data_lib.load_config_split(config, "train", rows)
-  train_data = data_lib.to_host(images, family.train_labels(config, images, labels, workdir,
-                                                            rows=rows))
+  train_data = data_lib.to_host(images,
+                                family.train_labels(config, images, labels, workdir, rows=rows))
   log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), %d device(s); %s; %s",
            config.model, config.dataset, num_train, len(test_data.labels), schedule.total,
            schedule.steps_per_epoch, loop.place.num_devices, backend.describe_devices(),

@@ -58,8 +58,9 @@ def open_in_place(path: str, flags: int) -> int:
   info = os.fstat(fd)
   if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
     os.close(fd)
-    raise _refuse(path, "not a regular file" if not stat.S_ISREG(info.st_mode) else
-                  f"a file with {info.st_nlink} hard links")
+    raise _refuse(
+        path, "not a regular file"
+        if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links")
   return fd
 
 

@@ -38,8 +38,8 @@ FLAGS = flags.FLAGS
 log = logging.getLogger("aigc_jax.sample")  # not __name__: "__main__" under python -m
 
 
-def sample_to_file(workdir: str, num: int, out: str, seed: int = 0,
-                   which: str | int = "best", **options) -> dict:
+def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str | int = "best",
+                   **options) -> dict:
   """Writes `num` samples of `workdir` to `out`; `options` are a diffusion model's sampler,
   sample_steps and guidance_scale (ConfigError for an option the model lacks)."""
   run = workdir_lib.load_trained(workdir, which)
@@ -65,15 +65,17 @@ def sample_to_file(workdir: str, num: int, out: str, seed: int = 0,
 def check_flags() -> None:
   """Exits with one error line for flags that cannot be used."""
   if not FLAGS.workdir or not FLAGS.out:
-    print("error: --workdir and --out are required, e.g. python -m aigc_jax.sample "
-          "--workdir runs/vae --num 64 --out samples.npz", file=sys.stderr)
+    print(
+        "error: --workdir and --out are required, e.g. python -m aigc_jax.sample "
+        "--workdir runs/vae --num 64 --out samples.npz", file=sys.stderr)
     sys.exit(2)
   if FLAGS.num <= 0:
     print(f"error: --num must be positive, got {FLAGS.num}", file=sys.stderr)
     sys.exit(2)
   if os.path.isdir(FLAGS.out) or FLAGS.out.endswith(("/", os.sep)):
-    print(f"error: --out {FLAGS.out} is a directory; name a file in it, e.g. --out "
-          f"{os.path.join(FLAGS.out, 'samples.npz')}", file=sys.stderr)
+    print(
+        f"error: --out {FLAGS.out} is a directory; name a file in it, e.g. --out "
+        f"{os.path.join(FLAGS.out, 'samples.npz')}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -85,9 +87,10 @@ def main(argv):
     check_flags()
     try:
       which = FLAGS.checkpoint if FLAGS.step is None else FLAGS.step
-      options = {name: FLAGS[name].value for name in ("sampler", "sample_steps",
-                                                      "guidance_scale")
-                 if FLAGS[name].value is not None}
+      options = {
+          name: FLAGS[name].value for name in ("sampler", "sample_steps", "guidance_scale")
+          if FLAGS[name].value is not None
+      }
       info = sample_to_file(FLAGS.workdir, FLAGS.num, FLAGS.out, FLAGS.seed, which, **options)
     except (workdir_lib.CheckpointError, workdir_lib.config_lib.ConfigError,
             safe_files.WorkdirError, entry.OutOfMemory) as e:

@@ -62,9 +62,10 @@ class Schedule(NamedTuple):
   def next_boundary(self, step: int) -> int:
     """The first log, eval, checkpoint or chunk step, epoch end or the end after `step`."""
     epoch = step // self.steps_per_epoch
-    return min(self.total, (epoch + 1) * self.steps_per_epoch,
-               *((step // n + 1) * n for n in (self.log_every, self.eval_every,
-                                               self.checkpoint_every, self.chunk)))
+    return min(
+        self.total, (epoch + 1) * self.steps_per_epoch,
+        *((step // n + 1) * n
+          for n in (self.log_every, self.eval_every, self.checkpoint_every, self.chunk)))
 
 
 class Boundary(NamedTuple):
@@ -80,9 +81,9 @@ class Boundary(NamedTuple):
 def at(schedule: Schedule, step: int, signum: int | None = None) -> Boundary:
   """The boundary at `step`: log, evaluate and checkpoint at their multiples and at the end."""
   end = step == schedule.total
-  return Boundary(step, end or step % schedule.log_every == 0,
-                  end or step % schedule.eval_every == 0,
-                  end or step % schedule.checkpoint_every == 0, signum)
+  return Boundary(step, end or step % schedule.log_every == 0, end or
+                  step % schedule.eval_every == 0, end or step % schedule.checkpoint_every == 0,
+                  signum)
 
 
 def run_chunks(schedule: Schedule, step: int, train_chunk: Callable[[int, int], None],
@@ -115,11 +116,11 @@ def make_schedule(config, num_train: int, batches_per_step: int) -> Schedule:
   steps_per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size * batches_per_step)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
   per_call = backend.steps_per_call(config.steps_per_call)
-  return Schedule(state_lib.total_train_steps(config, num_train, batches_per_step),
-                  steps_per_epoch, config.log_every_steps, eval_every,
-                  config.checkpoint_every_steps if config.checkpoint_every_steps > 0
-                  else eval_every,
-                  per_call * -(-STOP_CHECK_STEPS // per_call))
+  return Schedule(
+      state_lib.total_train_steps(config, num_train, batches_per_step), steps_per_epoch,
+      config.log_every_steps, eval_every,
+      config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else eval_every,
+      per_call * -(-STOP_CHECK_STEPS // per_call))
 
 
 class TrainMeter:

@@ -57,8 +57,11 @@ def export(workdir: str, member: int, to: str) -> str:
         f"checkpoint yet; resume the sweep (python -m aigc_jax.sweep --workdir {workdir}) first")
   if os.path.exists(to) and os.listdir(to):
     raise workdir_lib.CheckpointError(f"--to {to} exists and is not empty; name a new directory")
-  shutil.copytree(source, to, dirs_exist_ok=True,  # a run of its own: unlocked, not a member
-                  ignore=shutil.ignore_patterns(lock.LOCK_FILE, lock.MEMBER_FILE))
+  shutil.copytree(
+      source,
+      to,
+      dirs_exist_ok=True,  # a run of its own: unlocked, not a member
+      ignore=shutil.ignore_patterns(lock.LOCK_FILE, lock.MEMBER_FILE))
   return to
 
 
@@ -90,12 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--members", type=int, help="how many members (for ranges and seeds)")
   parser.add_argument("--halve_every", type=int, default=0, metavar="EVALS",
                       help="stop the worse half every EVALS evaluations (0: never)")
-  parser.add_argument("--member_map", choices=("auto", "vmap", "unroll"), default="auto",
-                      help="the step over the members: vmapped, or one copy per member in one "
-                      "program (auto: unrolled for convolutional models on CPU)")
-  parser.add_argument("--member_devices", type=int, default=0, metavar="N",
-                      help="shard vmapped members over up to N devices with parallel='none' "
-                      "(0: all of this process's devices)")
+  parser.add_argument(
+      "--member_map", choices=("auto", "vmap", "unroll"), default="auto",
+      help="the step over the members: vmapped, or one copy per member in one "
+      "program (auto: unrolled for convolutional models on CPU)")
+  parser.add_argument(
+      "--member_devices", type=int, default=0, metavar="N",
+      help="shard vmapped members over up to N devices with parallel='none' "
+      "(0: all of this process's devices)")
   parser.add_argument("--export", type=int, metavar="MEMBER", help="copy this member's run")
   parser.add_argument("--to", metavar="RUNDIR", help="where --export writes the run")
   return parser
@@ -112,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         raise config_lib.ConfigError("--export MEMBER needs --to RUNDIR")
       print(f"wrote {export(args.workdir, args.export, args.to)}")
       return 0
-    if args.halve_every < 0 or args.member_devices < 0 or (args.members is not None
-                                                           and args.members < 2):
+    if args.halve_every < 0 or args.member_devices < 0 or (args.members is not None and
+                                                           args.members < 2):
       raise config_lib.ConfigError("--halve_every and --member_devices must be >= 0 and "
                                    "--members >= 2")
     if args.experiment is None:

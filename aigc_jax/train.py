@@ -92,8 +92,9 @@ def save(run: run_setup.Run, step: int, state, eval_metrics: dict | None) -> Non
     raise TrainingError(f"training diverged before step {step}: the state is not finite, so it "
                         f"was not saved; lower learning_rate, and resume from the last good "
                         f"checkpoint (steps {run.checkpoints.all_steps()}) or a new workdir")
-  run.checkpoints.save(step, host, None if eval_metrics is None else
-                       {f"test_{k}": v for k, v in eval_metrics.items()})
+  run.checkpoints.save(
+      step, host,
+      None if eval_metrics is None else {f"test_{k}": v for k, v in eval_metrics.items()})
 
 
 def train_loop(run: run_setup.Run, state, bar):
@@ -101,7 +102,7 @@ def train_loop(run: run_setup.Run, state, bar):
   Raises Stopped after saving when SIGTERM or SIGINT arrives."""
   step = int(state.step)
   stop = schedule_lib.EarlyStop(run.trainable.best_metric, run.trainable.best_mode,
-                   run.config.early_stopping_patience, run.writer.truncate_after(step))
+                                run.config.early_stopping_patience, run.writer.truncate_after(step))
   with signals_lib.StopSignals() as signals:
     return _loop(run, state, step, stop, signals, bar)
 
@@ -245,10 +246,12 @@ def main(get_config) -> None:
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard "
-                      "events and samples/*.png; an existing one is resumed.")
-  flags.DEFINE_integer("step", None, "Resume from this checkpoint step (the later ones are "
-                       "deleted); default: the newest that verifies.")
+  flags.DEFINE_string(
+      "workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard "
+      "events and samples/*.png; an existing one is resumed.")
+  flags.DEFINE_integer(
+      "step", None, "Resume from this checkpoint step (the later ones are "
+      "deleted); default: the newest that verifies.")
 
   def run(argv):
     if len(argv) > 1:

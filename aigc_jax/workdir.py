@@ -26,7 +26,8 @@ RESUMABLE_KEYS = frozenset({
     "checkpoint_every_steps", "keep_checkpoints", "early_stopping_patience", "idx_dir",
     "tfds_data_dir", "parallel", "steps_per_call", "coordinator_address", "num_processes",
     "process_id", "progress_bar", "num_sample_images", "eval_batch_size", "eval_num_samples",
-    "eval_iwae_samples", "eval_iwae_examples", "allow_config_change"})
+    "eval_iwae_samples", "eval_iwae_examples", "allow_config_change"
+})
 log = logging.getLogger(__name__)
 
 
@@ -88,8 +89,10 @@ def check_resume_config(workdir: str, config) -> dict:
   if not (os.path.exists(os.path.join(workdir, CONFIG_FILE)) and has_checkpoints(workdir)):
     return {}
   saved = load_config(workdir)
-  changes = {key: [saved[key], config[key]] for key in config.keys()
-             if key in saved and json.dumps(saved[key]) != json.dumps(config[key])}
+  changes = {
+      key: [saved[key], config[key]] for key in config.keys()
+      if key in saved and json.dumps(saved[key]) != json.dumps(config[key])
+  }
   refused = [key for key in changes if key not in RESUMABLE_KEYS]
   if refused and not config.allow_config_change:
     key = refused[0]
@@ -113,9 +116,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 # A tool's option (sample, evaluate) -> the config key it sets for that call; a model whose
 # config lacks the key has no such option.
-TOOL_OPTIONS = {"iwae_samples": "eval_iwae_samples", "iwae_examples": "eval_iwae_examples",
-                "num_samples": "eval_num_samples", "sampler": "sampler",
-                "sample_steps": "sample_steps", "guidance_scale": "guidance_scale"}
+TOOL_OPTIONS = {
+    "iwae_samples": "eval_iwae_samples", "iwae_examples": "eval_iwae_examples",
+    "num_samples": "eval_num_samples", "sampler": "sampler", "sample_steps": "sample_steps",
+    "guidance_scale": "guidance_scale"
+}
 
 
 def check_tool_options(config, options: dict) -> None:

@@ -114,21 +114,28 @@ class EventFile:
     for event in events:
       data = event.SerializeToString()
       header = struct.pack("<Q", len(data))
-      records += [header, struct.pack("<I", masked_crc32c(header)), data,
-                  struct.pack("<I", masked_crc32c(data))]
+      records += [
+          header,
+          struct.pack("<I", masked_crc32c(header)), data,
+          struct.pack("<I", masked_crc32c(data))
+      ]
     safe_files.append_bytes(self._fd, b"".join(records), self.path)
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     from tensorboardX import summary  # pylint: disable=g-import-not-at-top
     now = time.time()
-    self._append([self._event(summary=summary.scalar(tag, float(value)), step=int(step),
-                              wall_time=now) for tag, value in values.items()])
+    self._append([
+        self._event(summary=summary.scalar(tag, float(value)), step=int(step), wall_time=now)
+        for tag, value in values.items()
+    ])
 
   def image(self, step: int, tag: str, grid: np.ndarray) -> None:
     """Appends the uint8 (H, W, C) image `grid` as a PNG."""
     from tensorboardX import summary  # pylint: disable=g-import-not-at-top
-    self._append([self._event(summary=summary.image(tag, grid, dataformats="HWC"),
-                              step=int(step), wall_time=time.time())])
+    self._append([
+        self._event(summary=summary.image(tag, grid, dataformats="HWC"), step=int(step),
+                    wall_time=time.time())
+    ])
 
   def close(self) -> None:
     self._forget()
@@ -179,8 +186,8 @@ class MetricWriter:
   def write_event(self, step: int, split: str, record: dict) -> None:
     """Appends a non-metric record (e.g. a config change) to metrics.jsonl."""
     if self.enabled:
-      safe_files.append_text(self.path, json.dumps({"step": int(step), "split": split, **record})
-                             + "\n")
+      safe_files.append_text(self.path,
+                             json.dumps({"step": int(step), "split": split, **record}) + "\n")
 
   def write_images(self, step: int, name: str, grid: np.ndarray) -> None:
     if self._tb is not None:

@@ -43,26 +43,34 @@ from aigc_jax.bench import check  # noqa: E402
 
 NO_EVAL = "--config.eval_every_steps=1000000000"  # evaluate (and checkpoint) at the end only
 FULL = dict(steps=50, warmup=5, min_calls=5, peak_size=4096,
-            train=["--config.num_epochs=20", "--config.batch_size=64", NO_EVAL],
-            eval_samples=10_000)
-TINY = dict(steps=2, warmup=0, min_calls=2, peak_size=256,  # the compiling call warms up
-            train=["--config.num_train_steps=10", "--config.batch_size=8", NO_EVAL,
-                   *check.TINY_DCGAN,
-                   "--config.log_every_steps=5", "--config.eval_num_samples=200"],
-            eval_samples=200)
+            train=["--config.num_epochs=20", "--config.batch_size=64",
+                   NO_EVAL], eval_samples=10_000)
+TINY = dict(
+    steps=2,
+    warmup=0,
+    min_calls=2,
+    peak_size=256,  # the compiling call warms up
+    train=[
+        "--config.num_train_steps=10", "--config.batch_size=8", NO_EVAL, *check.TINY_DCGAN,
+        "--config.log_every_steps=5", "--config.eval_num_samples=200"
+    ],
+    eval_samples=200)
 BUDGET_S = 420.0
-ENV = {**os.environ,
-       "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+ENV = {
+    **os.environ, "PYTHONPATH": os.pathsep.join(filter(None,
+                                                       [ROOT, os.environ.get("PYTHONPATH")]))
+}
 
 
 def accelerator_tests(out: str) -> dict:
   """Counts of the `accelerator` tests (run in a subprocess on the default backend)."""
   report = os.path.join(out, "accelerator_tests.xml")
   env = {**ENV, "AIGC_JAX_TEST_ACCELERATOR": "1"}
-  subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "accelerator", "-p",
-                  "no:cacheprovider", f"--junitxml={report}",
-                  os.path.join(ROOT, "tests", "test_accelerator.py")], cwd=ROOT, env=env,
-                 check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  subprocess.run([
+      sys.executable, "-m", "pytest", "-q", "-m", "accelerator", "-p", "no:cacheprovider",
+      f"--junitxml={report}",
+      os.path.join(ROOT, "tests", "test_accelerator.py")
+  ], cwd=ROOT, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   suite = next(ET.parse(report).getroot().iter("testsuite"))
   counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
   counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
@@ -81,8 +89,10 @@ def tests_row(out: str) -> dict:
   """`accelerator_tests`, with an error where one failed."""
   counts = accelerator_tests(out)
   bad = counts["failures"] + counts["errors"]
-  return {**counts, **({"error": f"{bad} accelerator test(s) failed; see "
-                                 "accelerator_tests.xml"} if bad else {})}
+  return {
+      **counts, **({"error": f"{bad} accelerator test(s) failed; see "
+                             "accelerator_tests.xml"} if bad else {})
+  }
 
 
 def train_time(workdir: str) -> dict:
@@ -96,9 +106,11 @@ def train_time(workdir: str) -> dict:
   seconds = [n / r["steps_per_second"] for n, r in zip(steps, train)]
   per_step = statistics.median(s / n for s, n in zip(seconds[1:] or seconds, steps[1:] or steps))
   compile_s = max(0.0, seconds[0] - steps[0] * per_step) if len(seconds) > 1 else 0.0
-  return {"train_s": round(sum(seconds), 2), "train_compile_s": round(compile_s, 2),
-          "train_steady_s": round(sum(seconds) - compile_s, 2), "steps": sum(steps),
-          "steps_per_s": round(1 / per_step, 1)}
+  return {
+      "train_s": round(sum(seconds), 2), "train_compile_s": round(compile_s, 2),
+      "train_steady_s": round(sum(seconds) - compile_s,
+                              2), "steps": sum(steps), "steps_per_s": round(1 / per_step, 1)
+  }
 
 
 def dcgan_run(out: str, part: dict) -> dict:
@@ -109,18 +121,24 @@ def dcgan_run(out: str, part: dict) -> dict:
   workdir = os.path.join(out, "dcgan")
   shutil.rmtree(workdir, ignore_errors=True)  # else a second check would resume the first's
   start = time.perf_counter()
-  subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "dcgan_fashion_mnist.py"),
-                  "--workdir", workdir, "--config.progress_bar=False", *part["train"]],
-                 cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
+  subprocess.run([
+      sys.executable,
+      os.path.join(ROOT, "experiments", "dcgan_fashion_mnist.py"), "--workdir", workdir,
+      "--config.progress_bar=False", *part["train"]
+  ], cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
   wall_s = time.perf_counter() - start
-  done = subprocess.run([sys.executable, "-m", "aigc_jax.evaluate", "--workdir", workdir,
-                         "--checkpoint", "latest", "--num_samples", str(part["eval_samples"])],
-                        cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
+  done = subprocess.run([
+      sys.executable, "-m", "aigc_jax.evaluate", "--workdir", workdir, "--checkpoint", "latest",
+      "--num_samples",
+      str(part["eval_samples"])
+  ], cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
   metrics = json.loads(done.stdout.strip().splitlines()[-1])
   keep = ("fid", "fid_floor", "precision", "recall", "num_samples")
-  return {"args": " ".join(part["train"]), **train_time(workdir), "wall_s": round(wall_s, 1),
-          "eval_wall_s": round(time.perf_counter() - start - wall_s, 1),
-          **{k: metrics[k] for k in keep if k in metrics}}
+  return {
+      "args": " ".join(part["train"]), **train_time(workdir), "wall_s": round(wall_s, 1),
+      "eval_wall_s": round(time.perf_counter() - start - wall_s,
+                           1), **{k: metrics[k] for k in keep if k in metrics}
+  }
 
 
 def rows_of(out: str, part: dict, tiny: bool) -> list[check.Row]:
@@ -132,8 +150,9 @@ def rows_of(out: str, part: dict, tiny: bool) -> list[check.Row]:
     elif spec == "tests":
       rows.append(check.Row("accelerator tests", group, "tests", lambda: tests_row(out)))
     else:
-      rows.append(check.Row(spec.label, group, "bench",
-                            lambda spec=spec: check.bench(spec, part, with_torch)))
+      rows.append(
+          check.Row(spec.label, group, "bench",
+                    lambda spec=spec: check.bench(spec, part, with_torch)))
   return rows
 
 
@@ -148,16 +167,19 @@ def main(argv=None) -> None:
   os.makedirs(args.out, exist_ok=True)
   if not args.worker:  # the rows run in a worker that the budget can stop mid-row
     argv = sys.argv[1:] if argv is None else list(argv)
-    status = check.supervise([sys.executable, os.path.abspath(__file__), *argv, "--worker"],
-                             args.out, args.budget_s, env=ENV)
+    status = check.supervise(
+        [sys.executable, os.path.abspath(__file__), *argv, "--worker"], args.out, args.budget_s,
+        env=ENV)
     with open(os.path.join(args.out, "accelerator_check.md")) as f:
       print(f.read())
     sys.exit(status)
   part = TINY if args.tiny else FULL
   start = time.perf_counter()
-  header = {"devices": backend.describe_devices(), "tiny": args.tiny,
-            "platform": backend.platform() + (" (emulated)" if backend.emulated() else ""),
-            "budget_s": args.budget_s, "load_before": os.getloadavg()[0]}
+  header = {
+      "devices": backend.describe_devices(), "tiny": args.tiny,
+      "platform": backend.platform() + (" (emulated)" if backend.emulated() else ""),
+      "budget_s": args.budget_s, "load_before": os.getloadavg()[0]
+  }
 
   def write(records):
     check.write_files(args.out, {**header, "total_s": round(time.perf_counter() - start, 1)},

@@ -48,17 +48,16 @@ def benchmarks(mode: str, batch_size: int, z_dim: int = 100):
   d_vars = d.init(k_d, real, train=False)
 
   def g_apply(params, stats, z):
-    return g.apply({"params": params, "batch_stats": stats}, z, train=True,
-                   mutable=["batch_stats"])
+    return g.apply({"params": params, "batch_stats": stats}, z, train=True, mutable=["batch_stats"])
 
   def d_apply(params, stats, x):
-    return d.apply({"params": params, "batch_stats": stats}, x, train=True,
-                   mutable=["batch_stats"])
+    return d.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
 
   def forward(g_params, g_stats, z):
     return g_apply(g_params, g_stats, z)
 
   def forward_backward(g_params, g_stats, z):
+
     def loss(params):
       images, new_vars = g_apply(params, g_stats, z)
       return jnp.sum(jnp.square(images)), new_vars

@@ -39,20 +39,25 @@ def sweep(workdir: str, num: int, steps: list[int], samplers: list[str],
                                       **guided)
       seconds = time.perf_counter() - start
       how = diffusion_sampling.sampling(run.config, sampler, k, guidance_scale)
-      rows.append(dict(sampler=sampler, steps=k,
-                       nfe=diffusion_sampling.network_evaluations(how, conditional),
-                       seconds=seconds, label_acc=metrics.get("label_acc"),
-                       **{m: metrics[m] for m in ("fid", "precision", "recall")}))
+      rows.append(
+          dict(sampler=sampler, steps=k,
+               nfe=diffusion_sampling.network_evaluations(how, conditional), seconds=seconds,
+               label_acc=metrics.get("label_acc"),
+               **{m: metrics[m] for m in ("fid", "precision", "recall")}))
       print(rows[-1], flush=True)
   return rows
 
 
 def table(rows: list[dict], num: int) -> str:
-  lines = [f"| sampler | steps | network evaluations | FID ({num}) | precision | recall | "
-           "label_acc | seconds |", "|---|---|---|---|---|---|---|---|"]
-  lines += [f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.2f} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} | {_maybe(r['label_acc'])} | "
-            f"{r['seconds']:.1f} |" for r in rows]
+  lines = [
+      f"| sampler | steps | network evaluations | FID ({num}) | precision | recall | "
+      "label_acc | seconds |", "|---|---|---|---|---|---|---|---|"
+  ]
+  lines += [
+      f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.2f} | "
+      f"{r['precision']:.3f} | {r['recall']:.3f} | {_maybe(r['label_acc'])} | "
+      f"{r['seconds']:.1f} |" for r in rows
+  ]
   return "\n".join(lines)
 
 

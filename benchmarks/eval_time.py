@@ -67,15 +67,15 @@ def main() -> None:
   real = clf.features(data_lib.load_split("fashion_mnist", "test")[0][:args.num])
   start = time.perf_counter()
   first = sample_metrics.evaluate_samples(clf, fakes, real)
-  print(f"first call {time.perf_counter() - start:.2f} s: "
-        + " ".join(f"{k}={v:.6g}" for k, v in first.items()))
+  print(f"first call {time.perf_counter() - start:.2f} s: " +
+        " ".join(f"{k}={v:.6g}" for k, v in first.items()))
   times = seconds(lambda: sample_metrics.evaluate_samples(clf, fakes, real), args.repeats)
-  print(f"evaluate_samples, {args.num} samples, {jax.default_backend()}: "
-        + " ".join(f"{t:.2f}" for t in times) + " s")
+  print(f"evaluate_samples, {args.num} samples, {jax.default_backend()}: " +
+        " ".join(f"{t:.2f}" for t in times) + " s")
   if hasattr(plot, "CurveDrawer"):
     drawn, requested = curve_times(args.repeats)
-    print("write_curves: " + " ".join(f"{t:.2f}" for t in drawn) + " s; CurveDrawer.request: "
-          + " ".join(f"{t * 1e3:.2f}" for t in requested) + " ms")
+    print("write_curves: " + " ".join(f"{t:.2f}" for t in drawn) + " s; CurveDrawer.request: " +
+          " ".join(f"{t * 1e3:.2f}" for t in requested) + " ms")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def opinion(net: torch.nn.Module, images: np.ndarray, labels=None) -> dict:
     probs = torch.softmax(net(torch.from_numpy(images.astype(np.float32) / 255.0)), -1).numpy()
   top, predicted = probs.max(1), probs.argmax(1)
   share = np.bincount(predicted, minlength=probs.shape[1]) / len(predicted)
-  result = {"mean_top_prob": float(top.mean()), "share_above_0.9": float((top > 0.9).mean()),
-            "class_entropy_bits": float(-(share[share > 0] * np.log2(share[share > 0])).sum())}
+  result = {
+      "mean_top_prob": float(top.mean()), "share_above_0.9": float((top > 0.9).mean()),
+      "class_entropy_bits": float(-(share[share > 0] * np.log2(share[share > 0])).sum())
+  }
   if labels is not None:
     result["asked_class_acc"] = float((predicted == labels).mean())
   return result

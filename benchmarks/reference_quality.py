@@ -62,8 +62,9 @@ def train_reference(config, seed: int, epochs: int, images: np.ndarray):
     start, order = time.time(), torch.randperm(len(x))
     for i in range(steps):
       loss = ref.step(x[order[i * config.batch_size:(i + 1) * config.batch_size]], None)
-    print(f"  reference seed {seed} epoch {epoch + 1}: {time.time() - start:.0f} s, "
-          f"last loss {loss:.3f}", flush=True)
+    print(
+        f"  reference seed {seed} epoch {epoch + 1}: {time.time() - start:.0f} s, "
+        f"last loss {loss:.3f}", flush=True)
   return ref
 
 
@@ -105,8 +106,10 @@ def train_project(config, seed: int, epochs: int, workdir: str) -> workdir_lib.T
 def project_samples(run: workdir_lib.TrainedRun, seed: int, num: int) -> dict:
   """{'project': EMA, 'project_raw': raw generator}: uint8 (num, H, W, C) samples of a GAN."""
   rng = jax.random.PRNGKey(seed)
-  return {side: to_uint8(run.trainable.sample(run.state, rng, num, use_ema=use_ema)[0])
-          for side, use_ema in (("project", True), ("project_raw", False))}
+  return {
+      side: to_uint8(run.trainable.sample(run.state, rng, num, use_ema=use_ema)[0])
+      for side, use_ema in (("project", True), ("project_raw", False))
+  }
 
 
 class Scorer:
@@ -120,8 +123,9 @@ class Scorer:
       x, y = data_lib.load_split(self.dataset, "train")
       self.mlp = independent_score.train_classifier(x, y, epochs=3)
     metrics = sample_eval.score_images(self.dataset, images)
-    return {**{k: float(v) for k, v in metrics.items()},
-            **independent_score.opinion(self.mlp, images)}
+    return {
+        **{k: float(v) for k, v in metrics.items()}, **independent_score.opinion(self.mlp, images)
+    }
 
 
 def table(scores: dict, sides, seeds, columns) -> str:
@@ -131,8 +135,10 @@ def table(scores: dict, sides, seeds, columns) -> str:
     rows = [scores[f"{side}/{s}"] for s in seeds if f"{side}/{s}" in scores]
     if not rows:
       continue
-    cells = [f"{np.mean([r[c] for r in rows]):.3f} +- {np.std([r[c] for r in rows]):.3f}"
-             for c in columns]
+    cells = [
+        f"{np.mean([r[c] for r in rows]):.3f} +- {np.std([r[c] for r in rows]):.3f}"
+        for c in columns
+    ]
     lines.append(f"| {side} | {len(rows)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -193,9 +199,10 @@ def parse_args(argv):
     parser.exit(2, f"error: {e}\n")
   if config.model not in ("dcgan", "gan_mlp", "vae_mlp") or config.conditional or config.get(
       "pixel_clusters", 0):
-    parser.exit(2, f"error: {args.experiment} is not an unconditional classic model; name "
-                   "experiments/dcgan_fashion_mnist.py, gan_mlp_fashion_mnist.py or "
-                   "vae_mlp_fashion_mnist.py\n")
+    parser.exit(
+        2, f"error: {args.experiment} is not an unconditional classic model; name "
+        "experiments/dcgan_fashion_mnist.py, gan_mlp_fashion_mnist.py or "
+        "vae_mlp_fashion_mnist.py\n")
   return config, args
 
 

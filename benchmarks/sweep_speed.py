@@ -48,13 +48,14 @@ def main() -> None:
     alone, out = timed([sys.executable, args.experiment, "--workdir", alone_dir, *overrides])
     print(f"alone: {alone:.1f} s; {out.strip().splitlines()[0]}", flush=True)
   varies = [f"--vary={v}" for v in args.vary or ["seed=seeds"]]
-  seconds, table = timed([sys.executable, "-m", "aigc_jax.sweep", args.experiment, "--workdir",
-                          sweep_dir, "--members", str(args.members), *varies,
-                          "--halve_every", str(args.halve_every), "--member_map",
-                          args.member_map, *overrides])
-  print(f"sweep of {args.members}: {seconds:.1f} s" + (
-      "" if alone is None else f" = {seconds / alone:.2f}x one run alone, "
-      f"{seconds / (args.members * alone):.2f}x {args.members} runs in a row"))
+  seconds, table = timed([
+      sys.executable, "-m", "aigc_jax.sweep", args.experiment, "--workdir", sweep_dir, "--members",
+      str(args.members), *varies, "--halve_every",
+      str(args.halve_every), "--member_map", args.member_map, *overrides
+  ])
+  print(f"sweep of {args.members}: {seconds:.1f} s" +
+        ("" if alone is None else f" = {seconds / alone:.2f}x one run alone, "
+         f"{seconds / (args.members * alone):.2f}x {args.members} runs in a row"))
   print(table.strip())
 
 

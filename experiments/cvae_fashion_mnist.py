@@ -10,9 +10,8 @@ from aigc_jax import train
 
 
 def get_config():
-  return config_lib.get_config("vae_mlp", dataset="fashion_mnist", conditional=True,
-                               latent_dim=20, hidden_dim=400, batch_size=128,
-                               learning_rate=1e-3, num_epochs=10)
+  return config_lib.get_config("vae_mlp", dataset="fashion_mnist", conditional=True, latent_dim=20,
+                               hidden_dim=400, batch_size=128, learning_rate=1e-3, num_epochs=10)
 
 
 if __name__ == "__main__":

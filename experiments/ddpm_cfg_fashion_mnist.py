@@ -28,11 +28,11 @@ from aigc_jax import train
 
 
 def get_config():
-  return config_lib.get_config("unet", dataset="fashion_mnist", objective="eps",
-                               schedule="cosine", patch=2, base_features=32, multipliers=(1, 2),
-                               conditional=True, label_dropout=0.1, guidance_scale=2.0,
-                               batch_size=128, learning_rate=1e-3, num_epochs=20,
-                               sample_steps=25, eval_num_samples=0)
+  return config_lib.get_config("unet", dataset="fashion_mnist", objective="eps", schedule="cosine",
+                               patch=2, base_features=32, multipliers=(1, 2), conditional=True,
+                               label_dropout=0.1, guidance_scale=2.0, batch_size=128,
+                               learning_rate=1e-3, num_epochs=20, sample_steps=25,
+                               eval_num_samples=0)
 
 
 if __name__ == "__main__":

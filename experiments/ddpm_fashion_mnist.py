@@ -23,11 +23,11 @@ from aigc_jax import train
 
 
 def get_config():
-  return config_lib.get_config("unet", dataset="fashion_mnist", objective="eps",
-                               schedule="cosine", min_snr_gamma=5.0, patch=2, base_features=32,
-                               multipliers=(1, 2), batch_size=128, learning_rate=1e-3,
-                               lr_schedule="cosine", num_train_steps=4800, sampler="ddpm",
-                               sample_steps=50, eval_num_samples=0)
+  return config_lib.get_config("unet", dataset="fashion_mnist", objective="eps", schedule="cosine",
+                               min_snr_gamma=5.0, patch=2, base_features=32, multipliers=(1, 2),
+                               batch_size=128, learning_rate=1e-3, lr_schedule="cosine",
+                               num_train_steps=4800, sampler="ddpm", sample_steps=50,
+                               eval_num_samples=0)
 
 
 if __name__ == "__main__":

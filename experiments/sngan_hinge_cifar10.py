@@ -11,8 +11,8 @@ from aigc_jax import train
 
 def get_config():
   return config_lib.get_config("dcgan", dataset="cifar10", gan_loss="hinge", spectral_norm=True,
-                               learning_rate=2e-4, d_learning_rate=2e-4, adam_b1=0.5,
-                               batch_size=64, num_epochs=20)
+                               learning_rate=2e-4, d_learning_rate=2e-4, adam_b1=0.5, batch_size=64,
+                               num_epochs=20)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from aigc_jax import train
 
 def get_config():
   return config_lib.get_config("vae_mlp", dataset="fashion_mnist", latent_dim=20, hidden_dim=400,
-                               batch_size=128, learning_rate=1e-3, num_epochs=10,
-                               torch_init=True, ema_decay=0.99)
+                               batch_size=128, learning_rate=1e-3, num_epochs=10, torch_init=True,
+                               ema_decay=0.99)
 
 
 if __name__ == "__main__":

@@ -90,8 +90,10 @@ def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> pa
 # is still writing it fails to decompress, which jax turns into a warning and a compile. A hit
 # is the executable that the same program, options and devices compiled to, so results are
 # bitwise those of a compile.
-COMPILATION_CACHE_OPTIONS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+COMPILATION_CACHE_OPTIONS = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"
+}
 
 
 @pytest.fixture(name="compilation_cache", scope="session", autouse=True)
@@ -103,8 +105,10 @@ def fixture_compilation_cache(tmp_path_factory) -> str:
       shared_tmp_dir(tmp_path_factory) / "jax_compilation_cache")
   for name, value in {"JAX_COMPILATION_CACHE_DIR": path, **COMPILATION_CACHE_OPTIONS}.items():
     value = os.environ.setdefault(name, value)
-    jax.config.update(name.lower(), int(value) if name.endswith("_BYTES") else
-                      float(value) if name.endswith("_SECS") else value)
+    jax.config.update(
+        name.lower(),
+        int(value)
+        if name.endswith("_BYTES") else float(value) if name.endswith("_SECS") else value)
   return path
 
 
@@ -188,8 +192,8 @@ needs_fashion_mnist = pytest.mark.skipif(
 def selects_accelerator(config: pytest.Config) -> bool:
   """True when the run asks for the accelerator tests (`-m` naming the mark un-negated)."""
   words = (config.getoption("markexpr", "") or "").replace("(", " ").replace(")", " ").split()
-  return any(word == "accelerator" and (i == 0 or words[i - 1] != "not")
-             for i, word in enumerate(words))
+  return any(
+      word == "accelerator" and (i == 0 or words[i - 1] != "not") for i, word in enumerate(words))
 
 
 # XLA:CPU compiling is most of the suite's time, and LLVM's optimisation is most of that (random
@@ -229,6 +233,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
   if not marked or jax.default_backend() in ACCELERATOR_BACKENDS:
     return
   skip = pytest.mark.skip(reason=f"needs a GPU or TPU; the default backend is "
-                                 f"{jax.default_backend()} (see {ACCELERATOR_ENV} in conftest)")
+                          f"{jax.default_backend()} (see {ACCELERATOR_ENV} in conftest)")
   for item in marked:
     item.add_marker(skip)

@@ -28,7 +28,7 @@ def write_blobs(directory, train: int = 256, test: int = 64) -> str:
   for prefix, n in (("train", train), ("t10k", test)):
     labels = rng.integers(0, 10, n)
     yy, xx = np.mgrid[:28, :28]
-    blob = np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / 40.0)
+    blob = np.exp(-((yy - 14)**2 + (xx - 14)**2) / 40.0)
     images = (blob[None] * (25 * labels[:, None, None] + 20) + rng.uniform(0, 10, (n, 28, 28)))
     write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte"), np.clip(images, 0, 255))
     write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), labels)

@@ -23,14 +23,17 @@ from aigc_jax import train  # noqa: E402
 def reporting_placement(put_data):
   """`Placement.put_data` that prints how many train rows this process loaded and how many rows
   and bytes its devices hold."""
+
   def put(place, tree, members=0, **rows):
     placed = put_data(place, tree, members, **rows)
     shards = placed.images.addressable_shards + placed.labels.addressable_shards
     held = sum(s.data.shape[-4] for s in placed.images.addressable_shards)
-    print(f"process {jax.process_index()} loaded {len(tree.labels)} and holds {held} of "
-          f"{rows.get('num_examples') or len(tree.labels)} train rows, "
-          f"{sum(s.data.nbytes for s in shards)} bytes", flush=True)
+    print(
+        f"process {jax.process_index()} loaded {len(tree.labels)} and holds {held} of "
+        f"{rows.get('num_examples') or len(tree.labels)} train rows, "
+        f"{sum(s.data.nbytes for s in shards)} bytes", flush=True)
     return placed
+
   return put
 
 

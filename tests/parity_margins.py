@@ -41,12 +41,14 @@ def main():
   for model, overrides, steps in tp.CASES:
     lr = tp.config_lib.get_config(model).learning_rate
     init, want, _ = tp.single_device(model, overrides, steps=steps, optimizer="sgd")
-    sgd = max(worst(tp.train(model, overrides, mode, steps, "sgd")[1], want, init)
-              for mode in ("pmap", "shard_map"))
+    sgd = max(
+        worst(tp.train(model, overrides, mode, steps, "sgd")[1], want, init)
+        for mode in ("pmap", "shard_map"))
     init, want, _ = tp.single_device(model, overrides, steps=1, optimizer="adam")
     moments, sure = adam_worst(tp.train(model, overrides, "pmap", 1, "adam")[1], want, init, lr)
-    print(f"{model:8s} {dict(overrides)}: sgd {sgd:.2e}  adam moments {moments:.2e}  "
-          f"adam sure steps/lr {sure:.2e}", flush=True)
+    print(
+        f"{model:8s} {dict(overrides)}: sgd {sgd:.2e}  adam moments {moments:.2e}  "
+        f"adam sure steps/lr {sure:.2e}", flush=True)
   lr = tp.config_lib.get_config("dcgan").learning_rate
   for bug in ("missing_pmean", "batchnorm_not_averaged", "same_noise_on_every_device",
               "device_0s_rows"):
@@ -56,8 +58,9 @@ def main():
       sgd = worst(tp.train("dcgan", (), "pmap", 3, "sgd", wrap)[1], want, init)
       init, want, _ = tp.single_device("dcgan", (), steps=1, optimizer="adam")
       moments, sure = adam_worst(tp.train("dcgan", (), "pmap", 1, "adam", wrap)[1], want, init, lr)
-    print(f"bug {bug:28s}: sgd {sgd:.2e}  adam moments {moments:.2e}  adam sure steps/lr "
-          f"{sure:.2e}", flush=True)
+    print(
+        f"bug {bug:28s}: sgd {sgd:.2e}  adam moments {moments:.2e}  adam sure steps/lr "
+        f"{sure:.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,13 @@ def run(name: str, root: str) -> dict[str, dict[str, str]]:
 
 def compare(before: dict, after: dict) -> list[str]:
   """The leaves (run/part/leaf) whose digests differ or that only one side has."""
-  flat = lambda d: {f"{r}/{p}/{k}": v for r, ps in d.items()  # noqa: E731
-                    for p, leaves in ps.items() for k, v in leaves.items()}
+
+  def flat(d):
+    return {
+        f"{r}/{p}/{k}": v for r, ps in d.items() for p, leaves in ps.items()
+        for k, v in leaves.items()
+    }
+
   a, b = flat(before), flat(after)
   return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 

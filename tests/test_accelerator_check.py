@@ -20,9 +20,10 @@ from aigc_jax.bench.presets import BenchmarkError
 from conftest import needs_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_BENCH = ["dcgan b8 highest", "dcgan b8 tf32", "vae_mlp b8 highest", "vae_mlp b8 tf32",
-              "vae_mlp b1024 bfloat16", "vae_mlp b1024 highest", "dcgan b8 bfloat16",
-              "vae_mlp b8 bfloat16"]
+TINY_BENCH = [
+    "dcgan b8 highest", "dcgan b8 tf32", "vae_mlp b8 highest", "vae_mlp b8 tf32",
+    "vae_mlp b1024 bfloat16", "vae_mlp b1024 highest", "dcgan b8 bfloat16", "vae_mlp b8 bfloat16"
+]
 
 
 def load_script():
@@ -46,11 +47,14 @@ def read(out):
 def test_tiny_check_under_gpu_defaults_runs_every_row(cache_dir, tmp_path):
   out, cache = str(tmp_path / "check"), str(tmp_path / "cache")
   shutil.copytree(cache_dir, cache)  # its own copy: evaluation caches floors beside the classifier
-  env = {**os.environ, "AIGC_JAX_CACHE": cache, "PYTHON": sys.executable,
-         "AIGC_JAX_PLATFORM_DEFAULTS": "gpu"}
-  done = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "accelerator_check.sh"), out,
-                         "--tiny", "--budget_s", "3000"], env=env, capture_output=True,
-                        text=True, timeout=1200)
+  env = {
+      **os.environ, "AIGC_JAX_CACHE": cache, "PYTHON": sys.executable,
+      "AIGC_JAX_PLATFORM_DEFAULTS": "gpu"
+  }
+  done = subprocess.run([
+      "bash",
+      os.path.join(ROOT, "benchmarks", "accelerator_check.sh"), out, "--tiny", "--budget_s", "3000"
+  ], env=env, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   result, table = read(out)
   assert result["devices"].startswith("backend cpu, ") and result["platform"] == "gpu (emulated)"
@@ -61,11 +65,17 @@ def test_tiny_check_under_gpu_defaults_runs_every_row(cache_dir, tmp_path):
   assert all(r["step_ms"] > 0 for r in bench)  # batch 1024 in a GPU's calls, batch 8 in 2 steps
   assert [r["steps_per_call"] for r in bench] == [2] * 4 + [100] * 2 + [2] * 2
   assert [r["peak_kind"] for r in bench] == ["float32/highest", "float32/default"] * 2 + [
-      "bfloat16", "float32/highest", "bfloat16", "bfloat16"]
+      "bfloat16", "float32/highest", "bfloat16", "bfloat16"
+  ]
   if importlib.util.find_spec("torch"):  # PyTorch beside the float32 rows, TF32 as JAX's
-    assert [("torch_step_ms" in r, "torch_compile_step_ms" in r) for r in bench] == [
-        (True, False), (True, False), (True, True), (True, False), (False, False), (True, False),
-        (False, False), (False, False)]
+    assert [("torch_step_ms" in r, "torch_compile_step_ms" in r) for r in bench] == [(True, False),
+                                                                                     (True, False),
+                                                                                     (True, True),
+                                                                                     (True, False),
+                                                                                     (False, False),
+                                                                                     (True, False),
+                                                                                     (False, False),
+                                                                                     (False, False)]
     assert [r.get("torch_tf32") for r in bench[:4]] == [False, True, False, True]
   tests = rows["accelerator tests"]  # on a CPU every accelerator test skips, none fails
   assert tests["tests"] == tests["skipped"] > 0 and tests["failures"] == tests["errors"] == 0
@@ -83,8 +93,9 @@ def test_batch_1024_rows_under_tpu_defaults(monkeypatch, tmp_path):
   part = load_script().TINY
   specs = [spec for group, spec in check.plan(tiny=True) if group == 3]
   rows = [check.Row(s.label, 3, "bench", lambda s=s: check.bench(s, part, False)) for s in specs]
-  records = check.run_rows(rows, 600, lambda r: check.write_files(
-      str(tmp_path), {"devices": "cpu", "platform": "tpu", "budget_s": 600}, r))
+  records = check.run_rows(
+      rows, 600, lambda r: check.write_files(str(
+          tmp_path), {"devices": "cpu", "platform": "tpu", "budget_s": 600}, r))
   got = [(r["status"], r["batch"], r["steps_per_call"]) for r in records]
   assert got == [("ok", 1024, 100)] * 2
   result, _ = read(str(tmp_path))  # 102,400 images: more than the 60,000 the set used to hold
@@ -100,15 +111,22 @@ def test_a_failing_row_is_recorded_and_the_next_rows_run(tmp_path):
     check.write_files(str(tmp_path), header, records)
     snapshots.append(read(str(tmp_path))[0]["rows"])
 
-  rows = [check.Row("too few images", 1, "bench",  # a set smaller than one call, as before
-                    lambda: timing.benchmark("vae_mlp", config, num_images=64)),
-          check.Row("next", 2, "bench", lambda: {"step_ms": 1.5, "steps_per_call": 20})]
+  rows = [
+      check.Row(
+          "too few images",
+          1,
+          "bench",  # a set smaller than one call, as before
+          lambda: timing.benchmark("vae_mlp", config, num_images=64)),
+      check.Row("next", 2, "bench", lambda: {"step_ms": 1.5, "steps_per_call": 20})
+  ]
   records = check.run_rows(rows, 100, write)
   assert [r["status"] for r in records] == ["failed", "ok"]
   assert records[0]["error"].startswith("BenchmarkError: --images 64 is less than one call's")
-  assert [[r["status"] for r in s] for s in snapshots] == [
-      ["pending", "pending"], ["running", "pending"], ["failed", "pending"],
-      ["failed", "running"], ["failed", "ok"], ["failed", "ok"]]
+  assert [[r["status"] for r in s] for s in snapshots] == [["pending", "pending"],
+                                                           ["running", "pending"],
+                                                           ["failed", "pending"],
+                                                           ["failed", "running"], ["failed", "ok"],
+                                                           ["failed", "ok"]]
   result, table = read(str(tmp_path))
   assert result["rows"] == records
   assert "- too few images: BenchmarkError: --images 64" in table
@@ -121,10 +139,12 @@ def test_the_budget_leaves_later_rows_out(tmp_path):
   now, ran = [0.0], []
 
   def row(name, seconds):
+
     def run():
       ran.append(name)
       now[0] += seconds
       return {}
+
     return check.Row(name, 1, "bench", run)
 
   records = check.run_rows([row("a", 30), row("b", 40), row("c", 5)], 60, lambda r: None,
@@ -180,14 +200,16 @@ def test_a_worker_that_dies_mid_row_is_a_failed_check(tmp_path):
 
 def test_training_time_leaves_out_the_first_calls_compilation(tmp_path):
   lines = [{"step": 0, "split": "config"}, {"step": 5, "split": "train", "steps_per_second": 1.0},
-           {"step": 10, "split": "train", "steps_per_second": 10.0},
-           {"step": 20, "split": "train", "steps_per_second": 10.0},
+           {"step": 10, "split": "train",
+            "steps_per_second": 10.0}, {"step": 20, "split": "train", "steps_per_second": 10.0},
            {"step": 20, "split": "test", "fid": 3.0}]
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write("".join(json.dumps(line) + "\n" for line in lines))
   got = load_script().train_time(str(tmp_path))  # chunks of 5, 0.5 and 1 s: then 0.1 s a step
-  assert got == {"train_s": 6.5, "train_compile_s": 4.5, "train_steady_s": 2.0, "steps": 20,
-                 "steps_per_s": 10.0}
+  assert got == {
+      "train_s": 6.5, "train_compile_s": 4.5, "train_steady_s": 2.0, "steps": 20,
+      "steps_per_s": 10.0
+  }
 
 
 @pytest.mark.skipif(os.path.isdir(os.path.join(ROOT, "wheels")),
@@ -196,9 +218,11 @@ def test_missing_dependencies_without_wheels_is_one_clear_error(tmp_path):
   fake = tmp_path / "python"  # a Python that lacks ml_collections
   fake.write_text("#!/bin/sh\nexit 1\n")
   fake.chmod(0o755)
-  done = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "accelerator_check.sh"),
-                         str(tmp_path / "out")], env={**os.environ, "PYTHON": str(fake)},
-                        capture_output=True, text=True, cwd=str(tmp_path))
+  done = subprocess.run(
+      ["bash",
+       os.path.join(ROOT, "benchmarks", "accelerator_check.sh"),
+       str(tmp_path / "out")], env={**os.environ, "PYTHON": str(fake)}, capture_output=True,
+      text=True, cwd=str(tmp_path))
   assert done.returncode == 2
   assert done.stderr.startswith("error: ") and "make wheels" in done.stderr
   assert len(done.stderr.strip().splitlines()) == 1
@@ -218,6 +242,8 @@ def test_the_import_probe_names_every_third_party_module_the_package_loads():
           words = line.split()
           if len(words) > 1 and words[0] in ("import", "from"):
             imported.add(words[1].split(".")[0])
-  third_party = {m for m in imported - set(sys.stdlib_module_names)
-                 if m not in ("aigc_jax", "torch", "__future__")}
+  third_party = {
+      m for m in imported - set(sys.stdlib_module_names)
+      if m not in ("aigc_jax", "torch", "__future__")
+  }
   assert third_party and third_party <= {m.split(".")[0] for m in probed}

@@ -75,9 +75,10 @@ def test_a_cpu_fallback_beside_an_accelerator_plugin_is_an_error(monkeypatch):
   monkeypatch.setattr(backend.importlib.metadata, "distribution", distribution)
   monkeypatch.setattr(backend, "requested_platforms", lambda: "")
   monkeypatch.setattr(jax, "devices", devices)
-  with pytest.raises(backend.PlatformError, match=r"jax-cuda12-plugin is installed but JAX fell "
-                     r"back to the CPU \(Backend 'cuda' failed to initialize: no CUDA-capable .*"
-                     r"JAX_PLATFORMS=cpu"):
+  with pytest.raises(
+      backend.PlatformError, match=r"jax-cuda12-plugin is installed but JAX fell "
+      r"back to the CPU \(Backend 'cuda' failed to initialize: no CUDA-capable .*"
+      r"JAX_PLATFORMS=cpu"):
     backend.check_no_fallback()
   monkeypatch.setattr(backend, "requested_platforms", lambda: "cpu")  # on purpose: no error
   backend.check_no_fallback()
@@ -111,8 +112,9 @@ def test_gradient_penalty_is_the_same_with_both_d_convolutions():
   for d_conv in ("custom_vjp", "lax"):
     trainable, config = make("dcgan", gan_loss="wasserstein", gp_weight=10.0, d_batchnorm=False,
                              d_conv=d_conv, adam_eps=1e-3)
-    states.append(jax.jit(trainable.train_step)(trainable.init(jax.random.PRNGKey(0)),
-                                                batch("dcgan", config)))
+    states.append(
+        jax.jit(trainable.train_step)(trainable.init(jax.random.PRNGKey(0)), batch("dcgan",
+                                                                                   config)))
   (a, a_metrics), (b, b_metrics) = states
   assert float(a_metrics["gp"]) > 0
   chex.assert_trees_all_close(a.players["d"].params, b.players["d"].params, rtol=1e-4, atol=1e-6)

@@ -31,9 +31,11 @@ from aigc_jax.models import gan as gan_models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = reference_lib.MODELS  # the presets with a PyTorch reference
 TORCH_KEYS = {"torch_step_ms", "speedup_vs_torch", "torch_device", "torch_tf32"}
-KEYS = {"model", "batch", "devices", "backend", "device_kind", "dtype", "matmul_precision",
-        "steps_per_call", "compile_s", "step_ms", "step_ms_min", "step_ms_max", "images_per_s",
-        "gflop_per_step", "gflops", "peak_kind", "peak_gflops", "fraction_of_peak", *TORCH_KEYS}
+KEYS = {
+    "model", "batch", "devices", "backend", "device_kind", "dtype", "matmul_precision",
+    "steps_per_call", "compile_s", "step_ms", "step_ms_min", "step_ms_max", "images_per_s",
+    "gflop_per_step", "gflops", "peak_kind", "peak_gflops", "fraction_of_peak", *TORCH_KEYS
+}
 TINY = ["--batch", "4", "--steps", "2", "--warmup", "1", "--peak-size", "1024"]
 
 
@@ -56,8 +58,8 @@ def assert_cpu_machine(result):
 
 
 def test_the_compared_models_are_presets_with_a_reference():
-  assert {"gan_mlp", "dcgan", "cgan", "wgan_gp", "sngan_hinge", "vae_mlp", "vae_conv",
-          "cvae"} <= set(MODELS) <= set(presets.model_names())
+  assert {"gan_mlp", "dcgan", "cgan", "wgan_gp", "sngan_hinge", "vae_mlp", "vae_conv", "cvae"
+         } <= set(MODELS) <= set(presets.model_names())
   assert {cli.parse_run(run)[0] for run in cli.TABLE_RUNS} <= set(MODELS)  # `make bench` --torch
 
 
@@ -81,8 +83,8 @@ def test_command_prints_json_with_the_required_keys(model, capsys, torch_referen
   config = presets.bench_config(model)  # real images per step: 4 per batch, n batches
   per_step = 4 * families.get(config.model).batches_per_step(config)
   step_ms = result["step_ms"]  # rounded to 1e-3 ms, which is coarse for a fast step
-  assert (per_step * 1e3 / (step_ms + 5e-4) - 0.05 <= result["images_per_s"]
-          <= per_step * 1e3 / (step_ms - 5e-4) + 0.05)
+  assert (per_step * 1e3 / (step_ms + 5e-4) - 0.05 <= result["images_per_s"] <= per_step * 1e3 /
+          (step_ms - 5e-4) + 0.05)
   assert (result["torch_step_ms"] - 5e-4) / (step_ms + 5e-4) - 5e-3 <= result["speedup_vs_torch"]
   assert result["speedup_vs_torch"] <= (result["torch_step_ms"] + 5e-4) / (step_ms - 5e-4) + 5e-3
   assert result["compile_s"] >= 0
@@ -91,8 +93,10 @@ def test_command_prints_json_with_the_required_keys(model, capsys, torch_referen
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 @pytest.mark.slow
 def test_data_parallel_modes_use_every_device(mode, capsys):
-  cli.main(["--model", "vae_mlp", "--json", "--parallel", mode, "--batch", "8",
-                  "--steps", "2", "--warmup", "1", "--peak-size", "256"])
+  cli.main([
+      "--model", "vae_mlp", "--json", "--parallel", mode, "--batch", "8", "--steps", "2",
+      "--warmup", "1", "--peak-size", "256"
+  ])
   result = json.loads(capsys.readouterr().out)
   assert result["devices"] == 4 and result["batch"] == 8  # the global batch, 2 per device
   assert result["step_ms"] > 0
@@ -101,8 +105,7 @@ def test_data_parallel_modes_use_every_device(mode, capsys):
 @pytest.mark.slow
 def test_table_and_human_readable_output(tmp_path, capsys):
   out = tmp_path / "RESULTS.md"
-  cli.main(["--table", str(out), "--models", "vae_mlp:8", "--steps-per-call", "2",
-                  *TINY[2:]])
+  cli.main(["--table", str(out), "--models", "vae_mlp:8", "--steps-per-call", "2", *TINY[2:]])
   text = out.read_text()
   assert "| vae_mlp | 8 |" in text and "cores; jax" in text
   machine = next(line for line in text.splitlines() if "Machine:" in line)
@@ -118,8 +121,8 @@ def test_table_and_human_readable_output(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "nope"], "unknown model 'nope'; choose one of cgan, cvae, dcgan"),
     (["--model", "dcgan", "--batch", "0"], "argument --batch: expected a positive integer"),
-    (["--model", "dcgan", "--batch", "6", "--parallel", "pmap"],
-     "batch_size 6 is not divisible by the 4 devices"),
+    (["--model", "dcgan", "--batch", "6", "--parallel", "pmap"
+     ], "batch_size 6 is not divisible by the 4 devices"),
     ([], "--model is required"),
 ])
 def test_bad_arguments_exit_2_with_one_error_line(argv, message, capsys):
@@ -132,10 +135,10 @@ def test_bad_arguments_exit_2_with_one_error_line(argv, message, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "dcgan", "--torch"], "error: no PyTorch reference for model dcgan; --torch"),
-    (["--table", "unused.md", "--models", "gan_mlp:4", "dcgan:4", "--torch-compile"],
-     "error: no PyTorch reference for model dcgan; "),
-    (["--model", "mlp_gan", "--torch", "--config.r1_gamma=1.0"],
-     "error: no PyTorch reference for model gan_mlp with this config: "),
+    (["--table", "unused.md", "--models", "gan_mlp:4", "dcgan:4", "--torch-compile"
+     ], "error: no PyTorch reference for model dcgan; "),
+    (["--model", "mlp_gan", "--torch", "--config.r1_gamma=1.0"
+     ], "error: no PyTorch reference for model gan_mlp with this config: "),
 ])
 def test_torch_without_a_reference_exits_2_before_timing(argv, message, monkeypatch, capsys):
   """Needs no torch: the reference's coverage is checked before anything is timed."""
@@ -149,16 +152,15 @@ def test_torch_without_a_reference_exits_2_before_timing(argv, message, monkeypa
 
 
 def test_runs_as_a_module():
-  proc = subprocess.run([sys.executable, "-m", "aigc_jax.bench", "--model", "vae_gan"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run([sys.executable, "-m", "aigc_jax.bench", "--model", "vae_gan"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stdout == ""
   assert proc.stderr.splitlines()[-1].startswith("python -m aigc_jax.bench: error: unknown")
 
 
 def jax_param_count(config) -> int:
   info = data_lib.DATASETS[config.dataset]
-  state = jax.eval_shape(families.get(config.model).build(config, info).init,
-                         jax.random.PRNGKey(0))
+  state = jax.eval_shape(families.get(config.model).build(config, info).init, jax.random.PRNGKey(0))
   return sum(state_lib.count_params(player.params) for player in state.players.values())
 
 
@@ -183,9 +185,8 @@ def test_torch_reference_is_made_on_the_default_device(model, torch, torch_refer
 
 @pytest.mark.parametrize("final_features, d_features", [(0, 64), (32, 16)])
 @pytest.mark.parametrize("mode", gan_models.UPSAMPLE_MODES)
-def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_features,
-                                                                   d_features, torch,
-                                                                   torch_reference):
+def test_torch_dcgan_has_the_jax_parameter_count_per_upsample_mode(mode, final_features, d_features,
+                                                                   torch, torch_reference):
   config = presets.experiment_config("dcgan")
   config.upsample, config.g_final_features = mode, final_features
   config.d_base_features = d_features
@@ -246,8 +247,9 @@ def test_torch_step_trains_every_module(model, torch, torch_reference):
   reference = torch_reference.build(config, info, total_steps=10)
   before = [[p.detach().clone() for p in m.parameters()] for m in reference.modules]
   images, labels = timing.synthetic_split(info, 8)
-  loss = reference.step(torch.from_numpy(images).permute(0, 3, 1, 2),
-                        torch.from_numpy(labels).long())
+  loss = reference.step(
+      torch.from_numpy(images).permute(0, 3, 1, 2),
+      torch.from_numpy(labels).long())
   assert math.isfinite(loss)
   for module, old in zip(reference.modules, before):
     assert any(not torch.equal(p, q) for p, q in zip(module.parameters(), old)), type(module)
@@ -255,8 +257,8 @@ def test_torch_step_trains_every_module(model, torch, torch_reference):
 
 @pytest.mark.slow
 def test_epoch_timing_keys(capsys):
-  cli.main(["--model", "vae_mlp", "--json", "--steps-per-call", "2", "--epoch",
-                  "--images", "64", *TINY])
+  cli.main(
+      ["--model", "vae_mlp", "--json", "--steps-per-call", "2", "--epoch", "--images", "64", *TINY])
   result = json.loads(capsys.readouterr().out)
   assert set(result) == KEYS - TORCH_KEYS | {"epoch_s", "epoch_steps", "epoch_vs_steps"}
   assert_cpu_machine(result)
@@ -272,9 +274,9 @@ def test_epoch_timing_keys(capsys):
   assert "--images 64 is less than one call's 4 x 20 images" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind, dtype, precision", [
-    ("float32/highest", "f32", "HIGHEST"), ("float32/default", "f32", None),
-    ("bfloat16", "bf16", None)])
+@pytest.mark.parametrize("kind, dtype, precision", [("float32/highest", "f32", "HIGHEST"),
+                                                    ("float32/default", "f32", None),
+                                                    ("bfloat16", "bf16", None)])
 def test_each_peak_is_measured_in_its_dtype_and_precision(kind, dtype, precision, monkeypatch):
   measured, calls = timing.peak_matmul, []
 
@@ -291,10 +293,15 @@ def test_each_peak_is_measured_in_its_dtype_and_precision(kind, dtype, precision
 
 
 def test_a_row_is_judged_against_the_peak_of_what_it_ran():
-  kinds = [timing.peak_kind(presets.bench_config("vae_mlp", overrides=[
-      f"--config.compute_dtype={dtype}", f"--config.matmul_precision={precision}"]))
-      for dtype, precision in [("float32", "highest"), ("float32", "default"),
-                               ("bfloat16", "highest")]]
+  kinds = [
+      timing.peak_kind(
+          presets.bench_config(
+              "vae_mlp", overrides=[
+                  f"--config.compute_dtype={dtype}", f"--config.matmul_precision={precision}"
+              ]))
+      for dtype, precision in [("float32", "highest"), ("float32",
+                                                        "default"), ("bfloat16", "highest")]
+  ]
   assert kinds == ["float32/highest", "float32/default", "bfloat16"]
 
 
@@ -312,6 +319,7 @@ def test_torch_is_timed_in_jaxs_calls_with_its_tf32(precision, tf32, torch, monk
   seen, before = [], (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
 
   class Reference:
+
     def step(self, x, y):
       seen.append((x.shape[0], y.shape[0], torch.backends.cuda.matmul.allow_tf32,
                    torch.backends.cudnn.allow_tf32))
@@ -355,9 +363,10 @@ def test_benchmark_profile_flag(capsys):
 
 
 def test_config_overrides_reach_the_benchmarked_config():
-  config = presets.bench_config("dcgan", overrides=["--config.upsample=transpose",
-                                                      "--config.spectral_norm=true",
-                                                      "--config.n_critic=3"])
+  config = presets.bench_config(
+      "dcgan", overrides=[
+          "--config.upsample=transpose", "--config.spectral_norm=true", "--config.n_critic=3"
+      ])
   assert (config.upsample, config.spectral_norm, config.n_critic) == ("transpose", True, 3)
   for bad, message in [("--config.upsampel=x", "did you mean 'upsample'"),
                        ("--config.n_critic=abc", "not a int"), ("--bogus", "--config.KEY=VALUE")]:
@@ -367,8 +376,8 @@ def test_config_overrides_reach_the_benchmarked_config():
 
 @pytest.mark.slow
 def test_batch_sweep_runs_every_batch(capsys):
-  cli.main(["--model", "vae_mlp", "--json", "--batch", "4", "8", "--steps-per-call", "1",
-                  *TINY[2:]])
+  cli.main(
+      ["--model", "vae_mlp", "--json", "--batch", "4", "8", "--steps-per-call", "1", *TINY[2:]])
   results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r["batch"] for r in results] == [4, 8]
   assert results[1]["gflop_per_step"] > results[0]["gflop_per_step"]
@@ -382,8 +391,9 @@ def test_torch_compile_times_the_compiled_reference(capsys, torch):
   counters = torch._dynamo.utils.counters  # pylint: disable=protected-access
   graphs = counters["stats"]["unique_graphs"]
   assert graphs >= 2  # encode and decode were compiled
-  assert set(result) == KEYS - TORCH_KEYS | {"torch_compile_step_ms", "speedup_vs_torch_compile",
-                                             "torch_compile_s"}
+  assert set(result) == KEYS - TORCH_KEYS | {
+      "torch_compile_step_ms", "speedup_vs_torch_compile", "torch_compile_s"
+  }
   assert result["torch_compile_step_ms"] > 0 and result["torch_compile_s"] > 0
   ratio = result["torch_compile_step_ms"] / result["step_ms"]
   assert abs(result["speedup_vs_torch_compile"] - ratio) <= 1e-3 * ratio + 2e-3
@@ -391,7 +401,7 @@ def test_torch_compile_times_the_compiled_reference(capsys, torch):
 
 @pytest.mark.parametrize("model,d_compiled", [("dcgan", True), ("wgan_gp", False)])
 def test_torch_compile_leaves_d_eager_only_under_a_gradient_penalty(model, d_compiled,
-                                                                     torch_reference):
+                                                                    torch_reference):
   config = presets.experiment_config(model)
   reference = torch_reference.build(config, data_lib.DATASETS[config.dataset])
   reference.compile()
@@ -410,9 +420,12 @@ def reference_quality_module(torch, monkeypatch):  # pylint: disable=unused-argu
 
 def test_reference_quality_table_is_mean_and_spread_over_seeds(reference_quality):
   columns = reference_quality.GAN_COLUMNS
-  scores = {f"{side}/{seed}": {c: value for c in columns}
-            for side, seed, value in [("reference", 0, 1.0), ("reference", 1, 3.0),
-                                      ("project", 0, 5.0), ("project", 2, 9.0)]}
+  scores = {
+      f"{side}/{seed}": {c: value for c in columns}
+      for side, seed, value in [("reference", 0, 1.0), ("reference", 1,
+                                                        3.0), ("project", 0,
+                                                               5.0), ("project", 2, 9.0)]
+  }
   lines = reference_quality.table(scores, ("reference", "project", "project_raw"), [0, 1], columns)
   lines = lines.split("\n")
   assert len(lines) == 4  # header, rule, reference over seeds 0 and 1, project over seed 0 only
@@ -423,15 +436,15 @@ def test_reference_quality_table_is_mean_and_spread_over_seeds(reference_quality
 @pytest.mark.parametrize("argv, message", [
     (["experiments/cgan_fashion_mnist.py", "--workdir", "W"], "not an unconditional classic model"),
     (["experiments/dcgan_fashion_mnist.py"], "the following arguments are required: --workdir"),
-    (["experiments/dcgan_fashion_mnist.py", "--workdir", "W", "--config.latent_dims=3"],
-     "did you mean"),
+    (["experiments/dcgan_fashion_mnist.py", "--workdir", "W", "--config.latent_dims=3"
+     ], "did you mean"),
     (["experiments/nope.py", "--workdir", "W"], "is not an experiment file"),
 ])
 def test_reference_quality_refuses_bad_input_with_one_error_line(argv, message, reference_quality,
                                                                  capsys):
   with pytest.raises(SystemExit) as exit_info:
-    reference_quality.parse_args([os.path.join(ROOT, a) if a.startswith("exp") else a
-                                  for a in argv])
+    reference_quality.parse_args(
+        [os.path.join(ROOT, a) if a.startswith("exp") else a for a in argv])
   err = capsys.readouterr().err
   assert exit_info.value.code == 2 and err.startswith("error: ") and message in err, err
 
@@ -455,6 +468,7 @@ def test_reference_quality_vae_original_learns(reference_quality):
   images[:, 8:20, 8:20] = 255  # one square: easy to learn
   before = reference_quality.train_reference(config, seed=0, epochs=0, images=images)
   after = reference_quality.train_reference(config, seed=0, epochs=3, images=images)
-  neg_elbo = [reference_quality.reference_test_neg_elbo(ref, images[:64], seed=0)
-              for ref in (before, after)]
+  neg_elbo = [
+      reference_quality.reference_test_neg_elbo(ref, images[:64], seed=0) for ref in (before, after)
+  ]
   assert neg_elbo[0] > 400 and neg_elbo[1] < 0.5 * neg_elbo[0]  # 784 pixels near log 2 each

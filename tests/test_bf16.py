@@ -21,8 +21,10 @@ from aigc_jax import likelihoods
 from tests import test_backend
 from tests import test_diffusion
 
-REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax",
-                        "argmin", "cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"})
+REDUCTIONS = frozenset({
+    "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "cumsum",
+    "cumprod", "cummax", "cummin", "cumlogsumexp"
+})
 BF16 = jnp.dtype(jnp.bfloat16)
 
 
@@ -37,8 +39,7 @@ def bf16_reductions(jaxpr, backward: bool = False, outer: str = "?"):
     here = jax.extend.source_info_util.summarize(eqn.source_info) or outer
     if eqn.primitive.name in REDUCTIONS and any(
         getattr(v.aval, "dtype", None) == BF16 for v in eqn.invars):
-      found[in_backward].append(
-          f"{eqn.primitive.name} at {here} [{eqn.source_info.name_stack}]")
+      found[in_backward].append(f"{eqn.primitive.name} at {here} [{eqn.source_info.name_stack}]")
     for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       for mine, theirs in zip(found, bf16_reductions(sub, in_backward, here)):
         mine.extend(theirs)
@@ -54,6 +55,7 @@ def assert_forward_in_float32(fn, *args):
 def test_the_walk_finds_a_bfloat16_softmax_nested_in_sub_jaxprs():
   """A bf16 softmax inside a jit inside a scan is found with its source; its float32 twin and
   the backward of a bf16 bias add are not forward faults."""
+
   def body(carry, x):
     return carry, jax.jit(jax.nn.softmax)(x)
 
@@ -107,8 +109,8 @@ def loss_call(name):
       "gaussian_kl": (likelihoods.gaussian_kl, (bf16(8, 4), bf16(8, 4))),
       "bernoulli": (likelihoods.bernoulli_log_likelihood, (bf16(8, 4, 4, 1), images)),
       "gaussian": (likelihoods.gaussian_log_likelihood, (bf16(8, 4, 4, 1), bf16(), images)),
-      "logistic": (likelihoods.discretized_logistic_log_likelihood,
-                   (bf16(8, 4, 4, 1, uniform=True), bf16(8, 4, 4, 1) - 3, images)),
+      "logistic": (likelihoods.discretized_logistic_log_likelihood, (bf16(8, 4, 4, 1, uniform=True),
+                                                                     bf16(8, 4, 4, 1) - 3, images)),
       "iwae": (likelihoods.iwae_bound, (bf16(3, 8), bf16(3, 8, 4), bf16(8, 4), bf16(8, 4))),
   }[name]
 
@@ -127,6 +129,7 @@ def test_losses_reduce_in_float32_whatever_their_inputs(name):
 
 def test_optax_cross_entropy_alone_would_reduce_in_bfloat16():
   """Why the losses cast: optax's softmax cross-entropy keeps its logits' dtype."""
-  forward, _ = bf16_reductions(jax.make_jaxpr(optax.softmax_cross_entropy_with_integer_labels)(
-      bf16(8, 10), jnp.arange(8) % 10).jaxpr)
+  forward, _ = bf16_reductions(
+      jax.make_jaxpr(optax.softmax_cross_entropy_with_integer_labels)(bf16(8, 10),
+                                                                      jnp.arange(8) % 10).jaxpr)
   assert forward

@@ -49,14 +49,8 @@ _TX = optax.adam(1e-2)
 def make_state(seed: int = 0, hidden: int = 8) -> TrainState:
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
   params = {
-      "dense1": {
-          "kernel": jax.random.normal(k1, (3, hidden)),
-          "bias": jnp.zeros((hidden,))
-      },
-      "dense2": {
-          "kernel": jax.random.normal(k2, (hidden, 2)),
-          "bias": jnp.zeros((2,))
-      },
+      "dense1": {"kernel": jax.random.normal(k1, (3, hidden)), "bias": jnp.zeros((hidden,))},
+      "dense2": {"kernel": jax.random.normal(k2, (hidden, 2)), "bias": jnp.zeros((2,))},
   }
   return TrainState(
       step=jnp.asarray(0, jnp.int32),
@@ -289,22 +283,21 @@ def test_a_checkpoint_without_all_its_checksums_is_refused(tmp_path, caplog, tam
     assert len(saved) == len(jax.tree.leaves(states[3]))
     kept = {} if tamper == "empty" else dict(list(saved.items())[1:])
     (sums / "metadata").write_text(json.dumps(kept))
-  reason = ("it has no checksums" if tamper != "one_left_out" else
-            "the arrays at .* differ from the checksum")
+  reason = ("it has no checksums"
+            if tamper != "one_left_out" else "the arrays at .* differ from the checksum")
   assert_refused_and_older_restored(tmp_path, 3, reason, states[2], caplog)
 
 
 @pytest.mark.parametrize("with_checksums", [True, False])
-def test_a_state_moved_into_another_steps_directory_is_refused(tmp_path, caplog,
-                                                               with_checksums):
+def test_a_state_moved_into_another_steps_directory_is_refused(tmp_path, caplog, with_checksums):
   states = save_trained(tmp_path, [1, 2, 3])
   # Step 2's arrays under step 3's name: with step 2's checksums they all match their checksums.
   moved = ["state", "checksums"] if with_checksums else ["state"]
   for item in moved:
     shutil.rmtree(tmp_path / "3" / item)
     shutil.copytree(tmp_path / "2" / item, tmp_path / "3" / item)
-  reason = ("its state is of step 2, not 3" if with_checksums else
-            "the arrays at .* differ from the checksum")
+  reason = ("its state is of step 2, not 3"
+            if with_checksums else "the arrays at .* differ from the checksum")
   assert_refused_and_older_restored(tmp_path, 3, reason, states[2], caplog)
 
 
@@ -348,14 +341,15 @@ def test_an_older_format_that_does_not_fit_the_model_says_so(tmp_path):
   save_trained(tmp_path, [2])
   set_recorded_format(tmp_path, 2, None)
   with Checkpoints(tmp_path) as ckpts:
-    with pytest.raises(CheckpointError, match=r"checkpoint format 1 \(written before checkpoints "
-                       r"recorded their format\), not this aigc_jax's format 2, and its state "
-                       r"does not fit .*an older aigc_jax wrote it"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint format 1 \(written before checkpoints "
+        r"recorded their format\), not this aigc_jax's format 2, and its state "
+        r"does not fit .*an older aigc_jax wrote it"):
       ckpts.restore(make_state(hidden=4), 2)
 
 
-def test_a_failed_background_write_keeps_orbax_tracebacks_in_the_debug_log(tmp_path, monkeypatch,
-                                                                           caplog):
+def test_a_failed_background_write_keeps_orbax_tracebacks_in_the_debug_log(
+    tmp_path, monkeypatch, caplog):
   """orbax's thread reports of the failure reach no handler but the debug log; the failure is one
   CheckpointError; the earlier step is kept and still restores."""
   state = train_steps(make_state(), 1)
@@ -375,8 +369,10 @@ def test_a_failed_background_write_keeps_orbax_tracebacks_in_the_debug_log(tmp_p
     assert ckpts.all_steps() == [1]
     chex.assert_trees_all_equal(ckpts.restore(make_state()), state)
   assert not [r for r in caplog.records if r.name == "absl" and r.levelno >= logging.ERROR]
-  assert [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info
-          and r.getMessage().startswith("orbax: ")]
+  assert [
+      r for r in caplog.records
+      if r.levelno == logging.DEBUG and r.exc_info and r.getMessage().startswith("orbax: ")
+  ]
 
 
 def test_a_read_completing_after_its_loop_closed_is_not_printed(tmp_path, monkeypatch):
@@ -393,9 +389,9 @@ def test_a_read_completing_after_its_loop_closed_is_not_printed(tmp_path, monkey
     closed = e
   other = ValueError("something else")
   for error in (closed, other):
-    sys.unraisablehook(types.SimpleNamespace(exc_type=type(error), exc_value=error,
-                                             exc_traceback=error.__traceback__, err_msg=None,
-                                             object=None))
+    sys.unraisablehook(
+        types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                              exc_traceback=error.__traceback__, err_msg=None, object=None))
   assert [u.exc_value for u in seen] == [other]
 
 

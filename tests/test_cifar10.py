@@ -39,8 +39,8 @@ def experiment_config(name):
 
 
 SHRINK = dict(batch_size=16, eval_batch_size=64, num_train_steps=4, log_every_steps=2,
-              eval_every_steps=4, checkpoint_every_steps=4, steps_per_call=1,
-              num_sample_images=4, progress_bar=False)
+              eval_every_steps=4, checkpoint_every_steps=4, steps_per_call=1, num_sample_images=4,
+              progress_bar=False)
 SHRINK_VAE = dict(latent_dim=4, hidden_dim=16, conv_features=(4, 8))
 SHRINK_GAN = dict(latent_dim=8, d_base_features=4, g_base_features=8, eval_num_samples=32)
 
@@ -62,8 +62,7 @@ def fixture_mock_cifar10(tmp_path, monkeypatch, metrics_cache):
   monkeypatch.setattr(socket.socket, "connect", refuse)
   monkeypatch.delenv(data_lib.IDX_DIR_ENV, raising=False)
   monkeypatch.setenv(clf_lib.CACHE_ENV, metrics_cache)
-  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
+  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
     yield str(tmp_path / "tfds")
 
 
@@ -100,8 +99,9 @@ def test_experiment_trains_under_accelerator_defaults(name, shrink, platform, mo
   """A GPU's or TPU's choices on the suite's 4 CPU devices: every step in one call, shard_map."""
   monkeypatch.setenv(backend.PLATFORM_ENV, platform)
   config = experiment_config(name)
-  config.update(dict(SHRINK, **shrink, tfds_data_dir=mock_cifar10, steps_per_call=0,
-                     parallel="auto", log_every_steps=4))
+  config.update(
+      dict(SHRINK, **shrink, tfds_data_dir=mock_cifar10, steps_per_call=0, parallel="auto",
+           log_every_steps=4))
   workdir = str(tmp_path / name)
   metrics = train.train_and_evaluate(config, workdir)
   assert metrics and all(np.isfinite(v) for v in metrics.values()), metrics
@@ -140,8 +140,8 @@ def logistic_cdf(t, mean, scale):
                                             (-3.0, 2.0), (0.9, -8.0)])
 def test_discretized_logistic_probabilities_of_all_bins_sum_to_one(mean, log_scale):
   x = (jnp.arange(256.0) / 255.0).reshape(256, 1, 1, 1)  # every intensity level as an image
-  log_p = likelihoods.discretized_logistic_log_likelihood(jnp.float32(mean),
-                                                          jnp.float32(log_scale), x)
+  log_p = likelihoods.discretized_logistic_log_likelihood(jnp.float32(mean), jnp.float32(log_scale),
+                                                          x)
   assert log_p.shape == (256,) and bool(jnp.all(log_p <= 0))
   np.testing.assert_allclose(float(jnp.exp(jax.nn.logsumexp(log_p))), 1.0, rtol=1e-5)
 
@@ -151,15 +151,16 @@ def test_discretized_logistic_matches_cdf_differences_by_hand():
   k = np.array([0, 1, 102, 200, 254, 255])
   x = jnp.asarray(k / 255.0, jnp.float32).reshape(1, 1, 6, 1)
   got = likelihoods.discretized_logistic_log_likelihood(jnp.full(x.shape, mean),
-                                                   jnp.full(x.shape, math.log(scale)), x)
+                                                        jnp.full(x.shape, math.log(scale)), x)
   per_bin = []
   for level in k:
     upper = 1.0 if level == 255 else logistic_cdf((level + 0.5) / 255, mean, scale)
     lower = 0.0 if level == 0 else logistic_cdf((level - 0.5) / 255, mean, scale)
     per_bin.append(math.log(upper - lower))
   np.testing.assert_allclose(got, [sum(per_bin)], rtol=1e-5)
-  single = likelihoods.discretized_logistic_log_likelihood(
-      jnp.float32(mean), jnp.float32(math.log(scale)), x[..., 2:3, :], event_ndim=3)
+  single = likelihoods.discretized_logistic_log_likelihood(jnp.float32(mean),
+                                                           jnp.float32(math.log(scale)),
+                                                           x[..., 2:3, :], event_ndim=3)
   np.testing.assert_allclose(single, [per_bin[2]], rtol=1e-5)
 
 
@@ -192,9 +193,9 @@ def test_bernoulli_stays_the_default_likelihood_with_one_decoder_channel():
 
 def test_unknown_likelihood_suggests_the_closest_choice():
   config = config_lib.get_config("vae_conv", likelihood="discretised_logistic")
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"likelihood 'discretised_logistic' is unknown; did you mean "
-                           r"'discretized_logistic'\?.*bernoulli"):
+  with pytest.raises(
+      config_lib.ConfigError, match=r"likelihood 'discretised_logistic' is unknown; did you mean "
+      r"'discretized_logistic'\?.*bernoulli"):
     config_lib.validate(config)
 
 
@@ -227,6 +228,7 @@ def test_missing_fashion_mnist_still_names_its_debian_package(tmp_path, monkeypa
   info = data_lib.DATASETS["fashion_mnist"]
   monkeypatch.setitem(data_lib.DATASETS, "fashion_mnist",
                       dataclasses.replace(info, debian_dir=str(tmp_path)))
-  with pytest.raises(data_lib.DataError, match=r"apt-get install dataset-fashion-mnist.*"
-                                               r"--config.idx_dir.*--config.tfds_data_dir"):
+  with pytest.raises(
+      data_lib.DataError, match=r"apt-get install dataset-fashion-mnist.*"
+      r"--config.idx_dir.*--config.tfds_data_dir"):
     data_lib.load_split("fashion_mnist", "test")

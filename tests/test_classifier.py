@@ -70,8 +70,13 @@ def test_recipe_key_tracks_the_recipe():
   key = net_lib.recipe_key(net_lib.RECIPE)
   assert len(key) == 12 and key == net_lib.recipe_key(dict(net_lib.RECIPE))
   assert net_lib.recipe_key(net_lib.resolve_recipe(conv_features=[32, 64, 128])) == key
-  for change in [dict(epochs=5), dict(learning_rate=1e-4), dict(conv_features=(32, 32)),
-                 dict(seed=1), dict(dataset="mnist")]:
+  for change in [
+      dict(epochs=5),
+      dict(learning_rate=1e-4),
+      dict(conv_features=(32, 32)),
+      dict(seed=1),
+      dict(dataset="mnist")
+  ]:
     assert net_lib.recipe_key(net_lib.resolve_recipe(**change)) != key, change
   with pytest.raises(ValueError, match="unknown classifier recipe key 'epoch'"):
     net_lib.resolve_recipe(epoch=3)
@@ -146,8 +151,9 @@ def write_corrupt_cache(path, variables, corrupt):
     clf_lib.save(path, bad, {"key": net_lib.recipe_key(TINY), "test_accuracy": 0.5})
 
 
-@pytest.mark.parametrize("corrupt", ["truncated_params", "garbage_info", "other_recipe_info",
-                                     "other_widths_params", "nan_params"])
+@pytest.mark.parametrize(
+    "corrupt",
+    ["truncated_params", "garbage_info", "other_recipe_info", "other_widths_params", "nan_params"])
 def test_load_rejects_a_corrupt_cache(trained, tmp_path, corrupt):
   _, clf, feats = trained
   path = str(tmp_path / "entry")
@@ -177,12 +183,11 @@ def test_evaluate_samples_and_floors(trained):
   images, labels = synthetic_split("fashion_mnist", "test")
   kwargs = dict(kid_subsets=5, kid_subset_size=100, is_splits=2)
   same = sm_lib.evaluate_samples(clf, images[:250], clf.features(images[:250]), labels[:250],
-                                  **kwargs)
-  assert set(same) == {"fid", "kid", "kid_std", "precision", "recall", "is", "is_std",
-                       "label_acc"}
+                                 **kwargs)
+  assert set(same) == {"fid", "kid", "kid_std", "precision", "recall", "is", "is_std", "label_acc"}
   assert abs(same["fid"]) < 1e-3 and same["precision"] == same["recall"] == 1.0
-  assert same["label_acc"] == pytest.approx(np.mean(clf.logits(images[:250]).argmax(1) ==
-                                                    labels[:250]))
+  assert same["label_acc"] == pytest.approx(
+      np.mean(clf.logits(images[:250]).argmax(1) == labels[:250]))
   assert 1.0 <= same["is"] <= 10.0
   # Real vs noise: every distance is far worse than the floor of real vs real.
   real = clf.features(images[250:])
@@ -201,8 +206,7 @@ def test_floors_are_cached_beside_the_classifier(trained, tmp_path, monkeypatch)
   images, labels = synthetic_split("fashion_mnist", "test")
   train_images, real = images[:300], clf.features(images[300:])
   kwargs = dict(kid_subsets=5, kid_subset_size=100, is_splits=2)
-  local = net_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe,
-                             str(tmp_path))
+  local = net_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe, str(tmp_path))
   first = sm_lib.floors(local, train_images, real, labels[:300], num_train=200, **kwargs)
   # Computed exactly as a model's metrics: evaluate_samples of the same-size train subset.
   idx = np.sort(np.random.default_rng(0).choice(300, 200, replace=False))
@@ -214,8 +218,7 @@ def test_floors_are_cached_beside_the_classifier(trained, tmp_path, monkeypatch)
 
   with monkeypatch.context() as mp:
     mp.setattr(net_lib.Classifier, "features_and_logits", no_features)
-    assert sm_lib.floors(local, train_images, real, labels[:300], num_train=200,
-                          **kwargs) == first
+    assert sm_lib.floors(local, train_images, real, labels[:300], num_train=200, **kwargs) == first
   # Another size, other real features or other options: other entries, other values.
   fewer = sm_lib.floors(local, train_images, real, labels[:300], num_train=100, **kwargs)
   assert fewer != first
@@ -226,8 +229,7 @@ def test_floors_are_cached_beside_the_classifier(trained, tmp_path, monkeypatch)
   with open(tmp_path / cached, "w") as f:
     f.write("{not json")
   with pytest.warns(RuntimeWarning, match="unreadable"):
-    assert sm_lib.floors(local, train_images, real, labels[:300], num_train=200,
-                          **kwargs) == first
+    assert sm_lib.floors(local, train_images, real, labels[:300], num_train=200, **kwargs) == first
 
 
 def scaled_mean(variables, factor=1.5):
@@ -238,8 +240,7 @@ def scaled_mean(variables, factor=1.5):
 
 
 @pytest.mark.parametrize("edit", ["batchnorm_mean_resaved", "digest_dropped"])
-def test_params_that_do_not_match_their_digest_are_retrained(trained, tmp_path, monkeypatch,
-                                                             edit):
+def test_params_that_do_not_match_their_digest_are_retrained(trained, tmp_path, monkeypatch, edit):
   _, clf, feats = trained
   path = clf_lib.cache_path(TINY, tmp_path)
   clf_lib.save(path, clf.variables, {"key": net_lib.recipe_key(TINY), "test_accuracy": 0.5})
@@ -257,8 +258,9 @@ def test_params_that_do_not_match_their_digest_are_retrained(trained, tmp_path, 
 
   def stub_train(recipe, progress=True):
     calls.append(recipe)
-    return clf.variables, {"key": net_lib.recipe_key(TINY), "test_accuracy": 0.75,
-                           "train_seconds": 0.0}
+    return clf.variables, {
+        "key": net_lib.recipe_key(TINY), "test_accuracy": 0.75, "train_seconds": 0.0
+    }
 
   monkeypatch.setattr(train_lib, "train", stub_train)
   with pytest.warns(RuntimeWarning, match="does not match the params_sha256.*; retraining"):
@@ -274,8 +276,7 @@ def test_edited_floors_are_recomputed_and_another_classifier_misses_them(trained
   images, labels = synthetic_split("fashion_mnist", "test")
   args = (images[:300], clf.features(images[300:]), labels[:300])
   kwargs = dict(num_train=200, kid_subsets=5, kid_subset_size=100, is_splits=2)
-  local = net_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe,
-                             str(tmp_path))
+  local = net_lib.Classifier(clf.model, clf.variables, clf.test_accuracy, clf.recipe, str(tmp_path))
   true = sm_lib.floors(local, *args, **kwargs)
   [entry] = [tmp_path / n for n in os.listdir(tmp_path) if n.startswith("floors-")]
   saved = json.loads(entry.read_text())
@@ -288,8 +289,8 @@ def test_edited_floors_are_recomputed_and_another_classifier_misses_them(trained
   with pytest.warns(RuntimeWarning, match="does not match the sha256"):
     assert sm_lib.floors(local, *args, **kwargs) == true
   # A classifier with one BatchNorm mean x1.5 has its own floors, never these.
-  edited = net_lib.Classifier(clf.model, traverse_util.unflatten_dict(scaled_mean(clf.variables),
-                                                                      sep="/"),
+  edited = net_lib.Classifier(clf.model,
+                              traverse_util.unflatten_dict(scaled_mean(clf.variables), sep="/"),
                               clf.test_accuracy, clf.recipe, str(tmp_path))
   assert sm_lib.floors(edited, *args, **kwargs)["fid"] != true["fid"]
   assert len([n for n in os.listdir(tmp_path) if n.startswith("floors-")]) == 2

@@ -10,8 +10,7 @@ def test_balanced_assign_by_hand():
   """Every row is nearest to cluster 0, which has room for two: the two nearest rows (3 and 1)
   get it and the others go to cluster 1."""
   distances = np.array([[1.0, 9.0], [0.5, 2.0], [3.0, 4.0], [0.1, 8.0]])
-  np.testing.assert_array_equal(clusters.balanced_assign(distances, np.array([2, 2])),
-                                [1, 0, 1, 0])
+  np.testing.assert_array_equal(clusters.balanced_assign(distances, np.array([2, 2])), [1, 0, 1, 0])
   with pytest.raises(ValueError, match="sum to 3"):
     clusters.balanced_assign(distances, np.array([2, 1]))
 

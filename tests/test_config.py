@@ -14,8 +14,8 @@ ConfigError = config_lib.ConfigError
 
 def test_get_config_takes_known_overrides_and_refuses_unknown_ones():
   config = config_lib.get_config("vae_mlp", learning_rate=0.1, hidden_dim=7)
-  assert (config.model, config.learning_rate, config.hidden_dim, config.seed) == (
-      "vae_mlp", 0.1, 7, 0)
+  assert (config.model, config.learning_rate, config.hidden_dim, config.seed) == ("vae_mlp", 0.1, 7,
+                                                                                  0)
   with pytest.raises(ConfigError, match="unknown config key 'lerning_rate': did you mean "
                      "'learning_rate'"):
     config_lib.get_config("vae_mlp", lerning_rate=0.1)
@@ -33,8 +33,9 @@ def test_misspelt_config_key_is_an_error(idx_dir):
 def test_validate_names_a_missing_key_or_an_unknown_model_and_the_fix():
   config = config_lib.get_config("dcgan")
   del config["seed"]
-  with pytest.raises(ConfigError, match=r"config key 'seed' is missing; start from "
-                     r"aigc_jax\.config\.get_config\('dcgan'\)"):
+  with pytest.raises(
+      ConfigError, match=r"config key 'seed' is missing; start from "
+      r"aigc_jax\.config\.get_config\('dcgan'\)"):
     config_lib.validate(config)
   config = config_lib.get_config("vae_mlp")
   config.model = "vae_mpl"
@@ -62,23 +63,25 @@ def test_a_bad_shared_value_is_one_line_naming_the_key_and_the_fix(overrides, me
   config_lib.validate(config_lib.get_config("vae_mlp"))  # the defaults pass
 
 
-@pytest.mark.parametrize("value, default, problem", [
-    (True, 1, "not an integer"),
-    (2**31, 1, "out of the range -2147483648 to 2147483647"),
-    (2**31 - 1, 1, None),
-    (-2**31, 1, None),
-    (np.int64(3), 1, None),
-    (1, 0.5, None),
-    (True, 0.5, "not a number"),
-    ("1", 0.5, "not a number"),
-    (float("nan"), 0.5, "not a finite number"),
-    (1, True, "not true or false"),
-    (None, "a", "not a string"),
-    ([8, 16], (32, 64), None),
-    ((8, 2.5), (32, 64), "a list with an element that is not an integer"),
-    ("ab", (32,), "not a list"),
-    (["x"], (), None),  # an empty default says nothing of its elements
-])
+@pytest.mark.parametrize(
+    "value, default, problem",
+    [
+        (True, 1, "not an integer"),
+        (2**31, 1, "out of the range -2147483648 to 2147483647"),
+        (2**31 - 1, 1, None),
+        (-2**31, 1, None),
+        (np.int64(3), 1, None),
+        (1, 0.5, None),
+        (True, 0.5, "not a number"),
+        ("1", 0.5, "not a number"),
+        (float("nan"), 0.5, "not a finite number"),
+        (1, True, "not true or false"),
+        (None, "a", "not a string"),
+        ([8, 16], (32, 64), None),
+        ((8, 2.5), (32, 64), "a list with an element that is not an integer"),
+        ("ab", (32,), "not a list"),
+        (["x"], (), None),  # an empty default says nothing of its elements
+    ])
 def test_type_problem_says_why_a_value_cannot_stand_for_its_default(value, default, problem):
   assert config_lib.type_problem(value, default) == problem
 
@@ -118,7 +121,8 @@ def test_command_line_overrides_take_their_default_s_type_and_leave_the_other_ar
   rest = config_lib.apply_overrides(config, [
       "--workdir", "w", "--config.learning_rate=1e-2", "--config.binarize", "TRUE",
       "--config.num_epochs=3.0", "--config.conv_features=(8, 16)", "--config.dataset=mnist",
-      "--step", "4"])
+      "--step", "4"
+  ])
   assert rest == ["--workdir", "w", "--step", "4"]
   assert (config.learning_rate, config.binarize, config.num_epochs, config.conv_features,
           config.dataset) == (0.01, True, 3, (8, 16), "mnist")

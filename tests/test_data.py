@@ -33,12 +33,7 @@ def write(path, payload: bytes, gz: bool = False):
   return path
 
 
-def make_split_dir(directory,
-                   n=5,
-                   hw=(28, 28),
-                   split="train",
-                   gz=True,
-                   labels=None,
+def make_split_dir(directory, n=5, hw=(28, 28), split="train", gz=True, labels=None,
                    dot_variant=False):
   """Writes a tiny split; returns (images (N,H,W), labels)."""
   rng = np.random.default_rng(0)
@@ -181,17 +176,17 @@ def test_read_idx_split(tmp_path, gz, dot):
 
 def test_read_idx_split_count_mismatch(tmp_path):
   make_split_dir(tmp_path, n=5, labels=np.arange(4, dtype=np.uint8))
-  with pytest.raises(DataError,
-                     match=r"train-labels-idx1-ubyte.gz: label count does not match "
-                     r".*\(expected 5, got 4\)"):
+  with pytest.raises(
+      DataError, match=r"train-labels-idx1-ubyte.gz: label count does not match "
+      r".*\(expected 5, got 4\)"):
     idx.read_split(tmp_path, "train")
 
 
 def test_read_idx_split_label_out_of_range(tmp_path):
   make_split_dir(tmp_path, n=3, labels=np.array([0, 10, 2], np.uint8))
-  with pytest.raises(DataError,
-                     match=r"train-labels-idx1-ubyte.gz: label out of range "
-                     r"\(expected \[0, 10\), got max 10\)"):
+  with pytest.raises(
+      DataError, match=r"train-labels-idx1-ubyte.gz: label out of range "
+      r"\(expected \[0, 10\), got max 10\)"):
     idx.read_split(tmp_path, "train", num_classes=10)
   _, y = idx.read_split(tmp_path, "train")  # unknown num_classes: no range check
   assert y.max() == 10
@@ -209,9 +204,9 @@ def test_read_idx_split_wrong_kinds(tmp_path):
 
 def test_read_idx_split_missing_files(tmp_path):
   make_split_dir(tmp_path, split="train")
-  with pytest.raises(DataError,
-                     match=r"missing IDX files for split 'test' \(looked for "
-                     r"t10k-images-idx3-ubyte, t10k-images-idx3-ubyte.gz"):
+  with pytest.raises(
+      DataError, match=r"missing IDX files for split 'test' \(looked for "
+      r"t10k-images-idx3-ubyte, t10k-images-idx3-ubyte.gz"):
     idx.read_split(tmp_path, "test")
   (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
   with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz"):
@@ -340,10 +335,10 @@ def test_load_split_tfds_failure_is_data_error(tmp_path, monkeypatch, no_network
   monkeypatch.setattr(tfds_split, "network_reachable", lambda *args, **kwargs: True)
   monkeypatch.setitem(data.DATASETS, "fashion_mnist",
                       dataclasses.replace(data.DATASETS["fashion_mnist"], debian_dir=str(tmp_path)))
-  with pytest.raises(DataError,
-                     match=r"no data found \(tried .*AIGC_JAX_IDX_DIR.*Debian dir "
-                     r".*TFDS 'fashion_mnist'.*no network.*apt-get install "
-                     r"dataset-fashion-mnist.*idx_dir"):
+  with pytest.raises(
+      DataError, match=r"no data found \(tried .*AIGC_JAX_IDX_DIR.*Debian dir "
+      r".*TFDS 'fashion_mnist'.*no network.*apt-get install "
+      r"dataset-fashion-mnist.*idx_dir"):
     data.load_split("fashion_mnist", "train")
 
 

@@ -61,11 +61,11 @@ def test_forward_process_has_its_closed_form_mean_and_variance(objective, level,
 def test_schedules():
   linear, cosine = noise_processes.alpha_bars("linear"), noise_processes.alpha_bars("cosine")
   beta_1 = 1e-4 + 0.0199 / 999  # betas: 1e-4 to 0.02 in 1000 even steps
-  assert linear[0] == pytest.approx(1 - 1e-4) and linear[1] == pytest.approx((1 - 1e-4) *
-                                                                           (1 - beta_1))
+  assert linear[0] == pytest.approx(1 - 1e-4) and linear[1] == pytest.approx(
+      (1 - 1e-4) * (1 - beta_1))
   assert np.all(np.diff(linear) < 0) and np.all(np.diff(cosine) < 0)
   s, t = 0.008, 500 / 1000  # cosine: abar(t) = f(t) / f(0)
-  f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2  # noqa: E731
+  f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2)**2  # noqa: E731
   assert cosine[499] == pytest.approx(f(t) / f(0), rel=1e-6)
 
 
@@ -85,15 +85,17 @@ def test_targets_and_predictions_by_hand():
 def test_loss_is_the_squared_error_to_the_target():
   config, trainable = tiny(objective="v")
   net, state = net_of(trainable), perturbed_state(trainable)
-  batch = {"image": jax.random.uniform(jax.random.PRNGKey(3), (4, 28, 28, 1)) * 2 - 1,
-           "label": jnp.arange(4)}
+  batch = {
+      "image": jax.random.uniform(jax.random.PRNGKey(3), (4, 28, 28, 1)) * 2 - 1,
+      "label": jnp.arange(4)
+  }
   rng = jax.random.PRNGKey(4)
   loss_of = jax.jit(family.per_example_loss, static_argnums=0, static_argnames="min_snr_gamma")
   loss = loss_of(net, state.ema_params, batch, rng)
-  x_t, time, level, goal = jax.jit(family.noised_batch, static_argnums=0)(
-      net, batch["image"], jax.random.split(rng)[0])
+  x_t, time, level, goal = jax.jit(family.noised_batch, static_argnums=0)(net, batch["image"],
+                                                                          jax.random.split(rng)[0])
   out = jax.jit(net.model.apply)(state.ema_params, x_t, time)
-  squared = np.mean((out - goal) ** 2, axis=(1, 2, 3))
+  squared = np.mean((out - goal)**2, axis=(1, 2, 3))
   np.testing.assert_allclose(loss, squared, rtol=1e-5)
   assert np.all((time >= 0) & (time < 1)) and config.objective == "v"
   snr = level / (1 - level)  # v-prediction: min(SNR, 2) / (SNR + 1)
@@ -113,7 +115,7 @@ def test_min_snr_weights_by_hand():
 
 def sample_from(trainable, how, x, labels=None):
   return sampling.denoise(trainable_params(trainable), x, jax.random.PRNGKey(7), labels,
-                        net=net_of(trainable), how=how)
+                          net=net_of(trainable), how=how)
 
 
 def trainable_params(trainable, scale=0.05):
@@ -171,9 +173,11 @@ def test_python_and_scanned_sampling_loops_agree():
 
 
 def test_network_evaluations_count_heuns_correction_and_guidance():
+
   def count(sampler, scale, conditional):
     return sampling.network_evaluations(sampling.Sampling(sampler, 10, scale, True, "python"),
-                                      conditional)
+                                        conditional)
+
   assert count("ddim", 1.0, True) == 10
   assert count("ddpm", 3.0, True) == 20
   assert count("heun", 2.0, True) == 40
@@ -230,8 +234,9 @@ def test_sample_chunks_do_not_depend_on_the_count(monkeypatch):
     (dict(objective="flow", sampler="heun", min_snr_gamma=5.0), "0 for objective 'flow'"),
 ])
 def test_config_errors_name_the_fix(overrides, words):
-  with pytest.raises(config_lib.ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")
-                     .replace("*", r"\*").replace("^", r"\^")):
+  with pytest.raises(
+      config_lib.ConfigError,
+      match=words.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*").replace("^", r"\^")):
     config_lib.validate(config_lib.get_config("unet", **overrides))
 
 

@@ -152,8 +152,8 @@ def test_demo_summary_shows_a_vae_row_with_its_pictures(tmp_path):
       json.dumps({"step": 500, "split": "test", "neg_elbo": 260.0}) + "\n" +
       json.dumps({"step": 1000, "split": "test", "neg_elbo": 250.5}) + "\n")
   row = demo_summary.summarize(str(workdir), 100)
-  assert (row["model"], row["steps"], row["metric"], row["value"]) == (
-      "vae_conv", 1000, "test_neg_elbo", 250.5)
+  assert (row["model"], row["steps"], row["metric"], row["value"]) == ("vae_conv", 1000,
+                                                                       "test_neg_elbo", 250.5)
   lines = demo_summary.table([row]).splitlines()
   assert lines[0].split() == ["model", "steps", "metric", "value", "floor"]
   assert lines[1].split() == ["vae_conv", "1000", "test_neg_elbo", "250.50", "-"]
@@ -163,8 +163,8 @@ def test_demo_summary_shows_a_vae_row_with_its_pictures(tmp_path):
 def npy_bytes(array, shape=None) -> bytes:
   """`array` as an .npy file; with `shape`, its header declares that shape instead."""
   buffer = io.BytesIO()
-  np.lib.format.write_array_header_1_0(buffer, {"descr": array.dtype.str, "fortran_order": False,
-                                                "shape": shape or array.shape})
+  np.lib.format.write_array_header_1_0(
+      buffer, {"descr": array.dtype.str, "fortran_order": False, "shape": shape or array.shape})
   return buffer.getvalue() + array.tobytes()
 
 
@@ -222,6 +222,7 @@ def test_only_the_images_scored_are_read_and_memory_errors_are_one_line(tmp_path
     raise MemoryError
 
   monkeypatch.setattr(evaluate, "_read_rows", out_of_memory)
-  with pytest.raises(evaluate.UsageError, match=r"first 12 images do not fit in this machine's "
-                     r"memory; pass a smaller --num_samples"):
+  with pytest.raises(
+      evaluate.UsageError, match=r"first 12 images do not fit in this machine's "
+      r"memory; pass a smaller --num_samples"):
     evaluate.load_samples(str(path), "fashion_mnist", 12)

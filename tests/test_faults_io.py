@@ -54,10 +54,12 @@ def fail_writes_after(monkeypatch, folder, allowed: int) -> None:
     n = real_write(fd, bytes(data[:left[0]]))
     left[0] -= n
     return n
+
   monkeypatch.setattr(os, "write", write)
 
 
 # -- stop signals --------------------------------------------------------------------------------
+
 
 def test_only_the_commands_take_over_the_stop_signals(monkeypatch):
   assert entry.started_as_entry_point(["python", "-u", os.path.join(ROOT, "experiments", "x.py")])
@@ -91,12 +93,14 @@ def test_what_is_undone_on_a_signal_until_the_training_loop():
 
 
 EXPERIMENT = os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py")
-SMALL = ["--config.batch_size=32", "--config.hidden_dim=32", "--config.latent_dim=4",
-         "--config.progress_bar=False", "--config.num_train_steps=16", "--config.steps_per_call=4",
-         "--config.log_every_steps=4", "--config.eval_every_steps=4",
-         "--config.checkpoint_every_steps=4", "--config.eval_batch_size=50",
-         "--config.num_sample_images=16", "--config.eval_iwae_samples=20",
-         "--config.eval_iwae_examples=10"]
+SMALL = [
+    "--config.batch_size=32", "--config.hidden_dim=32", "--config.latent_dim=4",
+    "--config.progress_bar=False", "--config.num_train_steps=16", "--config.steps_per_call=4",
+    "--config.log_every_steps=4", "--config.eval_every_steps=4",
+    "--config.checkpoint_every_steps=4", "--config.eval_batch_size=50",
+    "--config.num_sample_images=16", "--config.eval_iwae_samples=20",
+    "--config.eval_iwae_examples=10"
+]
 
 
 def experiment_config(idx_dir):
@@ -112,9 +116,10 @@ def experiment_config(idx_dir):
 def start_experiment(idx_dir, workdir):
   """EXPERIMENT on the tests' small data, with SIGINT at its default, as a terminal has it."""
   reset = "import os,signal,sys;signal.signal(2,signal.SIG_DFL);os.execv(sys.argv[1],sys.argv[1:])"
-  return subprocess.Popen([sys.executable, "-c", reset, sys.executable, EXPERIMENT, "--workdir",
-                           workdir, f"--config.idx_dir={idx_dir}", *SMALL],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen([
+      sys.executable, "-c", reset, sys.executable, EXPERIMENT, "--workdir", workdir,
+      f"--config.idx_dir={idx_dir}", *SMALL
+  ], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def stop_once_locked(process, workdir, signum) -> str:
@@ -154,6 +159,7 @@ def test_ctrl_c_before_the_training_loop_is_one_line_and_leaves_nothing(idx_dir,
 
 # -- a full disk, another user's files, a path too long -------------------------------------------
 
+
 def test_a_full_disk_leaves_no_part_of_an_appended_record(tmp_path, monkeypatch):
   path = str(tmp_path / "metrics.jsonl")
   safe_files.append_text(path, '{"step": 1}\n')
@@ -173,9 +179,11 @@ def test_a_full_disk_leaves_no_part_of_an_appended_record(tmp_path, monkeypatch)
 
 
 def test_a_png_that_cannot_be_written_leaves_no_file(tmp_path, monkeypatch):
+
   def save(image, f, format):  # noqa: A002  (PIL's name)
     f.write(b"\x89PNG half")
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
   monkeypatch.setattr(Image.Image, "save", save)
   path = str(tmp_path / "samples" / "samples_0000008.png")
   with pytest.raises(safe_files.WriteError, match=r"samples_0000008\.png \(No space left"):
@@ -185,8 +193,9 @@ def test_a_png_that_cannot_be_written_leaves_no_file(tmp_path, monkeypatch):
 
 def test_a_full_disk_leaves_no_empty_event_file(tmp_path, monkeypatch):
   fail_writes_after(monkeypatch, tmp_path, 0)
-  with pytest.raises(safe_files.WriteError, match=r"tensorboard/events\.out\.tfevents\.[^ ]* \(No "
-                                                   r"space left on device\); free space"):
+  with pytest.raises(
+      safe_files.WriteError, match=r"tensorboard/events\.out\.tfevents\.[^ ]* \(No "
+      r"space left on device\); free space"):
     writers.MetricWriter(str(tmp_path), tensorboard=True)
   assert os.listdir(tmp_path / "tensorboard") == []
 
@@ -215,6 +224,7 @@ def test_another_users_file_is_one_line_naming_it(tmp_path, monkeypatch, name):
     if os.path.basename(os.path.dirname(path)) == name or os.path.basename(path) == name:
       raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
     return real_open(path, *args, **kwargs)
+
   monkeypatch.setattr(safe_files.os, "open", open_)
   with pytest.raises(lock.WorkdirError) as info:
     with lock.hold(workdir):
@@ -226,8 +236,9 @@ def test_another_users_file_is_one_line_naming_it(tmp_path, monkeypatch, name):
 
 def test_a_workdir_path_too_long_is_refused_before_anything_is_made(tmp_path):
   workdir = os.path.join(str(tmp_path), *["d" * 200] * 20)
-  with pytest.raises(lock.WorkdirError, match=r"bytes long; the files of a run need up to 256 "
-                                              r"more, beyond .* choose a shorter --workdir"):
+  with pytest.raises(
+      lock.WorkdirError, match=r"bytes long; the files of a run need up to 256 "
+      r"more, beyond .* choose a shorter --workdir"):
     with lock.hold(workdir):
       pass
   assert os.listdir(tmp_path) == []
@@ -244,6 +255,7 @@ def fixture_disk_full_run(idx_dir, tmp_path_factory):
     if '"step": 8, "split": "test"' in text:
       raise safe_files.write_error(path, ENOSPC)
     real_append(path, text)
+
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(safe_files, "append_text", append_text)
     with pytest.raises(safe_files.WriteError) as info:
@@ -262,7 +274,7 @@ def test_a_full_disk_mid_run_keeps_the_checkpoints_before(disk_full_run):
 
 @pytest.mark.slow
 def test_sigterm_while_resuming_is_one_line_and_keeps_the_checkpoints(disk_full_run, idx_dir,
-                                                                       tmp_path):
+                                                                      tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(disk_full_run[0], workdir)
   before = sorted(os.listdir(workdir))
@@ -276,6 +288,7 @@ def test_sigterm_while_resuming_is_one_line_and_keeps_the_checkpoints(disk_full_
 
 
 # -- memory ---------------------------------------------------------------------------------------
+
 
 def jax_out_of_memory(text="RESOURCE_EXHAUSTED: Out of memory allocating 26183560832 bytes."):
   """An error like jaxlib's JaxRuntimeError for an allocation that failed."""
@@ -306,24 +319,31 @@ def test_out_of_memory_names_the_phase_and_what_to_lower():
 
 @pytest.mark.slow
 def test_a_run_out_of_memory_while_starting_says_so(idx_dir, tmp_path, monkeypatch):
+
   def restore_or_init(run, step=None):
     raise jax_out_of_memory()
+
   monkeypatch.setattr(run_setup, "restore_or_init", restore_or_init)
-  with pytest.raises(entry.OutOfMemory, match="while initialising or restoring the state .*; "
-                                              "lower the model's sizes"):
+  with pytest.raises(
+      entry.OutOfMemory, match="while initialising or restoring the state .*; "
+      "lower the model's sizes"):
     train.train_and_evaluate(small_config(idx_dir), str(tmp_path / "run"))
 
 
 # -- the classifier cache -------------------------------------------------------------------------
 
+
 def test_an_unwritable_cache_is_refused_before_training(tmp_path, monkeypatch):
+
   def mkstemp(**unused):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
   monkeypatch.setattr(clf_lib.tempfile, "mkstemp", mkstemp)
   monkeypatch.setattr(clf_train_lib, "train", lambda *a, **k: pytest.fail("trained"))
   monkeypatch.setenv(clf_lib.CACHE_ENV, str(tmp_path / "cache"))
-  with pytest.raises(clf_lib.CacheError, match=rf"cache {tmp_path / 'cache'} is not writable "
-                                               r"\(Permission denied\).*set AIGC_JAX_CACHE to"):
+  with pytest.raises(
+      clf_lib.CacheError, match=rf"cache {tmp_path / 'cache'} is not writable "
+      r"\(Permission denied\).*set AIGC_JAX_CACHE to"):
     clf_lib.load_or_train(progress=False)
 
 
@@ -332,12 +352,15 @@ def test_a_classifier_that_cannot_be_saved_is_used_with_a_warning(tmp_path, monk
   model = net_lib.build_model(recipe)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))
   variables = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
-  info = {"recipe": recipe, "key": net_lib.recipe_key(recipe), "test_accuracy": 0.5,
-          "train_seconds": 1.0}
+  info = {
+      "recipe": recipe, "key": net_lib.recipe_key(recipe), "test_accuracy": 0.5,
+      "train_seconds": 1.0
+  }
   monkeypatch.setattr(clf_train_lib, "train", lambda *a, **k: (variables, info))
 
   def save(*unused):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
   monkeypatch.setattr(clf_lib, "save", save)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")

@@ -92,9 +92,10 @@ def test_periodic_evaluation_logs_sample_metrics_and_fid_falls(run, cache, monke
 
 
 def test_evaluate_command_prints_each_metric_with_its_floor(run, cache):
-  done = subprocess.run([sys.executable, "-m", "aigc_jax.evaluate", "--workdir", run,
-                         "--checkpoint", "latest", "--num_samples", "300"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300, env=dict(os.environ))
+  done = subprocess.run([
+      sys.executable, "-m", "aigc_jax.evaluate", "--workdir", run, "--checkpoint", "latest",
+      "--num_samples", "300"
+  ], cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ))
   assert done.returncode == 0, done.stderr[-2000:]
   [line] = done.stdout.strip().splitlines()  # one JSON object on stdout
   result = json.loads(line)
@@ -163,9 +164,11 @@ print(json.dumps({"out": repr(out), "calls": len(calls), "error": error}))
 
 def test_sample_metrics_are_computed_by_process_zero_alone_and_shared():
   address = f"127.0.0.1:{free_port()}"
-  workers = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+  workers = [
+      subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, address,
+                        str(i)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True) for i in range(2)
+  ]
   outputs = [w.communicate(timeout=120) for w in workers]
   assert [w.returncode for w in workers] == [0, 0], outputs
   results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]

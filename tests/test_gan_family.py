@@ -27,8 +27,9 @@ def batch(size=8):
 
 
 def max_change(a, b):
-  return max(float(jnp.max(jnp.abs(x - y))) for x, y in
-             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  return max(
+      float(jnp.max(jnp.abs(x - y)))
+      for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
 @pytest.mark.slow
@@ -151,8 +152,8 @@ def test_pixel_clusters_condition_g_and_d_on_cluster_ids_not_labels():
   state = trainable.init(jax.random.PRNGKey(0))
   # projection on 4 clusters
   assert state.players["d"].params["label_embed"]["embedding"].shape[0] == 4
-  state, metrics = jax.jit(trainable.train_step)(state, {"image": batch()["image"],
-                                                         "label": jnp.asarray(ids[:8])})
+  state, metrics = jax.jit(trainable.train_step)(
+      state, {"image": batch()["image"], "label": jnp.asarray(ids[:8])})
   assert all(np.isfinite(float(v)) for v in metrics.values())
   images, labels = trainable.sample(state, jax.random.PRNGKey(1), 6)
   np.testing.assert_array_equal(labels, [0, 1, 2, 3, 0, 1])  # uniform over the clusters
@@ -208,8 +209,10 @@ def test_each_critic_update_takes_its_own_real_batch():
 
 
 def test_loss_terms_add_only_what_the_config_weights():
-  table = {"a": ("gp_weight", 1.0, lambda t: 2.0), "b": ("r1_gamma", 0.5, lambda t: 3.0),
-           "off": ("cr_weight", 1.0, lambda t: 1 / 0)}  # a term that is off is never computed
+  table = {
+      "a": ("gp_weight", 1.0, lambda t: 2.0), "b": ("r1_gamma", 0.5, lambda t: 3.0),
+      "off": ("cr_weight", 1.0, lambda t: 1 / 0)
+  }  # a term that is off is never computed
   config = {"gp_weight": 10.0, "r1_gamma": 4.0, "cr_weight": 0.0}
   loss, metrics = gan_step.add_terms(table, config, None, 1.0, {"base": 1.0})
   assert loss == 1.0 + 10.0 * 2.0 + 0.5 * 4.0 * 3.0
@@ -220,8 +223,8 @@ def test_pixel_clusters_of_a_process_s_rows_are_the_whole_split_s(tmp_path):
   images = np.random.default_rng(1).integers(0, 256, (40, 28, 28), dtype=np.uint8)
   write_idx(tmp_path / "train-images-idx3-ubyte", images)
   write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(40))
-  config = config_lib.validate(config_lib.get_config("dcgan", pixel_clusters=4,
-                                                     idx_dir=str(tmp_path)))
+  config = config_lib.validate(
+      config_lib.get_config("dcgan", pixel_clusters=4, idx_dir=str(tmp_path)))
   family, labels = families.get("dcgan"), np.zeros(40, np.int32)
   whole = family.train_labels(config, images[..., None], labels)
   got = family.train_labels(config, images[10:30, ..., None], labels[10:30], rows=(10, 30))

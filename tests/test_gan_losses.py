@@ -66,16 +66,16 @@ def _linear_critic(w):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_gradient_penalty_of_linear_critic(seed):
   rng = np.random.default_rng(seed)
-  w, real, fake = (jnp.asarray(rng.normal(size=s), jnp.float32)
-                   for s in [(4, 4, 2), (5, 4, 4, 2), (5, 4, 4, 2)])
+  w, real, fake = (
+      jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(4, 4, 2), (5, 4, 4, 2), (5, 4, 4, 2)])
   w = 0.3 * w
   k_eps = jax.random.PRNGKey(seed)
   norm = float(jnp.linalg.norm(w))
   gp = gan_losses.gradient_penalty(_linear_critic(w), real, fake, k_eps)
-  np.testing.assert_allclose(gp, (norm - 1.0) ** 2, rtol=1e-5)
+  np.testing.assert_allclose(gp, (norm - 1.0)**2, rtol=1e-5)
   # d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w|: the penalty trains the critic.
-  grad = jax.jit(jax.grad(
-      lambda w: gan_losses.gradient_penalty(_linear_critic(w), real, fake, k_eps)))(w)
+  grad = jax.jit(
+      jax.grad(lambda w: gan_losses.gradient_penalty(_linear_critic(w), real, fake, k_eps)))(w)
   np.testing.assert_allclose(grad, 2.0 * (norm - 1.0) * w / norm, rtol=1e-4, atol=1e-6)
 
 
@@ -92,15 +92,15 @@ def test_gradient_penalty_where_real_equals_fake():
   x = jnp.array([[[[0.5]], [[0.0]]], [[[3.0]], [[4.0]]]])  # (2, 2, 1, 1): norms 0.5 and 5
   gp = gan_losses.gradient_penalty(lambda x: 0.5 * jnp.sum(x**2, axis=(1, 2, 3)), x, x,
                                    jax.random.PRNGKey(3))
-  np.testing.assert_allclose(gp, mean([(0.5 - 1.0) ** 2, (5.0 - 1.0) ** 2]), rtol=1e-5)
+  np.testing.assert_allclose(gp, mean([(0.5 - 1.0)**2, (5.0 - 1.0)**2]), rtol=1e-5)
 
 
 def test_r1_penalty():
   rng = np.random.default_rng(0)
   w = jnp.asarray(0.3 * rng.normal(size=(4, 4, 2)), jnp.float32)
   real = jnp.asarray(rng.normal(size=(3, 4, 4, 2)), jnp.float32)
-  np.testing.assert_allclose(gan_losses.r1_penalty(_linear_critic(w), real),
-                             float(jnp.sum(w**2)), rtol=1e-5)
+  np.testing.assert_allclose(gan_losses.r1_penalty(_linear_critic(w), real), float(jnp.sum(w**2)),
+                             rtol=1e-5)
   x = jnp.array([[1.0, 2.0], [0.0, 3.0]])
   np.testing.assert_allclose(gan_losses.r1_penalty(lambda x: 0.5 * jnp.sum(x**2, axis=1), x),
                              mean([5.0, 9.0]), rtol=1e-6)
@@ -123,6 +123,6 @@ def test_consistency_penalty_of_symmetric_and_antisymmetric_critics():
   key = jax.random.PRNGKey(3)
   assert float(gan_losses.consistency_penalty(symmetric, x, key, max_shift=0)) < 1e-9
   penalty = gan_losses.consistency_penalty(antisymmetric, x, key, max_shift=0)
-  per_image = np.asarray(4.0 * antisymmetric(x) ** 2)
+  per_image = np.asarray(4.0 * antisymmetric(x)**2)
   # the penalty is the sum of per_image over the mirrored images, divided by 64
   assert 0.25 * per_image.mean() < float(penalty) < 0.75 * per_image.mean()

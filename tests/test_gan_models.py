@@ -44,25 +44,36 @@ def small_dcgan_g(**kw):
 
 
 MODELS = {
-    "mlp_g": lambda: small_mlp_g(),
-    "mlp_g_no_bn": lambda: small_mlp_g(use_bn=False),
-    "mlp_g_multiply": lambda: small_mlp_g(num_classes=3),
-    "mlp_g_concat": lambda: small_mlp_g(num_classes=3, label_mode="concat"),
-    **{f"dcgan_g_{mode}": (lambda m=mode: small_dcgan_g(upsample=m))
-       for mode in gan.UPSAMPLE_MODES},
-    "dcgan_g_cond": lambda: small_dcgan_g(num_classes=3),
-    "dcgan_g_final": lambda: small_dcgan_g(final_features=2),
-    "mlp_d": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4)),
-    "mlp_d_sn": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4), spectral_norm=True),
-    "mlp_d_proj": lambda: gan.MLPDiscriminator(hidden_dims=(8, 4), num_classes=3),
-    "dcgan_d": lambda: gan.DCGANDiscriminator(base_features=4),
-    "dcgan_d_proj": lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3),
-    "dcgan_d_proj_sn": lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3,
-                                                      spectral_norm=True),
-    "acgan_d": lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3,
-                                              aux_classifier=True),
-    "acgan_d_sn": lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3,
-                                                 aux_classifier=True, spectral_norm=True),
+    "mlp_g":
+        lambda: small_mlp_g(),
+    "mlp_g_no_bn":
+        lambda: small_mlp_g(use_bn=False),
+    "mlp_g_multiply":
+        lambda: small_mlp_g(num_classes=3),
+    "mlp_g_concat":
+        lambda: small_mlp_g(num_classes=3, label_mode="concat"),
+    **{f"dcgan_g_{m}": functools.partial(small_dcgan_g, upsample=m) for m in gan.UPSAMPLE_MODES},
+    "dcgan_g_cond":
+        lambda: small_dcgan_g(num_classes=3),
+    "dcgan_g_final":
+        lambda: small_dcgan_g(final_features=2),
+    "mlp_d":
+        lambda: gan.MLPDiscriminator(hidden_dims=(8, 4)),
+    "mlp_d_sn":
+        lambda: gan.MLPDiscriminator(hidden_dims=(8, 4), spectral_norm=True),
+    "mlp_d_proj":
+        lambda: gan.MLPDiscriminator(hidden_dims=(8, 4), num_classes=3),
+    "dcgan_d":
+        lambda: gan.DCGANDiscriminator(base_features=4),
+    "dcgan_d_proj":
+        lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3),
+    "dcgan_d_proj_sn":
+        lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3, spectral_norm=True),
+    "acgan_d":
+        lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3, aux_classifier=True),
+    "acgan_d_sn":
+        lambda: gan.DCGANDiscriminator(base_features=4, num_classes=3, aux_classifier=True,
+                                       spectral_norm=True),
 }
 GENERATORS = sorted(name for name in MODELS if name.split("_")[1] == "g")
 
@@ -84,8 +95,8 @@ def outputs(name):
   @jax.jit
   def run(variables, x, labels):
     out, _ = model.apply(variables, x, labels[0], train=True, mutable=["batch_stats"])
-    return (out, model.apply(variables, x, labels[0], train=False),
-            model.apply(variables, x, labels[1], train=False))
+    return (out, model.apply(variables, x, labels[0],
+                             train=False), model.apply(variables, x, labels[1], train=False))
 
   return run(variables, x, labels)
 
@@ -99,8 +110,8 @@ def test_generator_shape_and_range(name):
     assert bool(jnp.all(jnp.abs(out) <= 1.0)) and float(jnp.std(out)) > 0
 
 
-@pytest.mark.parametrize("name", ["mlp_d", "mlp_d_sn", "mlp_d_proj", "dcgan_d", "dcgan_d_proj",
-                                  "dcgan_d_proj_sn"])
+@pytest.mark.parametrize(
+    "name", ["mlp_d", "mlp_d_sn", "mlp_d_proj", "dcgan_d", "dcgan_d_proj", "dcgan_d_proj_sn"])
 def test_discriminator_logit_shape(name):  # (the ACGAN heads are tested below)
   for logit in outputs(name)[:2]:
     assert logit.shape == (B,) and logit.dtype == jnp.float32
@@ -115,8 +126,10 @@ def test_acgan_discriminator_heads(name):
     abstract_init_apply(gan.DCGANDiscriminator(base_features=4, aux_classifier=True), images())
 
 
-@pytest.mark.parametrize("name", ["mlp_g_multiply", "mlp_g_concat", "dcgan_g_cond", "mlp_d_proj",
-                                  "dcgan_d_proj", "dcgan_d_proj_sn"])
+@pytest.mark.parametrize("name", [
+    "mlp_g_multiply", "mlp_g_concat", "dcgan_g_cond", "mlp_d_proj", "dcgan_d_proj",
+    "dcgan_d_proj_sn"
+])
 def test_conditional_output_depends_on_label(name):
   _, out_a, out_b = outputs(name)
   per_example = jnp.max(jnp.abs(out_a - out_b).reshape(B, -1), axis=1)
@@ -187,8 +200,10 @@ def test_mlp_generator_by_hand():
   assert set(p) == {"Dense_0", "Dense_1", "Dense_2", "BatchNorm_0"}  # one BN: on the 2nd layer
   p["BatchNorm_0"] = {"scale": np.array([1.0, 2.0, 0.5, 1.0]), "bias": np.array([0, 0.1, 0, -1])}
   variables = {**variables, "params": p}
+
   def leaky(x):
     return np.where(x > 0, x, 0.2 * x)
+
   h = leaky(np.asarray(z) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
   pre_bn = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
   h = leaky(pre_bn / np.sqrt(1.0 + 0.8) * p["BatchNorm_0"]["scale"] + p["BatchNorm_0"]["bias"])
@@ -202,8 +217,8 @@ def test_mlp_generator_by_hand():
   eval_out, state = run(variables)
   np.testing.assert_allclose(eval_out, expected, rtol=1e-5, atol=1e-6)
   # Train mode: torch momentum 0.1 == flax 0.9, the running mean moves 10% to the batch's.
-  np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["mean"],
-                             0.1 * pre_bn.mean(axis=0), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["mean"], 0.1 * pre_bn.mean(axis=0),
+                             rtol=1e-5, atol=1e-7)
 
 
 def test_spectral_norm_discriminator_normalizes_conv_kernels():

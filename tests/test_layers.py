@@ -43,10 +43,13 @@ def test_torch_init_is_uniform_with_a_third_of_flax_s_kernel_variance():
   np.testing.assert_allclose(lecun.var() / kernel.var(), 3.0, rtol=0.03)
 
 
-@pytest.mark.parametrize("layer, fan_in", [
-    (layers.SubPixelUpsample(4, torch_init=True), 3 * 3 * 2),  # k * k * in
-    (TransposeUpsample(16, torch_init=True), 16 * 16),  # PyTorch's ConvTranspose2d: 16 * out
-], ids=["subpixel", "transpose"])
+@pytest.mark.parametrize(
+    "layer, fan_in",
+    [
+        (layers.SubPixelUpsample(4, torch_init=True), 3 * 3 * 2),  # k * k * in
+        (TransposeUpsample(16, torch_init=True), 16 * 16),  # PyTorch's ConvTranspose2d: 16 * out
+    ],
+    ids=["subpixel", "transpose"])
 def test_upsampling_layers_draw_torch_init_with_pytorch_s_fan_in(layer, fan_in):
   """Each weight within +-1/sqrt(fan_in); the largest of the kernel's (> 100) and of the bias's
   (16) draws near it."""
@@ -71,8 +74,8 @@ def test_transpose_upsample_is_flax_conv_transpose_with_rearranged_weights(impl)
   x = np.random.default_rng(0).normal(size=(2, 5, 6, 3)).astype(np.float32)
   ours = TransposeUpsample(4, impl=impl)
   variables = TransposeUpsample(4).init(key(), x)
-  assert (jax.tree_util.tree_structure(ours.init(key(), x))
-          == jax.tree_util.tree_structure(variables))
+  assert (jax.tree_util.tree_structure(ours.init(key(),
+                                                 x)) == jax.tree_util.tree_structure(variables))
   kernel = np.asarray(variables["params"]["Conv_0"]["kernel"]).reshape(2, 2, 3, 2, 2, 4)
   bias = np.random.default_rng(1).normal(size=4).astype(np.float32)
   big = np.zeros((4, 4, 3, 4), np.float32)
@@ -88,6 +91,7 @@ def test_transpose_upsample_is_flax_conv_transpose_with_rearranged_weights(impl)
 
 
 class _SNDense(nn.Module):
+
   @nn.compact
   def __call__(self, x, update_stats):
     return maybe_spectral(nn.Dense(5, name="dense"), True, update_stats)(x)
@@ -115,9 +119,9 @@ def test_spectral_norm_dense_converges_to_unit_singular_value():
   assert abs(top_singular_value(kernel / sigma) - 1.0) < 1e-2
   # Eval mode (nothing mutable) computes x @ (W / sigma) + b.
   bias = np.asarray(variables["params"]["dense"]["bias"])
-  np.testing.assert_allclose(jax.jit(model.apply, static_argnames="update_stats")(
-      variables, x, update_stats=False), np.asarray(x) @ (kernel / sigma) + bias, rtol=1e-4,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      jax.jit(model.apply, static_argnames="update_stats")(variables, x, update_stats=False),
+      np.asarray(x) @ (kernel / sigma) + bias, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -134,20 +138,19 @@ def test_conv_with_fast_higher_derivatives_matches_lax(strides, padding, dilatio
 
   def critic(conv, params, x):  # smooth, so third derivatives are not zero
     dn = ("NHWC", "HWIO", "NHWC")
-    h = jnp.tanh(conv(x, params[0], strides, padding, rhs_dilation=dilation,
-                      dimension_numbers=dn))
-    return jnp.sum(jnp.tanh(conv(h, params[1], (1, 1), "SAME", dimension_numbers=dn)) ** 2)
+    h = jnp.tanh(conv(x, params[0], strides, padding, rhs_dilation=dilation, dimension_numbers=dn))
+    return jnp.sum(jnp.tanh(conv(h, params[1], (1, 1), "SAME", dimension_numbers=dn))**2)
 
   def penalty(conv, params, x):
     g = jax.grad(lambda x: critic(conv, params, x))(x)
-    return jnp.sum(g ** 2) + critic(conv, params, x)
+    return jnp.sum(g**2) + critic(conv, params, x)
 
   results = {}
   for name, conv in (("lax", jax.lax.conv_general_dilated), ("fast", conv_general_dilated)):
     value, grads = jax.value_and_grad(functools.partial(penalty, conv))((w1, w2), x)
     grad_norm = lambda params, x, arg: sum(  # noqa: E731
-        jnp.sum(g ** 2) for g in jax.tree.leaves(jax.grad(functools.partial(penalty, conv), arg)(
-            params, x)))
+        jnp.sum(g**2)
+        for g in jax.tree.leaves(jax.grad(functools.partial(penalty, conv), arg)(params, x)))
     third = jax.grad(grad_norm, (0, 1))((w1, w2), x, 0), jax.grad(grad_norm, (0, 1))((w1, w2), x, 1)
     results[name] = (value, grads, third)
   for fast, lax in zip(jax.tree.leaves(results["fast"]), jax.tree.leaves(results["lax"])):

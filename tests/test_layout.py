@@ -40,8 +40,9 @@ def project_imports(tree: ast.AST) -> set[str]:
       parts = node.module.split(".")
       names.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
     elif isinstance(node, ast.Import):
-      names.update(a.name.split(".")[1] for a in node.names
-                   if a.name.startswith("aigc_jax.") and "." in a.name)
+      names.update(
+          a.name.split(".")[1] for a in node.names
+          if a.name.startswith("aigc_jax.") and "." in a.name)
   return names
 
 

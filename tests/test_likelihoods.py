@@ -37,7 +37,7 @@ def test_gaussian_log_likelihood_by_hand():
   x = jnp.full((1, 1, 2, 1), 0.5)
   mean = jnp.array([[[[0.0], [1.0]]]])
   log_scale = jnp.log(2.0)
-  per_pixel = -0.5 * (0.5 / 2) ** 2 - math.log(2.0) - 0.5 * math.log(2 * math.pi)
+  per_pixel = -0.5 * (0.5 / 2)**2 - math.log(2.0) - 0.5 * math.log(2 * math.pi)
   np.testing.assert_allclose(likelihoods.gaussian_log_likelihood(mean, log_scale, x),
                              [2 * per_pixel], rtol=1e-6)
 
@@ -56,6 +56,6 @@ def test_iwae_with_exact_posterior_is_exact():
   x = 0.8
   mean, logvar = jnp.array([[x / 2]]), jnp.array([[math.log(0.5)]])
   z = mean + jnp.sqrt(0.5) * jax.random.normal(jax.random.PRNGKey(1), (7, 1, 1))
-  log_lik = -0.5 * (x - z[..., 0]) ** 2 - 0.5 * math.log(2 * math.pi)
+  log_lik = -0.5 * (x - z[..., 0])**2 - 0.5 * math.log(2 * math.pi)
   log_px = -0.25 * x**2 - 0.5 * math.log(4 * math.pi)
   np.testing.assert_allclose(likelihoods.iwae_bound(log_lik, z, mean, logvar), [log_px], rtol=1e-5)

@@ -41,14 +41,13 @@ def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
   assert got == pytest.approx(expected, rel=1e-10)
   # A common rotation of both Gaussians (non-diagonal covariances) leaves the distance unchanged.
   q = random_rotation(3, 0)
-  got = fid_lib.frechet_distance(q @ mu1, q @ np.diag(var1) @ q.T, q @ mu2,
-                                 q @ np.diag(var2) @ q.T)
+  got = fid_lib.frechet_distance(q @ mu1, q @ np.diag(var1) @ q.T, q @ mu2, q @ np.diag(var2) @ q.T)
   assert got == pytest.approx(expected, rel=1e-8)
 
 
 def test_fid_of_large_samples_approaches_the_closed_form():
-  mu1, std1, mu2, std2 = [0.0, 0.0, 1.0, 2.0], [1.0, 2.0, 1.0, 0.5], [1.0, 0.0, 0.0, 2.0], [
-      1.0, 1.0, 3.0, 0.5]
+  mu1, std1, mu2, std2 = [0.0, 0.0, 1.0, 2.0], [1.0, 2.0, 1.0, 0.5], [1.0, 0.0, 0.0,
+                                                                      2.0], [1.0, 1.0, 3.0, 0.5]
   expected = closed_form_diagonal(mu1, np.square(std1), mu2, np.square(std2))
   got = fid_lib.fid(gaussian(50_000, mu1, std1, 0), gaussian(50_000, mu2, std2, 1))
   assert got == pytest.approx(expected, rel=0.03)
@@ -75,8 +74,10 @@ def test_fid_rejects_bad_shapes():
 def brute_force_mmd2(x, y):
   """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, by explicit loops."""
   d, m = x.shape[1], len(x)
+
   def k(a, b):
     return (a @ b / d + 1.0)**3
+
   xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
   yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
   xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
@@ -121,17 +122,19 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_shifted_sets():
                                      subset_size=500)
   assert shifted > 10 * max(abs(same), shifted_std)
   assert abs(same) < 3 * same_std  # unbiased: zero within its spread over subsets
-  assert kid_lib.kid(data[:1000], data[1000:], num_subsets=2, seed=3) == kid_lib.kid(
-      data[:1000], data[1000:], num_subsets=2, seed=3)
+  assert kid_lib.kid(data[:1000], data[1000:], num_subsets=2,
+                     seed=3) == kid_lib.kid(data[:1000], data[1000:], num_subsets=2, seed=3)
 
 
 def brute_force_radii(x, k):
-  return np.sort(((x[:, None] - x[None]) ** 2).sum(-1), axis=1)[:, k]
+  return np.sort(((x[:, None] - x[None])**2).sum(-1), axis=1)[:, k]
 
 
 def brute_force_precision_recall(real, fake, k):
+
   def dist(a, b):
     return np.linalg.norm(a[:, None] - b[None], axis=-1)
+
   real_r = np.sort(dist(real, real), axis=1)[:, k]
   fake_r = np.sort(dist(fake, fake), axis=1)[:, k]
   d = dist(real, fake)
@@ -190,8 +193,8 @@ def test_inception_score_of_confident_uniform_and_single_class_predictions():
   labels = np.arange(1000) % 10  # every split sees all classes equally often
   mean, std = is_lib.inception_score(one_hot_probs(labels, 10), num_splits=10)
   assert mean == pytest.approx(10.0, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
-  assert is_lib.inception_score(one_hot_probs(labels, 10, smooth=0.01))[0] == pytest.approx(
-      10.0, rel=0.1)
+  assert is_lib.inception_score(one_hot_probs(labels, 10,
+                                              smooth=0.01))[0] == pytest.approx(10.0, rel=0.1)
   mean, _ = is_lib.inception_score(one_hot_probs(np.zeros(1000, int), 10, smooth=0.01))
   assert mean == pytest.approx(1.0, abs=1e-9)
   uniform = np.full((100, 10), 0.1)  # unsure about everything: also 1

@@ -32,10 +32,14 @@ def trained(workdir):
 def start_workers(data_dir, workdir, mode, overrides=None):
   port, env = free_port(), {**os.environ, "XLA_FLAGS": xla_level_flag()}
   extra = [json.dumps(overrides)] if overrides else []
-  return [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), data_dir,
-                            workdir, mode, str(port), str(i), *extra], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-          for i in range(2)]
+  return [
+      subprocess.Popen([
+          sys.executable,
+          os.path.join(HERE, "multihost_worker.py"), data_dir, workdir, mode,
+          str(port),
+          str(i), *extra
+      ], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)
+  ]
 
 
 def wait_for_train_record(workdir, timeout=120):
@@ -62,8 +66,8 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(idx_dir, tmp_path):
   outputs = [w.communicate(timeout=300)[0] for w in workers]
   assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:]
   reference = str(tmp_path / "one_process")
-  train.train_and_evaluate(small_config(idx_dir, parallel="shard_map", **long_run,
-                                        **STEADY_ADAM), reference)
+  train.train_and_evaluate(small_config(idx_dir, parallel="shard_map", **long_run, **STEADY_ADAM),
+                           reference)
   chex.assert_trees_all_close(arrays(trained(shared)), arrays(trained(reference)), rtol=1e-4,
                               atol=1e-5)
 
@@ -104,8 +108,8 @@ def test_checkpoint_from_four_devices_continues_on_one(idx_dir, tmp_path):
   train.train_and_evaluate(small_config(idx_dir, **STEADY_ADAM), unbroken)  # 16 steps, 1 device
 
   resumed = str(tmp_path / "resumed")
-  train.train_and_evaluate(small_config(idx_dir, parallel="shard_map", num_train_steps=8,
-                                        **STEADY_ADAM), resumed)
+  train.train_and_evaluate(
+      small_config(idx_dir, parallel="shard_map", num_train_steps=8, **STEADY_ADAM), resumed)
   assert workdir_lib.load_trained(resumed, "latest").step == 8
   train.train_and_evaluate(small_config(idx_dir, parallel="none", **STEADY_ADAM), resumed)
   state = trained(resumed)

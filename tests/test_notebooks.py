@@ -36,8 +36,10 @@ def fixture_kernels(tmp_path_factory):
   """A directory with one kernelspec, KERNEL: an ipykernel of sys.executable (this venv)."""
   kernels = tmp_path_factory.mktemp("kernels")
   os.makedirs(kernels / KERNEL)
-  spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-          "display_name": "aigc_jax test", "language": "python"}
+  spec = {
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "aigc_jax test", "language": "python"
+  }
   (kernels / KERNEL / "kernel.json").write_text(json.dumps(spec))
   return str(kernels)
 
@@ -59,14 +61,16 @@ def outputs(nb):
 
 def text(nb) -> str:
   """Printed text and the text/plain of results, all cells."""
-  return "".join(out.get("text", "") + out.get("data", {}).get("text/plain", "")
-                 for out in outputs(nb))
+  return "".join(
+      out.get("text", "") + out.get("data", {}).get("text/plain", "") for out in outputs(nb))
 
 
 def pictures(nb) -> list:
   """The image/png outputs, as PIL images."""
-  return [Image.open(io.BytesIO(base64.b64decode(out.data["image/png"])))
-          for out in outputs(nb) if "image/png" in out.get("data", {})]
+  return [
+      Image.open(io.BytesIO(base64.b64decode(out.data["image/png"]))) for out in outputs(nb)
+      if "image/png" in out.get("data", {})
+  ]
 
 
 @pytest.fixture(name="rgb_idx_dir", scope="module")
@@ -75,7 +79,7 @@ def fixture_rgb_idx_dir(tmp_path_factory):
   directory = tmp_path_factory.mktemp("rgb_idx")
   rng = np.random.default_rng(0)
   yy, xx = np.mgrid[:32, :32]
-  blob = np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / 60.0)
+  blob = np.exp(-((yy - 16)**2 + (xx - 16)**2) / 60.0)
   for prefix, n in (("train", 64), ("t10k", 32)):
     labels = rng.integers(0, 10, n)
     colour = np.stack([labels % 3 == c for c in range(3)], -1) * 200.0 + 20  # (n, 3)
@@ -115,11 +119,10 @@ def test_explore_gan(idx_dir, cache_dir, kernels, tmp_path, monkeypatch):
   """A self-conditioned DCGAN (4 pixel clusters, 4 steps), evaluated on 32 samples."""
   monkeypatch.setenv(clf_lib.CACHE_ENV, cache_dir)
   workdir = str(tmp_path / "gan")
-  config = config_lib.get_config(
-      "dcgan", idx_dir=idx_dir, pixel_clusters=4, label_mode="concat", latent_dim=8,
-      d_base_features=4, batch_size=16, num_train_steps=4, log_every_steps=4,
-      eval_every_steps=4, eval_num_samples=32, num_sample_images=16, steps_per_call=1,
-      progress_bar=False)
+  config = config_lib.get_config("dcgan", idx_dir=idx_dir, pixel_clusters=4, label_mode="concat",
+                                 latent_dim=8, d_base_features=4, batch_size=16, num_train_steps=4,
+                                 log_every_steps=4, eval_every_steps=4, eval_num_samples=32,
+                                 num_sample_images=16, steps_per_call=1, progress_bar=False)
   train.train_and_evaluate(config, workdir)
   monkeypatch.setenv("AIGC_JAX_GAN_WORKDIR", workdir)
   monkeypatch.setenv("AIGC_JAX_EVAL_SAMPLES", "32")
@@ -138,8 +141,8 @@ def test_explore_gan(idx_dir, cache_dir, kernels, tmp_path, monkeypatch):
 def test_benchmark(kernels, monkeypatch):
   """Two batches and two steps-per-call values of the MLP VAE (the quickest), a few steps each."""
   for name, value in (("MODEL", "vae_mlp"), ("BATCHES", "16,32"), ("BATCH_STEPS_PER_CALL", "1"),
-                      ("STEPS_PER_CALL", "1,4"), ("BATCH", "16"), ("STEPS", "4"),
-                      ("IMAGES", "512")):
+                      ("STEPS_PER_CALL", "1,4"), ("BATCH", "16"), ("STEPS", "4"), ("IMAGES",
+                                                                                   "512")):
     monkeypatch.setenv(f"AIGC_JAX_BENCH_{name}", value)
   nb = execute("benchmark", kernels)
   assert len(pictures(nb)) == 2  # the two plots

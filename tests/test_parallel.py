@@ -53,13 +53,12 @@ NOT_ZERO = 1e-2  # a gradient within 1% of its leaf's largest is not rounding no
 # BatchNorm that adds such a bias, the Wasserstein critic's output bias (it cancels between
 # the real and fake means) and the attention's key bias (it shifts a query's every logit alike,
 # which the softmax cancels).
-ZERO_GRADIENT_LEAVES = (
-    r"^(players/unet/(params|opt_state.*)|ema_params)/params/Attention_0/"
-    r"MultiHeadDotProductAttention_0/key/bias$",
-    r"^(players/g/(params|opt_state.*)|ema_params)/(Dense_0|up_0/Conv_0)/bias$",
-    r"^players/d/(params|opt_state.*)/Conv_1/bias$",
-    r"^players/d/model_state/BatchNorm_0/mean$",
-    r"^players/d/(params|opt_state.*)/logit/bias$")
+ZERO_GRADIENT_LEAVES = (r"^(players/unet/(params|opt_state.*)|ema_params)/params/Attention_0/"
+                        r"MultiHeadDotProductAttention_0/key/bias$",
+                        r"^(players/g/(params|opt_state.*)|ema_params)/(Dense_0|up_0/Conv_0)/bias$",
+                        r"^players/d/(params|opt_state.*)/Conv_1/bias$",
+                        r"^players/d/model_state/BatchNorm_0/mean$",
+                        r"^players/d/(params|opt_state.*)/logit/bias$")
 
 
 def synthetic_data(n=ROWS):
@@ -71,8 +70,11 @@ def synthetic_data(n=ROWS):
 def with_sgd(state, learning_rate):
   """`state` with plain SGD in place of each player's Adam: updates linear in the gradients."""
   tx = optax.sgd(learning_rate)
-  return state.replace(players={name: player.replace(tx=tx, opt_state=tx.init(player.params))
-                                for name, player in state.players.items()})
+  return state.replace(
+      players={
+          name: player.replace(tx=tx, opt_state=tx.init(player.params))
+          for name, player in state.players.items()
+      })
 
 
 def train(model, overrides, mode, steps, optimizer, wrap_step=lambda step: step):
@@ -121,9 +123,11 @@ def assert_moved_alike(got, want, init, rel=REL):
 
 
 def adam_moments(opt_state):
-  (adam,) = [s for s in jax.tree_util.tree_leaves(
-      opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
-             if isinstance(s, optax.ScaleByAdamState)]
+  (adam,) = [
+      s for s in jax.tree_util.tree_leaves(opt_state,
+                                           is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+      if isinstance(s, optax.ScaleByAdamState)
+  ]
   return adam.mu, adam.nu
 
 
@@ -136,11 +140,12 @@ def adam_trees(got, want, init):
   """Per player: its Adam moments in (got, want, init), then its params in (got, want) and want's
   first moment; each at its path in the state (players/NAME/...)."""
   for name in want.players:
-    yield (tuple(as_tree(name, "opt_state", adam_moments(s.players[name].opt_state))
-                 for s in (got, want, init)),
-           (as_tree(name, "params", got.players[name].params),
-            as_tree(name, "params", want.players[name].params),
-            as_tree(name, "params", adam_moments(want.players[name].opt_state)[0])))
+    yield (tuple(
+        as_tree(name, "opt_state", adam_moments(s.players[name].opt_state))
+        for s in (got, want, init)), (as_tree(name, "params", got.players[name].params),
+                                      as_tree(name, "params", want.players[name].params),
+                                      as_tree(name, "params",
+                                              adam_moments(want.players[name].opt_state)[0])))
 
 
 def assert_adam_steps_agree(got, want, init, learning_rate, rel=REL, not_zero=NOT_ZERO):
@@ -198,9 +203,11 @@ def test_data_parallel_adam_step_equals_single_device(model, overrides, steps):
 
 
 def every_device_reads_device_0s_rows(step):
+
   def wrapped(state, batch, axis_name=None):
     batch = jax.tree_util.tree_map(lambda x: jax.lax.all_gather(x, axis_name)[0], batch)
     return step(state, batch, axis_name=axis_name)
+
   return wrapped
 
 
@@ -219,8 +226,9 @@ def plant(bug, monkeypatch):
   return lambda step: step
 
 
-@pytest.mark.parametrize("bug", ["missing_pmean", "batchnorm_not_averaged",
-                                 "same_noise_on_every_device", "device_0s_rows"])
+@pytest.mark.parametrize(
+    "bug",
+    ["missing_pmean", "batchnorm_not_averaged", "same_noise_on_every_device", "device_0s_rows"])
 @pytest.mark.slow
 def test_parity_checks_catch_planted_bugs(bug, monkeypatch):
   wrap_step = plant(bug, monkeypatch)
@@ -241,14 +249,15 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 
 def test_pmap_on_one_device_runs_and_says_so(caplog):
   caplog.set_level("INFO", logger="aigc_jax.parallel")
-  loop = parallel.make_train_loop(lambda s, b, axis_name=None: (s, {}), batch_size=8,
-                                  mode="pmap", devices=jax.devices()[:1])
+  loop = parallel.make_train_loop(lambda s, b, axis_name=None: (s, {}), batch_size=8, mode="pmap",
+                                  devices=jax.devices()[:1])
   assert loop.place.num_devices == 1
   assert "single device" in caplog.text
 
 
 def gathered_batches(mode, data, start, batches_per_step=2, batch=16):
   """(every device's batch of step `start`, stacked on a leading device axis; the placed data)."""
+
   def step(state, b, axis_name=None):
     gather = (lambda x: x[None]) if axis_name is None else (
         lambda x: jax.lax.all_gather(x, axis_name))

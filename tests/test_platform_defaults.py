@@ -22,8 +22,9 @@ from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = sorted(os.path.basename(p)[:-3] for p in
-                     glob.glob(os.path.join(ROOT, "experiments", "*_fashion_mnist.py")))
+EXPERIMENTS = sorted(
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(ROOT, "experiments", "*_fashion_mnist.py")))
 STEPS = 12
 
 
@@ -46,11 +47,11 @@ def experiment_config(name: str, idx_dir: str):
   spec.loader.exec_module(module)
   config = module.get_config()
   small = dict(idx_dir=idx_dir, batch_size=8, eval_batch_size=16, d_base_features=8,
-               g_base_features=16, hidden_dim=32, latent_dim=8, conv_features=(8, 16),
-               base_features=8, num_train_steps=STEPS,
-               steps_per_call=0, parallel="auto", log_every_steps=STEPS, eval_every_steps=STEPS,
-               progress_bar=False, num_sample_images=4, eval_num_samples=10, sample_steps=2,
-               eval_iwae_samples=2, eval_iwae_examples=4, classifier_samples=0)
+               g_base_features=16, hidden_dim=32, latent_dim=8, conv_features=(8,
+                                                                               16), base_features=8,
+               num_train_steps=STEPS, steps_per_call=0, parallel="auto", log_every_steps=STEPS,
+               eval_every_steps=STEPS, progress_bar=False, num_sample_images=4, eval_num_samples=10,
+               sample_steps=2, eval_iwae_samples=2, eval_iwae_examples=4, classifier_samples=0)
   for key, value in small.items():
     if key in config:
       if key == "eval_num_samples" and config[key] == 0:
@@ -62,8 +63,8 @@ def experiment_config(name: str, idx_dir: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("platform", ["gpu", "tpu"])
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_trains_under_accelerator_defaults(name, platform, idx_dir, cache_dir,
-                                                      tmp_path, monkeypatch, caplog):
+def test_experiment_trains_under_accelerator_defaults(name, platform, idx_dir, cache_dir, tmp_path,
+                                                      monkeypatch, caplog):
   monkeypatch.setenv(backend.PLATFORM_ENV, platform)
   monkeypatch.setenv("AIGC_JAX_CACHE", cache_dir)
   workdir = str(tmp_path / "run")

@@ -21,10 +21,14 @@ def write_run(workdir, steps=(10, 20, 30), scale=1.0):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     for step in steps:
-      f.write(json.dumps({"step": step, "split": "train", "loss": scale / step,
-                          "d_loss": 0.5, "steps_per_second": 3.0}) + "\n")
-      f.write(json.dumps({"step": step, "split": "test", "fid": 100.0 * scale / step,
-                          "kid": 0.1}) + "\n")
+      f.write(
+          json.dumps({
+              "step": step, "split": "train", "loss": scale /
+                                                      step, "d_loss": 0.5, "steps_per_second": 3.0
+          }) + "\n")
+      f.write(
+          json.dumps({"step": step, "split": "test", "fid": 100.0 * scale / step, "kid": 0.1}) +
+          "\n")
     f.write(json.dumps({"step": 20, "split": "config_change", "changes": {"lr": [1, 2]}}) + "\n")
     f.write('{"step": 40, "split": "tr')
   return str(workdir)
@@ -57,8 +61,8 @@ def test_write_curves_writes_a_subplot_per_metric(tmp_path):
 
 def test_write_curves_without_records_writes_nothing(tmp_path):
   assert plot.write_curves(str(tmp_path)) == []
-  (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "split": "train",
-                                                      "loss": 1.0}) + "\n")
+  (tmp_path /
+   "metrics.jsonl").write_text(json.dumps({"step": 0, "split": "train", "loss": 1.0}) + "\n")
   assert [os.path.basename(p) for p in plot.write_curves(str(tmp_path))] == ["train.png"]
 
 
@@ -86,10 +90,13 @@ def test_cli_overlays_runs_into_one_png(tmp_path):
 @pytest.mark.parametrize("case", ["no_out", "missing_metrics", "bad_split", "not_png"])
 def test_cli_bad_input_is_one_error_line(tmp_path, case):
   good, out = write_run(tmp_path / "good"), str(tmp_path / "x.png")
-  args = {"no_out": ["--workdir", good],
-          "missing_metrics": ["--workdir", good, str(tmp_path / "nothing"), "--out", out],
-          "bad_split": ["--workdir", good, "--out", out, "--split", "val"],
-          "not_png": ["--workdir", good, "--out", str(tmp_path)]}[case]
+  args = {
+      "no_out": ["--workdir", good],
+      "missing_metrics": ["--workdir", good,
+                          str(tmp_path / "nothing"), "--out",
+                          out], "bad_split": ["--workdir", good, "--out", out, "--split", "val"],
+      "not_png": ["--workdir", good, "--out", str(tmp_path)]
+  }[case]
   done = run_cli(*args)
   assert done.returncode == 2
   [line] = done.stderr.strip().splitlines()

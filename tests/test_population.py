@@ -37,13 +37,13 @@ def test_specs_give_one_value_per_member():
     (["learning_rate=1e-3,-1"], None, "member 1 (learning_rate=-1): learning_rate must be > 0"),
 ])
 def test_bad_vary_arguments_are_refused(varies, members, message):
-  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(
-      ")", r"\)")):
+  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     config = config_lib.get_config("vae_mlp")
     pop_lib.member_configs(config, pop_lib.member_values(config, varies, members))
 
 
 def test_a_key_the_step_branches_on_is_refused():
+
   def step(member, batch):
     scale = 2.0 if member.values["weight"] > 0 else 1.0
     return member, {"loss": scale * batch["x"].sum()}
@@ -51,15 +51,15 @@ def test_a_key_the_step_branches_on_is_refused():
   batch = {"x": jax.ShapeDtypeStruct((4,), np.float32)}
   with pytest.raises(config_lib.ConfigError, match="decides its structure by weight"):
     pop_lib.check_traceable(step, {}, batch, ["weight"])
-  pop_lib.check_traceable(lambda m, b: (m, {"loss": m.values["weight"] * b["x"].sum()}), {},
-                          batch, ["weight"])
+  pop_lib.check_traceable(lambda m, b: (m, {"loss": m.values["weight"] * b["x"].sum()}), {}, batch,
+                          ["weight"])
 
 
-@pytest.mark.parametrize("model,options", [
-    ("vae_mlp", {}), ("vae_conv", {"conditional": True}), ("gan_mlp", {}),
-    ("dcgan", {"gan_loss": "hinge", "conditional": True}), ("unet", {"conditional": True})])
-def test_every_float_key_but_the_family_s_program_keys_enters_the_step_as_a_value(model,
-                                                                                  options):
+@pytest.mark.parametrize("model,options", [("vae_mlp", {}), ("vae_conv", {"conditional": True}),
+                                           ("gan_mlp", {}),
+                                           ("dcgan", {"gan_loss": "hinge", "conditional": True}),
+                                           ("unet", {"conditional": True})])
+def test_every_float_key_but_the_family_s_program_keys_enters_the_step_as_a_value(model, options):
   config = config_lib.get_config(model, **options, batch_size=4)
   family, info = families.get(model), data_lib.DATASETS[config.dataset]
   floats = [k for k, v in config.items() if isinstance(v, float) and not isinstance(v, bool)]
@@ -69,8 +69,10 @@ def test_every_float_key_but_the_family_s_program_keys_enters_the_step_as_a_valu
                            total_steps=10)
   state = jax.eval_shape(family.build(config, info, 10).init, jax.random.PRNGKey(0))
   rows = config.batch_size * family.batches_per_step(config)
-  batch = {"image": jax.ShapeDtypeStruct((rows, *info.image_shape), np.float32),
-           "label": jax.ShapeDtypeStruct((rows,), np.int32)}
+  batch = {
+      "image": jax.ShapeDtypeStruct((rows, *info.image_shape), np.float32),
+      "label": jax.ShapeDtypeStruct((rows,), np.int32)
+  }
   traced = {k: jax.ShapeDtypeStruct((), np.float32) for k in varied}
   jax.eval_shape(step, pop_lib.Member(state=state, values=traced), batch)  # all of them at once
   for key in varied:

@@ -26,8 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def flip_bytes(workdir: str, step: int, count: int = 400) -> None:
   """Inverts `count` bytes in the middle of the largest array file of checkpoint `step`."""
-  files = [p for p in pathlib.Path(workdir_lib.checkpoint_dir(workdir), str(step)).rglob("*")
-           if p.is_file() and "d" in p.parent.name]
+  files = [
+      p for p in pathlib.Path(workdir_lib.checkpoint_dir(workdir), str(step)).rglob("*")
+      if p.is_file() and "d" in p.parent.name
+  ]
   target = max(files, key=lambda p: p.stat().st_size)
   data = bytearray(target.read_bytes())
   start = len(data) // 2 - count // 2
@@ -115,12 +117,12 @@ def test_resume_refuses_a_changed_seed_unless_allowed(idx_dir, tmp_path):
                      "allow_config_change=True"):
     train.train_and_evaluate(small_config(idx_dir, seed=1), workdir)
   train.train_and_evaluate(small_config(idx_dir, num_train_steps=16), workdir)  # only longer: ok
-  train.train_and_evaluate(small_config(idx_dir, num_train_steps=24, seed=1,
-                                        allow_config_change=True), workdir)
-  events = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-            if r["split"] == "config_change"]
-  assert events == [{"step": 16, "split": "config_change",
-                     "changes": {"seed": [0, 1]}}]
+  train.train_and_evaluate(
+      small_config(idx_dir, num_train_steps=24, seed=1, allow_config_change=True), workdir)
+  events = [
+      r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "config_change"
+  ]
+  assert events == [{"step": 16, "split": "config_change", "changes": {"seed": [0, 1]}}]
   with open(os.path.join(workdir, workdir_lib.CONFIG_FILE)) as f:
     saved = json.load(f)
   assert saved["seed"] == 1
@@ -130,12 +132,14 @@ def test_resume_refuses_a_changed_seed_unless_allowed(idx_dir, tmp_path):
 
 def run_experiment(idx_dir, workdir, *overrides):
   """Starts experiments/vae_mlp_fashion_mnist.py on the tests' small data (unbuffered output)."""
-  args = [sys.executable, os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py"),
-          "--workdir", workdir, f"--config.idx_dir={idx_dir}", "--config.batch_size=32",
-          "--config.hidden_dim=32", "--config.latent_dim=4", "--config.progress_bar=False",
-          "--config.log_every_steps=4", "--config.eval_every_steps=400",
-          "--config.checkpoint_every_steps=8",
-          "--config.steps_per_call=4", "--config.eval_batch_size=50", *overrides]
+  args = [
+      sys.executable,
+      os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py"), "--workdir", workdir,
+      f"--config.idx_dir={idx_dir}", "--config.batch_size=32", "--config.hidden_dim=32",
+      "--config.latent_dim=4", "--config.progress_bar=False", "--config.log_every_steps=4",
+      "--config.eval_every_steps=400", "--config.checkpoint_every_steps=8",
+      "--config.steps_per_call=4", "--config.eval_batch_size=50", *overrides
+  ]
   return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -166,8 +170,8 @@ def test_sigterm_saves_and_the_resumed_run_ends_like_an_unbroken_one(idx_dir, tm
   chex.assert_trees_all_equal(arrays(got.state), arrays(want.state))
 
 
-def test_a_read_only_workdir_is_refused_before_training_and_still_reads(idx_dir, tmp_path,
-                                                                       monkeypatch):
+def test_a_read_only_workdir_is_refused_before_training_and_still_reads(
+    idx_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(small_config(idx_dir, num_train_steps=8), workdir)
   before = sorted(os.listdir(workdir))

@@ -44,8 +44,8 @@ def edited(spec, change):
     (lambda s: s.update(stops=[{"step": 8, "members": [5], "reason": "halved"}]),
      r"'stops' holds .*'members': some of 0 to 1"),
 ])
-def test_a_hand_edited_sweep_json_names_the_file_the_key_and_the_problem(tmp_path, spec, change,
-                                                                         message):
+def test_a_hand_edited_sweep_json_names_the_file_the_key_and_the_problem(
+    tmp_path, spec, change, message):
   path = tmp_path / sweep_spec.SWEEP_FILE
   path.write_text(json.dumps(edited(spec, change)))
   with pytest.raises(config_lib.ConfigError, match=message) as raised:
@@ -55,8 +55,8 @@ def test_a_hand_edited_sweep_json_names_the_file_the_key_and_the_problem(tmp_pat
 
 
 def test_a_sweep_json_as_written_reads_back(tmp_path, spec):
-  stopped = edited(spec, lambda s: s["stops"].append({"step": 4, "members": [1],
-                                                      "reason": "halved"}))
+  stopped = edited(spec,
+                   lambda s: s["stops"].append({"step": 4, "members": [1], "reason": "halved"}))
   sweep_spec.write_spec(str(tmp_path), stopped)
   assert sweep_spec.read_spec(str(tmp_path)) == stopped
 

@@ -91,6 +91,7 @@ def test_a_failed_whole_write_leaves_the_old_file_and_no_temporary(tmp_path):
   def fail(f):
     f.write(b"half")
     raise OSError("disk full")
+
   with pytest.raises(OSError, match="disk full"):
     safe_files.atomic_write(path, fail)
   assert read(path) == "old" and os.listdir(tmp_path) == ["sweep.json"]
@@ -125,8 +126,7 @@ def test_the_cli_refuses_a_linked_lock_and_a_sweep_member(idx_dir, tmp_path, vic
   for folder, message in ((workdir, ".lock is a symbolic link"),
                           (member, f"{member} is a member of the sweep in {tmp_path / 'sweep'}; "
                            "resume the sweep with python -m aigc_jax.sweep")):
-    _, err = run_experiment(idx_dir, folder, "--config.num_train_steps=8").communicate(
-        timeout=300)
+    _, err = run_experiment(idx_dir, folder, "--config.num_train_steps=8").communicate(timeout=300)
     assert err.strip().startswith("error:") and message in err, err[-2000:]
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
   assert read(victim) == SECRET
@@ -142,8 +142,7 @@ def test_a_sweep_that_fails_before_writing_leaves_no_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_plain_run_refuses_a_sweep_member_while_and_after_it_runs(idx_dir, tmp_path,
-                                                                    monkeypatch):
+def test_a_plain_run_refuses_a_sweep_member_while_and_after_it_runs(idx_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / "sweep")
   member, intruded = sweep_spec.member_dir(workdir, 0), []
   real_setup = sweep_train.setup
@@ -156,9 +155,10 @@ def test_a_plain_run_refuses_a_sweep_member_while_and_after_it_runs(idx_dir, tmp
         pass
     intruded.append(True)
     return real_setup(spec, directory, *args)
+
   monkeypatch.setattr(sweep_train, "setup", setup_then_intrude)
   spec = sweep_spec.make_spec(small_config(idx_dir, num_train_steps=8, eval_every_steps=8),
-                               ["beta=1,0.5"])
+                              ["beta=1,0.5"])
   sweep_train.run_sweep(spec, workdir)
   steps = [int(p) for p in os.listdir(workdir_lib.checkpoint_dir(member)) if p.isdigit()]
   assert intruded and steps == [8]  # the sweep's step only

@@ -50,8 +50,8 @@ def test_members_train_like_their_configs_alone(idx_dir, tmp_path, member_map):
   member = restore(sweep_spec.member_dir(str(tmp_path / "sweep"), 1))
   chex.assert_trees_all_close(arrays(member.state), arrays(restore(alone).state), rtol=1e-5,
                               atol=1e-6)
-  member_records = read_jsonl(os.path.join(sweep_spec.member_dir(str(tmp_path / "sweep"), 1),
-                                           "metrics.jsonl"))
+  member_records = read_jsonl(
+      os.path.join(sweep_spec.member_dir(str(tmp_path / "sweep"), 1), "metrics.jsonl"))
   alone_records = read_jsonl(os.path.join(alone, "metrics.jsonl"))
   test = lambda rs: [r["neg_elbo"] for r in rs if r["split"] == "test"]  # noqa: E731
   np.testing.assert_allclose(test(member_records), test(alone_records), rtol=1e-5)
@@ -65,8 +65,8 @@ def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):
   varies = ["learning_rate=1e-3,3e-3"]
   sweep_train.run_sweep(spec_of(idx_dir, varies, num_train_steps=8, **STEADY_ADAM),
                         str(tmp_path / "one"))
-  sweep_train.run_sweep(spec_of(idx_dir, varies, num_train_steps=8, parallel=mode,
-                                **STEADY_ADAM), str(tmp_path / "many"))
+  sweep_train.run_sweep(spec_of(idx_dir, varies, num_train_steps=8, parallel=mode, **STEADY_ADAM),
+                        str(tmp_path / "many"))
   assert jax.device_count() == 4
   for m in range(2):
     one = restore(sweep_spec.member_dir(str(tmp_path / "one"), m)).state
@@ -76,8 +76,11 @@ def test_a_sweep_across_devices_matches_one_device(idx_dir, tmp_path, mode):
 
 def test_members_go_to_the_most_devices_that_divide_them():
   step = lambda state, batch: (state, {})  # noqa: E731
-  sizes = lambda loop: [None if mesh is None else mesh.size  # noqa: E731
-                        for mesh in map(loop.place.member_mesh, [1, 2, 3, 4, 5, 6, 8])]
+
+  def sizes(loop):
+    meshes = map(loop.place.member_mesh, [1, 2, 3, 4, 5, 6, 8])
+    return [None if mesh is None else mesh.size for mesh in meshes]
+
   loop = parallel.make_train_loop(step, batch_size=8, members="vmap", member_devices=0)
   assert jax.local_device_count() == 4 and sizes(loop) == [None, 2, 3, 4, None, 3, 4]
   two = parallel.make_train_loop(step, batch_size=8, members="vmap", member_devices=2)
@@ -110,12 +113,15 @@ def test_halving_keeps_the_best_by_the_family_metric(idx_dir, tmp_path):
   spec = spec_of(idx_dir, ["learning_rate=1e-4,3e-3,1e-2,3e-4"], halve_every=1)
   table = sweep_train.run_sweep(spec, workdir)
   saved = json.load(open(os.path.join(workdir, "sweep.json")))
-  evals = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-           if r["split"] == "test" and r["step"] == 8]
+  evals = [
+      r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+      if r["split"] == "test" and r["step"] == 8
+  ]
   ranked = [r["member"] for r in sorted(evals, key=lambda r: r["neg_elbo"])]
   assert saved["stops"] == [{"step": 8, "members": sorted(ranked[2:]), "reason": "halved"}]
-  last = {r["member"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-          if r["step"] == 16}
+  last = {
+      r["member"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["step"] == 16
+  }
   assert last == set(ranked[:2])
   for m in range(4):  # every member ends as a run directory
     assert workdir_lib.has_checkpoints(sweep_spec.member_dir(workdir, m))
@@ -148,8 +154,10 @@ def test_an_interrupted_sweep_resumes_exactly(idx_dir, tmp_path):
   for m in finished:
     shutil.rmtree(os.path.join(sweep_spec.member_dir(broken, m), "checkpoints"))
   sweep_train.run_sweep(spec, broken)
-  strip = lambda rs: [{k: v for k, v in r.items() if k != "steps_per_second"}  # noqa: E731
-                      for r in rs]
+
+  def strip(records):
+    return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
+
   assert strip(read_jsonl(os.path.join(broken, "metrics.jsonl"))) == strip(
       read_jsonl(os.path.join(whole, "metrics.jsonl")))
   for m in range(4):
@@ -184,13 +192,14 @@ def run_cli(*args):
 def test_cli_errors_are_one_line(tmp_path):
   experiment = os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py")
   cases = [
-      ([experiment, "--workdir", str(tmp_path / "a"), "--vary", "hidden_dim=16,32"],
-       "int key sets shapes"),
+      ([experiment, "--workdir",
+        str(tmp_path / "a"), "--vary", "hidden_dim=16,32"], "int key sets shapes"),
       (["--workdir", str(tmp_path / "none")], "holds no sweep to resume"),
-      (["--workdir", str(tmp_path / "none"), "--export", "0", "--to", str(tmp_path / "x")],
-       "holds no sweep"),
-      (["nothing.py", "--workdir", str(tmp_path / "b"), "--vary", "beta=1,2"],
-       "not an experiment file"),
+      (["--workdir",
+        str(tmp_path / "none"), "--export", "0", "--to",
+        str(tmp_path / "x")], "holds no sweep"),
+      (["nothing.py", "--workdir",
+        str(tmp_path / "b"), "--vary", "beta=1,2"], "not an experiment file"),
   ]
   for args, message in cases:
     result = run_cli(*args)

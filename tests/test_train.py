@@ -32,9 +32,10 @@ def test_run_writes_metrics_samples_and_checkpoints(idx_dir, tmp_path):
   samples = sorted(os.listdir(os.path.join(workdir, "samples")))
   assert "samples_0000016.png" in samples and "reconstructions_0000008.png" in samples
   assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["eval.png", "train.png"]
-  events = [os.path.join(workdir, "tensorboard", name)
-            for name in os.listdir(os.path.join(workdir, "tensorboard"))
-            if name.startswith("events")]
+  events = [
+      os.path.join(workdir, "tensorboard", name)
+      for name in os.listdir(os.path.join(workdir, "tensorboard")) if name.startswith("events")
+  ]
   with open(events[0], "rb") as f:
     content = f.read()
   # the grids as PNG images (2 evaluations x samples and reconstructions) beside the scalars
@@ -55,8 +56,10 @@ def test_resume_continues_exactly(idx_dir, tmp_path):
   b = workdir_lib.load_trained(resumed, "latest").state
   assert int(a.step) == int(b.step) == 16
   chex.assert_trees_all_equal(arrays(a), arrays(b))
+
   def strip(records):
     return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
+
   assert strip(read_jsonl(os.path.join(unbroken, "metrics.jsonl"))) == strip(
       read_jsonl(os.path.join(resumed, "metrics.jsonl")))
 
@@ -81,8 +84,8 @@ def test_steps_per_call_does_not_change_the_result(idx_dir, tmp_path):
 
 @pytest.mark.parametrize("steps_per_call,traces", [(1, 1), (3, 2)])
 @pytest.mark.slow
-def test_no_retrace_across_steps_chunks_and_epochs(idx_dir, tmp_path, monkeypatch,
-                                                   steps_per_call, traces):
+def test_no_retrace_across_steps_chunks_and_epochs(idx_dir, tmp_path, monkeypatch, steps_per_call,
+                                                   traces):
   """3 epochs (8 steps each), chunks of 4 steps between logs and evaluations, run as 4 calls of
   one step or as calls of 3 + 1 steps: the train step is traced once per compiled function
   (with K > 1 the loop traces it twice: once for the metrics' shapes, once for the loop body)."""

@@ -46,8 +46,8 @@ def test_the_time_and_the_label_of_each_example_change_its_output():
   """Three copies of one image: the same time and label give the same output; another time, or
   another label, another output (non-zero weights: the output layers start at zero)."""
   model = small(out_channels=1, num_classes=3, multipliers=(1,))
-  x = jnp.broadcast_to(jnp.asarray(np.random.default_rng(0).uniform(size=(1, 8, 8, 1)),
-                                   jnp.float32), (4, 8, 8, 1))
+  x = jnp.broadcast_to(
+      jnp.asarray(np.random.default_rng(0).uniform(size=(1, 8, 8, 1)), jnp.float32), (4, 8, 8, 1))
   t, labels = jnp.array([0.2, 0.2, 0.7, 0.2]), jnp.array([1, 1, 1, 2])
   variables = numpy_variables(model, x, t, labels)
   out = np.asarray(jax.jit(model.apply)(variables, x, t, labels))

@@ -87,8 +87,10 @@ def test_conditional_decoder_depends_on_the_label():
 def test_conv_activation_changes_the_function_not_the_parameters():
   info = data_lib.DATASETS["fashion_mnist"]
   family = families.get("vae_conv")
-  models = {a: family.build_model(tiny_config("vae_conv", conv_activation=a), info)
-            for a in vae_models.ACTIVATIONS}
+  models = {
+      a: family.build_model(tiny_config("vae_conv", conv_activation=a), info)
+      for a in vae_models.ACTIVATIONS
+  }
   params = models["relu"].init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)),
                                jax.random.PRNGKey(1))
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 28, 28, 1)), jnp.float32)
@@ -159,10 +161,11 @@ def test_discretized_logistic_eval_neg_elbo_matches_hand_computation():
   # ignores its input (so z does not depend on the scale), the same likelihood.
   p["encoder"]["Dense_0"]["kernel"][:] = 0.0
   blind = with_params(state, {"params": jax.tree_util.tree_map(np.float32, p)})
-  other = families.get("vae_mlp").build(tiny_config(likelihood="discretized_logistic",
-                                                    scale="minus_one_one"), TINY)
-  np.testing.assert_allclose(other.evaluate(blind, test)["recon"],
-                             trainable.evaluate(blind, test)["recon"], rtol=1e-5)
+  other = families.get("vae_mlp").build(
+      tiny_config(likelihood="discretized_logistic", scale="minus_one_one"), TINY)
+  np.testing.assert_allclose(
+      other.evaluate(blind, test)["recon"],
+      trainable.evaluate(blind, test)["recon"], rtol=1e-5)
   images, _ = trainable.sample(state, jax.random.PRNGKey(1), 5)
   assert images.shape == (5, 2, 2, 1) and images.min() >= 0 and images.max() <= 1
 
@@ -196,9 +199,9 @@ def test_ema_params_follow_the_formula_and_are_what_evaluation_uses():
   first = params_of(state)
   state, _ = trainable.train_step(state, batch)  # step 1: min(0.5, 2/11)
   init = params_of(trainable.init(jax.random.PRNGKey(0)))
-  want = jax.tree_util.tree_map(lambda e, p: 2 / 11 * e + 9 / 11 * p,
-                                jax.tree_util.tree_map(lambda p0, p1: 0.1 * p0 + 0.9 * p1,
-                                                       init, first), params_of(state))
+  want = jax.tree_util.tree_map(
+      lambda e, p: 2 / 11 * e + 9 / 11 * p,
+      jax.tree_util.tree_map(lambda p0, p1: 0.1 * p0 + 0.9 * p1, init, first), params_of(state))
   chex.assert_trees_all_close(state.ema_params, want, rtol=1e-5, atol=1e-7)
   test = tiny_data(3)
   with_ema = trainable.evaluate(state, test)

@@ -39,8 +39,7 @@ def write_config(workdir, text):
     ("{x", r"cannot be read as JSON"),
     ("[1, 2]", r"is not a JSON object"),
 ])
-def test_a_hand_edited_config_json_names_the_file_the_key_and_the_problem(tmp_path, text,
-                                                                          message):
+def test_a_hand_edited_config_json_names_the_file_the_key_and_the_problem(tmp_path, text, message):
   write_config(tmp_path, text)
   with pytest.raises(config_lib.ConfigError) as raised:
     workdir_lib.load_config(str(tmp_path))
@@ -89,11 +88,13 @@ def test_resume_compares_configs_only_once_there_are_checkpoints(tmp_path):
   assert workdir_lib.check_resume_config(workdir, changed) == {}
   (tmp_path / "checkpoints" / "8").mkdir()
   assert workdir_lib.has_checkpoints(workdir)
-  with pytest.raises(config_lib.ConfigError, match=r"^--config\.seed=1 differs from the 0 that "
-                     r"the run in .* --config\.allow_config_change=True"):
+  with pytest.raises(
+      config_lib.ConfigError, match=r"^--config\.seed=1 differs from the 0 that "
+      r"the run in .* --config\.allow_config_change=True"):
     workdir_lib.check_resume_config(workdir, changed)
-  assert workdir_lib.check_resume_config(
-      workdir, config_lib.get_config("vae_mlp", num_train_steps=16)) == {}
+  assert workdir_lib.check_resume_config(workdir,
+                                         config_lib.get_config("vae_mlp",
+                                                               num_train_steps=16)) == {}
   changed.allow_config_change = True
   assert workdir_lib.check_resume_config(workdir, changed) == {"seed": [0, 1]}
 
@@ -105,12 +106,14 @@ def test_a_tool_s_options_must_exist_for_the_model_and_pass_its_checks():
   with pytest.raises(config_lib.ConfigError, match=r"^--num_samples does not apply to model "
                      r"'vae_mlp'; drop it$"):
     workdir_lib.check_tool_options(config, {"iwae_samples": 5, "num_samples": 10})
-  with pytest.raises(config_lib.ConfigError, match=r"eval_iwae_samples and eval_iwae_examples "
-                     r"must be >= 1 \(from --iwae_samples, --iwae_examples\)$"):
+  with pytest.raises(
+      config_lib.ConfigError, match=r"eval_iwae_samples and eval_iwae_examples "
+      r"must be >= 1 \(from --iwae_samples, --iwae_examples\)$"):
     workdir_lib.check_tool_options(config, {"iwae_samples": 0, "iwae_examples": 5})
 
 
 def test_a_workdir_without_config_json_says_how_to_make_one(tmp_path):
-  with pytest.raises(CheckpointError, match=r"config\.json not found: --workdir must be a "
-                     r"directory written by an experiment"):
+  with pytest.raises(
+      CheckpointError, match=r"config\.json not found: --workdir must be a "
+      r"directory written by an experiment"):
     workdir_lib.load_config(str(tmp_path))

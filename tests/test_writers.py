@@ -12,9 +12,11 @@ from aigc_jax import writers
 
 def labelled_sampler(num_classes):
   """Each image is filled with the label it was asked for (arange(num) % num_classes)."""
+
   def sample(num):
     labels = np.arange(num) % num_classes
     return np.broadcast_to(labels[:, None, None, None], (num, 2, 2, 1)).astype(np.float32), labels
+
   return sample
 
 

@@ -25,8 +25,10 @@ from aigc_jax.bench import torch_reference
 
 # precision -> (compute_dtype, JAX matmul_precision); PyTorch runs TF32 off for 'highest', on
 # for 'tf32' (`torch_timing.uses_tf32`), and has no bfloat16 reference.
-PRECISIONS = {"highest": ("float32", "highest"), "tf32": ("float32", "default"),
-              "bfloat16": ("bfloat16", "default")}
+PRECISIONS = {
+    "highest": ("float32", "highest"), "tf32": ("float32", "default"),
+    "bfloat16": ("bfloat16", "default")
+}
 MAIN = ("dcgan", "gan_mlp", "vae_mlp")  # the models of the speed goals
 TINY_DCGAN = ("--config.g_base_features=16", "--config.d_base_features=8")
 
@@ -66,12 +68,13 @@ def plan(tiny: bool) -> list[tuple[int, object]]:
   calls (100 steps on a GPU or TPU)."""
   if tiny:  # a GPU's DCGAN formulations are slow on a CPU: short calls, narrow networks
     short = {"max_steps_per_call": 2}
-    first = [(1, r._replace(overrides=TINY_DCGAN, **short))
-             for r in float32_pair("dcgan", 8, False)]
+    first = [
+        (1, r._replace(overrides=TINY_DCGAN, **short)) for r in float32_pair("dcgan", 8, False)
+    ]
     second = [(2, r._replace(**short)) for r in float32_pair("vae_mlp", 8, False)]
     second[0] = (2, second[0][1]._replace(compiled=True))  # one torch.compile: it is slow
-    wide = [(3, BenchRow("vae_mlp", 1024, "bfloat16")), (3, BenchRow("vae_mlp", 1024, "highest",
-                                                                    True))]
+    wide = [(3, BenchRow("vae_mlp", 1024, "bfloat16")),
+            (3, BenchRow("vae_mlp", 1024, "highest", True))]
     rest = [(5, BenchRow("dcgan", 8, "bfloat16", overrides=TINY_DCGAN, **short)),
             (5, BenchRow("vae_mlp", 8, "bfloat16", **short))]
     return first + second + wide + [(4, "train"), (4, "tests")] + rest
@@ -82,23 +85,25 @@ def plan(tiny: bool) -> list[tuple[int, object]]:
   rows += [(4, "train"), (4, "tests")] + [(5, BenchRow(m, 64, "bfloat16")) for m in MAIN]
   for m in (m for m in presets.model_names() if m not in MAIN):
     for batch in (64, 1024):
-      rows += [(5, BenchRow(m, batch, "bfloat16"))] + [(5, r) for r in float32_pair(m, batch,
-                                                                                    False)]
+      rows += [(5, BenchRow(m, batch, "bfloat16"))
+              ] + [(5, r) for r in float32_pair(m, batch, False)]
   return rows
 
 
 def bench(spec: BenchRow, part: dict, with_torch: bool) -> dict:
   """`timing.benchmark` of one BenchRow with `part`'s steps, warm-up, calls and peak size."""
   dtype, precision = PRECISIONS[spec.precision]
-  config = presets.bench_config(spec.model, spec.batch, overrides=[
-      f"--config.compute_dtype={dtype}", f"--config.matmul_precision={precision}",
-      *spec.overrides])
+  config = presets.bench_config(
+      spec.model, spec.batch, overrides=[
+          f"--config.compute_dtype={dtype}", f"--config.matmul_precision={precision}",
+          *spec.overrides
+      ])
   if spec.max_steps_per_call:
     config.steps_per_call = min(config.steps_per_call, spec.max_steps_per_call)
   torch = with_torch and spec.torch and dtype == "float32"
   return timing.benchmark(spec.model, config, torch=torch, torch_compile=torch and spec.compiled,
-                          steps=part["steps"], warmup=part["warmup"],
-                          peak_size=part["peak_size"], min_calls=part["min_calls"])
+                          steps=part["steps"], warmup=part["warmup"], peak_size=part["peak_size"],
+                          min_calls=part["min_calls"])
 
 
 def error_text(e: BaseException) -> str:
@@ -113,8 +118,7 @@ def run_rows(rows: list[Row], budget_s: float, write: Callable[[list[dict]], Non
   and after every row. A record: row, group, status (pending, running, ok, failed, skipped),
   seconds, and the row's result or its error. Rows not started in time are 'skipped'."""
   start = clock()
-  records = [{"row": r.label, "kind": r.kind, "group": r.group, "status": "pending"}
-             for r in rows]
+  records = [{"row": r.label, "kind": r.kind, "group": r.group, "status": "pending"} for r in rows]
   write(records)
   for row, record in zip(rows, records):
     if clock() - start >= budget_s:
@@ -150,11 +154,11 @@ def supervise(command: list[str], out: str, budget_s: float, env: dict | None = 
   start = time.perf_counter()
   worker = subprocess.Popen(command, env=env, start_new_session=True)
   try:
-    reason = "" if worker.wait(timeout=budget_s) == 0 else (
-        f"the check's process ended with status {worker.returncode}")
+    reason = "" if worker.wait(
+        timeout=budget_s) == 0 else (f"the check's process ended with status {worker.returncode}")
   except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
-    reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (
-        f"the budget of {budget_s:g} s ran out")
+    reason = "interrupted" if isinstance(
+        e, KeyboardInterrupt) else (f"the budget of {budget_s:g} s ran out")
   try:  # the worker, and whatever it started that still runs
     os.killpg(worker.pid, signal.SIGKILL)
   except ProcessLookupError:
@@ -177,8 +181,9 @@ def supervise(command: list[str], out: str, budget_s: float, env: dict | None = 
 def write_files(out: str, header: dict, records: list[dict]) -> None:
   """OUTDIR/accelerator_check.json and .md, each replaced whole (never left half written)."""
   result = {**header, "rows": records}
-  for name, text in (("accelerator_check.json", json.dumps(result, indent=1)),
-                     ("accelerator_check.md", markdown(header, records))):
+  for name, text in (("accelerator_check.json", json.dumps(result,
+                                                           indent=1)), ("accelerator_check.md",
+                                                                        markdown(header, records))):
     safe_files.write_text(os.path.join(out, name), text)
 
 
@@ -199,29 +204,37 @@ def bench_line(r: dict) -> str:
 def markdown(header: dict, records: list[dict]) -> str:
   """The check's Markdown: the machine, the benchmark table, the training and tests lines, then
   the failed and the skipped rows."""
-  lines = [f"# Accelerator check: {header['devices']}", "",
-           f"platform defaults: {header['platform']}; budget {header['budget_s']:g} s", "",
-           *([f"**Warning**, {report.busy_warning(header['load_before'])}", ""]
-             if report.is_busy(header.get("load_before", 0.0)) else []),
-           "| row | steps/call | JAX ms/step | images/s | peak | % of peak | torch ms | speedup "
-           "| torch.compile ms | speedup | compile s | status |", "|---" * 12 + "|"]
+  lines = [
+      f"# Accelerator check: {header['devices']}", "",
+      f"platform defaults: {header['platform']}; budget {header['budget_s']:g} s", "",
+      *([f"**Warning**, {report.busy_warning(header['load_before'])}", ""] if report.is_busy(
+          header.get("load_before", 0.0)) else []),
+      "| row | steps/call | JAX ms/step | images/s | peak | % of peak | torch ms | speedup "
+      "| torch.compile ms | speedup | compile s | status |", "|---" * 12 + "|"
+  ]
   lines += [bench_line(r) for r in records if r["kind"] == "bench"]
   peaks = {r["peak_kind"]: r["peak_gflops"] for r in records if "peak_kind" in r}
   if peaks:
-    lines += ["", "matmul peaks measured in this run (GFLOP/s): " + ", ".join(
-        f"{kind} {gflops:g}" for kind, gflops in sorted(peaks.items()))]
+    lines += [
+        "", "matmul peaks measured in this run (GFLOP/s): " +
+        ", ".join(f"{kind} {gflops:g}" for kind, gflops in sorted(peaks.items()))
+    ]
   for r in records:
     if r["kind"] == "train" and r["status"] == "ok":
-      lines += ["", f"DCGAN training ({r['args']}): {r['train_s']} s of training chunks "
-                f"({r['train_steady_s']} s steady + {r['train_compile_s']} s first-call compile, "
-                f"{r['steps']} steps, {r['steps_per_s']} steps/s steady); {r['wall_s']} s wall "
-                f"with start-up and its last evaluation, {r['eval_wall_s']} s evaluating; FID "
-                f"{cell(r, 'fid')} (floor {cell(r, 'fid_floor')}), precision "
-                f"{cell(r, 'precision')}, recall {cell(r, 'recall')} of {r.get('num_samples')} "
-                "samples"]
+      lines += [
+          "", f"DCGAN training ({r['args']}): {r['train_s']} s of training chunks "
+          f"({r['train_steady_s']} s steady + {r['train_compile_s']} s first-call compile, "
+          f"{r['steps']} steps, {r['steps_per_s']} steps/s steady); {r['wall_s']} s wall "
+          f"with start-up and its last evaluation, {r['eval_wall_s']} s evaluating; FID "
+          f"{cell(r, 'fid')} (floor {cell(r, 'fid_floor')}), precision "
+          f"{cell(r, 'precision')}, recall {cell(r, 'recall')} of {r.get('num_samples')} "
+          "samples"
+      ]
     if r["kind"] == "tests" and "tests" in r:
-      lines += ["", "accelerator tests: " + ", ".join(
-          f"{r[k]} {k}" for k in ("tests", "passed", "failures", "errors", "skipped"))]
+      lines += [
+          "", "accelerator tests: " +
+          ", ".join(f"{r[k]} {k}" for k in ("tests", "passed", "failures", "errors", "skipped"))
+      ]
   failed = [f"- {r['row']}: {r.get('error')}" for r in records if r["status"] == "failed"]
   cut = [f"{r['row']} ({r['reason']})" for r in records if r["status"] == "cut"]
   skipped = [r["row"] for r in records if r["status"] == "skipped"]

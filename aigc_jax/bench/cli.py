@@ -61,8 +61,7 @@ def parse_run(text: str) -> tuple[str, int | None]:
 def build_parser() -> argparse.ArgumentParser:
   """The command's flags; unknown arguments are left for --config.KEY=VALUE overrides."""
   parser = argparse.ArgumentParser(
-      prog=PROG,
-      description="Time an experiment's train step (JAX, optionally vs PyTorch eager).",
+      prog=PROG, description="Time an experiment's train step (JAX, optionally vs PyTorch eager).",
       epilog="--config.KEY=VALUE (repeatable) changes a key of the experiment's config, as the "
       "experiment files take it, e.g. --config.upsample=transpose.")
   add = parser.add_argument
@@ -80,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
   add("--json", action="store_true", help="print one JSON object")
   add("--epoch", action="store_true", help="also time one epoch as train.py runs it "
       "(keys epoch_s, epoch_steps, epoch_vs_steps)")
-  add("--profile", type=positive_int, metavar="N", help="also print the N ops of the compiled "
+  add(
+      "--profile", type=positive_int, metavar="N", help="also print the N ops of the compiled "
       "step that take the most time (jax.profiler; to stderr)")
-  add("--images", type=positive_int, metavar="N",
+  add(
+      "--images", type=positive_int, metavar="N",
       help=f"size of the synthetic training set (default {timing.NUM_IMAGES:,}, as "
       "Fashion-MNIST's, or one call's images where a call needs more)")
   add("--steps", type=positive_int, default=50, metavar="N", help="timed steps (default 50)")
@@ -103,8 +104,9 @@ def runs_of(args) -> list[tuple[str, int | None]]:
   if args.table is not None and not args.model:
     runs = args.models or [parse_run(run) for run in TABLE_RUNS]
   if args.batch:
-    runs = [(name, batch) for name in dict.fromkeys(name for name, _ in runs)
-            for batch in args.batch]
+    runs = [
+        (name, batch) for name in dict.fromkeys(name for name, _ in runs) for batch in args.batch
+    ]
   return runs
 
 
@@ -136,13 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     if report.is_busy(load_before):
       print(f"warning, {report.busy_warning(load_before)}", file=sys.stderr)
     for name, config in configs:
-      result = timing.benchmark(
-          name, config, torch=args.torch, torch_compile=args.torch_compile, steps=args.steps,
-          warmup=args.warmup, peak_size=args.peak_size, epoch=args.epoch,
-          num_images=args.images, profile=args.profile or 0)
+      result = timing.benchmark(name, config, torch=args.torch, torch_compile=args.torch_compile,
+                                steps=args.steps, warmup=args.warmup, peak_size=args.peak_size,
+                                epoch=args.epoch, num_images=args.images, profile=args.profile or 0)
       results.append(result)
-      print(json.dumps(result) if args.json else report.describe(result, config.steps_per_call),
-            flush=True)
+      print(
+          json.dumps(result) if args.json else report.describe(result, config.steps_per_call),
+          flush=True)
   except BenchmarkError as e:
     parser.error(str(e))
   if args.table is not None:

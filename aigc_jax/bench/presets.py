@@ -24,8 +24,8 @@ class BenchmarkError(ValueError):
 
 def model_names() -> list[str]:
   """The experiment presets, sorted: NAME for every experiments/NAME_fashion_mnist.py."""
-  return sorted(p.name[:-len(EXPERIMENT_SUFFIX)]
-                for p in EXPERIMENTS_DIR.glob(f"*{EXPERIMENT_SUFFIX}"))
+  return sorted(
+      p.name[:-len(EXPERIMENT_SUFFIX)] for p in EXPERIMENTS_DIR.glob(f"*{EXPERIMENT_SUFFIX}"))
 
 
 def canonical_name(name: str) -> str:

@@ -15,23 +15,25 @@ from aigc_jax.bench import torch_timing
 # The speed goals the table judges: (model, batch, result key, comparison, threshold, its line).
 GOALS = (("gan_mlp", 64, "speedup_vs_torch", operator.ge, 3.0, "MLP GAN b64: >= 3x PyTorch"),
          ("vae_mlp", 128, "speedup_vs_torch", operator.ge, 2.2, "MLP VAE b128: >= 2.2x PyTorch"),
-         ("dcgan", 64, "speedup_vs_torch", operator.gt, 1.0, "DCGAN b64: > 1x PyTorch (1.5x aim)"),
-         ("gan_mlp", 256, "fraction_of_peak", operator.ge, 0.8,
-          "MLP GAN b256: >= 80% of the matmul peak"))
+         ("dcgan", 64, "speedup_vs_torch", operator.gt, 1.0,
+          "DCGAN b64: > 1x PyTorch (1.5x aim)"), ("gan_mlp", 256, "fraction_of_peak", operator.ge,
+                                                  0.8, "MLP GAN b256: >= 80% of the matmul peak"))
 MAX_COMPILE_S = 10.0  # the compile-time goal, for every model
 
 
 def describe(result: dict, steps_per_call: int) -> str:
   """A few human-readable lines of one result (`timing.benchmark`'s keys)."""
   r = result
-  lines = [f"{r['model']} batch {r['batch']} on {r['devices']} device(s) ({r['backend']}, "
-           f"{r['device_kind']}), {steps_per_call} "
-           f"step(s) per call: {r['step_ms']:.2f} ms/step (min {r['step_ms_min']:.2f}, max "
-           f"{r['step_ms_max']:.2f}), {r['images_per_s']:.0f} images/s, compile "
-           f"{r['compile_s']:.2f} s",
-           f"{r['gflop_per_step']:.3f} GFLOP/step -> {r['gflops']:.1f} GFLOP/s = "
-           f"{100 * r['fraction_of_peak']:.0f}% of the measured {r['peak_kind']} matmul peak "
-           f"({r['peak_gflops']:.1f} GFLOP/s)"]
+  lines = [
+      f"{r['model']} batch {r['batch']} on {r['devices']} device(s) ({r['backend']}, "
+      f"{r['device_kind']}), {steps_per_call} "
+      f"step(s) per call: {r['step_ms']:.2f} ms/step (min {r['step_ms_min']:.2f}, max "
+      f"{r['step_ms_max']:.2f}), {r['images_per_s']:.0f} images/s, compile "
+      f"{r['compile_s']:.2f} s",
+      f"{r['gflop_per_step']:.3f} GFLOP/step -> {r['gflops']:.1f} GFLOP/s = "
+      f"{100 * r['fraction_of_peak']:.0f}% of the measured {r['peak_kind']} matmul peak "
+      f"({r['peak_gflops']:.1f} GFLOP/s)"
+  ]
   if "epoch_s" in r:
     lines.append(f"one epoch ({r['epoch_steps']} steps, as train.py runs it): {r['epoch_s']:.2f} s "
                  f"= {r['epoch_vs_steps']:.3f} x steps x the median step time")
@@ -95,19 +97,23 @@ def busy_warning(load: float) -> str:
 
 def table_rows(results: list[dict]) -> list[str]:
   """One Markdown row per result; '-' where a PyTorch column was not measured."""
+
   def cell(r, key, fmt):
     return format(r[key], fmt) if key in r else "-"
 
-  return [f"| {r['model']} | {r['batch']} | {r['step_ms']:.2f} "
-          f"| {cell(r, 'torch_step_ms', '.2f')} | {cell(r, 'speedup_vs_torch', '.2f')} "
-          f"| {cell(r, 'torch_compile_step_ms', '.2f')} "
-          f"| {cell(r, 'speedup_vs_torch_compile', '.2f')} | {100 * r['fraction_of_peak']:.1f} "
-          f"| {r['compile_s']:.2f} |" for r in results]
+  return [
+      f"| {r['model']} | {r['batch']} | {r['step_ms']:.2f} "
+      f"| {cell(r, 'torch_step_ms', '.2f')} | {cell(r, 'speedup_vs_torch', '.2f')} "
+      f"| {cell(r, 'torch_compile_step_ms', '.2f')} "
+      f"| {cell(r, 'speedup_vs_torch_compile', '.2f')} | {100 * r['fraction_of_peak']:.1f} "
+      f"| {r['compile_s']:.2f} |" for r in results
+  ]
 
 
 def goal_lines(results: list[dict], busy: bool) -> list[str]:
   """One line per GOALS entry and the compile-time goal: the measured value and its verdict
   (met, missed; no verdict on a busy machine), or 'not measured'."""
+
   def verdict(met: bool) -> str:
     return "no verdict: busy machine" if busy else "met" if met else "missed"
 
@@ -146,10 +152,9 @@ def table(results: list[dict], command: str, load_before: float, steps: int, war
       "/ JAX ms. % of peak: XLA's FLOP "
       f"count of the step per second over the measured {kind} matmul peak ({peak:.1f} GFLOP/s, "
       "a 4096x4096 `jnp.dot` of that dtype and precision). Compile s: the first call less a "
-      "steady one.", "",
-      *([f"**Warning**, {busy_warning(load_before)}", ""] if busy else []),
+      "steady one.", "", *([f"**Warning**, {busy_warning(load_before)}", ""] if busy else []),
       "| model | batch | JAX ms/step | PyTorch ms/step | ratio | torch.compile ms/step | ratio "
-      "| % of peak | compile s |",
-      "|---|---|---|---|---|---|---|---|---|", *table_rows(results), "", "Goals:", "",
-      *goal_lines(results, busy)]
+      "| % of peak | compile s |", "|---|---|---|---|---|---|---|---|---|", *table_rows(results),
+      "", "Goals:", "", *goal_lines(results, busy)
+  ]
   return "\n".join(lines) + "\n"

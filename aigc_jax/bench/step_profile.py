@@ -76,8 +76,10 @@ def op_times(fn: Callable, *args, calls: int = 5, width: int = 160) -> list[OpTi
     if event.get("ph") == "X" and name in instructions:
       total[name] += event.get("dur", 0.0)
       count[name] += 1
-  return [OpTime(name, us / 1e3 / calls, count[name] // calls, instructions[name][:width])
-          for name, us in total.most_common()]
+  return [
+      OpTime(name, us / 1e3 / calls, count[name] // calls, instructions[name][:width])
+      for name, us in total.most_common()
+  ]
 
 
 def describe(ops: list[OpTime], top: int, step_ms: float | None = None) -> str:

@@ -34,13 +34,14 @@ from aigc_jax.bench.presets import BenchmarkError
 NUM_IMAGES = 60_000  # synthetic training set, as large as Fashion-MNIST's
 MIN_CALLS = 5  # timed calls at least, so a many-steps-per-call model has a spread too
 
-
 # The matmul each peak times: (its name, the input dtype, the precision). A row divides by the
 # peak of what it ran (`peak_kind`): float32 at its matmul_precision, or bfloat16.
-PEAKS = {"float32/highest": (jnp.float32, jax.lax.Precision.HIGHEST),
-         "float32/high": (jnp.float32, jax.lax.Precision.HIGH),
-         "float32/default": (jnp.float32, jax.lax.Precision.DEFAULT),  # TF32 on recent NVIDIA
-         "bfloat16": (jnp.bfloat16, jax.lax.Precision.DEFAULT)}
+PEAKS = {
+    "float32/highest": (jnp.float32, jax.lax.Precision.HIGHEST),
+    "float32/high": (jnp.float32, jax.lax.Precision.HIGH),
+    "float32/default": (jnp.float32, jax.lax.Precision.DEFAULT),  # TF32 on recent NVIDIA
+    "bfloat16": (jnp.bfloat16, jax.lax.Precision.DEFAULT)
+}
 
 
 def peak_kind(config) -> str:
@@ -124,10 +125,10 @@ def setup(config, images, labels) -> StepSetup:
 def make_loop(config, trainable, batches_per_step: int):
   """`parallel.make_train_loop` for the config; BenchmarkError where its mode cannot run."""
   try:
-    return parallel.make_train_loop(
-        trainable.train_step, batch_size=config.batch_size, scale=config.scale,
-        binarize=config.binarize, steps_per_call=config.steps_per_call, mode=config.parallel,
-        batches_per_step=batches_per_step)
+    return parallel.make_train_loop(trainable.train_step, batch_size=config.batch_size,
+                                    scale=config.scale, binarize=config.binarize,
+                                    steps_per_call=config.steps_per_call, mode=config.parallel,
+                                    batches_per_step=batches_per_step)
   except ValueError as e:
     raise BenchmarkError(str(e)) from None
 
@@ -173,8 +174,10 @@ def time_jax(config, images, labels, steps: int, warmup: int, epoch: bool = Fals
     call(1 + i)
   samples = [1e3 * call(i) / k for i in range(timed)]
   compile_s = max(0.0, first - k * statistics.median(samples) / 1e3)
-  result = {"compile_s": compile_s, "samples_ms": samples, "flops": flops,
-            "devices": run.place.num_devices, "ops": ops}
+  result = {
+      "compile_s": compile_s, "samples_ms": samples, "flops": flops,
+      "devices": run.place.num_devices, "ops": ops
+  }
   if epoch:
     epoch_s = time_epoch(config, run, state, data, permutation, num, steps_per_epoch)
     result.update(epoch_s=epoch_s, epoch_steps=steps_per_epoch)
@@ -186,24 +189,30 @@ def jax_keys(name: str, config, jax_run: dict, per_step: int, peak: float) -> di
   step_ms = statistics.median(jax_run["samples_ms"])
   gflop = jax_run["flops"] / 1e9
   return {
-      "model": presets.canonical_name(name), "batch": config.batch_size,
-      "devices": jax_run["devices"], "backend": jax.default_backend(),
-      "device_kind": jax.devices()[0].device_kind, "dtype": config.compute_dtype,
-      "matmul_precision": config.matmul_precision, "steps_per_call": config.steps_per_call,
-      "compile_s": round(jax_run["compile_s"], 3), "step_ms": round(step_ms, 3),
+      "model": presets.canonical_name(name),
+      "batch": config.batch_size,
+      "devices": jax_run["devices"],
+      "backend": jax.default_backend(),
+      "device_kind": jax.devices()[0].device_kind,
+      "dtype": config.compute_dtype,
+      "matmul_precision": config.matmul_precision,
+      "steps_per_call": config.steps_per_call,
+      "compile_s": round(jax_run["compile_s"], 3),
+      "step_ms": round(step_ms, 3),
       "step_ms_min": round(min(jax_run["samples_ms"]), 3),
       "step_ms_max": round(max(jax_run["samples_ms"]), 3),
       "images_per_s": round(per_step * 1e3 / step_ms, 1),  # real images; batch_size is global
-      "gflop_per_step": round(gflop, 4), "gflops": round(gflop * 1e3 / step_ms, 2),
-      "peak_kind": peak_kind(config), "peak_gflops": round(peak, 2),
+      "gflop_per_step": round(gflop, 4),
+      "gflops": round(gflop * 1e3 / step_ms, 2),
+      "peak_kind": peak_kind(config),
+      "peak_gflops": round(peak, 2),
       "fraction_of_peak": round(gflop * 1e3 / step_ms / peak, 4),
   }
 
 
 def benchmark(name: str, config, *, torch: bool = False, torch_compile: bool = False,
               steps: int = 50, warmup: int = 5, peak_size: int = 4096, epoch: bool = False,
-              num_images: int | None = None, profile: int = 0,
-              min_calls: int = MIN_CALLS) -> dict:
+              num_images: int | None = None, profile: int = 0, min_calls: int = MIN_CALLS) -> dict:
   """The result (the command's JSON keys) of preset `name` with its `bench_config`, over
   `num_images` synthetic images (None: `images_for` the call). JAX and PyTorch both timed in
   calls of steps_per_call steps, one sync per call. Raises BenchmarkError, before anything is
@@ -223,8 +232,7 @@ def benchmark(name: str, config, *, torch: bool = False, torch_compile: bool = F
   labels = family.train_labels(config, images, labels)  # as in training
   with backend.matmul_precision(config):
     jax_run = time_jax(config, images, labels, steps, warmup, epoch, bool(profile), min_calls)
-  result = jax_keys(name, config, jax_run, per_step,
-                    peak_gflops(peak_size, kind=peak_kind(config)))
+  result = jax_keys(name, config, jax_run, per_step, peak_gflops(peak_size, kind=peak_kind(config)))
   step_ms = statistics.median(jax_run["samples_ms"])
   if epoch:
     epoch_vs_steps = jax_run["epoch_s"] * 1e3 / step_ms / jax_run["epoch_steps"]

@@ -39,8 +39,7 @@ def torch_device(torch) -> str:
   return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def call_counts(steps: int, warmup: int, steps_per_call: int,
-                min_calls: int) -> tuple[int, int]:
+def call_counts(steps: int, warmup: int, steps_per_call: int, min_calls: int) -> tuple[int, int]:
   """(timed calls, warm-up calls) of `steps_per_call` steps each: enough calls for `steps` timed
   steps and at least `min_calls` (so a many-steps-per-call model has a spread too), and enough
   for `warmup` steps. JAX and PyTorch both run these counts."""
@@ -118,13 +117,17 @@ def torch_results(config, images, labels, counts: tuple[int, int], step_ms: floa
   if not compiled:
     samples, device = time_torch(config, images, labels, counts)
     torch_ms = statistics.median(samples)
-    return {"torch_step_ms": round(torch_ms, 3), "speedup_vs_torch": round(torch_ms / step_ms, 3),
-            "torch_device": device, "torch_tf32": uses_tf32(config)}
+    return {
+        "torch_step_ms": round(torch_ms, 3), "speedup_vs_torch": round(torch_ms / step_ms, 3),
+        "torch_device": device, "torch_tf32": uses_tf32(config)
+    }
   try:
     samples, _ = time_torch(config, images, labels, counts, compiled=True)
   except Exception as e:  # pylint: disable=broad-except  # e.g. no double backward (WGAN-GP)
     return {"torch_compile_error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
   torch_ms = statistics.median(samples[1:])
-  return {"torch_compile_step_ms": round(torch_ms, 3),
-          "speedup_vs_torch_compile": round(torch_ms / step_ms, 3),
-          "torch_compile_s": round(samples[0] / 1e3, 3)}
+  return {
+      "torch_compile_step_ms": round(torch_ms,
+                                     3), "speedup_vs_torch_compile": round(torch_ms / step_ms, 3),
+      "torch_compile_s": round(samples[0] / 1e3, 3)
+  }

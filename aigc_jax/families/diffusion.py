@@ -92,14 +92,16 @@ def validate_config(config, need) -> None:
   need(config.schedule in noise_processes.SCHEDULES,
        unknown_choice_message("schedule", config.schedule, noise_processes.SCHEDULES))
   samplers = noise_processes.SAMPLERS[config.objective]
-  need(config.sampler in ("",) + samplers,
-       f"sampler '{config.sampler}' does not fit objective '{config.objective}'; choose one of "
-       f"{samplers} (or '' for {default_sampler(config.objective)})")
+  need(
+      config.sampler in ("",) + samplers,
+      f"sampler '{config.sampler}' does not fit objective '{config.objective}'; choose one of "
+      f"{samplers} (or '' for {default_sampler(config.objective)})")
   need(config.sample_steps >= 1, f"sample_steps must be >= 1, got {config.sample_steps}")
   need(config.guidance_scale >= 0, f"guidance_scale must be >= 0, got {config.guidance_scale}")
-  need(config.guidance_scale == 1.0 or config.conditional,
-       f"guidance_scale {config.guidance_scale} needs a class-conditional model "
-       "(conditional=True); an unconditional one samples with 1")
+  need(
+      config.guidance_scale == 1.0 or config.conditional,
+      f"guidance_scale {config.guidance_scale} needs a class-conditional model "
+      "(conditional=True); an unconditional one samples with 1")
   need(0.0 <= config.label_dropout < 1.0,
        f"label_dropout must be in [0, 1), got {config.label_dropout}")
   need(config.min_snr_gamma >= 0 and (config.min_snr_gamma == 0 or config.objective != "flow"),
@@ -107,26 +109,30 @@ def validate_config(config, need) -> None:
   need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
   need(config.sample_loop in ("auto",) + SAMPLE_LOOPS,
        f"sample_loop '{config.sample_loop}' is unknown; choose 'auto' or one of {SAMPLE_LOOPS}")
-  need(config.eval_num_samples == 0 or config.eval_num_samples >= sample_eval.MIN_SAMPLES,
-       f"eval_num_samples must be 0 (off) or >= {sample_eval.MIN_SAMPLES}, got "
-       f"{config.eval_num_samples}")
+  need(
+      config.eval_num_samples == 0 or config.eval_num_samples >= sample_eval.MIN_SAMPLES,
+      f"eval_num_samples must be 0 (off) or >= {sample_eval.MIN_SAMPLES}, got "
+      f"{config.eval_num_samples}")
   _validate_shapes(config, need)
 
 
 def _validate_shapes(config, need) -> None:
   widths = [config.base_features * m for m in config.multipliers]
-  need(len(widths) >= 1 and all(w > 0 and w % GROUPS == 0 for w in widths + [config.base_features]),
-       f"base_features * each multiplier must be a positive multiple of {GROUPS} (GroupNorm's "
-       f"groups), got base_features={config.base_features}, multipliers={config.multipliers}")
-  need(widths[-1] % config.attention_heads == 0,
-       f"the lowest level's width {widths[-1]} must divide by attention_heads "
-       f"{config.attention_heads}")
+  need(
+      len(widths) >= 1 and all(w > 0 and w % GROUPS == 0 for w in widths + [config.base_features]),
+      f"base_features * each multiplier must be a positive multiple of {GROUPS} (GroupNorm's "
+      f"groups), got base_features={config.base_features}, multipliers={config.multipliers}")
+  need(
+      widths[-1] % config.attention_heads == 0,
+      f"the lowest level's width {widths[-1]} must divide by attention_heads "
+      f"{config.attention_heads}")
   need(config.patch >= 1, f"patch must be >= 1, got {config.patch}")
   height, width, _ = data_lib.DATASETS[config.dataset].image_shape
-  factor = config.patch * 2 ** (len(widths) - 1)
-  need(height % factor == 0 and width % factor == 0,
-       f"{config.dataset}'s {height}x{width} images must divide by patch * 2^(levels - 1) = "
-       f"{factor}: use fewer multipliers or a smaller patch")
+  factor = config.patch * 2**(len(widths) - 1)
+  need(
+      height % factor == 0 and width % factor == 0,
+      f"{config.dataset}'s {height}x{width} images must divide by patch * 2^(levels - 1) = "
+      f"{factor}: use fewer multipliers or a smaller patch")
 
 
 batches_per_step = one_batch_per_step
@@ -137,8 +143,7 @@ def build_model(config, info: data_lib.DatasetInfo) -> unet.UNet:
   return unet.UNet(out_channels=info.image_shape[-1], base_features=config.base_features,
                    multipliers=tuple(config.multipliers), num_res_blocks=config.num_res_blocks,
                    num_classes=info.num_classes if config.conditional else 0, patch=config.patch,
-                   groups=GROUPS, heads=config.attention_heads,
-                   dtype=backend.compute_dtype(config))
+                   groups=GROUPS, heads=config.attention_heads, dtype=backend.compute_dtype(config))
 
 
 def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable:
@@ -154,8 +159,7 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
       train_step=functools.partial(train_step, net=net, config=config),
       evaluate=functools.partial(evaluate, net=net, config=config, scores=scores),
       full_evaluate=functools.partial(full_evaluate, net=net, config=config, scores=scores),
-      sample=sample,
-      log_images=functools.partial(log_images, net=net, config=config),
+      sample=sample, log_images=functools.partial(log_images, net=net, config=config),
       best_metric="fid" if config.eval_num_samples else "loss", best_mode="min",
       optimizers=(("unet", tx),))
 
@@ -206,8 +210,9 @@ def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | N
   """One Adam step on the denoising loss of `batch` (images in [-1, 1]), and the EMA's."""
 
   def loss_fn(params):
-    loss = jnp.mean(per_example_loss(net, params, batch, step_rng(state), config.label_dropout,
-                                     axis_name, config.min_snr_gamma))
+    loss = jnp.mean(
+        per_example_loss(net, params, batch, step_rng(state), config.label_dropout, axis_name,
+                         config.min_snr_gamma))
     return loss, {"loss": loss}
 
   return single_player_step(state, "unet", loss_fn, config.ema_decay, axis_name)
@@ -247,9 +252,11 @@ def full_evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, con
   choice = sampling(config, **sample_options)
   metrics = scores.full_evaluate(state, test, num_samples=num_samples, progress=progress,
                                  **sample_options)
-  return {"test_loss": test_loss(state, test, net=net, config=config), **metrics,
-          "sampler": choice.sampler, "sample_steps": choice.steps,
-          **({"guidance_scale": choice.guidance_scale} if net.num_classes else {})}
+  return {
+      "test_loss": test_loss(state, test, net=net, config=config), **metrics,
+      "sampler": choice.sampler, "sample_steps": choice.steps,
+      **({"guidance_scale": choice.guidance_scale} if net.num_classes else {})
+  }
 
 
 def log_images(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) -> dict:

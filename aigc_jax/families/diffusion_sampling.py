@@ -113,9 +113,11 @@ def jitted_step(params, x, rows, rng, labels, guidance, *, net: Net, how: Sampli
 @functools.partial(jax.jit, static_argnames=("net", "how"))
 def scanned_steps(params, x, grid, rng, labels, guidance, *, net: Net, how: Sampling):
   """Every step of the plan `grid` in one program."""
+
   def body(i, x):
     rows = jax.lax.dynamic_slice_in_dim(grid, i, 2)
     return sampler_step(net, how, params, x, rows, jax.random.fold_in(rng, i), labels, guidance)
+
   return jax.lax.fori_loop(0, grid.shape[0] - 1, body, x)
 
 
@@ -126,8 +128,8 @@ def denoise(params, x, rng, labels, *, net: Net, how: Sampling):
   if how.loop == "scan":
     return scanned_steps(params, x, grid, rng, labels, guidance, net=net, how=how)
   for i in range(how.steps):
-    x = jitted_step(params, x, grid[i:i + 2], jax.random.fold_in(rng, i), labels, guidance,
-                    net=net, how=how)
+    x = jitted_step(params, x, grid[i:i + 2], jax.random.fold_in(rng, i), labels, guidance, net=net,
+                    how=how)
   return x
 
 

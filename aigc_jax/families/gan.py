@@ -116,34 +116,39 @@ def validate_config(config, need) -> None:
        f"label_mode '{config.label_mode}' is unknown; choose one of {gan_models.LABEL_MODES}")
   need(config.upsample in gan_models.UPSAMPLE_MODES,
        f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
-  need(config.eval_num_samples >= sample_eval.MIN_SAMPLES,
-       f"eval_num_samples must be >= {sample_eval.MIN_SAMPLES} (the inception score's splits), "
-       f"got {config.eval_num_samples}")
+  need(
+      config.eval_num_samples >= sample_eval.MIN_SAMPLES,
+      f"eval_num_samples must be >= {sample_eval.MIN_SAMPLES} (the inception score's splits), "
+      f"got {config.eval_num_samples}")
   for key, choices in (("d_conv", gan_models.D_CONVS), ("upsample_impl", TRANSPOSE_IMPLS),
                        ("critic_loop", CRITIC_LOOPS)):
     need(config[key] in ("auto",) + choices,
          f"{key} '{config[key]}' is unknown; choose 'auto' or one of {choices}")
   need(config.rotation_d_weight >= 0 and config.rotation_g_weight >= 0,
        "rotation_d_weight and rotation_g_weight must be >= 0 (0 = no SS-GAN rotation loss)")
-  need(not config.rotation_g_weight or config.rotation_d_weight,
-       "rotation_g_weight > 0 needs rotation_d_weight > 0: only D's rotation loss trains the "
-       "rotation head that G's term is measured by")
+  need(
+      not config.rotation_g_weight or config.rotation_d_weight,
+      "rotation_g_weight > 0 needs rotation_d_weight > 0: only D's rotation loss trains the "
+      "rotation head that G's term is measured by")
   need(config.model == "dcgan" or not uses_rotation(config),
        f"the SS-GAN rotation loss needs the DCGAN discriminator, not model '{config.model}'")
   need(config.cr_weight >= 0, f"cr_weight must be >= 0 (0 = off), got {config.cr_weight}")
-  need(0.0 < config.g_topk <= 1.0,
-       f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got "
-       f"{config.g_topk}")
+  need(
+      0.0 < config.g_topk <= 1.0,
+      f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got "
+      f"{config.g_topk}")
   for key in ("d_base_features", "g_base_features"):
     need(config[key] >= 1, f"{key} must be a positive channel count, got {config[key]}")
-  need(config.g_final_features >= 0,
-       f"g_final_features must be >= 0 (0 = no full-resolution stage), got "
-       f"{config.g_final_features}")
+  need(
+      config.g_final_features >= 0,
+      f"g_final_features must be >= 0 (0 = no full-resolution stage), got "
+      f"{config.g_final_features}")
   d_batchnorm = config.model == "dcgan" and config.d_batchnorm and not config.spectral_norm
-  need(not (d_batchnorm and (config.gp_weight or config.r1_gamma)),
-       "a gradient penalty (gp_weight, r1_gamma) needs a critic that treats examples "
-       "independently, and the DCGAN discriminator's BatchNorm mixes them: set "
-       "d_batchnorm=False or spectral_norm=True")
+  need(
+      not (d_batchnorm and (config.gp_weight or config.r1_gamma)),
+      "a gradient penalty (gp_weight, r1_gamma) needs a critic that treats examples "
+      "independently, and the DCGAN discriminator's BatchNorm mixes them: set "
+      "d_batchnorm=False or spectral_norm=True")
 
 
 def batches_per_step(config) -> int:
@@ -198,8 +203,7 @@ def build_models(config, info: data_lib.DatasetInfo):
         base_features=config.d_base_features, num_classes=num_classes,
         spectral_norm=config.spectral_norm, aux_classifier=config.aux_classifier,
         batch_norm=config.d_batchnorm, rotation_head=uses_rotation(config),
-        conv=backend.resolve("d_conv", config.d_conv), torch_init=config.torch_init,
-        dtype=dtype)
+        conv=backend.resolve("d_conv", config.d_conv), torch_init=config.torch_init, dtype=dtype)
   return generator, discriminator
 
 
@@ -211,8 +215,9 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
                        aux=bool(config.aux_classifier), rotation=uses_rotation(config),
                        critic_loop=backend.resolve("critic_loop", config.critic_loop))
   d_lr = config.d_learning_rate if config.d_learning_rate > 0 else config.learning_rate
-  txs = (state_lib.adam(config, total_steps),  # n_critic D updates a step
-         state_lib.adam(config, total_steps * config.n_critic, d_lr))
+  txs = (
+      state_lib.adam(config, total_steps),  # n_critic D updates a step
+      state_lib.adam(config, total_steps * config.n_critic, d_lr))
 
   def sample(state: TrainState, rng, num: int, use_ema: bool = True):
     labels = jnp.arange(num, dtype=jnp.int32) % num_classes if nets.labeled else None
@@ -223,15 +228,18 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
     """Fixed-noise grid from the EMA generator (a class or pixel cluster per row)."""
     del test
     rng = stream_rng(state, SAMPLE_STREAM)
-    return {"samples": writers.sample_grid(lambda num: sample(state, rng, num),
-                                           config.num_sample_images, num_classes)}
+    return {
+        "samples":
+            writers.sample_grid(lambda num: sample(state, rng, num), config.num_sample_images,
+                                num_classes)
+    }
 
   scores = sample_eval.SampleEvaluator(config, sample, conditional=bool(config.conditional))
   return Trainable(init=functools.partial(init, nets=nets, txs=txs, info=info, config=config),
-                   train_step=functools.partial(gan_step.train_step, nets=nets, config=config),
-                   evaluate=scores.evaluate, full_evaluate=scores.full_evaluate, sample=sample,
-                   log_images=log_images, best_metric="fid", best_mode="min",
-                   optimizers=(("g", txs[0]), ("d", txs[1])))
+                   train_step=functools.partial(gan_step.train_step, nets=nets,
+                                                config=config), evaluate=scores.evaluate,
+                   full_evaluate=scores.full_evaluate, sample=sample, log_images=log_images,
+                   best_metric="fid", best_mode="min", optimizers=(("g", txs[0]), ("d", txs[1])))
 
 
 def init(rng, *, nets: gan_step.Nets, txs, info: data_lib.DatasetInfo, config) -> TrainState:

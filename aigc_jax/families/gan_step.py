@@ -55,20 +55,21 @@ class TermInputs(NamedTuple):
 # name -> (weight key, scale, term): the loss adds scale * config[key] * term(inputs) when that
 # weight is non-zero, in this order, and reports the term as metric `name`.
 D_TERMS = {
-    "gp": ("gp_weight", 1.0, lambda t: gan_losses.gradient_penalty(
-        t.critic, t.real, t.fake, t.gp_rng, t.axis_name)),
+    "gp": ("gp_weight", 1.0,
+           lambda t: gan_losses.gradient_penalty(t.critic, t.real, t.fake, t.gp_rng, t.axis_name)),
     "r1": ("r1_gamma", 0.5, lambda t: gan_losses.r1_penalty(t.critic, t.real)),
-    "cr": ("cr_weight", 1.0, lambda t: gan_losses.consistency_penalty(
-        t.critic, t.real, t.cr_rng, axis_name=t.axis_name)),
-    "d_class_loss": ("aux_classifier", 1.0, lambda t: (
-        gan_losses.classifier_loss(t.real_cls, t.label) +
-        gan_losses.classifier_loss(t.fake_cls, t.label))),
+    "cr":
+        ("cr_weight", 1.0,
+         lambda t: gan_losses.consistency_penalty(t.critic, t.real, t.cr_rng, axis_name=t.axis_name)
+        ),
+    "d_class_loss": ("aux_classifier", 1.0, lambda t: (gan_losses.classifier_loss(
+        t.real_cls, t.label) + gan_losses.classifier_loss(t.fake_cls, t.label))),
     # its BatchNorm statistics are not kept
     "d_rotation_loss": ("rotation_d_weight", 1.0, lambda t: t.rotation_loss(t.real)),
 }
 G_TERMS = {
-    "g_class_loss": ("aux_classifier", 1.0,
-                     lambda t: gan_losses.classifier_loss(t.fake_cls, t.label)),
+    "g_class_loss":
+        ("aux_classifier", 1.0, lambda t: gan_losses.classifier_loss(t.fake_cls, t.label)),
     "g_rotation_loss": ("rotation_g_weight", 1.0, lambda t: t.rotation_loss(t.fake)),
 }
 
@@ -95,9 +96,9 @@ def generate(nets: Nets, params, stats, z, label, train: bool, axis_name=None):
 
 def discriminate(nets: Nets, params, stats, x, label, axis_name):
   """((logit, class logits or None, rotation logits or None), D's new statistics), train mode."""
-  out, updates = nets.discriminator.apply(
-      {"params": params, "batch_stats": stats}, x, None if nets.aux else label, train=True,
-      axis_name=axis_name, mutable=["batch_stats"])
+  out, updates = nets.discriminator.apply({"params": params, "batch_stats": stats}, x,
+                                          None if nets.aux else label, train=True,
+                                          axis_name=axis_name, mutable=["batch_stats"])
   out, rotation_logits = out if nets.rotation else (out, None)
   logit, class_logits = out if nets.aux else (out, None)
   return (logit, class_logits, rotation_logits), updates.get("batch_stats", stats)
@@ -112,12 +113,13 @@ def rotation_loss(nets: Nets, params, stats, x, label, axis_name):
 
 def term_inputs(nets: Nets, params, stats, label, axis_name, **fields) -> TermInputs:
   """TermInputs whose critic and rotation loss are D at `params` and `stats`."""
-  fields = {"real": None, "fake": None, "real_cls": None, "fake_cls": None, "gp_rng": None,
-            "cr_rng": None, **fields}
-  return TermInputs(
-      critic=lambda x: discriminate(nets, params, stats, x, label, axis_name)[0][0],
-      rotation_loss=lambda x: rotation_loss(nets, params, stats, x, label, axis_name),
-      label=label, axis_name=axis_name, **fields)
+  fields = {
+      "real": None, "fake": None, "real_cls": None, "fake_cls": None, "gp_rng": None,
+      "cr_rng": None, **fields
+  }
+  return TermInputs(critic=lambda x: discriminate(nets, params, stats, x, label, axis_name)[0][0],
+                    rotation_loss=lambda x: rotation_loss(nets, params, stats, x, label, axis_name),
+                    label=label, axis_name=axis_name, **fields)
 
 
 def d_objective(params, stats, real, fake, label, rngs, *, nets: Nets, config, axis_name):
@@ -153,13 +155,14 @@ def critic_update(d: Player, i, *, g: Player, reals, labels, fake_g, rng, nets: 
   if n == 1:
     fake = fake_g
   else:
-    z = batch_noise(jax.random.normal, jax.random.fold_in(rng, 2 * i), fake_g.shape[:1] +
-                    (config.latent_dim,), axis_name)
+    z = batch_noise(jax.random.normal, jax.random.fold_in(rng, 2 * i),
+                    fake_g.shape[:1] + (config.latent_dim,), axis_name)
     fake, _ = generate(nets, g.params, g.model_state, z, label, True, axis_name)
   rngs = (jax.random.fold_in(rng, 2 * i + 1), jax.random.fold_in(rng, 2 * n + 1 + i))
   objective = functools.partial(d_objective, nets=nets, config=config, axis_name=axis_name)
-  grads, (stats, metrics) = jax.grad(objective, has_aux=True)(
-      d.params, d.model_state, real, jax.lax.stop_gradient(fake), label, rngs)
+  grads, (stats, metrics) = jax.grad(objective, has_aux=True)(d.params, d.model_state, real,
+                                                              jax.lax.stop_gradient(fake), label,
+                                                              rngs)
   grads, stats = pmean((grads, stats), axis_name)
   return d.apply_gradients(grads, model_state=stats), metrics
 
@@ -189,8 +192,8 @@ def train_step(state: TrainState, batch, *, nets: Nets, config, axis_name: str |
   fake_g, g_vjp, g_stats = jax.vjp(
       lambda p: generate(nets, p, g.model_state, z_g, g_label, True, axis_name), g.params,
       has_aux=True)
-  update = functools.partial(critic_update, g=g, reals=reals, labels=labels, fake_g=fake_g,
-                             rng=rng, nets=nets, config=config, axis_name=axis_name)
+  update = functools.partial(critic_update, g=g, reals=reals, labels=labels, fake_g=fake_g, rng=rng,
+                             nets=nets, config=config, axis_name=axis_name)
   d, metrics = critic_updates(update, d, nets, n)
   objective = functools.partial(g_objective, nets=nets, config=config, axis_name=axis_name)
   fake_grad, g_metrics = jax.grad(objective, has_aux=True)(fake_g, d, g_label)

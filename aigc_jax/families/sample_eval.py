@@ -128,8 +128,7 @@ class SampleEvaluator:
       fakes.append(np.asarray(jnp.round(images * 255).astype(jnp.uint8)))
       labels.append(lab)
     requested = np.concatenate(labels) if self.conditional else None
-    return sample_metrics.evaluate_samples(self.classifier, np.concatenate(fakes), real,
-                                           requested)
+    return sample_metrics.evaluate_samples(self.classifier, np.concatenate(fakes), real, requested)
 
   def floors(self, real, num: int) -> dict:
     """The same metrics of `num` real train images vs the same test features (cached)."""
@@ -141,8 +140,7 @@ class SampleEvaluator:
     """The periodic evaluation: the metrics of config.eval_num_samples EMA samples, computed by
     process 0 alone (`from_process_zero`: `state` is each process's own copy)."""
     num = min(self.config.eval_num_samples, int(test.labels.shape[0]))
-    return from_process_zero(
-        lambda: self.sample_metrics(state, self.real_features(test, num), num))
+    return from_process_zero(lambda: self.sample_metrics(state, self.real_features(test, num), num))
 
   def full_evaluate(self, state, test: data_lib.DeviceData, *, num_samples=10_000, progress=None,
                     **sample_options) -> dict:
@@ -163,5 +161,6 @@ class SampleEvaluator:
     if self.raw:
       raw = self.sample_metrics(state, real, num, use_ema=False, progress=progress,
                                 **sample_options)
-    return {**with_floors(ema, floor), **{f"raw_{k}": v for k, v in raw.items()},
-            "num_samples": num}
+    return {
+        **with_floors(ema, floor), **{f"raw_{k}": v for k, v in raw.items()}, "num_samples": num
+    }

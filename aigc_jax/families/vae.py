@@ -64,12 +64,14 @@ def validate_config(config, need) -> None:
   need(config.latent_dim > 0 and config.hidden_dim > 0, "latent_dim and hidden_dim must be > 0")
   need(0.0 <= config.ema_decay < 1.0,
        f"ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}")
-  need(config.conv_activation in vae_models.ACTIVATIONS,
-       f"conv_activation '{config.conv_activation}' is unknown; choose one of "
-       f"{sorted(vae_models.ACTIVATIONS)}")
-  need(len(config.conv_features) == 2 and min(config.conv_features) > 0,
-       "conv_features must be two positive widths (the encoder's two stride-2 stages, which the "
-       f"decoder runs in reverse), got {tuple(config.conv_features)}")
+  need(
+      config.conv_activation in vae_models.ACTIVATIONS,
+      f"conv_activation '{config.conv_activation}' is unknown; choose one of "
+      f"{sorted(vae_models.ACTIVATIONS)}")
+  need(
+      len(config.conv_features) == 2 and min(config.conv_features) > 0,
+      "conv_features must be two positive widths (the encoder's two stride-2 stages, which the "
+      f"decoder runs in reverse), got {tuple(config.conv_features)}")
   need(config.beta > 0, f"beta must be > 0, got {config.beta}")
   need(config.iwae_samples >= 1, f"iwae_samples must be >= 1, got {config.iwae_samples}")
   need(config.iwae_samples == 1 or config.beta == 1.0,
@@ -85,8 +87,8 @@ def build_model(config, info: data_lib.DatasetInfo) -> vae_models.VAE:
   if config.model == "vae_mlp":
     encoder = vae_models.MLPEncoder((config.hidden_dim,), config.latent_dim, num_classes,
                                     config.torch_init, dtype)
-    decoder = vae_models.MLPDecoder(out_shape, (config.hidden_dim,), num_classes,
-                                    config.torch_init, dtype)
+    decoder = vae_models.MLPDecoder(out_shape, (config.hidden_dim,), num_classes, config.torch_init,
+                                    dtype)
   else:
     features = tuple(config.conv_features)
     encoder = vae_models.ConvEncoder(features, config.hidden_dim, config.latent_dim, num_classes,
@@ -142,9 +144,9 @@ def build(config, info: data_lib.DatasetInfo, total_steps: int = 1) -> Trainable
   num_classes = info.num_classes if net.conditional else 0
   return Trainable(
       init=functools.partial(init, net=net, tx=tx, info=info, config=config),
-      train_step=functools.partial(train_step, net=net, config=config),
-      evaluate=functools.partial(evaluate, net=net, config=config),
-      full_evaluate=functools.partial(full_evaluate, net=net, config=config),
+      train_step=functools.partial(train_step, net=net, config=config), evaluate=functools.partial(
+          evaluate, net=net,
+          config=config), full_evaluate=functools.partial(full_evaluate, net=net, config=config),
       sample=functools.partial(sample, net=net, num_classes=num_classes),
       log_images=functools.partial(log_images, net=net, config=config, num_classes=num_classes),
       best_metric="neg_elbo", best_mode="min", optimizers=(("vae", tx),))
@@ -156,14 +158,13 @@ def init(rng, *, net: Net, tx, info: data_lib.DatasetInfo, config) -> TrainState
   label = jnp.zeros((1,), jnp.int32) if net.conditional else None
   params = net.model.init(jax.random.fold_in(rng, 0), x, jax.random.fold_in(rng, 1), label)
   return TrainState.create(rng, ema_params=params if config.ema_decay > 0 else None,
-                         vae=Player.create(params, tx))
+                           vae=Player.create(params, tx))
 
 
 def per_example_terms(net: Net, params, batch, rng, num_samples: int, axis_name=None):
   """(log p(x|z) (S, B), KL (B,), (z, mean, logvar)) of `num_samples` posterior samples."""
   x = batch["image"]
-  out, mean, logvar, z = net.model.apply(params, x, rng, net.labels(batch), num_samples,
-                                         axis_name)
+  out, mean, logvar, z = net.model.apply(params, x, rng, net.labels(batch), num_samples, axis_name)
   log_lik = _log_likelihood(params, net.likelihood, net.scale, out, x)  # (S, B)
   return log_lik, likelihoods.gaussian_kl(mean, logvar), (z, mean, logvar)
 
@@ -177,14 +178,15 @@ def loss_fn(params, batch, rng, *, net: Net, config, axis_name=None):
     loss = jnp.mean(-log_lik[0] + config.beta * kl)
   else:
     loss = -jnp.mean(likelihoods.iwae_bound(log_lik, z, mean, logvar))
-  return loss, {"loss": loss, "neg_elbo": jnp.mean(neg_elbo), "recon": -jnp.mean(log_lik),
-                "kl": jnp.mean(kl)}
+  return loss, {
+      "loss": loss, "neg_elbo": jnp.mean(neg_elbo), "recon": -jnp.mean(log_lik), "kl": jnp.mean(kl)
+  }
 
 
 def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | None = None):
   """One Adam step on the loss of `batch` (images on the config's scale), and the EMA's."""
-  objective = functools.partial(loss_fn, batch=batch, rng=step_rng(state), net=net,
-                                config=config, axis_name=axis_name)
+  objective = functools.partial(loss_fn, batch=batch, rng=step_rng(state), net=net, config=config,
+                                axis_name=axis_name)
   return single_player_step(state, "vae", objective, config.ema_decay, axis_name)
 
 
@@ -192,8 +194,10 @@ def train_step(state: TrainState, batch, *, net: Net, config, axis_name: str | N
 def eval_sums(params, batch, rng, net: Net):
   log_lik, kl, _ = per_example_terms(net, params, batch, rng, 1)
   m = batch["mask"]
-  return {"neg_elbo": jnp.sum(m * (kl - log_lik[0])), "recon": jnp.sum(m * -log_lik[0]),
-          "kl": jnp.sum(m * kl), "count": jnp.sum(m)}
+  return {
+      "neg_elbo": jnp.sum(m * (kl - log_lik[0])), "recon": jnp.sum(m * -log_lik[0]),
+      "kl": jnp.sum(m * kl), "count": jnp.sum(m)
+  }
 
 
 def evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) -> dict:
@@ -222,8 +226,10 @@ def full_evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, con
   """The periodic metrics as test_*, plus nll_iwae: -log p(x) by k-sample importance sampling."""
   k = iwae_samples or config.eval_iwae_samples
   n = min(iwae_examples or config.eval_iwae_examples, int(test.labels.shape[0]))
-  result = {f"test_{name}": value
-            for name, value in evaluate(state, test, net=net, config=config).items()}
+  result = {
+      f"test_{name}": value
+      for name, value in evaluate(state, test, net=net, config=config).items()
+  }
   subset = data_lib.DeviceData(test.images[:n], test.labels[:n])
   chunk = max(1, min(n, 10_000 // k))  # about 10k decoder evaluations per call
   rng = stream_rng(state, IWAE_STREAM)

@@ -142,8 +142,7 @@ def load(path: str, recipe: Mapping[str, Any]) -> classifier_net.Classifier:
   return classifier_net.Classifier(model, variables, test_accuracy, recipe, path)
 
 
-def load_or_train(dataset: str = "fashion_mnist",
-                  cache_dir: str | os.PathLike[str] | None = None,
+def load_or_train(dataset: str = "fashion_mnist", cache_dir: str | os.PathLike[str] | None = None,
                   recipe: Mapping[str, Any] = classifier_net.RECIPE,
                   progress: bool = True) -> classifier_net.Classifier:
   """The cached classifier for `recipe` on `dataset`; trains and caches it if absent or corrupt."""
@@ -165,8 +164,9 @@ def load_or_train(dataset: str = "fashion_mnist",
     log.info("saved classifier to %s (test accuracy %.4f, %.0f s)", path, info["test_accuracy"],
              info["train_seconds"])
   except OSError as e:  # the metrics go on with it: only the next run pays for the training
-    warnings.warn(f"could not save the classifier in {path} ({e.strerror or e}); it is used "
-                  f"now, and trained again next time: free space there or set {CACHE_ENV} to "
-                  "another directory", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"could not save the classifier in {path} ({e.strerror or e}); it is used "
+        f"now, and trained again next time: free space there or set {CACHE_ENV} to "
+        "another directory", RuntimeWarning, stacklevel=2)
   return classifier_net.Classifier(classifier_net.build_model(recipe), variables,
                                    info["test_accuracy"], recipe, path)

@@ -88,8 +88,7 @@ def recipe_key(recipe: Mapping[str, Any]) -> str:
 def build_model(recipe: Mapping[str, Any]) -> CNN:
   """The (untrained) `CNN` of a resolved recipe, with its dataset's number of classes."""
   info = data_lib.DATASETS[recipe["dataset"]]
-  return CNN(recipe["conv_features"], recipe["dense_features"], info.num_classes,
-             recipe["dropout"])
+  return CNN(recipe["conv_features"], recipe["dense_features"], info.num_classes, recipe["dropout"])
 
 
 def to_input(images) -> np.ndarray:

@@ -30,9 +30,11 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
   """The train state: {'step', 'params', 'opt_state', 'batch_stats', 'rng'} (a plain pytree)."""
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32))
-  return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-          "opt_state": tx.init(variables["params"]), "batch_stats": variables["batch_stats"],
-          "rng": dropout_rng}
+  return {
+      "step": jnp.zeros(
+          (), jnp.int32), "params": variables["params"], "opt_state": tx.init(variables["params"]),
+      "batch_stats": variables["batch_stats"], "rng": dropout_rng
+  }
 
 
 def train_step(model: nn.Module, tx: optax.GradientTransformation, batch_size: int,
@@ -55,9 +57,10 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, batch_size: i
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   accuracy = (logits.argmax(-1) == batch["label"]).mean()
   steps, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], steps),
-               "opt_state": opt_state, "batch_stats": updates["batch_stats"],
-               "rng": state["rng"]}
+  new_state = {
+      "step": state["step"] + 1, "params": optax.apply_updates(state["params"], steps),
+      "opt_state": opt_state, "batch_stats": updates["batch_stats"], "rng": state["rng"]
+  }
   return new_state, {"loss": loss, "accuracy": accuracy}
 
 
@@ -95,8 +98,8 @@ def train(recipe: Mapping[str, Any], progress: bool = True) -> tuple[Any, dict[s
           bar.update((index % LOG_EVERY) + 1)
           bar.set_postfix(epoch=epoch, loss=f"{float(metrics['loss']):.3f}",
                           acc=f"{float(metrics['accuracy']):.3f}")
-  variables = jax.tree.map(np.asarray, {"params": state["params"],
-                                        "batch_stats": state["batch_stats"]})
+  variables = jax.tree.map(np.asarray,
+                           {"params": state["params"], "batch_stats": state["batch_stats"]})
   test_images, test_labels = data_lib.load_split(recipe["dataset"], "test")
   clf = classifier_net.Classifier(model, variables, float("nan"), recipe)
   info = dict(recipe=recipe, key=classifier_net.recipe_key(recipe),

@@ -42,14 +42,10 @@ def mmd2(x: jax.Array, y: jax.Array) -> jax.Array:
 def subset_mmd2(a: jax.Array, b: jax.Array, rows_a: jax.Array, rows_b: jax.Array,
                 batch: int) -> jax.Array:
   """(S,) `mmd2` of the subsets a[rows_a[i]], b[rows_b[i]] ((S, m) rows), `batch` at a time."""
-  return jax.lax.map(lambda rows: mmd2(a[rows[0]], b[rows[1]]), (rows_a, rows_b),
-                     batch_size=batch)
+  return jax.lax.map(lambda rows: mmd2(a[rows[0]], b[rows[1]]), (rows_a, rows_b), batch_size=batch)
 
 
-def kid(features_a,
-        features_b,
-        num_subsets: int = 100,
-        subset_size: int = 1000,
+def kid(features_a, features_b, num_subsets: int = 100, subset_size: int = 1000,
         seed: int = 0) -> tuple[float, float]:
   """Kernel Inception Distance: (mean, std) over subsets of the unbiased MMD^2.
 

@@ -24,15 +24,9 @@ from aigc_jax.metrics import kid as kid_lib
 from aigc_jax.metrics import precision_recall as pr_lib
 
 
-def evaluate_samples(classifier: classifier_net.Classifier,
-                     fake_images_uint8,
-                     real_features,
-                     fake_requested_labels=None,
-                     *,
-                     kid_subsets: int = 100,
-                     kid_subset_size: int = 1000,
-                     k: int = 5,
-                     is_splits: int = 10,
+def evaluate_samples(classifier: classifier_net.Classifier, fake_images_uint8, real_features,
+                     fake_requested_labels=None, *, kid_subsets: int = 100,
+                     kid_subset_size: int = 1000, k: int = 5, is_splits: int = 10,
                      seed: int = 0) -> dict[str, float]:
   """fid, kid (and kid_std), precision, recall, is (and is_std), label_acc when labels are given.
 
@@ -50,8 +44,10 @@ def evaluate_samples(classifier: classifier_net.Classifier,
   precision, recall = pr_lib.precision_recall(real_features, fake_feats, k=k)
   probs = scipy.special.softmax(fake_logits.astype(np.float64), axis=-1)
   is_mean, is_std = is_lib.inception_score(probs, is_splits)
-  out = {"fid": fid_lib.fid(fake_feats, real_features), "kid": kid_mean, "kid_std": kid_std,
-         "precision": precision, "recall": recall, "is": is_mean, "is_std": is_std}
+  out = {
+      "fid": fid_lib.fid(fake_feats, real_features), "kid": kid_mean, "kid_std": kid_std,
+      "precision": precision, "recall": recall, "is": is_mean, "is_std": is_std
+  }
   if fake_requested_labels is not None:
     out["label_acc"] = is_lib.label_accuracy(fake_logits, fake_requested_labels)
   return out
@@ -60,8 +56,8 @@ def evaluate_samples(classifier: classifier_net.Classifier,
 def floor_rows(num_images: int, num_train: int, seed: int = 0) -> np.ndarray:
   """The sorted rows of the train subset `floors` scores: `num_train` of `num_images` (at most
   all), drawn without replacement with `np.random.default_rng(seed)`."""
-  return np.sort(np.random.default_rng(seed).choice(num_images, min(num_train, num_images),
-                                                    replace=False))
+  return np.sort(
+      np.random.default_rng(seed).choice(num_images, min(num_train, num_images), replace=False))
 
 
 def _floors_file(classifier: classifier_net.Classifier, images: np.ndarray, real: np.ndarray,
@@ -110,14 +106,8 @@ def _write_floors(path: str, out: dict[str, float]) -> None:
     warnings.warn(f"could not cache floors in {path} ({e})", RuntimeWarning, stacklevel=3)
 
 
-def floors(classifier: classifier_net.Classifier,
-           train_images,
-           real_features,
-           train_labels=None,
-           *,
-           num_train: int = 10_000,
-           seed: int = 0,
-           **kwargs) -> dict[str, float]:
+def floors(classifier: classifier_net.Classifier, train_images, real_features, train_labels=None, *,
+           num_train: int = 10_000, seed: int = 0, **kwargs) -> dict[str, float]:
   """`evaluate_samples` of a real-train subset (as the fakes) vs `real_features`: the floors.
 
   What a generator that draws real images would score: the scale a model's metrics are read on.

@@ -162,8 +162,9 @@ class DCGANGenerator(nn.Module):
       raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
 
     def bn_relu(h):
-      return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                  axis_name=axis_name, dtype=self.dtype)(h))
+      return nn.relu(
+          nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       axis_name=axis_name, dtype=self.dtype)(h))
 
     def up(h, features, name):
       return _upsample(h, features, self.upsample, name, self.dtype, self.transpose_impl,

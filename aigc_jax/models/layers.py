@@ -69,14 +69,19 @@ class TransposeUpsample(nn.Module):
     if self.impl not in TRANSPOSE_IMPLS:
       raise ValueError(f"TransposeUpsample impl must be one of {TRANSPOSE_IMPLS}, got "
                        f"{self.impl!r}")
-    inits = {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
-             **init_kwargs(self.torch_init, 16 * self.features)}
+    inits = {
+        "kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
+        **init_kwargs(self.torch_init, 16 * self.features)
+    }
     bias = self.param("bias", inits["bias_init"], (self.features,)).astype(self.dtype)
     if self.impl == "conv_transpose":
-      kernel = self.param("Conv_0", lambda key: {"kernel": inits["kernel_init"](
-          key, (2, 2, x.shape[-1], 4 * self.features))})["kernel"]
-      y = jax.lax.conv_transpose(x.astype(self.dtype), transpose_kernel(kernel).astype(self.dtype),
-                                 (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      kernel = self.param(
+          "Conv_0",
+          lambda key: {"kernel": inits["kernel_init"]
+                                 (key, (2, 2, x.shape[-1], 4 * self.features))})["kernel"]
+      y = jax.lax.conv_transpose(x.astype(self.dtype),
+                                 transpose_kernel(kernel).astype(self.dtype), (2, 2), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
       return y + bias
     # explicit padding: a padded 2x2 conv's gradient is slow
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -159,8 +164,8 @@ def _conv_fwd(x, w, conv_args):
 
 def _conv_bwd(conv_args, residuals, g):
   x, w = residuals
-  return (_conv_transpose(w, g, conv_args, 0, x.shape),
-          _conv_transpose(x, g, conv_args, 1, w.shape))
+  return (_conv_transpose(w, g, conv_args, 0,
+                          x.shape), _conv_transpose(x, g, conv_args, 1, w.shape))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -51,8 +51,9 @@ class MLPEncoder(nn.Module):
     for width in self.hidden_dims:
       h = nn.relu(_dense(width, h.shape[-1], self.torch_init, dtype=self.dtype)(h))
     fan_in = h.shape[-1]
-    return _f32(_dense(self.latent_dim, fan_in, self.torch_init, "mean", self.dtype)(h),
-                _dense(self.latent_dim, fan_in, self.torch_init, "logvar", self.dtype)(h))
+    return _f32(
+        _dense(self.latent_dim, fan_in, self.torch_init, "mean", self.dtype)(h),
+        _dense(self.latent_dim, fan_in, self.torch_init, "logvar", self.dtype)(h))
 
 
 class MLPDecoder(nn.Module):
@@ -101,8 +102,9 @@ class ConvEncoder(nn.Module):
     h = act(nn.Conv(self.features[-1], (3, 3), padding="SAME", dtype=dtype)(h))  # cheap at H/4
     h = _with_label(h.reshape(h.shape[0], -1), label, self.num_classes)
     h = act(nn.Dense(self.hidden_dim, dtype=dtype)(h))
-    return _f32(nn.Dense(self.latent_dim, name="mean", dtype=dtype)(h),
-                nn.Dense(self.latent_dim, name="logvar", dtype=dtype)(h))
+    return _f32(
+        nn.Dense(self.latent_dim, name="mean", dtype=dtype)(h),
+        nn.Dense(self.latent_dim, name="logvar", dtype=dtype)(h))
 
 
 class ConvDecoder(nn.Module):

@@ -29,19 +29,22 @@ from aigc_jax import workdir as workdir_lib  # noqa: E402
 
 
 def start(idx_dir: str, workdir: str, steps: int) -> subprocess.Popen:
-  args = [sys.executable, os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py"),
-          "--workdir", workdir, f"--config.idx_dir={idx_dir}", "--config.batch_size=32",
-          "--config.hidden_dim=32", "--config.latent_dim=4", "--config.progress_bar=False",
-          "--config.log_every_steps=4", f"--config.eval_every_steps={steps}",
-          "--config.checkpoint_every_steps=8", "--config.steps_per_call=4",
-          "--config.eval_batch_size=50", f"--config.num_train_steps={steps}"]
+  args = [
+      sys.executable,
+      os.path.join(ROOT, "experiments", "vae_mlp_fashion_mnist.py"), "--workdir", workdir,
+      f"--config.idx_dir={idx_dir}", "--config.batch_size=32", "--config.hidden_dim=32",
+      "--config.latent_dim=4", "--config.progress_bar=False", "--config.log_every_steps=4",
+      f"--config.eval_every_steps={steps}", "--config.checkpoint_every_steps=8",
+      "--config.steps_per_call=4", "--config.eval_batch_size=50",
+      f"--config.num_train_steps={steps}"
+  ]
   return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def saved_steps(workdir: str) -> list[int]:
   directory = workdir_lib.checkpoint_dir(workdir)
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
-      directory) else []
+  return sorted(
+      int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
 
 
 def arrays(workdir: str):
@@ -70,13 +73,15 @@ def main() -> int:
       time.sleep(moment)
       process.kill()
       process.wait()
-      print(f"kill {kill + 1}: {moment:.2f} s after its first checkpoint; resumed from step "
-            f"{before}, checkpoints now {saved_steps(killed)}", flush=True)
+      print(
+          f"kill {kill + 1}: {moment:.2f} s after its first checkpoint; resumed from step "
+          f"{before}, checkpoints now {saved_steps(killed)}", flush=True)
     process = start(idx_dir, killed, args.steps)
     _, err = process.communicate()
     assert process.returncode == 0, err[-2000:]
-    same = jax.tree_util.tree_all(jax.tree_util.tree_map(
-        lambda a, b: bool(np.array_equal(a, b)), arrays(killed), arrays(unbroken)))
+    same = jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)), arrays(killed),
+                               arrays(unbroken)))
     print(f"resumed run after {args.kills} kills ends bitwise equal to the unbroken run: {same}")
     return 0 if same else 1
 

@@ -27,16 +27,17 @@ from probe_lab import worst
 
 SIGNAL_STEPS = 600  # about 10 s of training after about 5 s of starting
 
-
 # -- sweeps: a plain run in a member's folder -----------------------------------------------------
 
+
 def sweep_args(lab: Lab, workdir: str, steps: int = 16) -> list[str]:
-  return (lab.module_args("sweep", os.path.join("experiments", "vae_mlp_fashion_mnist.py"))
-          + lab.train_args(workdir, steps)[2:] + ["--vary", "learning_rate=1e-3,2e-3"])
+  return (lab.module_args("sweep", os.path.join("experiments", "vae_mlp_fashion_mnist.py")) +
+          lab.train_args(workdir, steps)[2:] + ["--vary", "learning_rate=1e-3,2e-3"])
 
 
-@probe("sweep_member_plain_run", "the plain run refused (exit 2, one line) while the sweep runs "
-       "and after; the sweep exits 0, its member's records not doubled")
+@probe(
+    "sweep_member_plain_run", "the plain run refused (exit 2, one line) while the sweep runs "
+    "and after; the sweep exits 0, its member's records not doubled")
 def _sweep_member(lab: Lab) -> Result:
   workdir = lab.path("sweep")
   member = os.path.join(workdir, "members", "00")
@@ -54,6 +55,7 @@ def _sweep_member(lab: Lab) -> Result:
 
 
 # -- stop signals --------------------------------------------------------------------------------
+
 
 def stopped(done, signum: int) -> Result:
   """OK for exit 128 + signum with one line saying so, and nothing noisy."""
@@ -94,28 +96,34 @@ def signal_run(lab: Lab, args: list[str], workdir: str, signum: int, at: float,
     return result
   result = kept(lab, workdir, result)
   resumed = judge(lab.run(args), 0)
-  want = lab.once("signal_reference_loaded", lambda: lab.loaded(
-      lab.trained("signal_reference", SIGNAL_STEPS), "latest")["latest"])
+  want = lab.once(
+      "signal_reference_loaded",
+      lambda: lab.loaded(lab.trained("signal_reference", SIGNAL_STEPS), "latest")["latest"])
   got = lab.loaded(workdir, "latest")["latest"]
   if got != want:
-    resumed = worst(resumed, Result("SILENT-WRONG", f"resumed to step {got[0]}, not bitwise the "
-                                    f"unbroken run's step {want[0]}"))
+    resumed = worst(
+        resumed,
+        Result("SILENT-WRONG", f"resumed to step {got[0]}, not bitwise the "
+               f"unbroken run's step {want[0]}"))
   return worst(result, resumed)
 
 
 def _signal_probe(signum: int, at: float, **kw):
+
   def run(lab: Lab) -> Result:
     workdir = lab.path("signal")
     return signal_run(lab, lab.train_args(workdir, SIGNAL_STEPS), workdir, signum, at, **kw)
+
   return run
 
 
 for _sig in (signal.SIGINT, signal.SIGTERM):
   for _at in (0.5, 1, 2, 3, 5, 10):
     for _try in ("ab" if _sig == signal.SIGINT else "a"):
-      probe(f"{_sig.name.lower()}_at_{_at}s_{_try}", "exit 128+signal, one line; nothing "
-            "half-made, or checkpoints that load and resume bitwise",
-            fast=_at == 1 and _try == "a")(_signal_probe(_sig, _at))
+      probe(
+          f"{_sig.name.lower()}_at_{_at}s_{_try}", "exit 128+signal, one line; nothing "
+          "half-made, or checkpoints that load and resume bitwise", fast=_at == 1 and
+          _try == "a")(_signal_probe(_sig, _at))
   probe(f"{_sig.name.lower()}_after_first_checkpoint", "exit 128+signal, one line; resumes "
         "bitwise")(_signal_probe(_sig, 0.3, after=saved_steps))
 probe("sigint_twice_after_first_checkpoint", "exit 130 at once, one line; the checkpoints load, "
@@ -166,22 +174,24 @@ def _sigint_at_the_end(lab: Lab) -> Result:
 
 @probe("sigint_evaluate_during_nll_iwae", "exit 130, one line")
 def _sigint_evaluate(lab: Lab) -> Result:
-  args = lab.module_args("evaluate", "--workdir", lab.trained("base", BASE_STEPS),
-                         "--iwae_samples", "200000", "--iwae_examples", "64")
+  args = lab.module_args("evaluate", "--workdir", lab.trained("base", BASE_STEPS), "--iwae_samples",
+                         "200000", "--iwae_examples", "64")
   return command_signal(lab, args, "nll_iwae", 0.5)
 
 
 for _at, _what in ((0.3, "sampling"), (6, "writing")):
+
   def _sigint_sample(lab: Lab, at=_at) -> Result:
     out = os.path.join(lab.folder("sample"), "s.npz")
     args = lab.module_args("sample", "--workdir", lab.trained("base", BASE_STEPS), "--num",
                            "300000", "--out", out)
     return command_signal(lab, args, "sample.py", at, out)
+
   probe(f"sigint_sample_while_{_what}", "exit 130, one line; no --out file, no temporary file",
         fast=_at < 1)(_sigint_sample)
 
-
 # -- a full disk, immutable files, too little memory ----------------------------------------------
+
 
 def tmpfs(lab: Lab, kib: int, fill: bool = True) -> str | None:
   """A new tmpfs of `kib` KiB (None where it cannot be mounted), filled up unless not `fill`."""
@@ -229,6 +239,7 @@ def _disk_resume(lab: Lab) -> Result:
 
 
 for _kib in (600, 1000, 1400):
+
   def _disk_mid(lab: Lab, kib=_kib) -> Result:
     disk = tmpfs(lab, kib, fill=False)
     if disk is None:
@@ -236,6 +247,7 @@ for _kib in (600, 1000, 1400):
     workdir = os.path.join(disk, "run")
     done = lab.run(lab.train_args(workdir, 40))
     return kept(lab, workdir, judge(done), done.code)
+
   probe(f"disk_full_mid_run_{_kib}k", "exit 2, one line naming the file; the checkpoints saved "
         "load, no partial file")(_disk_mid)
 
@@ -246,8 +258,9 @@ def _disk_sample(lab: Lab) -> Result:
   if disk is None:
     return Result("SKIP", "mount -t tmpfs does not work here")
   out = os.path.join(disk, "s.npz")
-  done = lab.run(lab.module_args("sample", "--workdir", lab.trained("base", BASE_STEPS), "--num",
-                                 "64", "--out", out))
+  done = lab.run(
+      lab.module_args("sample", "--workdir", lab.trained("base", BASE_STEPS), "--num", "64",
+                      "--out", out))
   return kept(lab, disk, judge(done, says=("s.npz",)), done.code)
 
 
@@ -261,6 +274,7 @@ IMMUTABLE = {  # probe -> (path in a copy of the base run made immutable, what t
     "immutable_workdir": ("", "writ"),
 }
 for _name, (_path, _says) in IMMUTABLE.items():
+
   def _immutable(lab: Lab, path=_path, says=_says) -> Result:
     workdir = lab.copy_base("immutable")
     if subprocess.run(["chattr", "+i", os.path.join(workdir, path)], capture_output=True,
@@ -269,6 +283,7 @@ for _name, (_path, _says) in IMMUTABLE.items():
     done = lab.run(lab.train_args(workdir, BASE_STEPS + 8))
     subprocess.run(["chattr", "-R", "-i", workdir], capture_output=True, check=False)
     return kept(lab, workdir, judge(done, says=(says,)), done.code)
+
   probe(_name, "exit 2, one line naming it; the checkpoints still load",
         fast=_name == "immutable_lock")(_immutable)
 
@@ -276,9 +291,12 @@ for _name, (_path, _says) in IMMUTABLE.items():
 @probe("oom_dcgan_batch_60000_ulimit_3gb", "exit 2, one line: what ran out, what to lower")
 def _oom_dcgan(lab: Lab) -> Result:
   idx = lab.once("idx_60000", lambda: make_idx(os.path.join(lab.root, "idx_60000"), 60000, 1000))
-  args = [sys.executable, os.path.join(ROOT, "experiments", "dcgan_fashion_mnist.py"),
-          "--workdir", lab.path("oom"), f"--config.idx_dir={idx}", "--config.batch_size=60000",
-          "--config.num_train_steps=2", "--config.progress_bar=False"]
+  args = [
+      sys.executable,
+      os.path.join(ROOT, "experiments", "dcgan_fashion_mnist.py"), "--workdir",
+      lab.path("oom"), f"--config.idx_dir={idx}", "--config.batch_size=60000",
+      "--config.num_train_steps=2", "--config.progress_bar=False"
+  ]
   done = lab.run(args, memory=3_000_000_000, env={"AIGC_JAX_CACHE": lab.classifier_cache()})
   return judge(done, says=("memory", "lower"))
 
@@ -286,12 +304,14 @@ def _oom_dcgan(lab: Lab) -> Result:
 @probe("oom_sample_num_ulimit_3gb", "exit 2, one line: what ran out, what to lower", fast=True)
 def _oom_sample(lab: Lab) -> Result:
   out = os.path.join(lab.folder("sample"), "s.npz")
-  done = lab.run(lab.module_args("sample", "--workdir", lab.trained("base", BASE_STEPS), "--num",
-                                 "20000000", "--out", out), memory=3_000_000_000)
+  done = lab.run(
+      lab.module_args("sample", "--workdir", lab.trained("base", BASE_STEPS), "--num", "20000000",
+                      "--out", out), memory=3_000_000_000)
   return judge(done, says=("memory", "--num"))
 
 
 # -- stderr noise on success, metrics.jsonl and plots ----------------------------------------------
+
 
 @probe("sample_while_training_saves", "every sample exits 0 with nothing noisy on stderr")
 def _sample_while_training(lab: Lab) -> Result:
@@ -314,13 +334,16 @@ def _metrics_garbage(lab: Lab) -> Result:
   workdir = lab.copy_base("metrics")
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('\n\x00\xff garbage\n{"step": "x", "split": "train", "loss": [1]}\n[1, 2]\n')
-  plotted = judge(lab.run(lab.module_args("plot", "--workdir", workdir, "--split", "train",
-                                          "--out", os.path.join(workdir, "c.png"))), 0)
+  plotted = judge(
+      lab.run(
+          lab.module_args("plot", "--workdir", workdir, "--split", "train", "--out",
+                          os.path.join(workdir, "c.png"))), 0)
   return worst(plotted, judge(lab.run(lab.train_args(workdir, BASE_STEPS + 8)), 0))
 
 
 @probe("plot_without_metrics", "exit 2, one line", fast=True)
 def _plot_empty(lab: Lab) -> Result:
   workdir = lab.folder("empty")
-  return judge(lab.run(lab.module_args("plot", "--workdir", workdir, "--out",
-                                       os.path.join(workdir, "c.png"))), says=("metrics.jsonl",))
+  return judge(
+      lab.run(lab.module_args("plot", "--workdir", workdir, "--out",
+                              os.path.join(workdir, "c.png"))), says=("metrics.jsonl",))

@@ -22,9 +22,10 @@ from probe_lab import worst
 
 # -- malformed IDX files: a training run on a copy of the data with one file replaced ----------
 
+
 def idx_header(dims: tuple[int, ...], payload: int, code: int = 8) -> bytes:
-  return (bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
-          + bytes(payload))
+  return (bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims) +
+          bytes(payload))
 
 
 IDX_FILES = {  # probe -> (train-images' content, what the one line names)
@@ -36,12 +37,14 @@ IDX_FILES = {  # probe -> (train-images' content, what the one line names)
     "idx_gzip_garbage": (b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4, "images"),
 }
 for _name, (_content, _says) in IDX_FILES.items():
+
   def _idx_probe(lab: Lab, content: bytes = _content, says: str = _says) -> Result:
     bad = shutil.copytree(lab.idx, lab.path("idx"))
     with open(os.path.join(bad, "train-images-idx3-ubyte"), "wb") as f:
       f.write(content)
     return refused_fresh(lab, lambda w: lab.train_args(w, 8, f"--config.idx_dir={bad}"),
                          says=(says,))
+
   probe(_name, "exit 2, one line naming the problem; no workdir left", fast=True)(_idx_probe)
 
 
@@ -54,6 +57,7 @@ def _labels_short(lab: Lab) -> Result:
 
 # -- --samples files that evaluate cannot score ---------------------------------------------------
 
+
 def _npy_as_npz(lab: Lab, path: str) -> None:
   with open(path, "wb") as f:
     np.save(f, np.zeros((64, 28, 28), np.uint8))
@@ -62,8 +66,8 @@ def _npy_as_npz(lab: Lab, path: str) -> None:
 def _cut(lab: Lab, path: str, keep: float = 0.5, flip: bool = False) -> None:
   data = bytearray(open(lab.samples(), "rb").read())
   if flip:  # inside the stored (uncompressed) array: only its CRC tells
-    data[len(data) // 2:len(data) // 2 + 64] = bytes(255 - b for b in
-                                                     data[len(data) // 2:len(data) // 2 + 64])
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(
+        255 - b for b in data[len(data) // 2:len(data) // 2 + 64])
   with open(path, "wb") as f:
     f.write(bytes(data[:int(len(data) * keep)]))
 
@@ -76,26 +80,36 @@ def _declared_10gb(lab: Lab, path: str) -> None:
 
 
 SAMPLES_FILES = {
-    "samples_npy_named_npz": _npy_as_npz,
-    "samples_truncated_npz": _cut,
-    "samples_crc_corrupt_npz": lambda lab, path: _cut(lab, path, keep=1.0, flip=True),
-    "samples_declares_10gb_under_ulimit": _declared_10gb,
-    "samples_zero_bytes": lambda lab, path: open(path, "wb").close(),
-    "samples_float_images": lambda lab, path: np.savez(path, images=np.zeros((64, 28, 28))),
-    "samples_labels_out_of_range": lambda lab, path: np.savez(
-        path, images=np.zeros((64, 28, 28), np.uint8), labels=np.full(64, 12)),
-    "samples_is_a_folder": lambda lab, path: os.makedirs(path),
+    "samples_npy_named_npz":
+        _npy_as_npz,
+    "samples_truncated_npz":
+        _cut,
+    "samples_crc_corrupt_npz":
+        lambda lab, path: _cut(lab, path, keep=1.0, flip=True),
+    "samples_declares_10gb_under_ulimit":
+        _declared_10gb,
+    "samples_zero_bytes":
+        lambda lab, path: open(path, "wb").close(),
+    "samples_float_images":
+        lambda lab, path: np.savez(path, images=np.zeros((64, 28, 28))),
+    "samples_labels_out_of_range":
+        lambda lab, path: np.savez(path, images=np.zeros(
+            (64, 28, 28), np.uint8), labels=np.full(64, 12)),
+    "samples_is_a_folder":
+        lambda lab, path: os.makedirs(path),
 }
 for _name, _write in SAMPLES_FILES.items():
+
   def _samples_probe(lab: Lab, write=_write, name=_name) -> Result:
     path = os.path.join(lab.folder(name), "s.npz")
     write(lab, path)
     memory = 3_000_000_000 if "ulimit" in name else None
     return judge(lab.run(lab.module_args("evaluate", "--samples", path), memory=memory))
+
   probe(_name, "exit 2, one error line", fast=True)(_samples_probe)
 
-
 # -- a run's config.json and a sweep's sweep.json, edited by hand ---------------------------------
+
 
 def _edit_config(workdir: str, change) -> None:
   path = os.path.join(workdir, "config.json")
@@ -120,13 +134,15 @@ CONFIG_EDITS = {  # probe -> (change of the saved values, the key the line names
                                              "train"),
 }
 for _name, (_change, _key, _command) in CONFIG_EDITS.items():
+
   def _config_probe(lab: Lab, change=_change, key=_key, command=_command) -> Result:
     workdir = lab.copy_base("edited")
     _edit_config(workdir, change)
-    args = (lab.train_args(workdir, BASE_STEPS + 8) if command == "train" else
-            lab.module_args(command, "--workdir", workdir, *(
-                ["--num", "4", "--out", os.path.join(workdir, "s.npz")] * (command == "sample"))))
+    args = (lab.train_args(workdir, BASE_STEPS + 8) if command == "train" else lab.module_args(
+        command, "--workdir", workdir,
+        *(["--num", "4", "--out", os.path.join(workdir, "s.npz")] * (command == "sample"))))
     return judge(lab.run(args), says=(key,))
+
   probe(_name, "exit 2, one line naming config.json's key", fast=True)(_config_probe)
 
 
@@ -143,11 +159,13 @@ SWEEP_FILES = {
     "sweep_json_no_members": lambda lab: _sweep_spec(lab, {"learning_rate": []}),
 }
 for _name, _text in SWEEP_FILES.items():
+
   def _sweep_probe(lab: Lab, text=_text) -> Result:
     workdir = lab.folder("sweep")
     with open(os.path.join(workdir, "sweep.json"), "w") as f:
       f.write(text(lab))
     return judge(lab.run(lab.module_args("sweep", "--workdir", workdir)), says=("sweep.json",))
+
   probe(_name, "exit 2, one line naming sweep.json", fast=True)(_sweep_probe)
 
 
@@ -160,11 +178,13 @@ def _sweep_link(lab: Lab) -> Result:
 
 # -- checkpoints damaged or moved: sampling "latest" must not take them for what they claim -----
 
+
 def _sample_latest(lab: Lab, workdir: str, bad: int | None) -> Result:
   """Samples `workdir`'s latest checkpoint: SILENT-WRONG when it claims step `bad`."""
   out = os.path.join(workdir, "s.npz")
-  done = lab.run(lab.module_args("sample", "--workdir", workdir, "--num", "4", "--out", out,
-                                 "--checkpoint", "latest"))
+  done = lab.run(
+      lab.module_args("sample", "--workdir", workdir, "--num", "4", "--out", out, "--checkpoint",
+                      "latest"))
   if done.code == 0 and f"from step {bad} " in done.out and not done.noise():
     return Result("SILENT-WRONG", f"sampled the damaged checkpoint {bad}; {done.summary()}")
   return judge(done, 0) if done.code == 0 else judge(done)
@@ -210,10 +230,12 @@ CHECKPOINT_DAMAGE = {  # probe -> damage to checkpoint 24 (of 8, 16, 24); * keep
                                                  "{x"),
 }
 for _name, _damage in CHECKPOINT_DAMAGE.items():
+
   def _damage_probe(lab: Lab, damage=_damage, state_kept=_name.endswith("*")) -> Result:
     workdir = lab.copy_base("damaged")
     damage(workdir)
     return _sample_latest(lab, workdir, None if state_kept else BASE_STEPS)
+
   _from = "24 (its state is intact)" if _name.endswith("*") else "16 (24 skipped)"
   probe(_name.rstrip("*"), f"exit 0 from step {_from}, or exit 2, one line",
         fast=True)(_damage_probe)
@@ -238,25 +260,28 @@ FORMATS = {  # probe -> (checkpoint 24's format, a config.json change that the s
     "ckpt_format_1_of_another_model": (None, lambda v: v.update(hidden_dim=64)),
 }
 for _name, (_format, _change) in FORMATS.items():
+
   def _format_probe(lab: Lab, value=_format, change=_change) -> Result:
     workdir = lab.copy_base("format")
     _set_format(workdir, value)
     if change:
       _edit_config(workdir, change)
     out = os.path.join(workdir, "s.npz")
-    done = lab.run(lab.module_args("sample", "--workdir", workdir, "--num", "4", "--out", out,
-                                   "--step", str(BASE_STEPS)))
+    done = lab.run(
+        lab.module_args("sample", "--workdir", workdir, "--num", "4", "--out", out, "--step",
+                        str(BASE_STEPS)))
     return judge(done, says=("format",))
+
   probe(_name, "exit 2, one line naming the checkpoint's format and this one's",
         fast=True)(_format_probe)
 
-
 # -- the classifier cache: edited or unwritable ---------------------------------------------------
+
 
 def _cache_copy(lab: Lab, with_floors: bool = True) -> tuple[str, str]:
   """(a copy of the stand-in cache, its classifier folder); with the floors the baseline wrote."""
-  source = lab.once("cache_baseline", lambda: _baseline(lab))[0] if with_floors else (
-      lab.classifier_cache())
+  source = lab.once("cache_baseline",
+                    lambda: _baseline(lab))[0] if with_floors else (lab.classifier_cache())
   cache = shutil.copytree(source, lab.path("cache"))
   return cache, os.path.dirname(glob.glob(os.path.join(cache, "classifier", "*", "info.json"))[0])
 
@@ -282,8 +307,11 @@ def _evaluate_with(lab: Lab, cache: str, warned: str) -> Result:
   got, want = json.loads(done.out.strip().splitlines()[-1]), lab.made["cache_baseline"][1]
   if warned not in done.err:
     same = {k: got.get(k) == v for k, v in want.items()}
-    return worst(result, Result("SILENT-WRONG", f"used without a warning; fid {got.get('fid')} "
-                                f"(clean: {want.get('fid')}), unchanged: {all(same.values())}"))
+    return worst(
+        result,
+        Result(
+            "SILENT-WRONG", f"used without a warning; fid {got.get('fid')} "
+            f"(clean: {want.get('fid')}), unchanged: {all(same.values())}"))
   if warned != "retrain" and got != want:
     return worst(result, Result("SILENT-WRONG", f"fid {got.get('fid')}, clean {want.get('fid')}"))
   return result
@@ -295,8 +323,9 @@ def _floors_edited(lab: Lab) -> Result:
   for path in glob.glob(os.path.join(folder, "floors-*.json")):
     with open(path) as f:
       saved = json.load(f)
-    saved["floors"] = {k: v * 1.5 if isinstance(v, float) else v for k, v in
-                       saved["floors"].items()}
+    saved["floors"] = {
+        k: v * 1.5 if isinstance(v, float) else v for k, v in saved["floors"].items()
+    }
     _write(path, json.dumps(saved))
   return _evaluate_with(lab, cache, "floors")
 

@@ -36,10 +36,12 @@ from helpers import write_blobs  # noqa: E402  (tests/)
 VERDICTS = ("INSECURE", "SILENT-WRONG", "TRACEBACK", "OTHER", "OK", "SKIP")
 EXIT_ERROR = 2
 BASE_STEPS = 24  # the base run: checkpoints 8, 16 and 24, evaluated at 24
-TINY = ["--config.batch_size=32", "--config.hidden_dim=32", "--config.latent_dim=4",
-        "--config.progress_bar=False", "--config.steps_per_call=4", "--config.eval_batch_size=50",
-        "--config.checkpoint_every_steps=8", "--config.num_sample_images=16",
-        "--config.eval_iwae_samples=20", "--config.eval_iwae_examples=10"]
+TINY = [
+    "--config.batch_size=32", "--config.hidden_dim=32", "--config.latent_dim=4",
+    "--config.progress_bar=False", "--config.steps_per_call=4", "--config.eval_batch_size=50",
+    "--config.checkpoint_every_steps=8", "--config.num_sample_images=16",
+    "--config.eval_iwae_samples=20", "--config.eval_iwae_examples=10"
+]
 NOISE = ("Traceback (most recent call last)", "Exception ignored", "Fatal Python error",
          "Check failure stack trace", "Event loop is closed")
 
@@ -75,8 +77,11 @@ class Done:
     """The line that says most: the first `error:` line, else a crash's, else stdout's last
     line, else stderr's last line that is not a log line."""
     err = self.err.splitlines()
-    crash = [line for line in err if line.startswith(("F1", "Fatal Python error"))
-             or re.match(r"\w*(Error|Exception)\b", line)] if self.noise() else []
+    crash = [
+        line for line in err
+        if line.startswith(("F1",
+                            "Fatal Python error")) or re.match(r"\w*(Error|Exception)\b", line)
+    ] if self.noise() else []
     out = [line for line in self.out.splitlines() if line.strip()][-1:]
     rest = [line for line in err if line.strip() and line[:2] not in ("I1", "W1")][-1:]
     line = (self.errors() + crash + out + rest + ["(no output)"])[0]
@@ -160,8 +165,7 @@ def _is_json(line: bytes) -> bool:
 
 def saved_steps(workdir: str) -> list[int]:
   folder = os.path.join(workdir, "checkpoints")
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(
-      folder) else []
+  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
 
 
 def make_idx(directory: str, train: int = 256, test: int = 64) -> str:
@@ -190,7 +194,6 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)
 if int(sys.argv[1]):
   resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2)
 os.execv(sys.argv[2], sys.argv[2:])"""
-
 
 LOADER = """import hashlib, json, sys
 import jax, numpy as np
@@ -222,11 +225,18 @@ class Lab:
     with open(self.victim, "w") as f:
       f.write("DATA\n")
     self.cache = os.path.join(root, "cache")  # AIGC_JAX_CACHE: no classifier until asked for
-    self.env = {**os.environ, "JAX_PLATFORMS": "cpu", "AIGC_JAX_IDX_DIR": self.idx,
-                "AIGC_JAX_CACHE": self.cache, "PYTHONUNBUFFERED": "1",
-                "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR")
-                or os.path.join(root, "jax_cache"),
-                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "XLA_FLAGS": xla_flags()}
+    self.env = {
+        **os.environ, "JAX_PLATFORMS":
+            "cpu", "AIGC_JAX_IDX_DIR":
+                self.idx, "AIGC_JAX_CACHE":
+                    self.cache, "PYTHONUNBUFFERED":
+                        "1",
+        "JAX_COMPILATION_CACHE_DIR":
+            os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(root, "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS":
+            "0", "XLA_FLAGS":
+                xla_flags()
+    }
     self.made: dict[str, object] = {}
     self.mounts: list[str] = []
     self._count = 0
@@ -247,9 +257,12 @@ class Lab:
 
   def train_args(self, workdir: str, steps: int = BASE_STEPS, *extra: str,
                  experiment: str = "vae_mlp_fashion_mnist") -> list[str]:
-    return [sys.executable, os.path.join(ROOT, "experiments", f"{experiment}.py"), "--workdir",
-            workdir, *TINY, "--config.log_every_steps=4", f"--config.eval_every_steps={steps}",
-            f"--config.num_train_steps={steps}", *extra]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "experiments",
+                     f"{experiment}.py"), "--workdir", workdir, *TINY, "--config.log_every_steps=4",
+        f"--config.eval_every_steps={steps}", f"--config.num_train_steps={steps}", *extra
+    ]
 
   def module_args(self, module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"aigc_jax.{module}", *args]
@@ -261,8 +274,9 @@ class Lab:
     space, through a small exec wrapper (no fork of this process's threads); stdout and stderr
     go to files (read by `finish`)."""
     out, err = (tempfile.TemporaryFile("w+", dir=self.root) for _ in range(2))
-    process = subprocess.Popen([sys.executable, "-c", WRAPPER, str(memory or 0), *args], cwd=ROOT,
-                               env={**self.env, **(env or {})}, stdout=out, stderr=err, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, str(memory or 0), *args], cwd=ROOT,
+        env={**self.env, **(env or {})}, stdout=out, stderr=err, text=True)
     process.files, process.began = (out, err), time.time()
     return process
 
@@ -301,12 +315,14 @@ class Lab:
 
   def trained(self, name: str, steps: int, *extra: str) -> str:
     """A finished run of `steps` steps (one of the `made`, not to be changed)."""
+
     def make():
       workdir = os.path.join(self.root, name)
       done = self.run(self.train_args(workdir, steps, *extra))
       if done.code != 0:
         raise RuntimeError(f"the {name} run failed: {done.err[-3000:]}")
       return workdir
+
     return self.once(name, make)
 
   def copy_base(self, name: str) -> str:
@@ -318,12 +334,14 @@ class Lab:
   def classifier_cache(self) -> str:
     """A classifier cache holding a quick stand-in for the metrics' classifier (1 epoch on the
     lab's 256 images), filed under the default recipe; copy it before changing it."""
+
     def make():
       cache = os.path.join(self.root, "stand_in_cache")
       done = self.run([sys.executable, "-c", STAND_IN], env={"AIGC_JAX_CACHE": cache})
       if done.code != 0:
         raise RuntimeError(f"the stand-in classifier failed: {done.err[-3000:]}")
       return cache
+
     return self.once("stand_in_cache", make)
 
   def samples(self, name: str = "samples.npz", **arrays) -> str:
@@ -356,9 +374,11 @@ PROBES: list[Probe] = []
 
 def probe(name: str, expected: str, fast: bool = False):
   """Registers the decorated `f(lab) -> Result` as a probe."""
+
   def register(f):
     PROBES.append(Probe(name, expected, f, fast))
     return f
+
   return register
 
 

@@ -60,10 +60,12 @@ PLANTED = {  # probe -> (what is planted in a new workdir, what the one line nam
                                                          "w").close(), "checkpoints"),
 }
 for _name, (_plant, _says) in PLANTED.items():
+
   def _planted(lab: Lab, plant=_plant, says=_says) -> Result:
     workdir = lab.folder("planted")
     plant(lab, workdir)
     return either(lab.run(lab.train_args(workdir)), says=(says,))
+
   probe(_name, "targets untouched; exit 0, or exit 2, one line naming it",
         fast=_name == "symlink_lock")(_planted)
 
@@ -87,6 +89,7 @@ def _long_path(lab: Lab) -> Result:
 
 
 # -- the command ---------------------------------------------------------------------------------
+
 
 def run_probe(lab: Lab, p: Probe) -> Result:
   """`p`'s result, INSECURE when a guarded file changed meanwhile."""
@@ -116,8 +119,10 @@ def main() -> int:
   parser.add_argument("--list", action="store_true", help="list the probes and exit")
   parser.add_argument("--keep", action="store_true", help="keep the probes' folder")
   args = parser.parse_args()
-  chosen = [p for p in sorted(PROBES, key=group) if (p.fast or not args.fast)
-            and (not args.only or any(o in p.name for o in args.only))]
+  chosen = [
+      p for p in sorted(PROBES, key=group)
+      if (p.fast or not args.fast) and (not args.only or any(o in p.name for o in args.only))
+  ]
   if args.list:
     print("\n".join(f"{p.name}{'  (fast)' * p.fast}: {p.expected}" for p in chosen))
     return 0
@@ -138,8 +143,8 @@ def main() -> int:
   for p, r in rows:
     print(f"{p.name} | {p.expected} | {r.observed.replace('|', '/')} | {r.verdict}")
   counts = {v: sum(r.verdict == v for _, r in rows) for v in VERDICTS}
-  print(f"\n{len(rows)} probes in {time.time() - began:.0f} s: "
-        + ", ".join(f"{v} {n}" for v, n in counts.items()))
+  print(f"\n{len(rows)} probes in {time.time() - began:.0f} s: " +
+        ", ".join(f"{v} {n}" for v, n in counts.items()))
   return int(any(r.verdict not in ("OK", "SKIP") for _, r in rows))
 
 

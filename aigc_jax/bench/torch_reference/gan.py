@@ -81,7 +81,6 @@ class MLPDiscriminator(nn.Module):
     return self.head(self.net(x), label)
 
 
-
 class DCGANGenerator(nn.Module):
   """z -> Linear to (F, H/4, W/4) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up -> tanh.
 
@@ -96,14 +95,17 @@ class DCGANGenerator(nn.Module):
     self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
     self.dense = nn.Linear(_g_input_width(z_dim, num_classes, label_mode), math.prod(self.start))
     if final_features:
-      last = [upsample(upsample_mode, features // 2, final_features),
-              nn.BatchNorm2d(final_features), nn.ReLU(), nn.Conv2d(final_features, c, 3, padding=1)]
+      last = [
+          upsample(upsample_mode, features // 2, final_features),
+          nn.BatchNorm2d(final_features),
+          nn.ReLU(),
+          nn.Conv2d(final_features, c, 3, padding=1)
+      ]
     else:
       last = [upsample(upsample_mode, features // 2, c)]
-    self.net = nn.Sequential(
-        nn.BatchNorm2d(features), nn.ReLU(),
-        upsample(upsample_mode, features, features // 2), nn.BatchNorm2d(features // 2), nn.ReLU(),
-        *last, nn.Tanh())
+    self.net = nn.Sequential(nn.BatchNorm2d(features), nn.ReLU(),
+                             upsample(upsample_mode, features, features // 2),
+                             nn.BatchNorm2d(features // 2), nn.ReLU(), *last, nn.Tanh())
 
   def forward(self, z, label=None):
     z = _condition_z(self.embed, z, label, self.label_mode)
@@ -117,8 +119,11 @@ class DCGANDiscriminator(nn.Module):
                batch_norm: bool = True):
     super().__init__()
     h, w, c = image_shape
-    layers = [spectral_norm_if(nn.Conv2d(c, features, 4, 2, 1), sn), nn.LeakyReLU(0.2),
-              spectral_norm_if(nn.Conv2d(features, 2 * features, 4, 2, 1), sn)]
+    layers = [
+        spectral_norm_if(nn.Conv2d(c, features, 4, 2, 1), sn),
+        nn.LeakyReLU(0.2),
+        spectral_norm_if(nn.Conv2d(features, 2 * features, 4, 2, 1), sn)
+    ]
     if batch_norm and not sn:
       layers.append(nn.BatchNorm2d(2 * features))
     self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten())

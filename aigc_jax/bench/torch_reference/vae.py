@@ -58,8 +58,8 @@ class ConvVAE(VAE):
     act = self.ACTIVATIONS[activation]
     self.start = (f1, h // 4, w // 4)
     flat = math.prod(self.start)
-    self.conv = nn.Sequential(nn.Conv2d(c, f0, 4, 2, 1), act(), nn.Conv2d(f0, f1, 4, 2, 1),
-                              act(), nn.Conv2d(f1, f1, 3, padding=1), act(), nn.Flatten())
+    self.conv = nn.Sequential(nn.Conv2d(c, f0, 4, 2, 1), act(), nn.Conv2d(f0, f1, 4, 2, 1), act(),
+                              nn.Conv2d(f1, f1, 3, padding=1), act(), nn.Flatten())
     self.encoder = nn.Sequential(nn.Linear(flat + num_classes, hidden), act())
     self.mean, self.logvar = nn.Linear(hidden, latent), nn.Linear(hidden, latent)
     self.dense = nn.Sequential(nn.Linear(latent + num_classes, hidden), act(),

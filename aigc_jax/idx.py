@@ -44,9 +44,9 @@ class Header(NamedTuple):
     return math.prod(self.dims[1:]) * self.dtype.itemsize
 
 
-def parse_header(head: bytes, file_size: int, path: PathLike) -> Header:
+def parse_header(head: bytes, file_size: int | None, path: PathLike) -> Header:
   """The header at the start of `head`, checked against the whole file's `file_size` (in Python
-  integers: dimensions that overflow int64 are reported, not wrapped)."""
+  integers: dimensions that overflow int64 are reported, not wrapped; None: not checked)."""
 
   def fail(what: str) -> DataError:
     return DataError(f"{path}: {what}; {FIX}")
@@ -68,7 +68,7 @@ def parse_header(head: bytes, file_size: int, path: PathLike) -> Header:
   if min(dims) == 0:
     raise fail(f"zero-sized dimension (expected all dims > 0, got {dims})")
   expected = size + math.prod(dims) * _DTYPES[code].itemsize
-  if file_size != expected:
+  if file_size is not None and file_size != expected:
     what = "truncated payload" if file_size < expected else "trailing bytes after payload"
     raise fail(f"{what} (expected {expected} bytes for shape {dims}, got {file_size})")
   return Header(_DTYPES[code], dims, size)
@@ -135,8 +135,27 @@ def _gunzip(raw: bytes, path: PathLike) -> bytes:
 
 
 def count(path: PathLike) -> int:
-  """The first dimension of an IDX file (its rows), from its header."""
-  return _open(path)[0].dims[0]
+  """The first dimension of an IDX file (its rows), from its header. A gzipped file is
+  decompressed only as far as its header: its size comes from the gzip trailer (the size mod
+  2**32), and only where that does not fit the header is the whole file decompressed to check."""
+  try:
+    with open(path, "rb") as f:
+      if f.read(2) != _GZIP_MAGIC:
+        return _open(path)[0].dims[0]
+      f.seek(-4, os.SEEK_END)
+      size_mod_2_32 = struct.unpack("<I", f.read(4))[0]
+      f.seek(0)
+      with gzip.GzipFile(fileobj=f) as g:
+        head = g.read(_MAX_HEADER)
+  except (OSError, EOFError, zlib.error):
+    return _open(path)[0].dims[0]  # a read error or a corrupt stream: said there, in one line
+  try:
+    header = parse_header(head, None, path)
+  except DataError:
+    return _open(path)[0].dims[0]
+  if (header.size + math.prod(header.dims) * header.dtype.itemsize) % 2**32 != size_mod_2_32:
+    return _open(path)[0].dims[0]
+  return header.dims[0]
 
 
 def candidates(directory: PathLike, split: str, kind: str) -> list[str]:

@@ -136,6 +136,25 @@ def test_read_idx_rows_are_those_rows_of_the_whole_file(tmp_path, gz):
     idx.read_idx(path, (5, 9))
 
 
+def test_counting_a_gzipped_file_reads_its_header_and_trailer_only(tmp_path, monkeypatch):
+  arr = np.arange(7 * 5 * 3, dtype=np.uint8).reshape(7, 5, 3)
+  path = write(tmp_path / "gz", idx_bytes(arr), gz=True)
+  whole = gzip.compress(idx_bytes(arr))
+  write(tmp_path / "short", whole[:-20])  # its trailer is gone: the whole file is checked
+  write(tmp_path / "long", gzip.compress(idx_bytes(arr) + b"\x00"))  # the trailer disagrees
+
+  def no_gunzip(raw, unused_path):
+    raise AssertionError("decompressed whole")
+
+  with monkeypatch.context() as m:
+    m.setattr(idx, "_gunzip", no_gunzip)
+    assert idx.count(path) == 7
+  with pytest.raises(DataError, match="corrupt gzip stream"):
+    idx.count(tmp_path / "short")
+  with pytest.raises(DataError, match="trailing bytes after payload"):
+    idx.count(tmp_path / "long")
+
+
 @pytest.mark.parametrize("dims", [(2**16,) * 4, (2**32 - 1,) * 4, (2**32 - 1, 2**32 - 1)])
 def test_read_idx_header_dims_that_overflow_int64_are_a_size_error(tmp_path, dims):
   # 2**64 bytes wraps to 0 in int64: such a header "matches" an empty payload there

@@ -58,23 +58,57 @@ def curves(records: list[dict], split: str) -> dict[str, tuple[list, list]]:
   return out
 
 
-def curves_figure(runs: dict[str, dict[str, tuple[list, list]]], title: str):
-  """A Figure with one subplot per metric and one line per run ({run name: curves})."""
+COMPANIONS = ("_floor", "_std")  # drawn in their metric's panel: a dashed line, a band
+
+
+def panels(runs: dict[str, dict[str, tuple[list, list]]]) -> dict[str, str]:
+  """{metric: its panel's title} of the metrics that get a panel. A metric's `_floor` and `_std`
+  are drawn in its panel; a curve equal to an earlier one in every run is named in its title."""
   names = list(dict.fromkeys(name for run in runs.values() for name in run))
-  ncols = min(3, max(1, len(names)))
-  nrows = max(1, math.ceil(len(names) / ncols))
+  titles = {}
+  for name in names:
+    base = next((name[:-len(c)] for c in COMPANIONS if name.endswith(c)), None)
+    if base in names:
+      continue
+    same = next((t for t in titles if all(run.get(t) == run.get(name) for run in runs.values())),
+                None)
+    if same is None:
+      titles[name] = name
+    else:
+      titles[same] += f" = {name}"
+  return titles
+
+
+def _draw(ax, run: dict[str, tuple[list, list]], name: str, label: str) -> None:
+  """One run's curve of `name`, with its floor (dashed) and its +-std band where it has them."""
+  steps, values = run[name]
+  line, = ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=label)
+  if run.get(f"{name}_std", ([],))[0] == steps:
+    std = run[f"{name}_std"][1]
+    ax.fill_between(steps, [v - s for v, s in zip(values, std)],
+                    [v + s for v, s in zip(values, std)], color=line.get_color(), alpha=0.2)
+  if f"{name}_floor" in run:
+    ax.plot(*run[f"{name}_floor"], linestyle="--", color=line.get_color(),
+            label=f"{label} floor (real vs real)")
+
+
+def curves_figure(runs: dict[str, dict[str, tuple[list, list]]], title: str):
+  """A Figure with one subplot per metric (`panels`) and one line per run ({run name: curves})."""
+  titles = panels(runs)
+  ncols = min(3, max(1, len(titles)))
+  nrows = max(1, math.ceil(len(titles) / ncols))
   fig = figure_lib.Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
   backend_agg.FigureCanvasAgg(fig)  # headless Agg, without touching pyplot's global backend
   fig.suptitle(title)
-  for i, name in enumerate(names):
+  for i, (name, panel_title) in enumerate(titles.items()):
     ax = fig.add_subplot(nrows, ncols, i + 1)
     for label, run in runs.items():
       if name in run:
-        ax.plot(*run[name], marker="." if len(run[name][0]) < 30 else None, label=label)
-    ax.set_title(name, fontsize=10)
+        _draw(ax, run, name, label)
+    ax.set_title(panel_title, fontsize=10)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    if len(runs) > 1:
+    if len(runs) > 1 or f"{name}_floor" in next(iter(runs.values())):
       ax.legend(fontsize=7)
   return fig
 
@@ -155,14 +189,15 @@ class CurveDrawer:
       self._thread.join()
 
 
-def overlay_figure(workdirs: list[str], split: str):
-  """The Figure overlaying one split's curves of several runs, labelled by workdir name."""
+def overlay_figure(workdirs: list[str], split: str, labels: list[str] | None = None):
+  """The Figure overlaying one split's curves of several runs, labelled by `labels` (default:
+  their workdirs' names)."""
   runs = {}
-  for workdir in workdirs:
+  for i, workdir in enumerate(workdirs):
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.isfile(path):
       raise ValueError(f"{path} does not exist; pass --workdir directories of training runs")
-    label = os.path.basename(os.path.normpath(workdir)) or workdir
+    label = labels[i] if labels else os.path.basename(os.path.normpath(workdir)) or workdir
     while label in runs:  # two runs of the same name: keep both lines
       label += "'"
     runs[label] = curves(read_records(path), split)

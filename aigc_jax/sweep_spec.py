@@ -72,9 +72,10 @@ def write_plots(workdir: str, spec: dict) -> None:
   """plots/members_{test,train}.png: the members' curves overlaid (a warning when they fail)."""
   dirs = [member_dir(workdir, m) for m in range(num_members(spec))]
   plots = safe_files.make_dir(os.path.join(workdir, "plots"))
+  labels = [f"{m:02d}: {pop_lib.describe(spec['values'], m)}" for m in range(len(dirs))]
   for split in ("test", "train"):
     try:
-      figure = plot.overlay_figure(dirs, split)
+      figure = plot.overlay_figure(dirs, split, labels)
       plot.save_figure(figure, os.path.join(plots, f"members_{split}.png"))
     except (ValueError, OSError) as e:
       log.warning("could not draw the members' %s curves (%s)", split, e)

@@ -74,6 +74,30 @@ def test_overlay_has_a_line_per_run_labelled_by_workdir(tmp_path):
   assert [line.get_label() for line in fig.axes[0].get_lines()] == ["dcgan", "wgan"]
 
 
+def test_floors_and_stds_join_their_metric_and_equal_curves_share_a_panel(tmp_path):
+  records = [{
+      "step": s, "split": "test", "fid": 50.0 / s, "fid_floor": 2.0, "kid": 0.1, "kid_std": 0.01,
+      "std_only_std": 1.0
+  } for s in (10, 20)]
+  records += [{"step": s, "split": "train", "loss": 3.0 / s, "neg_elbo": 3.0 / s, "kl": 1.0 / s}
+              for s in (10, 20)]
+  fig = plot.curves_figure({"run": plot.curves(records, "test")}, "eval")
+  assert lines_per_axis(fig) == {"fid": 2, "kid": 1, "std_only_std": 1}
+  fid, kid = fig.axes[:2]
+  assert [line.get_linestyle() for line in fid.get_lines()] == ["-", "--"]
+  assert list(fid.get_lines()[1].get_ydata()) == [2.0, 2.0]
+  band = kid.collections[0].get_paths()[0].vertices[:, 1]
+  assert min(band) == pytest.approx(0.09) and max(band) == pytest.approx(0.11)
+  train = plot.curves_figure({"run": plot.curves(records, "train")}, "train")
+  assert lines_per_axis(train) == {"loss = neg_elbo": 1, "kl": 1}
+
+
+def test_overlay_labels_runs_as_asked(tmp_path):
+  a, b = write_run(tmp_path / "00"), write_run(tmp_path / "01", scale=2.0)
+  fig = plot.overlay_figure([a, b], "test", ["00: lr=0.1", "01: lr=0.2"])
+  assert [line.get_label() for line in fig.axes[0].get_lines()] == ["00: lr=0.1", "01: lr=0.2"]
+
+
 def run_cli(*args):
   return subprocess.run([sys.executable, "-m", "aigc_jax.plot", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)

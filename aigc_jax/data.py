@@ -7,10 +7,8 @@ or from TFDS. Whole splits live on device; batches are gathered inside jit.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -251,26 +249,3 @@ def get_batch(data: DeviceData, perm: jax.Array, index: int | jax.Array, batch_s
       "label":
           jnp.take(data.labels, idx, axis=0),
   }
-
-
-@functools.partial(jax.jit, static_argnames=("scale",))
-def _eval_batch(data: DeviceData, idx: jax.Array, mask: jax.Array,
-                scale: str) -> dict[str, jax.Array]:
-  return {
-      "image": preprocess(jnp.take(data.images, idx, axis=0), scale=scale),
-      "label": jnp.take(data.labels, idx, axis=0),
-      "mask": mask,
-  }
-
-
-def eval_batches(data: DeviceData, batch_size: int, *,
-                 scale: str = "zero_one") -> Iterator[dict[str, jax.Array]]:
-  """Fixed-size in-order batches; the last is padded, with 'mask' 0 on padding."""
-  if batch_size <= 0:
-    raise DataError(f"eval batch_size must be positive (got {batch_size}); "
-                    "set a positive --config.batch_size")
-  n = int(data.labels.shape[0])
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size, dtype=np.int32)
-    mask = (idx < n).astype(np.float32)
-    yield _eval_batch(data, np.where(idx < n, idx, 0), mask, scale)

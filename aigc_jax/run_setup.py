@@ -10,10 +10,12 @@ import os
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from aigc_jax import backend
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
+from aigc_jax import eval_split
 from aigc_jax import families
 from aigc_jax import parallel
 from aigc_jax import schedule as schedule_lib
@@ -56,7 +58,7 @@ class Run(NamedTuple):
   train_data: data_lib.DeviceData  # this process's rows of the train split: `train_rows`
   train_rows: data_lib.Rows
   num_train: int
-  test_data: data_lib.DeviceData
+  test_data: eval_split.EvalData  # this process's rows of the test split
   checkpoints: Any
   writer: writers.MetricWriter
 
@@ -70,7 +72,7 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   metrics.jsonl gets no TensorBoard run."""
   family = families.get(config.model)
   num_train = data_lib.config_split_size(config, "train")
-  test_data = data_lib.to_device(*data_lib.load_config_split(config, "test"))
+  test_data = load_test(config)
   batches_per_step = family.batches_per_step(config)
   schedule = schedule_lib.make_schedule(config, num_train, batches_per_step)
   trainable = family.build(config, data_lib.DATASETS[config.dataset], schedule.total)
@@ -92,7 +94,7 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   train_data = data_lib.to_host(images,
                                 family.train_labels(config, images, labels, workdir, rows=rows))
   log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), %d device(s); %s; %s",
-           config.model, config.dataset, num_train, len(test_data.labels), schedule.total,
+           config.model, config.dataset, num_train, test_data.size, schedule.total,
            schedule.steps_per_epoch, loop.place.num_devices, backend.describe_devices(),
            " ".join(f"{k}={v}" for k, v in backend.choices(config, population).items()))
   checkpoints = workdir_lib.open_checkpoints(workdir, config, trainable)
@@ -100,6 +102,22 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
                                 tensorboard=population_step is None)
   return Run(config, workdir, trainable, loop, schedule, train_data, rows, num_train, test_data,
              checkpoints, writer)
+
+
+def load_test(config) -> eval_split.EvalData:
+  """This process's rows of the test split (`eval_split.process_rows`: all of them when it is
+  the only one), on its first device."""
+  if jax.process_count() == 1:
+    images, labels = data_lib.load_config_split(config, "test")
+    return eval_split.EvalData(*data_lib.to_device(images, labels), 0, len(labels))
+  size = data_lib.config_split_size(config, "test")
+  rows = eval_split.process_rows(size, config.eval_batch_size)
+  if rows[0] < rows[1]:
+    images, labels = data_lib.load_config_split(config, "test", rows)
+  else:  # more processes than batches: nothing to evaluate here
+    images = np.zeros((0,) + data_lib.DATASETS[config.dataset].image_shape, np.uint8)
+    labels = np.zeros((0,), np.int32)
+  return eval_split.EvalData(*data_lib.to_device(images, labels), rows[0], size)
 
 
 def restore_or_init(run: Run, step: int | None = None):

@@ -16,6 +16,7 @@ from helpers import STEADY_ADAM  # noqa: E402  (tests/ is this script's director
 from helpers import small_config  # noqa: E402  (tests/ is this script's directory)
 
 from aigc_jax import placement  # noqa: E402
+from aigc_jax import run_setup  # noqa: E402
 from aigc_jax import signals  # noqa: E402
 from aigc_jax import train  # noqa: E402
 
@@ -37,8 +38,22 @@ def reporting_placement(put_data):
   return put
 
 
+def reporting_load_test(load_test):
+  """`run_setup.load_test` that prints which rows of the test split this process holds."""
+
+  def load(config):
+    test = load_test(config)
+    print(
+        f"process {jax.process_index()} holds test rows [{test.first_row}, "
+        f"{test.first_row + len(test.labels)}) of {test.size}", flush=True)
+    return test
+
+  return load
+
+
 def main(idx_dir, workdir, mode, port, process_id, overrides="{}"):
   placement.Placement.put_data = reporting_placement(placement.Placement.put_data)
+  run_setup.load_test = reporting_load_test(run_setup.load_test)
   config = small_config(idx_dir, parallel=mode, coordinator_address=f"127.0.0.1:{port}",
                         num_processes=2, process_id=int(process_id), **STEADY_ADAM,
                         **json.loads(overrides))

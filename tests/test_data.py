@@ -464,19 +464,3 @@ def test_preprocess_scales_and_binarize():
     data.preprocess(x, scale="minus_one_one", binarize_rng=jax.random.key(0))
   with pytest.raises(ValueError, match="unknown scale"):
     data.preprocess(x, scale="bogus")
-
-
-@pytest.mark.parametrize("bs", [1, 5, 23, 40])
-def test_eval_batches_cover_everything_once(small_data, bs):
-  images, labels, d = small_data
-  batches = list(data.eval_batches(d, bs, scale="minus_one_one"))
-  assert len(batches) == -(-23 // bs)
-  for b in batches:
-    assert set(b) == {"image", "label", "mask"}
-    assert b["image"].shape == (bs, 4, 4, 1) and b["mask"].dtype == jnp.float32
-  mask = np.concatenate([b["mask"] for b in batches])
-  assert mask.sum() == 23 and set(np.unique(mask)) <= {0.0, 1.0}
-  real = mask == 1
-  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[real], labels)
-  imgs = np.concatenate([b["image"] for b in batches])[real]
-  np.testing.assert_allclose(imgs, images / 127.5 - 1.0, atol=1e-6)

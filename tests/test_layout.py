@@ -11,14 +11,14 @@ MAX_MODULE_LINES = 300
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
     ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot", "orbax_logs"),
-    ("idx", "tfds_split", "data", "clusters", "likelihoods", "gan_losses", "noise_processes",
-     "models", "metrics"),
+    ("idx", "tfds_split", "data", "eval_split", "clusters", "likelihoods", "gan_losses",
+     "noise_processes", "models", "metrics"),
     ("state",),
     ("families",),
     ("config", "placement", "parallel", "checkpoint", "checkpoint_verify", "population"),
     ("workdir", "lock", "signals", "schedule", "run_setup", "train", "sample", "evaluate",
      "sweep_spec", "sweep_train", "sweep"),
-    ("bench", "demo_summary"),
+    ("bench", "demo_summary", "fid_stats"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -84,6 +84,9 @@ def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mo
   for i, output in enumerate(outputs):
     assert f"process {i} loaded 128 and holds 128 of 256 train rows, {rows // 2} bytes" in output, (
         output[-2000:])
+  # The test split's 64 rows in whole batches of 50: the first batch on process 0, the second on 1.
+  assert "process 0 holds test rows [0, 50) of 64" in outputs[0], outputs[0][-2000:]
+  assert "process 1 holds test rows [50, 64) of 64" in outputs[1], outputs[1][-2000:]
 
   reference = str(tmp_path / "one_process")
   train.train_and_evaluate(small_config(idx_dir, parallel=mode, **STEADY_ADAM), reference)
@@ -101,6 +104,12 @@ def test_two_processes_equal_one_process_with_four_devices(idx_dir, tmp_path, mo
   reference_records = read_jsonl(os.path.join(reference, "metrics.jsonl"))
   assert steps == [(r["step"], r["split"]) for r in reference_records]
   assert len(set(steps)) == len(steps)
+  # The test metrics, each process evaluating its rows, are those of one process evaluating all.
+  for r, ref in zip(records, reference_records):
+    if r["split"] == "test":
+      assert r.keys() == ref.keys()
+      for key in ("neg_elbo", "recon", "kl"):
+        assert r[key] == pytest.approx(ref[key], rel=1e-5), (key, r, ref)
 
 
 def test_checkpoint_from_four_devices_continues_on_one(idx_dir, tmp_path):

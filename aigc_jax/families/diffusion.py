@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
+from aigc_jax import eval_split
 from aigc_jax import noise_processes
 from aigc_jax import state as state_lib
 from aigc_jax import writers
@@ -225,14 +226,16 @@ def eval_loss_sums(params, batch, rng, net: Net):
 
 
 def test_loss(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) -> float:
-  """The denoising loss (no label dropout) over the test split with fixed times and noise."""
-  rng = stream_rng(state, EVAL_STREAM)
-  total, count = 0.0, 0.0
-  batches = data_lib.eval_batches(test, config.eval_batch_size, scale=config.scale)
-  for i, batch in enumerate(batches):
-    loss_sum, n = eval_loss_sums(eval_params(state, "unet"), batch, jax.random.fold_in(rng, i), net)
-    total, count = total + float(loss_sum), count + float(n)
-  return total / count
+  """The denoising loss (no label dropout) over the test split with fixed times and noise; with
+  several processes, each evaluates its rows (`eval_split`)."""
+  rng, params = stream_rng(state, EVAL_STREAM), eval_params(state, "unet")
+
+  def sums(i: int, batch) -> dict:
+    loss_sum, count = eval_loss_sums(params, batch, jax.random.fold_in(rng, i), net)
+    return {"loss": loss_sum, "count": count}
+
+  totals = eval_split.totals(test, config.eval_batch_size, config.scale, sums, ("loss", "count"))
+  return totals["loss"] / totals["count"]
 
 
 def evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, config,

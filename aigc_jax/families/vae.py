@@ -16,6 +16,7 @@ import numpy as np
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
+from aigc_jax import eval_split
 from aigc_jax import likelihoods
 from aigc_jax import state as state_lib
 from aigc_jax import writers
@@ -201,16 +202,15 @@ def eval_sums(params, batch, rng, net: Net):
 
 
 def evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, config) -> dict:
-  """One-sample ELBO terms over the whole split, with fixed noise (the same at every eval)."""
-  rng = stream_rng(state, EVAL_STREAM)
-  totals = None
-  batches = data_lib.eval_batches(test, config.eval_batch_size, scale=config.scale)
-  for i, batch in enumerate(batches):
-    sums = eval_sums(eval_params(state, "vae"), batch, jax.random.fold_in(rng, i), net)
-    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
+  """One-sample ELBO terms over the whole split, with fixed noise (the same at every eval); with
+  several processes, each evaluates its rows (`eval_split`)."""
+  rng, params = stream_rng(state, EVAL_STREAM), eval_params(state, "vae")
+  totals = eval_split.totals(
+      test, config.eval_batch_size, config.scale,
+      lambda i, batch: eval_sums(params, batch, jax.random.fold_in(rng, i), net),
+      ("neg_elbo", "recon", "kl", "count"))
   count = totals.pop("count")
-  return {k: float(v / count) for k, v in totals.items()}
+  return {k: v / count for k, v in totals.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("net", "num_samples"))
@@ -234,8 +234,8 @@ def full_evaluate(state: TrainState, test: data_lib.DeviceData, *, net: Net, con
   chunk = max(1, min(n, 10_000 // k))  # about 10k decoder evaluations per call
   rng = stream_rng(state, IWAE_STREAM)
   bound_sum, elbo_sum = 0.0, 0.0
-  batches = list(data_lib.eval_batches(subset, chunk, scale=config.scale))
-  for i, batch in enumerate(progress(batches) if progress else batches):
+  batches = list(eval_split.batches(subset, chunk, scale=config.scale))
+  for i, batch in progress(batches) if progress else batches:
     bound, elbo = iwae_chunk(eval_params(state, "vae"), batch, jax.random.fold_in(rng, i), net, k)
     bound_sum += float(jnp.sum(bound * batch["mask"]))
     elbo_sum += float(jnp.sum(elbo * batch["mask"]))
@@ -272,7 +272,7 @@ def log_images(state: TrainState, test: data_lib.DeviceData, *, net: Net, config
   samples, ncols = writers.sample_grid(
       lambda num: sample(state, rng, num, net=net, num_classes=num_classes),
       config.num_sample_images, num_classes)
-  batch = next(data_lib.eval_batches(test, 32, scale=config.scale))
+  _, batch = next(eval_split.batches(test, 32, scale=config.scale))
   recon = np.asarray(reconstruct(eval_params(state, "vae"), batch, rng, net))
   originals = np.asarray(batch["image"])
   if config.scale == "minus_one_one":

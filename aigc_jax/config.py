@@ -19,6 +19,7 @@ import ml_collections
 from aigc_jax import backend
 from aigc_jax import data as data_lib
 from aigc_jax import families
+from aigc_jax import user_data
 from aigc_jax.suggest import unknown_key_message
 
 
@@ -71,9 +72,7 @@ def base_config() -> dict:
   """Keys shared by every model family, with their defaults."""
   return dict(
       model="",  # family member, e.g. 'vae_mlp'; set by the family's get_config
-      dataset="fashion_mnist",
-      idx_dir="",  # a directory of IDX files; '' = the env var, the Debian dir, then TFDS
-      tfds_data_dir="",  # where TFDS keeps (or would download) its data; '' = TFDS default
+      **_data_keys(),
       scale="zero_one",  # 'zero_one' or 'minus_one_one'
       binarize=False,  # dynamic binarization of training images
       batch_size=128,
@@ -110,6 +109,23 @@ def base_config() -> dict:
       # On resume, keys that change what the run computes (seed, batch size, model, ...) are
       # refused unless this is True; the changes are then recorded (metrics.jsonl, config.json).
       allow_config_change=False,
+  )
+
+
+def _data_keys() -> dict:
+  """The keys that choose the data and the shape of its images."""
+  return dict(
+      # 'fashion_mnist', 'mnist', 'cifar10', 'folder:PATH' (PNG/JPEG files; subfolders are
+      # classes) or 'tfds:NAME[:SPLIT]' (a TFDS image dataset prepared in tfds_data_dir)
+      dataset="fashion_mnist",
+      idx_dir="",  # a directory of IDX files; '' = the env var, the Debian dir, then TFDS
+      tfds_data_dir="",  # where TFDS keeps (or would download) its data; '' = TFDS default
+      # folder: and tfds: datasets: images centre-cropped to image_size x image_size with
+      # `channels` (1 or 3) channels, resized by 'area' or 'bicubic' (0: a folder's 64 and 3,
+      # a TFDS dataset's own shape)
+      image_size=0,
+      channels=0,
+      resize="area",
   )
 
 
@@ -153,8 +169,15 @@ def _check_values(config: ml_collections.ConfigDict, family) -> None:
     if not ok:
       raise ConfigError(message)
 
-  need(config.dataset in data_lib.DATASETS,
-       f"dataset '{config.dataset}' is unknown; choose one of {sorted(data_lib.DATASETS)}")
+  need(config.resize in ("area", "bicubic"), f"resize '{config.resize}' is unknown; use 'area' or "
+       "'bicubic'")
+  need(config.channels in (0, 1, 3), f"channels must be 1, 3 or 0 (the dataset's own), got "
+       f"{config.channels}")
+  need(config.image_size >= 0, f"image_size must be >= 0, got {config.image_size}")
+  need(
+      config.dataset in data_lib.DATASETS or user_data.is_user_dataset(config.dataset),
+      f"dataset '{config.dataset}' is unknown; choose one of {sorted(data_lib.DATASETS)}, "
+      "'folder:PATH' or 'tfds:NAME[:SPLIT]'")
   need(config.scale in ("zero_one", "minus_one_one"),
        f"scale '{config.scale}' is unknown; use 'zero_one' or 'minus_one_one'")
   need(not (config.binarize and config.scale != "zero_one"),

@@ -17,6 +17,7 @@ import numpy as np
 
 from aigc_jax import idx
 from aigc_jax import tfds_split
+from aigc_jax import user_data
 from aigc_jax.noise import batch_noise
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,35 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 # ------------------------------------------------------------------- sources
+
+
+def dataset_info(name: str, image_size: int = 0, channels: int = 0,
+                 tfds_data_dir: PathLike | None = None) -> DatasetInfo:
+  """The dataset `name`: a built-in one (`DATASETS`, at its own shape), or a user's
+  ('folder:PATH', 'tfds:NAME[:SPLIT]': `user_data`) at `image_size` and `channels`."""
+  if user_data.is_user_dataset(name):
+    spec = user_data.Spec(name, image_size, channels, tfds_data_dir=_dir(tfds_data_dir))
+    shape, num_classes = user_data.describe(spec)
+    return DatasetInfo(name, shape, num_classes, name, None)
+  if name not in DATASETS:
+    raise DataError(f"unknown dataset '{name}' (expected one of {sorted(DATASETS)}, "
+                    "'folder:PATH' or 'tfds:NAME[:SPLIT]'); set --config.dataset")
+  info = DATASETS[name]
+  height, _, own_channels = info.image_shape
+  if image_size not in (0, height) or channels not in (0, own_channels):
+    raise DataError(f"dataset '{name}' is {info.image_shape}: image_size and channels resize "
+                    f"only the datasets 'folder:PATH' and 'tfds:NAME' (e.g. "
+                    f"'tfds:{info.tfds_name}'); leave them 0")
+  return info
+
+
+def config_info(config) -> DatasetInfo:
+  """`dataset_info` of config.dataset at the config's image_size and channels."""
+  return dataset_info(config.dataset, config.image_size, config.channels, config.tfds_data_dir)
+
+
+def _dir(path: PathLike | None) -> str | None:
+  return os.fspath(path) if path else None
 
 
 def missing_data_fix(info: DatasetInfo) -> str:
@@ -134,9 +164,12 @@ def _from_tfds(source: _Source, split: str, rows: Rows | None) -> tuple[np.ndarr
 
 
 def split_size(name: str, split: str, *, idx_dir: PathLike | None = None,
-               tfds_data_dir: PathLike | None = None) -> int:
+               tfds_data_dir: PathLike | None = None, **fitted) -> int:
   """The number of examples of a split (`load_split`'s source), from its IDX header or TFDS's
-  index, without reading its images."""
+  index, without reading its images (a folder's usable files: decoded once, see `user_data`)."""
+  if user_data.is_user_dataset(name):
+    return user_data.split_size(user_data.Spec(name, **fitted, tfds_data_dir=_dir(tfds_data_dir)),
+                                split)
   source = _source(name, split, idx_dir, tfds_data_dir)
   if source.idx_dir is not None:
     return idx.split_size(source.idx_dir, split)
@@ -144,10 +177,18 @@ def split_size(name: str, split: str, *, idx_dir: PathLike | None = None,
 
 
 def load_split(name: str, split: str, *, idx_dir: PathLike | None = None,
-               tfds_data_dir: PathLike | None = None,
-               rows: Rows | None = None) -> tuple[np.ndarray, np.ndarray]:
+               tfds_data_dir: PathLike | None = None, rows: Rows | None = None,
+               **fitted) -> tuple[np.ndarray, np.ndarray]:
   """A split as uint8 (N,H,W,C) images and int32 (N,) labels: all of it, or only its rows
-  [start, stop) (which is all a process reads when its devices hold those). Sources: `_source`."""
+  [start, stop) (which is all a process reads when its devices hold those). Sources: `_source`,
+  or `user_data` for 'folder:' and 'tfds:' names, whose images are fitted to `fitted`
+  (image_size, channels, resize)."""
+  if user_data.is_user_dataset(name):
+    spec = user_data.Spec(name, **fitted, tfds_data_dir=_dir(tfds_data_dir))
+    images, labels, text = user_data.load_split(spec, split, rows)
+    log.info("loaded %s/%s: %d examples%s from %s", name, split, len(images),
+             f" (rows {rows[0]}:{rows[1]})" if rows else "", text)
+    return images, labels
   source = _source(name, split, idx_dir, tfds_data_dir)
   info = source.info
   if source.idx_dir is not None:
@@ -169,15 +210,20 @@ def load_split(name: str, split: str, *, idx_dir: PathLike | None = None,
 
 def load_config_split(config, split: str,
                       rows: Rows | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """`load_split` of config.dataset from the config's sources (idx_dir, tfds_data_dir)."""
+  """`load_split` of config.dataset from the config's sources (idx_dir, tfds_data_dir), fitted
+  to its image_size, channels and resize."""
   return load_split(config.dataset, split, idx_dir=config.idx_dir or None,
-                    tfds_data_dir=config.tfds_data_dir or None, rows=rows)
+                    tfds_data_dir=config.tfds_data_dir or None, rows=rows, **_fitted(config))
 
 
 def config_split_size(config, split: str) -> int:
   """`split_size` of config.dataset from the config's sources."""
   return split_size(config.dataset, split, idx_dir=config.idx_dir or None,
-                    tfds_data_dir=config.tfds_data_dir or None)
+                    tfds_data_dir=config.tfds_data_dir or None, **_fitted(config))
+
+
+def _fitted(config) -> dict:
+  return dict(image_size=config.image_size, channels=config.channels, resize=config.resize)
 
 
 # -------------------------------------------------------------- device side

@@ -14,6 +14,7 @@ more than 4 times the other) are skipped, and the caller says how many and which
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -54,8 +55,10 @@ def split_root(root: str, split: str) -> tuple[str, bool]:
   return root, True
 
 
+@functools.lru_cache(maxsize=8)
 def list_split(root: str, split: str) -> Listing:
-  """The files, labels and classes of `split` ('train' or 'test') of the folder `root`."""
+  """The files, labels and classes of `split` ('train' or 'test') of the folder `root` (listed
+  once per process)."""
   directory, shared = split_root(root, split)
   paths = _images_under(directory)
   if shared:
@@ -74,18 +77,24 @@ def decode(path: str, size: int, channels: int, resize: str = "area") -> np.ndar
   try:
     with Image.open(path) as image:
       image.load()  # decodes now: a truncated file fails here
-      problem = _problem(image)
-      if problem:
-        return problem
-      image = image.convert("L" if channels == 1 else "RGB")
-      width, height = image.size
-      scale = size / min(width, height)
-      new = (max(size, round(width * scale)), max(size, round(height * scale)))
-      image = image.resize(new, RESIZE[resize], reducing_gap=None)
-      left, top = (new[0] - size) // 2, (new[1] - size) // 2
-      pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+      return _problem(image) or fit(image, size, channels, resize)
+  except Image.UnidentifiedImageError:
+    return "unreadable (not an image PIL can decode)"
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     return f"unreadable ({type(e).__name__}: {str(e)[:80]})"
+
+
+def fit(image: Image.Image, size: int, channels: int, resize: str = "area") -> np.ndarray:
+  """uint8 (size, size, channels): `image` in grayscale or RGB, its shorter side resized to
+  `size` and its centre cropped."""
+  image = image.convert("L" if channels == 1 else "RGB")
+  width, height = image.size
+  scale = size / min(width, height)
+  new = (max(size, round(width * scale)), max(size, round(height * scale)))
+  if new != image.size:
+    image = image.resize(new, RESIZE[resize], reducing_gap=None)
+  left, top = (new[0] - size) // 2, (new[1] - size) // 2
+  pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
   return pixels.reshape(size, size, channels)
 
 

@@ -75,7 +75,7 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   test_data = load_test(config)
   batches_per_step = family.batches_per_step(config)
   schedule = schedule_lib.make_schedule(config, num_train, batches_per_step)
-  trainable = family.build(config, data_lib.DATASETS[config.dataset], schedule.total)
+  trainable = family.build(config, data_lib.config_info(config), schedule.total)
   step = (trainable.train_step if population_step is None else functools.partial(
       population_step, total_steps=schedule.total))
   population = population_step is not None
@@ -115,7 +115,7 @@ def load_test(config) -> eval_split.EvalData:
   if rows[0] < rows[1]:
     images, labels = data_lib.load_config_split(config, "test", rows)
   else:  # more processes than batches: nothing to evaluate here
-    images = np.zeros((0,) + data_lib.DATASETS[config.dataset].image_shape, np.uint8)
+    images = np.zeros((0,) + data_lib.config_info(config).image_shape, np.uint8)
     labels = np.zeros((0,), np.int32)
   return eval_split.EvalData(*data_lib.to_device(images, labels), rows[0], size)
 

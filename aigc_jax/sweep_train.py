@@ -58,7 +58,7 @@ def setup(spec: dict, workdir: str, member_map: str = "auto", member_devices: in
   shared = dict(spec["config"])
   base = config_lib.get_config(shared.pop("model"), **shared)
   configs = pop_lib.member_configs(base, spec["values"])
-  family, info = families.get(base.model), data_lib.DATASETS[base.dataset]
+  family, info = families.get(base.model), data_lib.config_info(base)
   step = functools.partial(pop_lib.member_step, family=family, config=configs[0], info=info)
   conv = backend.steps_per_call(base.steps_per_call) == 1  # models whose loops are slow on CPU
   member_map = backend.choose(member_map, "unroll" if conv else "vmap", "vmap")

@@ -151,7 +151,7 @@ def load_trained(workdir: str, which: str | int = "best") -> TrainedRun:
   an int, else the best ('best') or the newest ('latest'); when that one does not verify, the
   newest one that does (with a warning)."""
   config = load_config(workdir)
-  info = data_lib.DATASETS[config.dataset]
+  info = data_lib.config_info(config)
   trainable = families.get(config.model).build(config, info)  # schedule unused: no training
   ckpts = open_checkpoints(workdir, config, trainable, write=False)
   try:

@@ -57,7 +57,7 @@ def train_reference(config, seed: int, epochs: int, images: np.ndarray):
   torch.manual_seed(seed)
   x = nchw(images)
   steps = len(x) // config.batch_size
-  ref = torch_reference.build(config, data_lib.DATASETS[config.dataset], epochs * steps)
+  ref = torch_reference.build(config, data_lib.config_info(config), epochs * steps)
   for epoch in range(epochs):
     start, order = time.time(), torch.randperm(len(x))
     for i in range(steps):

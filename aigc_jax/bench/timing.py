@@ -110,7 +110,7 @@ class StepSetup(NamedTuple):
 
 def setup(config, images, labels) -> StepSetup:
   """The family's Trainable, the data on the device and the initial state of a benchmark run."""
-  info = data_lib.DATASETS[config.dataset]
+  info = data_lib.config_info(config)
   family = families.get(config.model)
   n = family.batches_per_step(config)
   trainable = family.build(config, info, state_lib.total_train_steps(config, len(labels), n))
@@ -218,7 +218,7 @@ def benchmark(name: str, config, *, torch: bool = False, torch_compile: bool = F
   calls of steps_per_call steps, one sync per call. Raises BenchmarkError, before anything is
   timed, where `num_images` holds less than one call or `torch`/`torch_compile` asks for a
   PyTorch reference the preset does not have."""
-  info = data_lib.DATASETS[config.dataset]
+  info = data_lib.config_info(config)
   family = families.get(config.model)
   per_step = config.batch_size * family.batches_per_step(config)
   if num_images is None:

@@ -77,7 +77,7 @@ def time_torch(config, images, labels, counts: tuple[int, int],
   except ImportError:
     raise BenchmarkError(torch_reference.MISSING_TORCH) from None
   torch.manual_seed(config.seed)
-  info = data_lib.DATASETS[config.dataset]
+  info = data_lib.config_info(config)
   n = families.get(config.model).batches_per_step(config)
   batch, num, k = config.batch_size * n, len(labels), config.steps_per_call
   device = torch_device(torch)

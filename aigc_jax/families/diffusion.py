@@ -128,7 +128,7 @@ def _validate_shapes(config, need) -> None:
       f"the lowest level's width {widths[-1]} must divide by attention_heads "
       f"{config.attention_heads}")
   need(config.patch >= 1, f"patch must be >= 1, got {config.patch}")
-  height, width, _ = data_lib.DATASETS[config.dataset].image_shape
+  height, width, _ = data_lib.config_info(config).image_shape
   factor = config.patch * 2**(len(widths) - 1)
   need(
       height % factor == 0 and width % factor == 0,

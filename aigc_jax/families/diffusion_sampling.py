@@ -144,7 +144,7 @@ def sample_images(state: TrainState, rng, num: int, use_ema: bool = True, *, net
   images, labels = [], None
   if net.num_classes:
     labels = np.arange(num, dtype=np.int32) % net.num_classes
-  image_shape = data_lib.DATASETS[config.dataset].image_shape
+  image_shape = data_lib.config_info(config).image_shape
   for c, start in enumerate(range(0, num, SAMPLE_CHUNK)):
     n = min(SAMPLE_CHUNK, num - start)
     k_noise, k_steps = jax.random.split(jax.random.fold_in(rng, c))

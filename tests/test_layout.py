@@ -11,8 +11,8 @@ MAX_MODULE_LINES = 300
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
     ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot", "orbax_logs"),
-    ("idx", "tfds_split", "image_folder", "user_data", "data", "eval_split", "clusters",
-     "likelihoods", "gan_losses", "noise_processes", "models", "metrics"),
+    ("idx", "tfds_split", "image_folder", "user_data", "data", "streaming", "eval_split",
+     "clusters", "likelihoods", "gan_losses", "noise_processes", "models", "metrics"),
     ("state",),
     ("families",),
     ("config", "placement", "parallel", "checkpoint", "checkpoint_verify", "population"),

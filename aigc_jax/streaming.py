@@ -1,0 +1,137 @@
+"""The train split streamed from its source a chunk at a time, for data larger than
+`max_device_bytes`, in exactly the order of the on-device path.
+
+Epoch e's order is `data.epoch_permutation(seed, e, N)`, as on device. A chunk of n steps
+starting at step `index` of the epoch is rows perm[index*R : (index+n)*R] (R rows per step),
+laid out as the on-device loop reads an epoch, padded to `steps_per_call` steps so that its shape
+never changes; the loop then reads it with the identity order from its start. Each process
+decodes only the rows its devices hold of each chunk (`Placement.local_rows`). A grain pipeline
+decodes the steps of the epoch ahead of the loop on worker threads; its position is derived from
+the step, so resuming from a checkpoint streams the same rows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+from typing import Protocol
+
+import jax
+import numpy as np
+
+from aigc_jax import data as data_lib
+from aigc_jax import image_folder
+
+log = logging.getLogger(__name__)
+
+
+class RowSource(Protocol):
+  """Random access to a split: `source[i]` is (uint8 (H, W, C) image, int label)."""
+
+  def __len__(self) -> int:
+    ...
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    ...
+
+
+class ArraySource:
+  """Rows of in-memory arrays (a split already loaded on the host)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    return self.images[i], int(self.labels[i])
+
+
+class FolderSource:
+  """Rows of an image folder's listing, decoded when read. An unusable file is replaced by the
+  next usable one of the listing (the same one every time) and reported once."""
+
+  def __init__(self, listing: image_folder.Listing, size: int, channels: int, resize: str):
+    self.listing, self.shape = listing, (size, channels, resize)
+    self.skipped: dict[str, str] = {}
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return len(self.listing.paths)
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    for j in range(i, i + len(self)):
+      path = self.listing.paths[j % len(self)]
+      pixels = image_folder.decode(path, *self.shape)
+      if not isinstance(pixels, str):
+        return pixels, int(self.listing.labels[j % len(self)])
+      with self._lock:
+        if path not in self.skipped:
+          self.skipped[path] = pixels
+          log.warning("skipping %s: %s (%d unusable files so far)", path, pixels, len(self.skipped))
+    raise data_lib.DataError(f"no usable image among the {len(self)} files of "
+                             f"{os.path.dirname(self.listing.paths[0])}; put PNG or JPEG images "
+                             "there")
+
+
+class ChunkStream:
+  """The train split's chunks, as `chunk(step, num_steps)`: this process's rows of the chunk
+  (`local_rows` of `rows_per_call`), as host (uint8 images, int32 labels), zeros past the chunk's
+  steps. The next chunk is decoded in the background while the loop trains on this one."""
+
+  def __init__(self, source: RowSource, *, seed: int, steps_per_epoch: int, rows_per_step: int,
+               steps_per_call: int, local_rows: tuple[int, int], threads: int = 0):
+    self.source, self.seed, self.steps_per_epoch = source, seed, steps_per_epoch
+    self.rows_per_step, self.steps_per_call = rows_per_step, steps_per_call
+    self.local_rows = local_rows
+    self.threads = threads or min(8, os.cpu_count() or 1)
+    self._permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
+    self._perms: dict[int, np.ndarray] = {}
+    self._ahead = concurrent.futures.ThreadPoolExecutor(1)
+    self._next: tuple[tuple[int, int], concurrent.futures.Future] | None = None
+    self.image_shape = tuple(source[0][0].shape)
+
+  @property
+  def rows_per_call(self) -> int:
+    return self.steps_per_call * self.rows_per_step
+
+  def chunk(self, step: int, num_steps: int) -> data_lib.DeviceData:
+    """This process's rows of the chunk of `num_steps` (<= steps_per_call) steps from `step`."""
+    epoch, index = divmod(step, self.steps_per_epoch)
+    if self._next is not None and self._next[0] == (epoch, index):
+      images, labels = self._next[1].result()  # decoded ahead, for the longest chunk from here
+    else:
+      images, labels = self._load(epoch, index)
+    start = self.local_rows[0]
+    real = max(0, min(len(labels), num_steps * self.rows_per_step - start))
+    images[real:], labels[real:] = 0, 0  # past the chunk's steps: never read
+    after = step + num_steps
+    self._next = (divmod(after, self.steps_per_epoch),
+                  self._ahead.submit(self._load, *divmod(after, self.steps_per_epoch)))
+    return data_lib.DeviceData(images, labels)
+
+  def _load(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """This process's rows of the longest chunk from step `index` of `epoch` (to the epoch's end
+    or `steps_per_call` steps), padded with zeros to its share of a call's rows."""
+    if epoch not in self._perms:
+      self._perms = {epoch: np.asarray(self._permutation(self.seed, epoch, len(self.source)))}
+    import grain  # pylint: disable=g-import-not-at-top  (only a streamed run needs it)
+    start, stop = self.local_rows
+    steps = min(self.steps_per_call, self.steps_per_epoch - index)
+    first = index * self.rows_per_step
+    rows = self._perms[epoch][first + start:first + min(stop, steps * self.rows_per_step)]
+    got = list(
+        grain.MapDataset.source(rows).map(lambda i: self.source[int(i)]).to_iter_dataset(
+            grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=4 * self.threads)))
+    images = np.zeros((stop - start,) + self.image_shape, np.uint8)
+    labels = np.zeros((stop - start,), np.int32)
+    if got:
+      images[:len(got)] = np.stack([g[0] for g in got])
+      labels[:len(got)] = [g[1] for g in got]
+    return images, labels
+
+  def close(self) -> None:
+    self._ahead.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,89 @@
+"""The train split streamed a chunk at a time, in the on-device path's order."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aigc_jax import data
+from aigc_jax import image_folder
+from aigc_jax import streaming
+
+N, R, K, SPE = 50, 4, 3, 12  # rows, rows per step, steps per call, steps per epoch (drops 2)
+
+
+@pytest.fixture(name="source")
+def fixture_source():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (N, 2, 2, 1), dtype=np.uint8)
+  return streaming.ArraySource(images, np.arange(N, dtype=np.int32))
+
+
+def expected_rows(seed, epoch, first_step, steps):
+  perm = np.asarray(data.epoch_permutation(seed, epoch, N))
+  return perm[first_step * R:(first_step + steps) * R]
+
+
+def make(source, local_rows=(0, K * R)):
+  return streaming.ChunkStream(source, seed=3, steps_per_epoch=SPE, rows_per_step=R,
+                               steps_per_call=K, local_rows=local_rows, threads=2)
+
+
+def test_chunks_hold_the_epoch_permutations_rows_in_order_across_epochs(source):
+  stream = make(source)
+  step = 0
+  for n in (3, 3, 1, 2, 3, 3, 2, 3):  # boundaries cut some chunks short; 2 epochs and a bit
+    chunk = stream.chunk(step, n)
+    assert chunk.images.shape == (K * R, 2, 2, 1) and chunk.labels.shape == (K * R,)
+    epoch, index = divmod(step, SPE)
+    rows = expected_rows(3, epoch, index, n)
+    np.testing.assert_array_equal(chunk.labels[:n * R], rows)  # labels are the row numbers
+    np.testing.assert_array_equal(chunk.images[:n * R], source.images[rows])
+    assert not chunk.labels[n * R:].any() and not chunk.images[n * R:].any()
+    step += n
+  stream.close()
+
+
+def test_a_resumed_stream_streams_the_same_rows(source):
+  first, resumed = make(source), make(source)
+  for step in range(0, 9, 3):
+    first.chunk(step, 3)
+  np.testing.assert_array_equal(first.chunk(9, 3).labels, resumed.chunk(9, 3).labels)
+  first.close(), resumed.close()
+
+
+def test_each_process_reads_only_its_rows_of_a_chunk(source):
+  reads = []
+
+  class Counting(streaming.ArraySource):
+
+    def __getitem__(self, i):
+      reads.append(i)
+      return super().__getitem__(i)
+
+  counting = Counting(source.images, source.labels)
+  whole = make(source).chunk(0, 3)
+  stream = make(counting, (6, 12))  # the second of two processes' blocks of a chunk
+  reads.clear()  # (the stream read row 0 for the images' shape)
+  half = stream.chunk(0, 3)
+  np.testing.assert_array_equal(half.labels, whole.labels[6:12])
+  stream.close()  # (its next chunk, read ahead, is of other rows of the epoch)
+  assert set(whole.labels[6:12].tolist()) <= set(reads)
+  assert not set(whole.labels[:6].tolist()) & set(reads)  # the other process's rows
+
+
+def test_a_folders_unusable_file_is_replaced_by_the_next_usable_one(tmp_path):
+  for i in range(4):
+    Image.fromarray(np.full((8, 8), 50 * i, np.uint8)).save(tmp_path / f"{i}.png")
+  (tmp_path / "1.png").write_bytes(b"broken")
+  listing = image_folder.Listing([str(tmp_path / f"{i}.png") for i in range(4)],
+                                 np.arange(4, dtype=np.int32), ["."])
+  source = streaming.FolderSource(listing, 8, 1, "area")
+  assert source[1][1] == 2 and int(source[1][0].mean()) == 100  # file 2 in its place
+  assert source[3][1] == 3 and list(source.skipped) == [str(tmp_path / "1.png")]
+  for i in range(4):
+    (tmp_path / f"{i}.png").write_bytes(b"")
+  with pytest.raises(data.DataError, match="no usable image among the 4 files"):
+    streaming.FolderSource(listing, 8, 1, "area")[0]
+  assert os.path.exists(tmp_path / "0.png")

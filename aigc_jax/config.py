@@ -126,6 +126,9 @@ def _data_keys() -> dict:
       image_size=0,
       channels=0,
       resize="area",
+      # A train split of more bytes (uint8 images) streams from its source a chunk at a time
+      # (`streaming`) instead of living on device whole; 1 streams any split
+      max_device_bytes=2_000_000_000,
   )
 
 
@@ -162,6 +165,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def _check_data(config: ml_collections.ConfigDict, need) -> None:
+  """`need(ok, message)` of each key that chooses the data and its images' shape."""
+  need(config.resize in ("area", "bicubic"), f"resize '{config.resize}' is unknown; use 'area' or "
+       "'bicubic'")
+  need(config.channels in (0, 1, 3), f"channels must be 1, 3 or 0 (the dataset's own), got "
+       f"{config.channels}")
+  need(config.image_size >= 0, f"image_size must be >= 0, got {config.image_size}")
+  need(config.max_device_bytes >= 1, f"max_device_bytes must be >= 1, got "
+       f"{config.max_device_bytes}")
+  need(
+      config.dataset in data_lib.DATASETS or user_data.is_user_dataset(config.dataset),
+      f"dataset '{config.dataset}' is unknown; choose one of {sorted(data_lib.DATASETS)}, "
+      "'folder:PATH' or 'tfds:NAME[:SPLIT]'")
+
+
 def _check_values(config: ml_collections.ConfigDict, family) -> None:
   """ConfigError for the first value out of its range or set of choices."""
 
@@ -169,15 +187,7 @@ def _check_values(config: ml_collections.ConfigDict, family) -> None:
     if not ok:
       raise ConfigError(message)
 
-  need(config.resize in ("area", "bicubic"), f"resize '{config.resize}' is unknown; use 'area' or "
-       "'bicubic'")
-  need(config.channels in (0, 1, 3), f"channels must be 1, 3 or 0 (the dataset's own), got "
-       f"{config.channels}")
-  need(config.image_size >= 0, f"image_size must be >= 0, got {config.image_size}")
-  need(
-      config.dataset in data_lib.DATASETS or user_data.is_user_dataset(config.dataset),
-      f"dataset '{config.dataset}' is unknown; choose one of {sorted(data_lib.DATASETS)}, "
-      "'folder:PATH' or 'tfds:NAME[:SPLIT]'")
+  _check_data(config, need)
   need(config.scale in ("zero_one", "minus_one_one"),
        f"scale '{config.scale}' is unknown; use 'zero_one' or 'minus_one_one'")
   need(not (config.binarize and config.scale != "zero_one"),

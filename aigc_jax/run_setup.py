@@ -19,6 +19,7 @@ from aigc_jax import eval_split
 from aigc_jax import families
 from aigc_jax import parallel
 from aigc_jax import schedule as schedule_lib
+from aigc_jax import streaming
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
 
@@ -55,12 +56,13 @@ class Run(NamedTuple):
   trainable: families.Trainable
   loop: parallel.TrainLoop
   schedule: schedule_lib.Schedule
-  train_data: data_lib.DeviceData  # this process's rows of the train split: `train_rows`
+  train_data: data_lib.DeviceData | None  # this process's train rows, `train_rows`; None: streamed
   train_rows: data_lib.Rows
   num_train: int
   test_data: eval_split.EvalData  # this process's rows of the test split
   checkpoints: Any
   writer: writers.MetricWriter
+  stream: streaming.ChunkStream | None = None  # the train split, when it is streamed
 
 
 def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
@@ -70,12 +72,13 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   With `population_step(members, batch, *, total_steps, axis_name=None)`, the loop runs that step
   over a stacked population (`parallel.TrainLoop(members=member_map, member_devices=...)`) and
   metrics.jsonl gets no TensorBoard run."""
-  family = families.get(config.model)
-  num_train = data_lib.config_split_size(config, "train")
+  family, info = families.get(config.model), data_lib.config_info(config)
+  source = streaming.train_source(config, info)
+  num_train = len(source) if source else data_lib.config_split_size(config, "train")
   test_data = load_test(config)
   batches_per_step = family.batches_per_step(config)
   schedule = schedule_lib.make_schedule(config, num_train, batches_per_step)
-  trainable = family.build(config, data_lib.config_info(config), schedule.total)
+  trainable = family.build(config, info, schedule.total)
   step = (trainable.train_step if population_step is None else functools.partial(
       population_step, total_steps=schedule.total))
   population = population_step is not None
@@ -89,10 +92,14 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
                                     members="" if population_step is None else member_map)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  rows = loop.place.local_rows(num_train)  # all this process's devices read
-  images, labels = data_lib.load_config_split(config, "train", rows)
-  train_data = data_lib.to_host(images,
-                                family.train_labels(config, images, labels, workdir, rows=rows))
+  if source is None:
+    rows = loop.place.local_rows(num_train)  # all this process's devices read
+    images, labels = data_lib.load_config_split(config, "train", rows)
+    train_data = data_lib.to_host(images,
+                                  family.train_labels(config, images, labels, workdir, rows=rows))
+    stream = None
+  else:
+    train_data, rows, stream = None, (0, 0), _stream(config, source, loop, schedule, population)
   log.info("%s on %s: %d train / %d test images, %d steps (%d per epoch), %d device(s); %s; %s",
            config.model, config.dataset, num_train, test_data.size, schedule.total,
            schedule.steps_per_epoch, loop.place.num_devices, backend.describe_devices(),
@@ -101,7 +108,24 @@ def setup(config, workdir: str, population_step=None, member_map: str = "vmap",
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
                                 tensorboard=population_step is None)
   return Run(config, workdir, trainable, loop, schedule, train_data, rows, num_train, test_data,
-             checkpoints, writer)
+             checkpoints, writer, stream)
+
+
+def _stream(config, source: streaming.RowSource, loop: parallel.TrainLoop,
+            schedule: schedule_lib.Schedule, population: bool) -> streaming.ChunkStream:
+  """The streamed train split of a run whose split is more than max_device_bytes."""
+  if population or config.get("pixel_clusters"):
+    raise config_lib.ConfigError(
+        f"the train split is more than max_device_bytes={config.max_device_bytes} bytes, so it "
+        f"would stream, but {'a sweep' if population else 'pixel_clusters'} needs it in memory; "
+        "raise --config.max_device_bytes")
+  per_step = config.batch_size * families.get(config.model).batches_per_step(config)
+  per_call = loop.steps_per_call * per_step
+  log.info("streaming the train split (%d rows, more than max_device_bytes=%d bytes)", len(source),
+           config.max_device_bytes)
+  return streaming.ChunkStream(source, seed=config.seed, steps_per_epoch=schedule.steps_per_epoch,
+                               rows_per_step=per_step, steps_per_call=loop.steps_per_call,
+                               local_rows=loop.place.local_rows(per_call))
 
 
 def load_test(config) -> eval_split.EvalData:

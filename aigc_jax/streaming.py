@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import os
 import threading
 from typing import Protocol
@@ -23,6 +24,7 @@ import numpy as np
 
 from aigc_jax import data as data_lib
 from aigc_jax import image_folder
+from aigc_jax import user_data
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +137,20 @@ class ChunkStream:
 
   def close(self) -> None:
     self._ahead.shutdown(wait=True, cancel_futures=True)
+
+
+def train_source(config, info: data_lib.DatasetInfo) -> RowSource | None:
+  """The train split as a `RowSource` when its images are more than config.max_device_bytes
+  (uint8), else None: it is held on device whole."""
+  fitted = user_data.Spec(config.dataset, config.image_size, config.channels, config.resize,
+                          config.tfds_data_dir or None)
+  if config.dataset.startswith(user_data.FOLDER):
+    listing = image_folder.list_split(user_data.root(fitted), "train")
+    rows = len(listing.paths)
+  else:
+    rows = data_lib.config_split_size(config, "train")
+  if rows * math.prod(info.image_shape) <= config.max_device_bytes:
+    return None
+  if config.dataset.startswith(user_data.FOLDER):
+    return FolderSource(listing, info.image_shape[0], info.image_shape[2], config.resize)
+  return ArraySource(*data_lib.load_config_split(config, "train"))

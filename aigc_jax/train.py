@@ -108,28 +108,44 @@ def train_loop(run: run_setup.Run, state, bar):
 
 
 class TrainChunks:
-  """The device side of training: the placed state, data and epoch permutation, a chunk at a
-  time (`train`), and the single copy of the state (`state`)."""
+  """The device side of training: the placed state, data and epoch permutation (or, for a
+  streamed split, each chunk's rows in order), a chunk at a time (`train`), and the single copy
+  of the state (`state`)."""
 
   def __init__(self, run: run_setup.Run, state):
     self.run, self.meter, self.first = run, schedule_lib.TrainMeter(), True
     self.epoch, self.perm = None, None
     self.placed = run.loop.place.put_state(state)  # `state`: host
-    self.data = run.loop.place.put_data(run.train_data, first_row=run.train_rows[0],
-                                        num_examples=run.num_train)
+    if run.stream is None:
+      self.data = run.loop.place.put_data(run.train_data, first_row=run.train_rows[0],
+                                          num_examples=run.num_train)
+    else:  # each chunk is read in order, from its first row
+      self.perm = run.loop.place.put_state(np.arange(run.stream.rows_per_call, dtype=np.int32))
     self.permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
 
   def train(self, step: int, end: int) -> None:
     run, loop = self.run, self.run.loop
+    if run.stream is not None:
+      for start in range(step, end, loop.steps_per_call):
+        num = min(loop.steps_per_call, end - start)
+        chunk = loop.place.put_data(run.stream.chunk(start,
+                                                     num), first_row=run.stream.local_rows[0],
+                                    num_examples=run.stream.rows_per_call)
+        self.placed, sums = loop(self.placed, chunk, self.perm, 0, num)
+        self._trained(sums, num)
+      return
     epoch, index = divmod(step, run.schedule.steps_per_epoch)
     if epoch != self.epoch:
       self.epoch, self.perm = epoch, loop.place.put_state(
           self.permutation(run.config.seed, epoch, run.num_train))
     self.placed, sums = loop(self.placed, self.data, self.perm, index, end - step)
+    self._trained(sums, end - step)
+
+  def _trained(self, sums, num_steps: int) -> None:
     if self.first:  # its failure (out of memory) is raised here, not by the next evaluation
       jax.block_until_ready(sums)
       self.first = False
-    self.meter.add(sums, end - step)
+    self.meter.add(sums, num_steps)
 
   def state(self):
     return self.run.loop.place.get_state(self.placed)

@@ -47,7 +47,7 @@ def describe(spec: Spec) -> tuple[tuple[int, int, int], int]:
   """((height, width, channels), number of classes) of the dataset's images once fitted."""
   if spec.name.startswith(FOLDER):
     size, channels = _folder_shape(spec)
-    return (size, size, channels), len(image_folder.list_split(_root(spec), "train").classes)
+    return (size, size, channels), len(image_folder.list_split(root(spec), "train").classes)
   features = _tfds_builder(spec).info.features
   shape = _tfds_shape(spec, tuple(features["image"].shape))
   return shape, features["label"].num_classes if "label" in features else 1
@@ -68,7 +68,7 @@ def load_split(spec: Spec, split: str,
   if spec.name.startswith(FOLDER):
     images, labels = _folder_split(spec, split)
     start, stop = rows or (0, len(labels))
-    return images[start:stop], labels[start:stop], f"image folder {_root(spec)}"
+    return images[start:stop], labels[start:stop], f"image folder {root(spec)}"
   source = _tfds_source(spec, split)
   records = tfds_split.read_records(source, rows or (0, len(source)))
   shape = describe(spec)[0]
@@ -77,7 +77,7 @@ def load_split(spec: Spec, split: str,
   return images, labels, f"TFDS {_tfds_name(spec)[0]!r}"
 
 
-def _root(spec: Spec) -> str:
+def root(spec: Spec) -> str:
   root = os.path.expanduser(spec.name[len(FOLDER):])
   if not os.path.isdir(root):
     raise idx.DataError(f"dataset '{spec.name}': {root} is not a directory; point "
@@ -92,13 +92,13 @@ def _folder_shape(spec: Spec) -> tuple[int, int]:
 @functools.lru_cache(maxsize=4)
 def _folder_split(spec: Spec, split: str) -> tuple[np.ndarray, np.ndarray]:
   """The usable images and labels of a folder's split, decoded once per process."""
-  root = _root(spec)
-  listing = image_folder.list_split(root, split)
+  folder = root(spec)
+  listing = image_folder.list_split(folder, split)
   size, channels = _folder_shape(spec)
   images, labels, skipped = image_folder.load(listing, size, channels, spec.resize)
   if skipped:
-    shown = "; ".join(f"{os.path.relpath(p, root)}: {why}" for p, why in skipped[:SHOWN_SKIPS])
-    log.warning("%s split '%s': skipped %d of %d files (%s%s)", root, split, len(skipped),
+    shown = "; ".join(f"{os.path.relpath(p, folder)}: {why}" for p, why in skipped[:SHOWN_SKIPS])
+    log.warning("%s split '%s': skipped %d of %d files (%s%s)", folder, split, len(skipped),
                 len(listing.paths), shown, "; ..." if len(skipped) > SHOWN_SKIPS else "")
   if not len(labels):
     raise idx.DataError(

@@ -1,14 +1,20 @@
 """The train split streamed a chunk at a time, in the on-device path's order."""
 
+import logging
 import os
 
+import chex
 import numpy as np
 import pytest
+from helpers import arrays
+from helpers import small_config
 from PIL import Image
 
 from aigc_jax import data
 from aigc_jax import image_folder
 from aigc_jax import streaming
+from aigc_jax import train
+from aigc_jax import workdir as workdir_lib
 
 N, R, K, SPE = 50, 4, 3, 12  # rows, rows per step, steps per call, steps per epoch (drops 2)
 
@@ -87,3 +93,22 @@ def test_a_folders_unusable_file_is_replaced_by_the_next_usable_one(tmp_path):
   with pytest.raises(data.DataError, match="no usable image among the 4 files"):
     streaming.FolderSource(listing, 8, 1, "area")[0]
   assert os.path.exists(tmp_path / "0.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["none", "shard_map"])
+def test_a_streamed_run_equals_the_on_device_run_bitwise(idx_dir, tmp_path, parallel, caplog):
+  caplog.set_level(logging.INFO)
+  runs = {}
+  for name, max_bytes in (("on_device", 2_000_000_000), ("streamed", 1)):
+    config = small_config(idx_dir, parallel=parallel, max_device_bytes=max_bytes,
+                          num_train_steps=20)  # 2.5 epochs of 8 steps, chunks cut at epoch ends
+    workdir = str(tmp_path / name)
+    runs[name] = train.train_and_evaluate(config,
+                                          workdir), workdir_lib.load_trained(workdir, "latest")
+  streaming_lines = [r for r in caplog.records if "streaming the train split" in r.getMessage()]
+  assert len(streaming_lines) == 1  # the streamed run, not the other
+  streamed, on_device = runs["streamed"][1].state, runs["on_device"][1].state
+  assert int(streamed.step) == int(on_device.step) == 20
+  chex.assert_trees_all_equal(arrays(streamed), arrays(on_device))
+  assert runs["streamed"][0] == runs["on_device"][0]

@@ -18,6 +18,7 @@ from helpers import small_config  # noqa: E402  (tests/ is this script's directo
 from aigc_jax import placement  # noqa: E402
 from aigc_jax import run_setup  # noqa: E402
 from aigc_jax import signals  # noqa: E402
+from aigc_jax import streaming  # noqa: E402
 from aigc_jax import train  # noqa: E402
 
 
@@ -51,9 +52,24 @@ def reporting_load_test(load_test):
   return load
 
 
+def reporting_stream(chunk):
+  """`ChunkStream.chunk` that prints, once, which rows of each chunk this process reads."""
+
+  def read(stream, step, num_steps):
+    if step == 0:
+      rows = stream.local_rows
+      print(
+          f"process {jax.process_index()} streams rows [{rows[0]}, {rows[1]}) of each "
+          f"{stream.rows_per_call}-row chunk", flush=True)
+    return chunk(stream, step, num_steps)
+
+  return read
+
+
 def main(idx_dir, workdir, mode, port, process_id, overrides="{}"):
   placement.Placement.put_data = reporting_placement(placement.Placement.put_data)
   run_setup.load_test = reporting_load_test(run_setup.load_test)
+  streaming.ChunkStream.chunk = reporting_stream(streaming.ChunkStream.chunk)
   config = small_config(idx_dir, parallel=mode, coordinator_address=f"127.0.0.1:{port}",
                         num_processes=2, process_id=int(process_id), **STEADY_ADAM,
                         **json.loads(overrides))

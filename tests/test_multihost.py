@@ -51,6 +51,24 @@ def wait_for_train_record(workdir, timeout=120):
   raise AssertionError(f"no train record in {path} after {timeout} s")
 
 
+def test_two_streaming_processes_read_their_halves_and_equal_one_process(idx_dir, tmp_path):
+  shared = str(tmp_path / "two_processes")
+  workers = start_workers(idx_dir, shared, "shard_map", {"max_device_bytes": 1})
+  outputs = [w.communicate(timeout=300)[0] for w in workers]
+  for worker, output in zip(workers, outputs):
+    assert worker.returncode == 0, output[-3000:]
+  # 4 steps of 32 rows per call, split over 2 x 2 devices: each process reads its 64 rows.
+  assert "process 0 streams rows [0, 64) of each 128-row chunk" in outputs[0], outputs[0][-2000:]
+  assert "process 1 streams rows [64, 128) of each 128-row chunk" in outputs[1], outputs[1][-2000:]
+  for i, output in enumerate(outputs):  # each chunk placed by halves, never the split of 256 rows
+    assert f"process {i} loaded 64 and holds 64 of 128 train rows" in output
+    assert "of 256 train rows" not in output
+  on_device = str(tmp_path / "one_process_on_device")
+  train.train_and_evaluate(small_config(idx_dir, parallel="shard_map", **STEADY_ADAM), on_device)
+  chex.assert_trees_all_close(arrays(trained(shared)), arrays(trained(on_device)), rtol=1e-5,
+                              atol=1e-6)
+
+
 def test_sigterm_to_one_process_stops_both_at_one_saved_step(idx_dir, tmp_path):
   shared = str(tmp_path / "two_processes")
   long_run = {"num_train_steps": 240, "eval_every_steps": 120}

@@ -1,5 +1,6 @@
 """The train split streamed a chunk at a time, in the on-device path's order."""
 
+import json
 import logging
 import os
 
@@ -15,6 +16,7 @@ from aigc_jax import image_folder
 from aigc_jax import streaming
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
+from aigc_jax.bench import cli
 
 N, R, K, SPE = 50, 4, 3, 12  # rows, rows per step, steps per call, steps per epoch (drops 2)
 
@@ -112,3 +114,20 @@ def test_a_streamed_run_equals_the_on_device_run_bitwise(idx_dir, tmp_path, para
   assert int(streamed.step) == int(on_device.step) == 20
   chex.assert_trees_all_equal(arrays(streamed), arrays(on_device))
   assert runs["streamed"][0] == runs["on_device"][0]
+
+
+def test_the_input_pipeline_benchmark_times_loader_and_step(tmp_path, capsys):
+  for i in range(40):
+    Image.fromarray(np.full((12, 12), 5 * i, np.uint8)).save(tmp_path / f"{i}.png")
+  args = [
+      "--input_pipeline", "--model", "vae_mlp", "--dataset", f"folder:{tmp_path}", "--batch", "8",
+      "--steps", "4", "--warmup", "1", "--json", "--config.image_size=8"
+  ]
+  cli.main(args)
+  result = json.loads(capsys.readouterr().out)
+  assert result["rows"] == 36 and result["image_shape"] == [8, 8, 3] and result["batch"] == 8
+  for key in ("loader_images_per_s", "loader_and_step_images_per_s", "step_images_per_s"):
+    assert result[key] > 0
+  with pytest.raises(SystemExit) as e:
+    cli.main(args[:4] + [f"folder:{tmp_path / 'nope'}"] + args[5:])
+  assert e.value.code == 2 and "is not a directory" in capsys.readouterr().err

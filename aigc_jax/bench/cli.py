@@ -3,6 +3,7 @@
   python -m aigc_jax.bench --model gan_mlp --batch 64 [256 ...] [--steps-per-call K] [--torch]
       [--torch-compile] [--json]
   python -m aigc_jax.bench --torch --table benchmarks/RESULTS.md    # what `make bench` runs
+  python -m aigc_jax.bench --input_pipeline --model dcgan --dataset folder:PATH [--steps N]
 
 A model is an experiment preset (`presets`) with the batch size and steps per call overridden.
 The JAX side is the training loop's own path (`timing`). Reported: compile time (the first call
@@ -16,8 +17,9 @@ steps, one sync per call; TF32 off for matmul_precision 'highest', on otherwise)
 with --torch-compile the same with its modules
 `torch.compile`d. Several --batch values sweep. With --epoch, one whole epoch of the synthetic
 set run the way train.py runs it, against steps x the median step time. With --profile N, the N
-ops of the compiled step that take the most time (`step_profile`). Every error is one
-`error:` line and exit status 2.
+ops of the compiled step that take the most time (`step_profile`). With --input_pipeline, the
+streamed input's images/s alone and feeding the train step (`input_pipeline`) instead. Every
+error is one `error:` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 from pathlib import Path
 
 from aigc_jax import backend
+from aigc_jax.bench import input_pipeline
 from aigc_jax.bench import presets
 from aigc_jax.bench import report
 from aigc_jax.bench import timing
@@ -94,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
   add("--table", metavar="OUT.md", help="run --models and write a markdown table")
   add("--models", nargs="+", metavar="NAME[:BATCH]", type=parse_run,
       help="with --table (default: every experiment at its reference batch)")
+  add(
+      "--input_pipeline", action="store_true", help="time the streamed input pipeline instead: "
+      "images/s of the loader alone and of loader plus train step")
+  add("--dataset", metavar="NAME", help="the dataset (as --config.dataset=NAME), e.g. "
+      "folder:PATH or tfds:NAME")
   return parser
 
 
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
   Exits with status 2 and one error line for bad arguments or a run that cannot be made."""
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
+  overrides += [f"--config.dataset={args.dataset}"] if args.dataset else []
   if args.table is None and not args.model:
     parser.error("--model is required (or --table OUT.md)")
   if args.warmup < 0:
@@ -138,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     if report.is_busy(load_before):
       print(f"warning, {report.busy_warning(load_before)}", file=sys.stderr)
     for name, config in configs:
+      if args.input_pipeline:
+        result = input_pipeline.measure(config, args.steps, args.warmup)
+        print(json.dumps(result) if args.json else input_pipeline.describe(result), flush=True)
+        continue
       result = timing.benchmark(name, config, torch=args.torch, torch_compile=args.torch_compile,
                                 steps=args.steps, warmup=args.warmup, peak_size=args.peak_size,
                                 epoch=args.epoch, num_images=args.images, profile=args.profile or 0)

@@ -6,7 +6,6 @@ Layout: ``<directory>/<step>/state`` (orbax ``StandardSave`` of the state's pytr
 (none: format 1, which differs in that only). Orbax writes each step into
 ``<step>.orbax-checkpoint-tmp`` and renames it when complete (on GCS it writes
 ``commit_success.txt`` last instead); unfinished steps are never listed, restored or kept.
-
 Saves are asynchronous: ``save`` returns once the arrays are copied to host memory (donating or
 mutating the state afterwards is safe); files are written in the background and old steps are
 deleted only after the new one is committed. ``wait``, ``restore`` and ``close`` block until
@@ -16,6 +15,8 @@ thread tracebacks go to the debug log).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -27,9 +28,11 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from aigc_jax import checkpoint_verify as verify
+from aigc_jax import entry
 from aigc_jax import orbax_logs
+from aigc_jax import safe_files
 
-__all__ = ["CheckpointError", "Checkpoints", "abstract_like"]
+__all__ = ["CheckpointError", "Checkpoints", "abstract_like", "remove_unfinished"]
 
 _log = logging.getLogger(__name__)
 _ITEM = "state"
@@ -58,11 +61,9 @@ def abstract_like(state: Any) -> Any:
 
 
 class Checkpoints:
-  """Saves and restores train states in `directory`, keeping the last and the best steps.
-
-    Saving an existing step is skipped with a warning, never overwritten (that would delete a good
-    checkpoint first). Saving a step older than the latest one raises `CheckpointError`.
-    """
+  """Saves and restores train states in `directory`, keeping the last and the best steps. An
+  existing step is never saved over (a warning); an older one raises `CheckpointError`. From the
+  first save until `close`, a stop signal that ends the process removes an unfinished save."""
 
   def __init__(self, directory: str | os.PathLike[str], *, keep_last: int = 3,
                best_metric: str | None = None, best_mode: str = "min", keep_best: int = 1) -> None:
@@ -93,7 +94,7 @@ class Checkpoints:
         **{_ITEM: ocp.StandardCheckpointHandler(), _SUMS: ocp.JsonCheckpointHandler()})
     orbax_logs.quiet_orbax()
     self._mngr = ocp.CheckpointManager(directory, options=options, handler_registry=registry)
-    self.directory = self._mngr.directory
+    self.directory, self._forget = self._mngr.directory, None
 
   def _path(self, step: int) -> str:
     return str(self.directory / str(step))
@@ -109,6 +110,8 @@ class Checkpoints:
       raise CheckpointError(
           f"cannot save checkpoint {self._path(step)}: it is older than the latest step "
           f"{latest} there; resume from the latest step or use a new --workdir")
+    if self._forget is None:  # a second stop signal exits at once: no half-made step is left
+      self._forget = entry.undo_on_signal(functools.partial(remove_unfinished, self.directory))
     try:
       with orbax_logs.metricless_save():
         self._mngr.save(
@@ -125,10 +128,13 @@ class Checkpoints:
       raise self._write_error(e) from e
 
   def _write_error(self, error: Exception) -> CheckpointError:
+    with contextlib.suppress(Exception):  # the same failure
+      self._mngr.wait_until_finished()
+    remove_unfinished(self.directory)
     return CheckpointError(
-        f"writing a checkpoint into {self.directory} failed ({_first_line(error)}); "
-        f"free disk space or fix the directory's permissions, then resume: the checkpoints "
-        f"already there ({self.all_steps()}) are kept")
+        f"writing a checkpoint into {self.directory} failed ({_first_line(error)}); free disk "
+        f"space or fix the directory's permissions, then resume: the checkpoints already there "
+        f"({self.all_steps()}) are kept")
 
   def _json_metrics(self, metrics: Mapping[str, Any] | None) -> dict[str, float] | None:
     """Finite scalar metrics as floats; None unless they hold a finite `best_metric`."""
@@ -164,10 +170,8 @@ class Checkpoints:
   def restore(self, state_template: S, step: int | None = None) -> S:
     """Restores `step` (default latest) into the template's type, static fields and devices,
     verified: it must have checksums, its arrays must match them and be finite, and the state's
-    own `step` (when it has one) must be `step`; else CheckpointError.
-
-    `state_template` may be concrete or abstract (`jax.eval_shape`).
-    """
+    own `step` (when it has one) must be `step`; else CheckpointError. `state_template` may be
+    concrete or abstract (`jax.eval_shape`)."""
     self.wait()
     steps = self.all_steps()
     step = self.latest_step() if step is None else int(step)
@@ -274,12 +278,20 @@ class Checkpoints:
       self._mngr.close()
     except Exception as e:
       raise self._write_error(e) from e
+    finally:
+      if self._forget is not None:
+        self._forget()
 
   def __enter__(self) -> Checkpoints:
     return self
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
+
+
+def remove_unfinished(directory: str | os.PathLike[str]) -> list[str]:
+  """Removes the ``<step>.orbax-checkpoint-tmp*`` folders of cut-short saves (never a step)."""
+  return safe_files.remove_leftovers(str(directory), r"\d+\.orbax-checkpoint-tmp.*")
 
 
 def _first_line(error: Exception) -> str:

@@ -267,9 +267,14 @@ def parse_value(key: str, text: str, default):
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
     raise ConfigError(f"--config.{key}={text}: not a {type(default).__name__}") from None
-  if isinstance(default, int) and not (isinstance(value, int) or
-                                       (isinstance(value, float) and value.is_integer())):
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, int) and not (number and float(value).is_integer()):
     raise ConfigError(f"--config.{key}={text}: not an int")
+  if isinstance(default, float) and not number:
+    raise ConfigError(f"--config.{key}={text}: not a float")
+  if isinstance(default, tuple) and not isinstance(value, (tuple, list)):
+    raise ConfigError(f"--config.{key}={text}: not a tuple such as {default!r} (one value: "
+                      f"({text},))")
   return type(default)(value) if isinstance(default, (int, float, tuple)) else value
 
 

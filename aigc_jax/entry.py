@@ -31,7 +31,7 @@ _undo: dict[int, tuple[Callable[[], None], bool]] = {}  # key -> (undo, until th
 _keys = itertools.count()
 _doing: list[tuple[str, str]] = [("", "")]  # (what the process does, what to lower), innermost last
 _installed = [False]
-_ended = [False]  # the command has ended (its result or error is out): a signal exits quietly
+_ended = [""]  # "done": the command's work is complete; "failed": its error line is out
 
 
 class OutOfMemory(RuntimeError):
@@ -97,22 +97,46 @@ def say(line: str) -> None:
 def _exit_on_signal(signum: int, frame) -> None:
   del frame
   undo_all()
-  what = _doing[-1][0]
-  if not _ended[0]:
-    say(f"error: stopped by {signal.Signals(signum).name}{f' while {what}' if what else ''}; "
-        "nothing half-written is left: run the same command again")
+  what, name = _doing[-1][0], signal.Signals(signum).name
+  if _ended[0] == "done":
+    say(f"error: stopped by {name} after the command had finished: its output is complete")
+  elif not _ended[0]:
+    say(f"error: stopped by {name}{f' while {what}' if what else ''}; nothing half-written is "
+        "left: run the same command again")
   _flush()
   os._exit(128 + signum)  # pylint: disable=protected-access  (no teardown of XLA's threads)
 
 
 @contextlib.contextmanager
 def command() -> Iterator[None]:
-  """Around a command's work: once it has ended (its output or its one error line written), a
-  stop signal during the interpreter's teardown exits without another line."""
+  """Around a command's work: once it has ended, a stop signal during the interpreter's teardown
+  exits with 128 + signal, saying the command had finished, or with no other line after its
+  error line (or its stop line)."""
   try:
     yield
-  finally:
-    _ended[0] = True
+  except BaseException as e:
+    _ended[0] = "done" if isinstance(e, SystemExit) and not e.code else "failed"
+    raise
+  _ended[0] = "done"
+
+
+def finished() -> None:
+  """The command's work is complete (only its output is left to print): a stop signal from now
+  says so instead of "nothing half-written is left"."""
+  _ended[0] = _ended[0] or "done"
+
+
+def exit_now(code: int) -> None:
+  """Ends the command with `code` once its line is written: a failure (code != 0) of an entry
+  point exits at once, not waiting for threads that a failed write left running (orbax's);
+  otherwise SystemExit."""
+  if code and _installed[0]:
+    _ended[0] = "failed"
+    undo_all()  # what background writes left half-made
+    logging.shutdown()
+    _flush()
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
 
 
 def _one_line_hook(exc_type, exc, tb) -> None:

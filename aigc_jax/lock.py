@@ -99,6 +99,15 @@ def _claim(fd: int, workdir: str, member_of: str | None) -> None:
     safe_files.write_text(marker, os.path.abspath(member_of) + "\n")
 
 
+def _held(fd: int) -> bool:
+  """Whether this process holds (or now takes) the lock on `fd`."""
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    return False
+  return True
+
+
 def _remove_unused(workdir: str, top: str | None) -> None:
   """Removes `workdir` when it holds only the lock's files, and the empty folders above it up to
   `top`, the first one `make_workdir` created (nothing when it created none)."""
@@ -134,7 +143,12 @@ def hold(workdir: str, member_of: str | None = None) -> Iterator[None]:
   member folder unless `member_of` (the sweep's directory: the folder is marked its member) is
   given. A directory this call created and that the block left unused (a run that failed before
   writing anything) is removed again, and so is one that a stop signal ended before its training
-  loop started (`entry.undone_on_signal`)."""
+  loop started (`entry.undone_on_signal`). A link at a member's folder's parent is refused."""
+  members = os.path.dirname(os.path.abspath(workdir))
+  if member_of is not None and os.path.islink(members):
+    raise WorkdirError(f"{members} is a symbolic link, where the sweep keeps its members' "
+                       "folders; a run never writes through it: remove it, or choose another "
+                       "--workdir")
   top = make_workdir(workdir)
   with contextlib.ExitStack() as undo:
     if top is not None:
@@ -149,6 +163,8 @@ def hold(workdir: str, member_of: str | None = None) -> Iterator[None]:
     try:
       _claim(fd, workdir, member_of)
     except BaseException:
+      if _held(fd):  # not another process's: a folder made here is removed again
+        _remove_unused(workdir, top)
       os.close(fd)
       raise
     try:

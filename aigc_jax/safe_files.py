@@ -14,6 +14,8 @@ import contextlib
 import errno
 import functools
 import os
+import re
+import shutil
 import stat
 import tempfile
 from typing import BinaryIO, Callable
@@ -141,3 +143,20 @@ def remove(path: str) -> None:
 def write_text(path: str, text: str) -> str:
   """`atomic_write` of `text` (UTF-8) to `path`."""
   return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def remove_leftovers(directory: str, pattern: str) -> list[str]:
+  """Removes the entries of `directory` whose whole names match `pattern` (what writes cut
+  short left: temporary files or folders), a link itself, never its target; their names."""
+  try:
+    names = [n for n in os.listdir(directory) if re.fullmatch(pattern, n)]
+  except OSError:
+    return []
+  for name in names:
+    path = os.path.join(directory, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      with contextlib.suppress(OSError):
+        os.unlink(path)
+  return names

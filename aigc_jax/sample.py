@@ -12,8 +12,10 @@ with its config's sampler, steps and guidance unless the flags choose others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import resource
 import sys
 
 import jax
@@ -21,6 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from aigc_jax import backend
+from aigc_jax import data as data_lib
 from aigc_jax import entry
 from aigc_jax import safe_files
 from aigc_jax import workdir as workdir_lib
@@ -37,17 +40,63 @@ flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the gui
 FLAGS = flags.FLAGS
 log = logging.getLogger("aigc_jax.sample")  # not __name__: "__main__" under python -m
 
+LOWER_NUM = "--num (write several files of fewer images)"
+CONVERT_ROWS = 4096  # images converted to uint8 at once (no full-size float temporaries)
+
+
+def available_memory() -> int | None:
+  """Bytes this process can still allocate: the least of the host's available memory, its
+  cgroup's room and its address-space limit (ulimit -v) less what it maps; None if unknown."""
+  room = []
+  with contextlib.suppress(OSError, ValueError, IndexError):
+    with open("/proc/meminfo") as f:
+      room += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+  with contextlib.suppress(OSError, ValueError):
+    with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+      room.append(int(f.read()) - int(g.read()))
+  limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+  with contextlib.suppress(OSError, ValueError, IndexError):
+    with open("/proc/self/status") as f:
+      mapped = [int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")][0]
+    if limit != resource.RLIM_INFINITY:
+      room.append(limit - mapped)
+  return min(room) if room else None
+
+
+def check_memory(num: int, image_shape) -> None:
+  """Raises OutOfMemory before sampling when `num` images of `image_shape` (the model's float32
+  output, its host copy and the uint8 file's array, at once) cannot fit in the memory left."""
+  need = num * (int(np.prod(image_shape)) * 9 + 16)
+  room = available_memory()
+  if room is not None and need > room:
+    raise entry.OutOfMemory(
+        f"--num {num} needs about {need / 2**30:.1f} GiB of memory at once ({num} images of "
+        f"{tuple(image_shape)}), more than the {max(room, 0) / 2**30:.1f} GiB available; lower "
+        f"{LOWER_NUM}")
+
+
+def to_uint8(images) -> np.ndarray:
+  """[0, 1] images as uint8, a block of rows at a time."""
+  images = np.asarray(images)
+  out = np.empty(images.shape, np.uint8)
+  for start in range(0, len(images), CONVERT_ROWS):
+    block = images[start:start + CONVERT_ROWS]
+    out[start:start + CONVERT_ROWS] = np.clip(np.round(block * 255.0), 0, 255)
+  return out
+
 
 def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str | int = "best",
                    **options) -> dict:
   """Writes `num` samples of `workdir` to `out`; `options` are a diffusion model's sampler,
-  sample_steps and guidance_scale (ConfigError for an option the model lacks)."""
+  sample_steps and guidance_scale (ConfigError for an option the model lacks; OutOfMemory
+  before sampling when `num` images cannot fit in memory)."""
   run = workdir_lib.load_trained(workdir, which)
   workdir_lib.check_tool_options(run.config, options)
+  check_memory(num, data_lib.config_info(run.config).image_shape)
   log.info("%s", backend.describe_devices())
-  with entry.doing("sampling", lower="--num (write several files of fewer images)"):
+  with entry.doing("sampling", lower=LOWER_NUM):
     images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num, **options)
-    images = np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+    images = to_uint8(images)
   if images.shape[-1] == 1:
     images = images[..., 0]
   arrays = {"images": images}

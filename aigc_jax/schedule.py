@@ -79,11 +79,19 @@ class Boundary(NamedTuple):
 
 
 def at(schedule: Schedule, step: int, signum: int | None = None) -> Boundary:
-  """The boundary at `step`: log, evaluate and checkpoint at their multiples and at the end."""
+  """The boundary at `step`: log, evaluate and checkpoint at their multiples and at the end; a
+  stop signal at the end skips the final evaluation (the resumed run does it: `final_pending`)."""
   end = step == schedule.total
-  return Boundary(step, end or step % schedule.log_every == 0, end or
-                  step % schedule.eval_every == 0, end or step % schedule.checkpoint_every == 0,
-                  signum)
+  evaluate = (end and signum is None) or (not end and step % schedule.eval_every == 0)
+  return Boundary(step, end or step % schedule.log_every == 0, evaluate, end or
+                  step % schedule.checkpoint_every == 0, signum)
+
+
+def final_pending(schedule: Schedule, step: int, history: list[dict]) -> bool:
+  """Whether a run resumed at `step` is at its end without the final evaluation in `history`
+  (the records of metrics.jsonl): a stop signal in the last chunk skipped it."""
+  return step == schedule.total and not any(
+      r.get("split") == "test" and r.get("step") == step for r in history)
 
 
 def run_chunks(schedule: Schedule, step: int, train_chunk: Callable[[int, int], None],
@@ -94,7 +102,8 @@ def run_chunks(schedule: Schedule, step: int, train_chunk: Callable[[int, int], 
   `at_boundary(boundary) -> (saved, go_on)` logs, evaluates and checkpoints as the boundary says.
   A save restarts the meter's clock (steps_per_second counts training only). After a stop signal
   (`signals.agreed()`), which `at_boundary` saves on, raises `signals_lib.Stopped` once
-  `checkpoints` has written the save."""
+  `checkpoints` has written the save, in the last chunk too (without the final evaluation), and
+  after the last boundary (`finished`)."""
   while step < schedule.total:
     end = schedule.next_boundary(step)
     train_chunk(step, end)
@@ -104,11 +113,15 @@ def run_chunks(schedule: Schedule, step: int, train_chunk: Callable[[int, int], 
     saved, go_on = at_boundary(boundary)
     if saved:
       meter.start = time.perf_counter()
-    if boundary.signum is not None and step < schedule.total:
+    if boundary.signum is not None:
       checkpoints.wait()
       raise signals_lib.Stopped(step, boundary.signum)
     if not go_on:
-      return
+      break
+  signum = signals.agreed()  # one that arrived after the last boundary's check
+  if signum is not None:
+    checkpoints.wait()
+    raise signals_lib.Stopped(step, signum, finished=True)
 
 
 def make_schedule(config, num_train: int, batches_per_step: int) -> Schedule:

@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 class Stopped(Exception):
   """Training stopped on a signal after saving its state; the run resumes where it stopped."""
 
-  def __init__(self, step: int, signum: int):
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: its checkpoint "
-                     "is saved; run the same command to resume")
+  def __init__(self, step: int, signum: int, finished: bool = False):
+    name = signal.Signals(signum).name
+    super().__init__(f"stopped by {name} after training ended at step {step}: its checkpoint "
+                     "and evaluation are saved; run the same command to finish (it does not "
+                     "train again)" if finished else
+                     f"stopped by {name} at step {step}: its checkpoint is saved; run the same "
+                     "command to resume")
     self.step, self.exit_code = step, 128 + signum
 
 

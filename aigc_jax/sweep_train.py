@@ -1,9 +1,7 @@
 """Training a sweep: the population of `population` through the training loop's pieces.
-
 `run_sweep(spec, workdir)` trains (or resumes) the sweep that `spec` (sweep.json's content:
 the shared config, each varied key's values per member, halve_every, the members' stops)
-describes; see `aigc_jax.sweep` for the files it writes.
-"""
+describes; see `aigc_jax.sweep` for the files it writes."""
 
 from __future__ import annotations
 
@@ -246,8 +244,7 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
   """Trains the population to the end; (its last state, members, last evaluation)."""
   sched, run = sweep.run.schedule, sweep.run
   step = int(np.asarray(population.state.step)[0])
-  for writer in [run.writer] + sweep.member_writers:
-    writer.truncate_after(step)
+  history = [writer.truncate_after(step) for writer in [run.writer] + sweep.member_writers][0]
   ls, results = LoopState(sweep, population, members), {}
 
   def boundary(b: schedule_lib.Boundary) -> tuple[bool, bool]:
@@ -259,6 +256,9 @@ def sweep_loop(sweep: Sweep, population, members: list[int], bar):
     return done["save"], True
 
   with signals_lib.StopSignals() as signals:
+    if schedule_lib.final_pending(sched, step, history):  # a stop in the last chunk skipped it
+      results = at_boundary(sweep, ls, schedule_lib.Boundary(step, False, True, False, None),
+                            bar)["results"]
     schedule_lib.run_chunks(sched, step, ls.advance, boundary, signals=signals, meter=ls.meter,
                             checkpoints=run.checkpoints, bar=bar)
   return run.loop.place.get_state(ls.placed), ls.members, results
@@ -289,9 +289,9 @@ def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices
     finally:
       if bar is not None:
         bar.close()
-      sweep.run.checkpoints.close()
       for writer in [sweep.run.writer] + sweep.member_writers:
-        writer.close()
+        writer.close()  # first: a failed save's error must not leave curves half-drawn
+      sweep.run.checkpoints.close()
     if jax.process_index() == 0:
       sweep_spec.write_plots(workdir, sweep.spec)
     table = sweep_spec.summary(workdir, sweep.spec, sweep.trainables[0].best_metric,

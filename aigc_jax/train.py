@@ -99,12 +99,18 @@ def save(run: run_setup.Run, step: int, state, eval_metrics: dict | None) -> Non
 
 def train_loop(run: run_setup.Run, state, bar):
   """Trains from `state` to the end (or an early stop): (the last state, the last evaluation).
-  Raises Stopped after saving when SIGTERM or SIGINT arrives."""
+  Raises Stopped after saving when SIGTERM or SIGINT arrives. A run stopped in its last chunk
+  does its final evaluation here."""
   step = int(state.step)
+  history = run.writer.truncate_after(step)
   stop = schedule_lib.EarlyStop(run.trainable.best_metric, run.trainable.best_mode,
-                                run.config.early_stopping_patience, run.writer.truncate_after(step))
+                                run.config.early_stopping_patience, history)
   with signals_lib.StopSignals() as signals:
-    return _loop(run, state, step, stop, signals, bar)
+    final = {}
+    if schedule_lib.final_pending(run.schedule, step, history) and not stop.stopped:
+      with entry.doing("evaluating", EVAL_SIZES):  # a stop signal in the last chunk skipped it
+        final = evaluate_and_record(run, state, step, bar)
+    return _loop(run, state, step, stop, signals, bar, final)
 
 
 class TrainChunks:
@@ -152,10 +158,10 @@ class TrainChunks:
 
 
 def _loop(run: run_setup.Run, state, step: int, stop: schedule_lib.EarlyStop,
-          signals: signals_lib.StopSignals, bar):
+          signals: signals_lib.StopSignals, bar, eval_metrics: dict):
   if stop.stopped:  # a resumed run that had stopped early
-    return state, {}
-  chunks, eval_metrics = TrainChunks(run, state), {}
+    return state, eval_metrics
+  chunks = TrainChunks(run, state)
 
   def at_boundary(boundary: schedule_lib.Boundary) -> tuple[bool, bool]:
     nonlocal eval_metrics
@@ -208,8 +214,10 @@ def _train_locked(config, workdir: str, step: int | None) -> dict:
     with entry.doing("writing the last checkpoint and closing the run"):
       if bar is not None:
         bar.close()
-      run.checkpoints.close()
-      run.writer.close()
+      try:
+        run.checkpoints.close()
+      finally:  # the curves being drawn are finished (or removed), not cut off at the exit
+        run.writer.close()
   return eval_metrics
 
 
@@ -237,7 +245,7 @@ def run_command(config, workdir: str, step: int | None) -> dict:
     return train_and_evaluate(config, workdir, step)
   except signals_lib.Stopped as e:
     print(str(e), file=sys.stderr)
-    sys.exit(e.exit_code)
+    entry.exit_now(e.exit_code)
   except (config_lib.ConfigError, data_lib.DataError, TrainingError, workdir_lib.CheckpointError,
           lock.WorkdirError, classifier_lib.CacheError, entry.OutOfMemory) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -245,7 +253,7 @@ def run_command(config, workdir: str, step: int | None) -> dict:
     if entry.describe(e) is None:  # a bug: its traceback
       raise
     print(f"error: {entry.describe(e)}", file=sys.stderr)
-  sys.exit(entry.EXIT_ERROR)
+  entry.exit_now(entry.EXIT_ERROR)
 
 
 def main(get_config) -> None:
@@ -281,6 +289,7 @@ def main(get_config) -> None:
     quiet_dependencies()
     with entry.command():
       metrics = run_command(config, flags.FLAGS.workdir, flags.FLAGS.step)
+      entry.finished()
       print(" ".join(f"test_{k}={v:.4f}" for k, v in metrics.items()))
       out = flags.FLAGS.workdir
       print(f"outputs in {out}: samples/*_latest.png, plots/train.png, plots/eval.png, "

@@ -16,6 +16,7 @@ from aigc_jax import families
 from aigc_jax import safe_files
 from aigc_jax.checkpoint import CheckpointError
 from aigc_jax.checkpoint import Checkpoints
+from aigc_jax.checkpoint import remove_unfinished
 
 CONFIG_FILE = "config.json"
 HISTORY = "history"  # config.json's list of the changes made at resumes
@@ -37,8 +38,12 @@ def checkpoint_dir(workdir: str) -> str:
 
 def open_checkpoints(workdir: str, config, trainable: families.Trainable,
                      write: bool = True) -> Checkpoints:
-  """The run's checkpoints; to `write` them, a link or a file at their folder is refused."""
+  """The run's checkpoints; to `write` them (the workdir locked), a link or a file at their
+  folder is refused, and the unfinished saves that a full disk or a kill left are removed."""
   directory = safe_files.make_dir(checkpoint_dir(workdir)) if write else checkpoint_dir(workdir)
+  if write and jax.process_index() == 0:
+    for name in remove_unfinished(directory):
+      log.warning("removed %s: a save that was cut short", os.path.join(directory, name))
   return Checkpoints(directory, keep_last=config.keep_checkpoints,
                      best_metric=f"test_{trainable.best_metric}", best_mode=trainable.best_mode)
 

@@ -133,6 +133,12 @@ def test_command_line_overrides_take_their_default_s_type_and_leave_the_other_ar
     (["--config.num_epochs=2.5"], "--config.num_epochs=2.5: not an int"),
     (["--config.binarize=yes"], "--config.binarize takes true or false, got 'yes'"),
     (["--config.learning_rate=fast"], "--config.learning_rate=fast: not a float"),
+    (["--config.learning_rate=[1]"], "--config.learning_rate=[1]: not a float"),
+    (["--config.num_epochs=True"], "--config.num_epochs=True: not an int"),
+    (["--config.conv_features=8"], "--config.conv_features=8: not a tuple such as (32, 64) (one "
+     "value: (8,))"),
+    (["--config.conv_features='ab'"], "--config.conv_features='ab': not a tuple such as "
+     "(32, 64) (one value: ('ab',))"),
     (["--config.lerning_rate=1"], "unknown config key 'lerning_rate': did you mean "
      "'learning_rate'? (in --config.lerning_rate=1)"),
     (["--workdir", "w", "--config.seed"], "--config.seed needs a value: --config.seed=VALUE"),

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 
 import jax
@@ -369,3 +370,76 @@ def test_a_classifier_that_cannot_be_saved_is_used_with_a_warning(tmp_path, monk
   (warning,) = [w for w in caught if "could not save the classifier" in str(w.message)]
   assert "No space left on device" in str(warning.message) and "AIGC_JAX_CACHE" in str(
       warning.message)
+
+
+def test_sample_refuses_a_num_that_cannot_fit_in_memory_before_sampling():
+  """A --num whose images cannot be held at once is one OutOfMemory naming --num; the uint8
+  conversion, a block at a time, is the whole-array one. (In a subprocess: aigc_jax.sample
+  defines absl flags.)"""
+  code = """
+import numpy as np
+from aigc_jax import entry, sample
+sample.available_memory = lambda: 10**9
+sample.check_memory(1000, (28, 28, 1))
+try:
+  sample.check_memory(10**6, (28, 28, 1))
+except entry.OutOfMemory as e:
+  print(e)
+images = np.random.default_rng(0).uniform(-0.1, 1.1, (5000, 3, 3)).astype(np.float32)
+want = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+assert np.array_equal(sample.to_uint8(images), want)
+assert sample.available_memory() is None or sample.available_memory() > 0
+"""
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.startswith("--num 1000000 needs about 6.6 GiB of memory at once (1000000 "
+                                "images of (28, 28, 1)), more than the 0.9 GiB available; lower "
+                                "--num"), done.stdout
+
+
+def test_a_failed_entry_point_exits_without_waiting_for_threads_left_running():
+  """What a failed checkpoint write leaves (orbax's threads): the error exit does not hang."""
+  code = ("import threading, time; from aigc_jax import entry; entry.begin('testing'); "
+          "threading.Thread(target=time.sleep, args=(300,)).start(); entry.exit_now(2)")
+  began = time.time()
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert done.returncode == 2 and time.time() - began < 60, done.stderr[-2000:]
+
+
+def test_a_full_disk_at_a_new_run_s_lock_leaves_nothing(tmp_path, monkeypatch):
+  fail_writes_after(monkeypatch, tmp_path, 0)
+  with pytest.raises(safe_files.WriteError, match=r"\.lock \(No space left on device\)"):
+    with lock.hold(str(tmp_path / "new" / "run")):
+      pass
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_link_at_a_sweep_s_members_folder_is_refused(tmp_path):
+  sweep, outside = tmp_path / "sweep", tmp_path / "outside"
+  sweep.mkdir()
+  outside.mkdir()
+  os.symlink(outside, sweep / "members")
+  with pytest.raises(lock.WorkdirError, match=r"members is a symbolic link, where the sweep"):
+    with lock.hold(str(sweep / "members" / "00"), member_of=str(sweep)):
+      pass
+  assert os.listdir(outside) == []
+
+
+def test_opening_checkpoints_to_write_removes_unfinished_saves_only(idx_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  trainable = types.SimpleNamespace(best_metric="neg_elbo", best_mode="min")
+  config = small_config(idx_dir)
+  with workdir_lib.open_checkpoints(workdir, config, trainable) as ckpts:
+    ckpts.save(4, {"w": np.arange(3, dtype=np.float32)})
+  folder = workdir_lib.checkpoint_dir(workdir)
+  for name in ("8.orbax-checkpoint-tmp", "12.orbax-checkpoint-tmp-1712345678"):
+    os.makedirs(os.path.join(folder, name, "state"))
+  open(os.path.join(folder, "notes.orbax-checkpoint-tmp"), "w").close()  # not a step's
+  with workdir_lib.open_checkpoints(workdir, config, trainable, write=False) as ckpts:
+    assert len(os.listdir(folder)) == 4  # a reader removes nothing
+  with workdir_lib.open_checkpoints(workdir, config, trainable) as ckpts:
+    assert sorted(os.listdir(folder)) == ["4", "notes.orbax-checkpoint-tmp"]
+    assert ckpts.all_steps() == [4]
+    np.testing.assert_array_equal(ckpts.restore({"w": np.zeros(3, np.float32)})["w"], [0, 1, 2])

@@ -17,6 +17,9 @@ from helpers import small_config
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import lock
+from aigc_jax import signals as signals_lib
+from aigc_jax import sweep_spec
+from aigc_jax import sweep_train
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.checkpoint import CheckpointError
@@ -196,3 +199,65 @@ def test_unusable_workdirs_and_configs_are_one_clear_error(idx_dir, tmp_path):
     workdir_lib.load_trained(workdir)
   with pytest.raises(config_lib.ConfigError, match="config.json cannot be read as JSON"):
     train.train_and_evaluate(small_config(idx_dir, num_train_steps=16), workdir)
+
+
+def signal_at(calls: int):
+  """A `StopSignals.agreed` that answers SIGINT from its `calls`-th call on."""
+  count = [0]
+
+  def agreed(self) -> int | None:
+    del self
+    count[0] += 1
+    return signal.SIGINT if count[0] >= calls else None
+
+  return agreed
+
+
+def test_sigint_in_the_last_chunk_saves_skips_the_final_evaluation_and_stops(
+    idx_dir, tmp_path, monkeypatch):
+  """16 steps in chunks of 4: a SIGINT seen at the last boundary saves step 16 and stops; the
+  resumed run does the final evaluation (recorded once) and does not train."""
+  workdir = str(tmp_path / "run")
+  monkeypatch.setattr(signals_lib.StopSignals, "agreed", signal_at(4))
+  with pytest.raises(signals_lib.Stopped, match="stopped by SIGINT at step 16") as stopped:
+    train.train_and_evaluate(small_config(idx_dir), workdir)
+  assert stopped.value.exit_code == 130
+  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in records if r["split"] == "test"] == [8]
+  assert workdir_lib.load_trained(workdir, "latest").step == 16
+  monkeypatch.setattr(signals_lib.StopSignals, "agreed", lambda self: None)
+  metrics = train.train_and_evaluate(small_config(idx_dir), workdir)
+  tests = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "test"]
+  assert [r["step"] for r in tests] == [8, 16]
+  assert tests[-1]["neg_elbo"] == pytest.approx(metrics["neg_elbo"])
+  # A signal after the last boundary (during the final evaluation) stops a finished run.
+  monkeypatch.setattr(signals_lib.StopSignals, "agreed", signal_at(1))
+  with pytest.raises(signals_lib.Stopped, match="after training ended at step 16"):
+    train.train_and_evaluate(small_config(idx_dir), workdir)
+
+
+def test_a_stop_signal_after_a_command_finished_says_so(tmp_path):
+  """SIGINT once the command's work is done: exit 130 with the one line saying it finished."""
+  code = ("import os, signal, time; from aigc_jax import entry; entry.begin('testing'); "
+          "cm = entry.command(); cm.__enter__(); cm.__exit__(None, None, None); "
+          "os.kill(os.getpid(), signal.SIGINT); time.sleep(10)")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                        check=False)
+  assert done.returncode == 130
+  assert done.stderr.strip() == ("error: stopped by SIGINT after the command had finished: its "
+                                 "output is complete")
+
+
+def test_a_sweep_stopped_in_its_last_chunk_evaluates_its_members_when_resumed(
+    idx_dir, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "sweep")
+  spec = sweep_spec.make_spec(small_config(idx_dir), ["learning_rate=1e-3,2e-3"])
+  monkeypatch.setattr(signals_lib.StopSignals, "agreed", signal_at(4))
+  with pytest.raises(signals_lib.Stopped, match="stopped by SIGINT at step 16"):
+    sweep_train.run_sweep(spec, workdir)
+  member = os.path.join(sweep_spec.member_dir(workdir, 1), "metrics.jsonl")
+  assert [r["step"] for r in read_jsonl(member) if r["split"] == "test"] == [8]
+  monkeypatch.setattr(signals_lib.StopSignals, "agreed", lambda self: None)
+  sweep_train.run_sweep(spec, workdir)
+  assert [r["step"] for r in read_jsonl(member) if r["split"] == "test"] == [8, 16]
+  assert workdir_lib.load_trained(sweep_spec.member_dir(workdir, 1), "latest").step == 16

@@ -205,6 +205,21 @@ def tmpfs(lab: Lab, kib: int, fill: bool = True) -> str | None:
   return path
 
 
+def on_tmpfs(kib: int, fill: bool = True):
+  """Runs the decorated `f(lab, disk) -> Result` on a new tmpfs of `kib` KiB (filled up unless
+  not `fill`) as a probe `f(lab)`; SKIP where tmpfs cannot be mounted."""
+
+  def wrap(f: Callable[[Lab, str], Result]) -> Callable[[Lab], Result]:
+
+    def run(lab: Lab) -> Result:
+      disk = tmpfs(lab, kib, fill)
+      return Result("SKIP", "mount -t tmpfs does not work here") if disk is None else f(lab, disk)
+
+    return run
+
+  return wrap
+
+
 def fill_up(disk: str) -> None:
   """Writes a file into `disk` until it is full."""
   with open(os.path.join(disk, "filler"), "wb", buffering=0) as f:
@@ -217,21 +232,18 @@ def fill_up(disk: str) -> None:
 
 
 @probe("disk_full_new_run", "exit 2, one line naming the file; no workdir left", fast=True)
-def _disk_new(lab: Lab) -> Result:
-  disk = tmpfs(lab, 256)
-  if disk is None:
-    return Result("SKIP", "mount -t tmpfs does not work here")
+@on_tmpfs(256)
+def _disk_new(lab: Lab, disk: str) -> Result:
   workdir = os.path.join(disk, "run")
   result = judge(lab.run(lab.train_args(workdir)))
-  return worst(result, *[Result("OTHER", f"left {os.listdir(workdir)}")] * os.path.exists(workdir))
+  left = [Result("OTHER", f"left {os.listdir(workdir)}")] if os.path.exists(workdir) else []
+  return worst(result, *left)
 
 
 @probe("disk_full_on_resume", "exit 2, one line naming the file; checkpoints 8-24 still load, "
        "no partial file", fast=True)
-def _disk_resume(lab: Lab) -> Result:
-  disk = tmpfs(lab, 4096, fill=False)
-  if disk is None:
-    return Result("SKIP", "mount -t tmpfs does not work here")
+@on_tmpfs(4096, fill=False)
+def _disk_resume(lab: Lab, disk: str) -> Result:
   workdir = shutil.copytree(lab.trained("base", BASE_STEPS), os.path.join(disk, "run"))
   fill_up(disk)
   done = lab.run(lab.train_args(workdir, BASE_STEPS + 16))
@@ -240,10 +252,8 @@ def _disk_resume(lab: Lab) -> Result:
 
 for _kib in (600, 1000, 1400):
 
-  def _disk_mid(lab: Lab, kib=_kib) -> Result:
-    disk = tmpfs(lab, kib, fill=False)
-    if disk is None:
-      return Result("SKIP", "mount -t tmpfs does not work here")
+  @on_tmpfs(_kib, fill=False)
+  def _disk_mid(lab: Lab, disk: str) -> Result:
     workdir = os.path.join(disk, "run")
     done = lab.run(lab.train_args(workdir, 40))
     return kept(lab, workdir, judge(done), done.code)
@@ -253,10 +263,8 @@ for _kib in (600, 1000, 1400):
 
 
 @probe("disk_full_sample_out", "exit 2, one line; no partial --out", fast=True)
-def _disk_sample(lab: Lab) -> Result:
-  disk = tmpfs(lab, 256)
-  if disk is None:
-    return Result("SKIP", "mount -t tmpfs does not work here")
+@on_tmpfs(256)
+def _disk_sample(lab: Lab, disk: str) -> Result:
   out = os.path.join(disk, "s.npz")
   done = lab.run(
       lab.module_args("sample", "--workdir", lab.trained("base", BASE_STEPS), "--num", "64",

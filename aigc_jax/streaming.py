@@ -118,13 +118,15 @@ class ChunkStream:
   def _load(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     """This process's rows of the longest chunk from step `index` of `epoch` (to the epoch's end
     or `steps_per_call` steps), padded with zeros to its share of a call's rows."""
-    if epoch not in self._perms:
-      self._perms = {epoch: np.asarray(self._permutation(self.seed, epoch, len(self.source)))}
+    perm = self._perms.get(epoch)  # (this and the read-ahead thread replace it whole)
+    if perm is None:
+      perm = np.asarray(self._permutation(self.seed, epoch, len(self.source)))
+      self._perms = {epoch: perm}
     import grain  # pylint: disable=g-import-not-at-top  (only a streamed run needs it)
     start, stop = self.local_rows
     steps = min(self.steps_per_call, self.steps_per_epoch - index)
     first = index * self.rows_per_step
-    rows = self._perms[epoch][first + start:first + min(stop, steps * self.rows_per_step)]
+    rows = perm[first + start:first + min(stop, steps * self.rows_per_step)]
     got = list(
         grain.MapDataset.source(rows).map(lambda i: self.source[int(i)]).to_iter_dataset(
             grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=4 * self.threads)))

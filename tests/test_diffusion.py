@@ -240,6 +240,37 @@ def test_config_errors_name_the_fix(overrides, words):
     config_lib.validate(config_lib.get_config("unet", **overrides))
 
 
+def test_config_error_names_the_image_sides_the_u_net_builds_for(monkeypatch):
+  shape = {"x48": (48, 48, 3), "x64": (64, 64, 3)}
+  monkeypatch.setattr(data_lib, "config_info",
+                      lambda config: data_lib.DatasetInfo("x", shape[config.dataset], 1, "x", None))
+  config = config_lib.get_config("unet", dataset="x48")
+  with pytest.raises(config_lib.ConfigError, match="side 28, 32, 64 pixels, got x48's 48x48"):
+    family.validate_config(config, need)
+  family.validate_config(config_lib.get_config("unet", dataset="x64"), need)
+  # 64: one level more than the six given, so 2 * 2^6 (the same net at 32 would divide by 64)
+  with pytest.raises(config_lib.ConfigError, match=r"= 128: use fewer"):
+    config = config_lib.get_config("unet", dataset="x64", patch=2, multipliers=(1, 2, 2, 2, 2, 2))
+    family.validate_config(config, need)
+
+
+def need(ok, message):
+  if not ok:
+    raise config_lib.ConfigError(message)
+
+
+@pytest.mark.slow
+def test_a_train_step_on_64_pixel_images():
+  """At side 64 the U-Net has one level more than the config's (here 2: (1,) and (1,))."""
+  config = config_lib.validate(config_lib.get_config("unet", **TINY))
+  trainable = family.build(config, data_lib.DatasetInfo("x64", (64, 64, 3), 10, "x64", None))
+  assert net_of(trainable).model.multipliers == (1, 1)
+  state = trainable.init(jax.random.PRNGKey(0))
+  images = np.random.default_rng(0).uniform(-1.0, 1.0, (2, 64, 64, 3)).astype(np.float32)
+  state, metrics = jax.jit(trainable.train_step)(state, {"image": images, "label": np.zeros(2)})
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"])), metrics
+
+
 def run_config(idx_dir, **overrides):
   values = dict(TINY, idx_dir=idx_dir, multipliers=(1, 2), num_train_steps=8, eval_every_steps=4,
                 log_every_steps=4, num_sample_images=10, conditional=True, eval_batch_size=32)

@@ -1,5 +1,6 @@
 """GAN models: shapes and ranges, conditioning, a hand-computed MLP generator, spectral norm."""
 
+import dataclasses
 import functools
 
 import jax
@@ -10,11 +11,20 @@ from helpers import key
 from helpers import numpy_variables
 from helpers import top_singular_value
 
+from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
+from aigc_jax import families
 from aigc_jax.models import gan
 
 B, Z = 3, 6
 IMAGE = (28, 28, 1)
 LABELS = jnp.array([0, 1, 2])
+
+X64 = data_lib.DatasetInfo("x64", (64, 64, 3), 10, "x64", None)
+
+
+def images64(channels, n=2):
+  return np.random.default_rng(2).uniform(-1.0, 1.0, (n, 64, 64, channels)).astype(np.float32)
 
 
 def z_batch():  # numpy draws: no XLA compilation
@@ -187,8 +197,76 @@ def test_models_reject_bad_config():
     abstract_init_apply(small_mlp_g(num_classes=3), z_batch(), None)
   with pytest.raises(ValueError, match="needs a label"):
     abstract_init_apply(gan.DCGANDiscriminator(base_features=4, num_classes=3), images(), None)
-  with pytest.raises(ValueError, match="divisible by 4"):
-    abstract_init_apply(gan.DCGANGenerator((30, 30, 1), base_features=4), z_batch(), None)
+  for side in (30, 48):
+    with pytest.raises(ValueError,
+                       match="DCGANGenerator builds for square images of side 28, 32, 64"):
+      abstract_init_apply(gan.DCGANGenerator((side, side, 1), base_features=4), z_batch(), None)
+    with pytest.raises(ValueError, match="DCGANDiscriminator builds for .* 28, 32, 64"):
+      abstract_init_apply(gan.DCGANDiscriminator(base_features=4), jnp.zeros((B, side, side, 1)))
+  with pytest.raises(ValueError, match="square"):
+    abstract_init_apply(gan.DCGANGenerator((32, 28, 1), base_features=4), z_batch(), None)
+
+
+def param_shapes(variables) -> dict:
+  """{'layer/.../kernel': shape} of the 'params' collection."""
+  flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  return {"/".join(str(k.key) for k in path): leaf.shape for path, leaf in flat}
+
+
+@pytest.mark.parametrize("side,channels,start", [(28, 1, 7), (32, 3, 8), (64, 3, 8), (64, 1, 8)])
+def test_dcgan_generator_stages_per_image_side(side, channels, start):
+  """28 and 32: two 2x stages from 7x7 / 8x8, widths F, F/2 (as before 64 was supported); 64:
+  three from 8x8, widths F, F/2, F/4 (F = 8 here, Z = 6)."""
+  model = gan.DCGANGenerator((side, side, channels), base_features=8)
+  variables, out = abstract_init_apply(model, z_batch(), None)
+  assert out.shape == (B, side, side, channels)
+  shapes = param_shapes(variables)
+  assert shapes["Dense_0/kernel"] == (Z, start * start * 8)
+  assert shapes["up_0/Conv_0/kernel"] == (3, 3, 8, 4 * 4)  # sub-pixel: 4x the output channels
+  if side < 64:
+    assert shapes["up_1/Conv_0/kernel"] == (3, 3, 4, 4 * channels)
+    assert {k.split("/")[0] for k in shapes
+           } == {"Dense_0", "BatchNorm_0", "BatchNorm_1", "up_0", "up_1"}
+  else:
+    assert shapes["up_1/Conv_0/kernel"] == (3, 3, 4, 4 * 2)
+    assert shapes["up_2/Conv_0/kernel"] == (3, 3, 2, 4 * channels)
+    assert shapes["BatchNorm_2/scale"] == (2,)
+    assert "up_3" not in variables["params"] and "BatchNorm_3" not in variables["params"]
+
+
+@pytest.mark.parametrize("side,channels", [(28, 1), (32, 3), (64, 3), (64, 1)])
+def test_dcgan_discriminator_stages_per_image_side(side, channels):
+  """28 and 32: convs of F and 2F to 7x7 / 8x8 (as before); 64: a third of 4F to 8x8 (F = 4)."""
+  model = gan.DCGANDiscriminator(base_features=4)
+  x = jnp.zeros((B, side, side, channels))
+  variables, logit = abstract_init_apply(model, x)
+  assert logit.shape == (B,)
+  shapes = param_shapes(variables)
+  assert shapes["Conv_0/kernel"] == (4, 4, channels, 4)
+  assert shapes["Conv_1/kernel"] == (4, 4, 4, 8)
+  if side < 64:
+    assert shapes["logit/kernel"] == ((side // 4)**2 * 8, 1)
+    assert set(variables["params"]) == {"Conv_0", "Conv_1", "BatchNorm_0", "logit"}
+  else:
+    assert shapes["Conv_2/kernel"] == (4, 4, 8, 16)
+    assert shapes["BatchNorm_1/scale"] == (16,)  # BatchNorm on every conv but the first
+    assert shapes["logit/kernel"] == (8 * 8 * 16, 1)
+  sn = abstract_init_apply(gan.DCGANDiscriminator(base_features=4, spectral_norm=True), x)[0]
+  assert "BatchNorm_0" not in sn["params"] and len(sn["batch_stats"]) == (4 if side == 64 else 3)
+
+
+@pytest.mark.slow
+def test_dcgan_family_trains_on_64_pixel_images():
+  config = config_lib.get_config("dcgan", latent_dim=8, g_base_features=8, d_base_features=4)
+  family = families.get("dcgan")
+  trainable = family.build(config, X64, total_steps=10)
+  state = trainable.init(jax.random.PRNGKey(0))
+  batch = {"image": jnp.asarray(images64(3)), "label": jnp.array([0, 1])}
+  state, metrics = jax.jit(trainable.train_step)(state, batch)
+  assert int(state.step) == 1
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  with pytest.raises(ValueError, match="dataset x48.*28, 32, 64"):
+    family.build_models(config, dataclasses.replace(X64, name="x48", image_shape=(48, 48, 3)))
 
 
 def test_mlp_generator_by_hand():

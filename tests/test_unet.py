@@ -10,6 +10,9 @@ import pytest
 from helpers import key
 from helpers import numpy_variables
 
+from aigc_jax import config as config_lib
+from aigc_jax import data as data_lib
+from aigc_jax.families import diffusion
 from aigc_jax.models import layers
 from aigc_jax.models import unet
 
@@ -61,3 +64,32 @@ def test_space_to_depth_is_the_inverse_of_depth_to_space():
   assert folded.shape == (2, 2, 3, 12)
   np.testing.assert_array_equal(folded[0, 0, 0], x[0, :2, :2].reshape(-1))  # one 2x2 patch
   np.testing.assert_array_equal(layers.depth_to_space(folded, 2), x)
+
+
+@pytest.mark.parametrize("side,channels,multipliers", [(28, 1, (1, 2)), (32, 3, (1, 2)),
+                                                       (64, 3, (1, 1, 2)), (64, 1, (1, 1, 2))])
+def test_the_family_s_unet_has_one_more_level_at_side_64(side, channels, multipliers):
+  """Sides 28 and 32: the config's levels (1, 2); 64: one more, full-resolution, level in front."""
+  config = config_lib.get_config("unet", base_features=8, multipliers=(1, 2), attention_heads=2)
+  info = data_lib.DatasetInfo(f"x{side}", (side, side, channels), 10, "x", None)
+  model = diffusion.build_model(config, info)
+  assert model.multipliers == multipliers
+  x, t = jnp.zeros((2, side, side, channels)), jnp.zeros((2,))
+  variables, out = jax.eval_shape(lambda: (lambda v: (v, model.apply(v, x, t)))
+                                  (model.init(key(), x, t)))
+  assert out.shape == x.shape
+  params, levels = variables["params"], len(multipliers)
+  assert sum(name.startswith("ResBlock_") for name in params) == 3 * levels + 2  # 1 down, 2 up
+  # the first conv, one after each upsampling (from 2 * 8 channels first, then 8), the last
+  assert sorted(name for name in params if name.startswith("Conv_")) == [
+      f"Conv_{i}" for i in range(levels + 1)
+  ]
+  assert params["Conv_1"]["kernel"].shape == (3, 3, 16, 8)
+  assert params[f"Conv_{levels}"]["kernel"].shape == (3, 3, 8, channels)
+
+
+def test_the_family_s_unet_refuses_other_sides():
+  config = config_lib.get_config("unet")
+  for shape in ((48, 48, 3), (30, 30, 1)):
+    with pytest.raises(ValueError, match="U-Net builds for square images of side 28, 32, 64"):
+      diffusion.build_model(config, data_lib.DatasetInfo("x", shape, 10, "x", None))

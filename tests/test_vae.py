@@ -246,3 +246,63 @@ def test_conv_features_are_the_two_stages_the_decoder_reverses(features):
   config = config_lib.validate(tiny_config("vae_conv", conv_features=(8, 16)))
   model = families.get("vae_conv").build_model(config, data_lib.DATASETS["fashion_mnist"])
   assert (model.encoder.features, model.decoder.features) == ((8, 16), (16, 8))
+
+
+def conv_vae_shapes(side, channels, likelihood="bernoulli"):
+  """The conv VAE's ({'encoder/Conv_0/kernel': shape, ...}, reconstruction) for (side, side,
+  channels) images, traced only; conv_features (4, 8), hidden_dim 4, latent_dim 2."""
+  info = data_lib.DatasetInfo(f"x{side}", (side, side, channels), 10, "x", None)
+  model = families.get("vae_conv").build_model(tiny_config("vae_conv", likelihood=likelihood), info)
+  x, rng = jnp.zeros((2, side, side, channels)), jax.random.PRNGKey(1)
+  variables, (out, *_) = jax.eval_shape(lambda: (lambda v: (v, model.apply(v, x, rng)))
+                                        (model.init(jax.random.PRNGKey(0), x, rng)))
+  flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  return {"/".join(str(k.key) for k in path): leaf.shape for path, leaf in flat}, out
+
+
+@pytest.mark.parametrize("side,channels", [(28, 1), (32, 3)])
+def test_conv_vae_keeps_two_stages_at_sides_28_and_32(side, channels):
+  shapes, out = conv_vae_shapes(side, channels)
+  assert out.shape == (1, 2, side, side, channels)
+  low = side // 4  # 7 or 8
+  assert shapes["encoder/Conv_1/kernel"] == (4, 4, 4, 8)
+  assert shapes["encoder/Conv_2/kernel"] == (3, 3, 8, 8)  # the 3x3 conv at the lowest resolution
+  assert shapes["encoder/Dense_0/kernel"] == (low * low * 8, 4)
+  assert shapes["decoder/Dense_1/kernel"] == (4, low * low * 8)
+  assert shapes["decoder/SubPixelUpsample_1/Conv_0/kernel"] == (3, 3, 4, 4 * channels)
+  assert not any(k.startswith(("encoder/Conv_3", "decoder/SubPixelUpsample_2")) for k in shapes)
+
+
+@pytest.mark.parametrize("channels,likelihood", [(3, "bernoulli"), (1, "bernoulli"),
+                                                 (3, "discretized_logistic")])
+def test_conv_vae_has_a_third_stage_at_side_64(channels, likelihood):
+  """Encoder widths 4, 8 and 2 * 8 down to 8x8; the decoder from 8x8 x 16 up through 8, 4, C."""
+  shapes, out = conv_vae_shapes(64, channels, likelihood)
+  outputs = channels * vae_models.LIKELIHOODS[likelihood]
+  assert out.shape == (1, 2, 64, 64, outputs)
+  assert shapes["encoder/Conv_2/kernel"] == (4, 4, 8, 16)
+  assert shapes["encoder/Conv_3/kernel"] == (3, 3, 16, 16)
+  assert shapes["encoder/Dense_0/kernel"] == (8 * 8 * 16, 4)
+  assert shapes["decoder/Dense_1/kernel"] == (4, 8 * 8 * 16)
+  assert shapes["decoder/SubPixelUpsample_0/Conv_0/kernel"] == (3, 3, 16, 4 * 8)
+  assert shapes["decoder/SubPixelUpsample_2/Conv_0/kernel"] == (3, 3, 4, 4 * outputs)
+
+
+def test_conv_widths_per_image_side():
+  assert vae_models.conv_widths((4, 8), (28, 28, 1)) == (4, 8)
+  assert vae_models.conv_widths((4, 8), (32, 32, 3)) == (4, 8)
+  assert vae_models.conv_widths((4, 8), (64, 64, 1)) == (4, 8, 16)
+  for shape in ((48, 48, 3), (30, 30, 1), (64, 32, 3)):
+    with pytest.raises(ValueError, match="conv VAE builds for square images of side 28, 32, 64"):
+      vae_models.conv_widths((4, 8), shape)
+
+
+@pytest.mark.slow
+def test_conv_vae_trains_on_64_pixel_images():
+  info = data_lib.DatasetInfo("x64", (64, 64, 3), 10, "x64", None)
+  trainable = families.get("vae_conv").build(tiny_config("vae_conv"), info, total_steps=10)
+  state = trainable.init(jax.random.PRNGKey(0))
+  images = np.random.default_rng(0).uniform(0.0, 1.0, (2, 64, 64, 3)).astype(np.float32)
+  state, metrics = jax.jit(trainable.train_step)(state, {"image": images, "label": np.zeros(2)})
+  assert int(state.step) == 1
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics

@@ -34,6 +34,8 @@ from aigc_jax.families.diffusion_sampling import default_sampler
 from aigc_jax.families.diffusion_sampling import sample_images
 from aigc_jax.families.diffusion_sampling import sampling
 from aigc_jax.models import unet
+from aigc_jax.models.layers import IMAGE_SIDES
+from aigc_jax.models.layers import resolution_stages
 from aigc_jax.noise import batch_noise
 from aigc_jax.state import EVAL_STREAM
 from aigc_jax.state import SAMPLE_STREAM
@@ -60,7 +62,9 @@ def default_config(model: str) -> dict:
       objective="eps",  # 'eps' or 'v' (DDPM), or 'flow' (rectified flow)
       schedule="cosine",  # the DDPM noise schedule: 'linear' or 'cosine' (unused by flow)
       base_features=32,  # the U-Net's first width
-      multipliers=(1, 2, 2),  # a resolution level per entry, width base_features * multiplier
+      # A resolution level per entry, width base_features * multiplier (64-pixel images get one
+      # more level in front, of the first multiplier: unet_multipliers)
+      multipliers=(1, 2, 2),
       num_res_blocks=1,  # residual blocks per level going down (one more coming up)
       patch=1,  # > 1: patch x patch pixels folded into channels (the U-Net runs at 1/patch)
       attention_heads=4,  # self-attention at the lowest resolution
@@ -128,12 +132,24 @@ def _validate_shapes(config, need) -> None:
       f"the lowest level's width {widths[-1]} must divide by attention_heads "
       f"{config.attention_heads}")
   need(config.patch >= 1, f"patch must be >= 1, got {config.patch}")
-  height, width, _ = data_lib.config_info(config).image_shape
-  factor = config.patch * 2**(len(widths) - 1)
+  height, width, _ = shape = data_lib.config_info(config).image_shape
+  need(
+      height == width and height in IMAGE_SIDES,
+      f"the U-Net builds for square images of side {', '.join(map(str, IMAGE_SIDES))} pixels, "
+      f"got {config.dataset}'s {height}x{width}: set image_size")
+  factor = config.patch * 2**(len(unet_multipliers(config.multipliers, shape)) - 1)
   need(
       height % factor == 0 and width % factor == 0,
       f"{config.dataset}'s {height}x{width} images must divide by patch * 2^(levels - 1) = "
       f"{factor}: use fewer multipliers or a smaller patch")
+
+
+def unet_multipliers(multipliers, image_shape) -> tuple[int, ...]:
+  """The U-Net's level multipliers for (H, W, C) images: the config's at sides 28 and 32; at
+  side 64 one more level in front, at full resolution, of the first multiplier (the levels of
+  the 32-pixel network follow at 32, 16, ...). Other sides raise ValueError (IMAGE_SIDES)."""
+  extra = resolution_stages(image_shape, "the U-Net") - IMAGE_SIDES[32]
+  return (multipliers[0],) * extra + tuple(multipliers)
 
 
 batches_per_step = one_batch_per_step
@@ -141,8 +157,10 @@ train_labels = dataset_labels  # read by conditional models only
 
 
 def build_model(config, info: data_lib.DatasetInfo) -> unet.UNet:
+  """The U-Net for `info`'s images (ValueError for a side it does not build for)."""
+  multipliers = unet_multipliers(config.multipliers, info.image_shape)
   return unet.UNet(out_channels=info.image_shape[-1], base_features=config.base_features,
-                   multipliers=tuple(config.multipliers), num_res_blocks=config.num_res_blocks,
+                   multipliers=multipliers, num_res_blocks=config.num_res_blocks,
                    num_classes=info.num_classes if config.conditional else 0, patch=config.patch,
                    groups=GROUPS, heads=config.attention_heads, dtype=backend.compute_dtype(config))
 

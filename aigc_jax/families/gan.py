@@ -25,6 +25,7 @@ from aigc_jax.families import gan_step
 from aigc_jax.families import sample_eval
 from aigc_jax.models import gan as gan_models
 from aigc_jax.models.layers import TRANSPOSE_IMPLS
+from aigc_jax.models.layers import resolution_stages
 from aigc_jax.state import SAMPLE_STREAM
 from aigc_jax.state import Player
 from aigc_jax.state import TrainState
@@ -83,8 +84,9 @@ def _network_defaults() -> dict:
   return dict(
       upsample="subpixel",  # DCGAN generator: 'subpixel', 'resize_conv' or 'transpose'
       g_final_features=0,  # DCGAN generator: > 0 adds a full-resolution stage of that width
-      d_base_features=64,  # DCGAN discriminator: its first conv's channels (the second has 2x)
-      g_base_features=128,  # DCGAN generator: channels at 7x7 (the first upsampling halves them)
+      d_base_features=64,  # DCGAN discriminator: its first conv's channels (each next has 2x)
+      # DCGAN generator: channels at 7x7 (8x8 at sides 32 and 64), halved by each upsampling
+      g_base_features=128,
       # DCGAN: conv and dense layers initialised like PyTorch's (kernels and biases
       # U(+-1/sqrt(fan_in))), else flax's defaults (lecun normal kernels, zero biases)
       torch_init=False,
@@ -193,6 +195,7 @@ def build_models(config, info: data_lib.DatasetInfo):
         num_classes=0 if config.aux_classifier else num_classes, spectral_norm=config.spectral_norm,
         dtype=dtype)
   else:
+    resolution_stages(info.image_shape, f"model 'dcgan' (dataset {info.name})")
     generator = gan_models.DCGANGenerator(
         info.image_shape, num_classes=num_classes, label_mode=config.label_mode,
         upsample=config.upsample, base_features=config.g_base_features,

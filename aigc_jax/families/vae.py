@@ -43,7 +43,9 @@ def default_config(model: str) -> dict:
       steps_per_call=100 if model == "vae_mlp" else 0,
       latent_dim=20,
       hidden_dim=400,  # MLP: one hidden layer of this width; conv: the dense layer's width
-      conv_features=(32, 64),  # the conv encoder's two stride-2 stages; the decoder's reversed
+      # The conv encoder's two stride-2 stages (64-pixel images get a third of twice the last
+      # width: vae_models.conv_widths); the decoder's reversed.
+      conv_features=(32, 64),
       conv_activation="relu",  # the conv VAE's nonlinearity: 'relu', 'silu' or 'elu'
       likelihood="bernoulli",  # 'gaussian' or 'discretized_logistic' (decoder: 2C channels)
       torch_init=False,  # MLP layers initialised like PyTorch's nn.Linear (U(+-1/sqrt(fan_in)))
@@ -91,7 +93,7 @@ def build_model(config, info: data_lib.DatasetInfo) -> vae_models.VAE:
     decoder = vae_models.MLPDecoder(out_shape, (config.hidden_dim,), num_classes, config.torch_init,
                                     dtype)
   else:
-    features = tuple(config.conv_features)
+    features = vae_models.conv_widths(config.conv_features, info.image_shape)  # 3 at side 64
     encoder = vae_models.ConvEncoder(features, config.hidden_dim, config.latent_dim, num_classes,
                                      config.conv_activation, dtype)
     decoder = vae_models.ConvDecoder(out_shape, features[::-1], config.hidden_dim, num_classes,

@@ -30,6 +30,7 @@ from aigc_jax.models.layers import TransposeUpsample
 from aigc_jax.models.layers import conv_general_dilated
 from aigc_jax.models.layers import init_kwargs
 from aigc_jax.models.layers import maybe_spectral
+from aigc_jax.models.layers import resolution_stages
 
 UPSAMPLE_MODES = ("subpixel", "resize_conv", "transpose")
 LABEL_MODES = ("multiply", "concat")
@@ -133,7 +134,10 @@ def _upsample(x, features: int, mode: str, name: str, dtype, transpose_impl: str
 class DCGANGenerator(nn.Module):
   """z -> Dense to (H/4, W/4, F) -> BN, ReLU -> 2x up to F/2 -> BN, ReLU -> 2x up to C -> tanh.
 
-  With `final_features` > 0 the second upsampling outputs that many channels instead, followed
+  That is at sides 28 (from 7x7) and 32 (from 8x8); at side 64 it starts at 8x8 too, with one
+  more stage: ... 2x up to F/2 -> BN, ReLU -> 2x up to F/4 -> BN, ReLU -> 2x up to C (each stage
+  halves the width; `layers.IMAGE_SIDES` has the stages per side, and other sides raise).
+  With `final_features` > 0 the last upsampling outputs that many channels instead, followed
   by BN, ReLU and a 3x3 convolution to C at full resolution (the README has its measured effect).
 
   `upsample`: 'subpixel' (3x3 conv to 4x channels + pixel shuffle, the default: fast backward on
@@ -156,8 +160,7 @@ class DCGANGenerator(nn.Module):
   @nn.compact
   def __call__(self, z, label=None, train: bool = True, axis_name: str | None = None):
     height, width, channels = self.image_shape
-    if height % 4 or width % 4:
-      raise ValueError(f"DCGANGenerator needs image sides divisible by 4, got {self.image_shape}")
+    stages = resolution_stages(self.image_shape, "DCGANGenerator")
     if self.upsample not in UPSAMPLE_MODES:
       raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
 
@@ -170,15 +173,16 @@ class DCGANGenerator(nn.Module):
       return _upsample(h, features, self.upsample, name, self.dtype, self.transpose_impl,
                        self.torch_init)
 
-    f = self.base_features
+    f, side = self.base_features, height // 2**stages
     h = _condition_z(z, label, self.num_classes, self.label_mode, self.dtype)
-    h = nn.Dense(height // 4 * width // 4 * f, dtype=self.dtype,
-                 **init_kwargs(self.torch_init, h.shape[-1]))(h)
-    h = bn_relu(h.reshape(-1, height // 4, width // 4, f))
-    h = bn_relu(up(h, f // 2, "up_0"))
+    h = nn.Dense(side * side * f, dtype=self.dtype, **init_kwargs(self.torch_init, h.shape[-1]))(h)
+    h = bn_relu(h.reshape(-1, side, side, f))
+    for i in range(stages - 1):
+      h = bn_relu(up(h, f // 2**(i + 1), f"up_{i}"))
+    last = f"up_{stages - 1}"
     if not self.final_features:
-      return nn.tanh(up(h, channels, "up_1")).astype(jnp.float32)
-    h = bn_relu(up(h, self.final_features, "up_1"))
+      return nn.tanh(up(h, channels, last)).astype(jnp.float32)
+    h = bn_relu(up(h, self.final_features, last))
     out = nn.Conv(channels, (3, 3), padding="SAME", name="out", dtype=self.dtype,
                   **init_kwargs(self.torch_init, 9 * self.final_features))(h)
     return nn.tanh(out).astype(jnp.float32)
@@ -187,16 +191,18 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
   """Conv 4x4 s2 (F) -> LeakyReLU -> Conv 4x4 s2 (2F) [-> BN] -> LeakyReLU -> flatten -> logit.
 
-  BatchNorm on the second conv if `batch_norm` and not `spectral_norm` (which normalizes every
-  conv and dense layer instead). Conditional (num_classes > 0): a projection discriminator, or, with
-  `aux_classifier=True`, ACGAN's discriminator, which takes no label and returns
-  (logit (B,), class_logits (B, num_classes)). With `rotation_head=True` it returns
-  (that output, rotation_logits (B, 4)): SS-GAN's head that tells which multiple of 90 degrees
-  an image was rotated by (Chen et al., 2019). With `conv='custom_vjp'` the convolutions use
-  `layers.conv_general_dilated`, whose second derivatives (gradient penalties, R1) stay off
-  XLA:CPU's slow path; 'lax' is `lax.conv_general_dilated`, the same function. Logits are float32.
-  `torch_init`: the conv and dense layers initialised as PyTorch's (`layers.init_kwargs`), else
-  flax's defaults.
+  That is for images of side 28 and 32 (flattened at 7x7 or 8x8); side 64 has one more stage,
+  Conv 4x4 s2 (4F) [-> BN] -> LeakyReLU, to 8x8 (each conv doubles the width; other sides
+  raise: `layers.IMAGE_SIDES`). BatchNorm on every conv but the first if `batch_norm` and not
+  `spectral_norm` (which normalizes every conv and dense layer instead). Conditional
+  (num_classes > 0): a projection discriminator, or, with `aux_classifier=True`, ACGAN's
+  discriminator, which takes no label and returns (logit (B,), class_logits (B, num_classes)).
+  With `rotation_head=True` it returns (that output, rotation_logits (B, 4)): SS-GAN's head that
+  tells which multiple of 90 degrees an image was rotated by (Chen et al., 2019). With
+  `conv='custom_vjp'` the convolutions use `layers.conv_general_dilated`, whose second
+  derivatives (gradient penalties, R1) stay off XLA:CPU's slow path; 'lax' is
+  `lax.conv_general_dilated`, the same function. Logits are float32. `torch_init`: the conv and
+  dense layers initialised as PyTorch's (`layers.init_kwargs`), else flax's defaults.
   """
 
   base_features: int = 64
@@ -228,11 +234,13 @@ class DCGANDiscriminator(nn.Module):
       return maybe_spectral(dense, sn, train)(h).astype(jnp.float32)
 
     h = nn.leaky_relu(maybe_spectral(conv(f, 16 * x.shape[-1]), sn, train)(x), 0.2)
-    h = maybe_spectral(conv(2 * f, 16 * f), sn, train)(h)
-    if self.batch_norm and not sn:
-      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=axis_name, dtype=dtype)(h)
-    h = nn.leaky_relu(h, 0.2).reshape(x.shape[0], -1)
+    for i in range(1, resolution_stages(x.shape[1:], "DCGANDiscriminator")):
+      h = maybe_spectral(conv(2**i * f, 16 * h.shape[-1]), sn, train)(h)
+      if self.batch_norm and not sn:
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         axis_name=axis_name, dtype=dtype)(h)
+      h = nn.leaky_relu(h, 0.2)
+    h = h.reshape(x.shape[0], -1)
     if self.aux_classifier:
       out = head(1, "logit", h)[:, 0], head(self.num_classes, "class_logits", h)
     else:

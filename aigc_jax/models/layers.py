@@ -92,6 +92,21 @@ class TransposeUpsample(nn.Module):
 
 TRANSPOSE_IMPLS = ("subpixel", "conv_transpose")
 
+# The square image sides the convolutional models (DCGAN, conv VAE, U-Net) build for, and their
+# number of 2x resolution stages: 28 = 7 * 2^2 and 32 = 8 * 2^2 (the layouts from before 64 was
+# supported, unchanged), 64 = 8 * 2^3, one stage more.
+IMAGE_SIDES = {28: 2, 32: 2, 64: 3}
+
+
+def resolution_stages(image_shape, what: str) -> int:
+  """The 2x resolution stages of `what` (a model's name, for the error) for (H, W, C) images:
+  IMAGE_SIDES[H]. ValueError naming the supported sides for other shapes."""
+  height, width = image_shape[0], image_shape[1]
+  if height != width or height not in IMAGE_SIDES:
+    raise ValueError(f"{what} builds for square images of side {', '.join(map(str, IMAGE_SIDES))}"
+                     f" pixels, got {height}x{width}")
+  return IMAGE_SIDES[height]
+
 
 def transpose_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
   """TransposeUpsample's (2, 2, in, 4 * out) kernel as the (4, 4, in, out) transposed-conv K."""

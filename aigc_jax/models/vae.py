@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from aigc_jax.models.layers import SubPixelUpsample
 from aigc_jax.models.layers import init_kwargs
+from aigc_jax.models.layers import resolution_stages
 from aigc_jax.noise import batch_noise
 
 
@@ -84,7 +85,8 @@ def decoder_shape(image_shape: Sequence[int], likelihood: str) -> tuple[int, int
 
 
 class ConvEncoder(nn.Module):
-  """Two stride-2 4x4 convolutions (H -> H/2 -> H/4), a 3x3 one at H/4, a dense layer, two heads."""
+  """A stride-2 4x4 convolution per width in `features` (two: H -> H/2 -> H/4), a 3x3 one at the
+  lowest resolution, a dense layer, two heads. (`conv_widths` gives 64-pixel images three.)"""
 
   features: Sequence[int] = (32, 64)
   hidden_dim: int = 256
@@ -99,7 +101,7 @@ class ConvEncoder(nn.Module):
     h = x
     for f in self.features:
       h = act(nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME", dtype=dtype)(h))
-    h = act(nn.Conv(self.features[-1], (3, 3), padding="SAME", dtype=dtype)(h))  # cheap at H/4
+    h = act(nn.Conv(self.features[-1], (3, 3), padding="SAME", dtype=dtype)(h))  # cheap there
     h = _with_label(h.reshape(h.shape[0], -1), label, self.num_classes)
     h = act(nn.Dense(self.hidden_dim, dtype=dtype)(h))
     return _f32(
@@ -108,7 +110,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-  """Dense to (H/4, W/4, features[0]), a 3x3 conv there, then two sub-pixel 2x upsamplings.
+  """Dense to (H/2^n, W/2^n, features[0]) for n = len(features) (two: H/4), a 3x3 conv there,
+  then n sub-pixel 2x upsamplings, to features[1], ..., and to C last.
 
   Takes z of shape (N, D); returns (N, H, W, C) for image_shape (H, W, C) (the decoder's output
   shape: see `decoder_shape`).
@@ -124,16 +127,27 @@ class ConvDecoder(nn.Module):
   @nn.compact
   def __call__(self, z, label=None):
     height, width, channels = self.image_shape
-    if height % 4 or width % 4:
-      raise ValueError(f"ConvDecoder needs image sides divisible by 4, got {self.image_shape}")
+    factor = 2**len(self.features)
+    if height % factor or width % factor:
+      raise ValueError(f"ConvDecoder's {len(self.features)} upsamplings need image sides "
+                       f"divisible by {factor}, got {self.image_shape}")
     act, dtype = ACTIVATIONS[self.activation], self.dtype
     h = _with_label(z, label, self.num_classes)
     h = act(nn.Dense(self.hidden_dim, dtype=dtype)(h))
-    h = act(nn.Dense(height // 4 * width // 4 * self.features[0], dtype=dtype)(h))
-    h = h.reshape(-1, height // 4, width // 4, self.features[0])
+    h = act(nn.Dense(height // factor * width // factor * self.features[0], dtype=dtype)(h))
+    h = h.reshape(-1, height // factor, width // factor, self.features[0])
     h = act(nn.Conv(self.features[0], (3, 3), padding="SAME", dtype=dtype)(h))
-    h = act(SubPixelUpsample(self.features[1], dtype=dtype)(h))
+    for f in self.features[1:]:
+      h = act(SubPixelUpsample(f, dtype=dtype)(h))
     return SubPixelUpsample(channels, dtype=dtype)(h).astype(jnp.float32)
+
+
+def conv_widths(features: Sequence[int], image_shape: Sequence[int]) -> tuple[int, ...]:
+  """The conv encoder's stage widths for (H, W, C) images from the config's two `features`:
+  those at sides 28 and 32; at side 64 a third stage of twice the last width (the decoder runs
+  them reversed). Other sides raise ValueError (`layers.IMAGE_SIDES`)."""
+  extra = resolution_stages(image_shape, "the conv VAE") - len(features)
+  return tuple(features) + tuple(features[-1] * 2**(i + 1) for i in range(extra))
 
 
 class VAE(nn.Module):

@@ -1,8 +1,8 @@
 """What the commands do first: a stop signal ends them at once with one line, and the errors a
 user can act on (out of memory, a full or unwritable disk) are one line instead of a traceback.
 
-`python experiments/NAME.py` and `python -m aigc_jax.{sample,evaluate,sweep,plot}` install this
-when the package is imported, before the heavy imports (`begin_if_entry_point`); their `main`
+`python experiments/NAME.py` and `python -m aigc_jax.{train,sample,evaluate,sweep,plot}` install
+this when the package is imported, before the heavy imports (`begin_if_entry_point`); their `main`
 calls `begin` to name what it does. SIGINT (Ctrl-C) and SIGTERM then undo what the process left
 half-made (`undone_on_signal`) and exit with 128 + the signal; the training loop handles them its
 own way while it runs (`signals.StopSignals`: save at the end of the chunk). A program that only
@@ -22,7 +22,8 @@ import threading
 from typing import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-ENTRY_MODULES = ("aigc_jax.sample", "aigc_jax.evaluate", "aigc_jax.sweep", "aigc_jax.plot")
+ENTRY_MODULES = ("aigc_jax.train", "aigc_jax.sample", "aigc_jax.evaluate", "aigc_jax.sweep",
+                 "aigc_jax.plot")
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "experiments")
 EXIT_ERROR = 2  # the exit status of every one-line error
@@ -181,6 +182,17 @@ def begin_if_entry_point() -> None:
   if started_as_entry_point():
     _doing[0] = ("starting", "")
     _install()
+
+
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def exit_on_help(argv: list[str], text: Callable[[], str]) -> None:
+  """Prints `text()` and exits 0 when `argv` (a command's, the program first) asks for help:
+  absl's own --help exits 1."""
+  if any(a in HELP_ARGS for a in argv[1:]):
+    print(text())
+    sys.exit(0)
 
 
 def begin(what: str = "", lower: str = "", module: str = "__main__") -> None:

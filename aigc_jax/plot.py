@@ -26,7 +26,7 @@ from aigc_jax import safe_files
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": "train", "test": "eval"}  # metrics.jsonl split -> picture name
-SKIPPED = ("steps_per_second",)  # a speed, not a curve worth a subplot
+SKIPPED = ("steps_per_second", "learning_rate")  # a speed and a setting, not curves to learn from
 
 
 def read_records(path: str) -> list[dict]:

@@ -13,14 +13,17 @@ with its config's sampler, steps and guidance unless the flags choose others.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import resource
 import sys
+import time
 
 import jax
 import numpy as np
 from absl import app, flags
+from tqdm import tqdm
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
@@ -85,6 +88,18 @@ def to_uint8(images) -> np.ndarray:
   return out
 
 
+def progress(chunks, desc: str = "sampling"):
+  """The sampling chunks: a tqdm bar over them on a terminal; outside one (a log file), a plain
+  line after each chunk, with no carriage return."""
+  if sys.stderr.isatty():
+    yield from tqdm(chunks, desc=desc, unit="chunk", dynamic_ncols=True)
+    return
+  chunks, start = list(chunks), time.perf_counter()
+  for i, chunk in enumerate(chunks):
+    yield chunk
+    log.info("%s: chunk %d/%d done (%.0f s)", desc, i + 1, len(chunks), time.perf_counter() - start)
+
+
 def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str | int = "best",
                    **options) -> dict:
   """Writes `num` samples of `workdir` to `out`; `options` are a diffusion model's sampler,
@@ -94,9 +109,14 @@ def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str |
   workdir_lib.check_tool_options(run.config, options)
   check_memory(num, data_lib.config_info(run.config).image_shape)
   log.info("%s", backend.describe_devices())
+  start = time.perf_counter()
+  log.info("sampling %d images from step %d...", num, run.step)
+  if "progress" in inspect.signature(run.trainable.sample).parameters:  # drawn in chunks
+    options = {**options, "progress": progress}
   with entry.doing("sampling", lower=LOWER_NUM):
     images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num, **options)
     images = to_uint8(images)
+  log.info("sampled %d images in %.1f s", num, time.perf_counter() - start)
   if images.shape[-1] == 1:
     images = images[..., 0]
   arrays = {"images": images}
@@ -153,4 +173,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  entry.exit_on_help(sys.argv, lambda: f"{__doc__.strip()}\n\nflags:{FLAGS.main_module_help()}")
   app.run(main)

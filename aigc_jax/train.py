@@ -1,4 +1,4 @@
-"""The training loop: `train_and_evaluate(config, workdir)` and the experiments' `main`.
+"""The training loop: `train_and_evaluate(config, workdir)`; its commands are in train_cli.
 
 The host decides chunk boundaries (log, eval, checkpoint, epoch end); each chunk of steps runs
 on the device in one call. A run resumes from the latest checkpoint in its workdir and continues
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -28,7 +29,6 @@ from aigc_jax import schedule as schedule_lib
 from aigc_jax import signals as signals_lib
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
-from aigc_jax.metrics import classifier as classifier_lib
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,10 @@ def train_and_evaluate(config, workdir: str, step: int | None = None) -> dict:
 
 
 def evaluate_and_record(run: run_setup.Run, state, step: int, bar) -> dict:
-  """Evaluates: metrics to metrics.jsonl, TensorBoard, plots/; grids to samples/, TensorBoard."""
+  """Evaluates: metrics to metrics.jsonl, TensorBoard, plots/; grids to samples/, TensorBoard.
+  A line says what it evaluates before it starts, another its numbers and time when done."""
+  start = time.perf_counter()
+  bar.write(f"step {step}: evaluating ({evaluation_of(run.config)})...")
   metrics = run.trainable.evaluate(state, run.test_data)
   run.writer.write(step, "test", metrics)
   if jax.process_index() == 0:
@@ -65,8 +68,26 @@ def evaluate_and_record(run: run_setup.Run, state, step: int, bar) -> dict:
       run.writer.write_images(step, name, writers.image_grid(images, ncols))
       log.info("wrote %s", path)
     run.writer.draw_curves()  # plots/*.png on a background thread; close() waits
-  bar.write(f"step {step}: " + ", ".join(f"test_{k}={v:.3f}" for k, v in metrics.items()))
+  bar.write(f"step {step}: {summary(metrics, 3)} ({time.perf_counter() - start:.1f} s)")
   return metrics
+
+
+def evaluation_of(config) -> str:
+  """What the periodic evaluation computes, in words."""
+  num = config.get("eval_num_samples", 0)
+  return (f"FID and sample metrics of {num} samples"
+          if num else "the test split") + (", then the sample grids")
+
+
+def show(value: float, digits: int) -> str:
+  """`value` with `digits` decimals; 0 when it is at the level of float rounding noise."""
+  return "0" if abs(value) < 1e-9 else f"{value:.{digits}f}"
+
+
+def summary(metrics: dict, digits: int) -> str:
+  """The one-line summary of test `metrics`: their spreads (`*_std`) stay in metrics.jsonl."""
+  return " ".join(
+      f"test_{k}={show(v, digits)}" for k, v in metrics.items() if not k.endswith("_std"))
 
 
 def record_train(run: run_setup.Run, step: int, meter: schedule_lib.TrainMeter, bar) -> None:
@@ -77,9 +98,39 @@ def record_train(run: run_setup.Run, step: int, meter: schedule_lib.TrainMeter, 
     raise TrainingError(f"training diverged before step {step} (train metrics {means}); lower "
                         "learning_rate or resume from an earlier checkpoint in a new workdir")
   means["steps_per_second"] = meter.steps / (time.perf_counter() - meter.start)
+  means["learning_rate"] = learning_rate(run.config, step, run.schedule.total)
   run.writer.write(step, "train", means)
-  bar.set_postfix(loss=f"{means['loss']:.2f}")
+  shown = {k: f"{means[k]:.2f}" for k in ("g_loss", "d_loss") if k in means
+          } or {"loss": f"{means['loss']:.2f}"}
+  bar.set_postfix(shown)
+  if getattr(bar, "plain", False) and (time.perf_counter() - bar.plain_at >= PLAIN_EVERY_S or
+                                       step == run.schedule.total):
+    bar.plain_at = time.perf_counter()
+    log.info("step %d/%d: %s, %.1f steps/s", step, run.schedule.total,
+             ", ".join(f"{k}={v}" for k, v in shown.items()), means["steps_per_second"])
   meter.reset()
+
+
+def learning_rate(config, step: int, total: int) -> float:
+  """The learning rate (G's for a GAN) of `step` under config.lr_schedule."""
+  if config.lr_schedule != "cosine":
+    return float(config.learning_rate)
+  return float(
+      config.learning_rate) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+PLAIN_EVERY_S = 10.0  # outside a terminal, a progress line at most this often
+
+
+def progress_bar(config, initial: int, total: int) -> tqdm:
+  """The run's bar on a terminal; outside one (a log file) no bar but a plain line every
+  PLAIN_EVERY_S seconds (`record_train`), so that no carriage return breaks the log."""
+  shown = bool(config.progress_bar) and jax.process_index() == 0
+  terminal = sys.stderr.isatty()
+  bar = tqdm(total=total, initial=initial, desc=config.model, unit="step", dynamic_ncols=True,
+             disable=not (shown and terminal))
+  bar.plain, bar.plain_at = shown and not terminal, time.perf_counter()
+  return bar
 
 
 def save(run: run_setup.Run, step: int, state, eval_metrics: dict | None) -> None:
@@ -203,8 +254,8 @@ def _train_locked(config, workdir: str, step: int | None) -> dict:
       run.writer.write_event(int(state.step), "config_change", {"changes": changes})
     if jax.process_index() == 0:
       workdir_lib.save_config(workdir, config, changes, int(state.step))
-    bar = tqdm(total=run.schedule.total, initial=int(state.step), desc=config.model, unit="step",
-               dynamic_ncols=True, disable=not (config.progress_bar and jax.process_index() == 0))
+    run.writer.write_text(int(state.step), "config", config_table(config))
+    bar = progress_bar(config, int(state.step), run.schedule.total)
     with entry.doing("compiling or running the training step", TRAIN_SIZES):
       state, eval_metrics = train_loop(run, state, bar)
     if not eval_metrics:  # resumed a finished run: report its numbers without training
@@ -221,78 +272,22 @@ def _train_locked(config, workdir: str, step: int | None) -> dict:
   return eval_metrics
 
 
-def quiet_dependencies() -> None:
-  """Called by entry points only: our INFO lines stay, orbax's and absl's INFO chatter goes."""
-  entry.quiet_dependencies()
+def config_table(config) -> str:
+  """The config as a Markdown table (TensorBoard's text dashboard)."""
+  return "| key | value |\n|---|---|\n" + "\n".join(
+      f"| {k} | `{v!r}` |" for k, v in sorted(config.items()))
 
 
-def print_help(program: str, config) -> None:
-  """The experiment file's docstring, the flags and every config key with its value."""
-  doc = (sys.modules["__main__"].__doc__ or "").strip()
-  print(doc or f"python {program} --workdir DIR [--config.KEY=VALUE ...]")
-  print("\nflags:\n  --workdir DIR          checkpoints, metrics.jsonl, tensorboard/, "
-        "samples/*.png; an existing run there is resumed\n  --step N               resume from "
-        "checkpoint N (default: the newest that verifies)\n  --config.KEY=VALUE     override a "
-        "config key:")
-  for key, value in sorted(config.items()):
-    print(f"      {key} = {value!r}")
-
-
-def run_command(config, workdir: str, step: int | None) -> dict:
-  """`train_and_evaluate` for the command line: a stop signal or an error a user can act on
-  exits with its one line (status 128 + signal, or 2); a bug keeps its traceback."""
-  try:
-    return train_and_evaluate(config, workdir, step)
-  except signals_lib.Stopped as e:
-    print(str(e), file=sys.stderr)
-    entry.exit_now(e.exit_code)
-  except (config_lib.ConfigError, data_lib.DataError, TrainingError, workdir_lib.CheckpointError,
-          lock.WorkdirError, classifier_lib.CacheError, entry.OutOfMemory) as e:
-    print(f"error: {e}", file=sys.stderr)
-  except Exception as e:  # pylint: disable=broad-except
-    if entry.describe(e) is None:  # a bug: its traceback
-      raise
-    print(f"error: {entry.describe(e)}", file=sys.stderr)
-  entry.exit_now(entry.EXIT_ERROR)
+quiet_dependencies = entry.quiet_dependencies  # the commands' (aigc_jax.train_cli and others)
 
 
 def main(get_config) -> None:
-  """An experiment file's entry: `python experiments/NAME.py --workdir DIR [--config.K=V]`."""
-  entry.begin("starting the run", module=getattr(get_config, "__module__", ""))
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  """An experiment file's entry: `python experiments/NAME.py --workdir DIR [--config.K=V]`
+  (aigc_jax.train_cli)."""
+  from aigc_jax import train_cli  # pylint: disable=g-import-not-at-top  (it imports this module)
+  train_cli.main(get_config)
 
-  config = get_config()
-  if any(a in ("-h", "--help", "-help", "--helpshort") for a in sys.argv[1:]):
-    print_help(sys.argv[0], config)
-    sys.exit(0)
-  try:
-    argv = sys.argv[:1] + config_lib.apply_overrides(config, sys.argv[1:])
-  except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  flags.DEFINE_string(
-      "workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard "
-      "events and samples/*.png; an existing one is resumed.")
-  flags.DEFINE_integer(
-      "step", None, "Resume from this checkpoint step (the later ones are "
-      "deleted); default: the newest that verifies.")
 
-  def run(argv):
-    if len(argv) > 1:
-      print(f"error: unexpected arguments {argv[1:]}; use --workdir DIR and --config.KEY=VALUE",
-            file=sys.stderr)
-      sys.exit(2)
-    if not flags.FLAGS.workdir:
-      print("error: --workdir is required (where checkpoints, metrics and samples go)",
-            file=sys.stderr)
-      sys.exit(2)
-    quiet_dependencies()
-    with entry.command():
-      metrics = run_command(config, flags.FLAGS.workdir, flags.FLAGS.step)
-      entry.finished()
-      print(" ".join(f"test_{k}={v:.4f}" for k, v in metrics.items()))
-      out = flags.FLAGS.workdir
-      print(f"outputs in {out}: samples/*_latest.png, plots/train.png, plots/eval.png, "
-            f"metrics.jsonl, checkpoints/, tensorboard/ (tensorboard --logdir {out})")
-
-  app.run(run, argv=argv)
+if __name__ == "__main__":  # python -m aigc_jax.train --workdir DIR --config=experiments/NAME.py
+  from aigc_jax import train_cli  # pylint: disable=g-import-not-at-top
+  train_cli.main_module()

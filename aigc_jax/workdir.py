@@ -12,6 +12,7 @@ import ml_collections
 
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
+from aigc_jax import entry
 from aigc_jax import families
 from aigc_jax import safe_files
 from aigc_jax.checkpoint import CheckpointError
@@ -94,6 +95,12 @@ def check_resume_config(workdir: str, config) -> dict:
   if not (os.path.exists(os.path.join(workdir, CONFIG_FILE)) and has_checkpoints(workdir)):
     return {}
   saved = load_config(workdir)
+  if saved.model != config.model:  # its checkpoints hold another network: no change allows it
+    files = " or ".join(f"experiments/{n}" for n in _experiments_of(saved.model))
+    raise config_lib.ConfigError(
+        f"{workdir} holds a {saved.model} run, not a {config.model} one; train {config.model} "
+        f"in a new --workdir, or resume this run with its own config" +
+        (f" (e.g. {files})" if files else ""))
   changes = {
       key: [saved[key], config[key]] for key in config.keys()
       if key in saved and json.dumps(saved[key]) != json.dumps(config[key])
@@ -107,6 +114,13 @@ def check_resume_config(workdir: str, config) -> dict:
         "set --config.allow_config_change=True to change it (recorded in metrics.jsonl and "
         "config.json), or use a new --workdir")
   return {key: changes[key] for key in refused}
+
+
+def _experiments_of(model: str, most: int = 2) -> list[str]:
+  """Up to `most` experiment files named after `model` (experiments/MODEL_*.py)."""
+  directory = entry.EXPERIMENTS_DIR
+  names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+  return [n for n in names if n.startswith(f"{model}_") and n.endswith(".py")][:most]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

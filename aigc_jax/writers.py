@@ -137,6 +137,12 @@ class EventFile:
                     wall_time=time.time())
     ])
 
+  def text(self, step: int, tag: str, text: str) -> None:
+    """Appends `text` (Markdown) for TensorBoard's text dashboard."""
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    self._append(
+        [self._event(summary=summary.text(tag, text), step=int(step), wall_time=time.time())])
+
   def close(self) -> None:
     self._forget()
     if self._fd is not None:
@@ -192,6 +198,11 @@ class MetricWriter:
   def write_images(self, step: int, name: str, grid: np.ndarray) -> None:
     if self._tb is not None:
       self._tb.image(step, name, grid)
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """TensorBoard only: `text` (Markdown, e.g. the config) under `tag`."""
+    if self._tb is not None:
+      self._tb.text(step, tag, text)
 
   def draw_curves(self) -> None:
     """Redraws workdir/plots/*.png on a background thread; `close` waits for it."""

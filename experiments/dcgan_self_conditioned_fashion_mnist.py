@@ -5,8 +5,10 @@ sampled uniformly), evaluated like `dcgan_fashion_mnist.py`; the same networks p
 embedding concatenated to z and a projection in D.
 
 Result (2026-12-02, 2-core CPU; wall time not recorded): after 20 epochs (step 18740), 10,000 EMA
-samples: FID 2.03, precision 0.820, recall 0.761, IS 7.69 (raw G: 2.58 / 0.802 / 0.728), against
-6.61 / 0.613 / 0.717 for dcgan_fashion_mnist.py; floors 0.20 / 0.905 / 0.901 / 8.83.
+samples: FID 2.03, precision 0.820, recall 0.761, IS 7.69 (raw G: 2.58 / 0.802 / 0.728); floors
+0.20 / 0.905 / 0.901 / 8.83. dcgan_fashion_mnist.py as it is now (PyTorch's initialisation, raw
+G; this file keeps flax's and the EMA) reached 5.64 / 0.626 / 0.717 after its 20 epochs (one
+seed); docs/results.md has both runs.
 Evaluate with: python -m aigc_jax.evaluate --workdir runs/dcgan_self_conditioned
 
 python experiments/dcgan_self_conditioned_fashion_mnist.py --workdir runs/dcgan_self_conditioned

@@ -16,8 +16,8 @@ LAYERS = (
     ("state",),
     ("families",),
     ("config", "placement", "parallel", "checkpoint", "checkpoint_verify", "population"),
-    ("workdir", "lock", "signals", "schedule", "run_setup", "train", "sample", "evaluate",
-     "sweep_spec", "sweep_train", "sweep"),
+    ("workdir", "lock", "signals", "schedule", "run_setup", "train", "train_cli", "sample",
+     "evaluate", "sweep_spec", "sweep_train", "sweep"),
     ("bench", "demo_summary", "fid_stats"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

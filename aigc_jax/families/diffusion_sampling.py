@@ -134,10 +134,11 @@ def denoise(params, x, rng, labels, *, net: Net, how: Sampling):
 
 
 def sample_images(state: TrainState, rng, num: int, use_ema: bool = True, *, net: Net, config,
-                  **sample_options):
+                  progress=None, **sample_options):
   """(num images in [0, 1] (N,H,W,C) np, their labels (class i % num_classes) or None).
 
   Drawn SAMPLE_CHUNK at a time, chunk c from fold_in(rng, c): the first images do not depend on num.
+  `progress(chunk starts)`, when given, wraps the chunks (e.g. a tqdm bar).
   """
   how = sampling(config, **sample_options)
   params = eval_params(state, "unet") if use_ema else state.players["unet"].params
@@ -145,7 +146,8 @@ def sample_images(state: TrainState, rng, num: int, use_ema: bool = True, *, net
   if net.num_classes:
     labels = np.arange(num, dtype=np.int32) % net.num_classes
   image_shape = data_lib.config_info(config).image_shape
-  for c, start in enumerate(range(0, num, SAMPLE_CHUNK)):
+  starts = range(0, num, SAMPLE_CHUNK)
+  for c, start in enumerate(starts if progress is None else progress(starts)):
     n = min(SAMPLE_CHUNK, num - start)
     k_noise, k_steps = jax.random.split(jax.random.fold_in(rng, c))
     x = jax.random.normal(k_noise, (n,) + tuple(image_shape))

@@ -21,6 +21,12 @@ For a samples file (from any model, e.g. `python -m aigc_jax.sample` or a PyTorc
 metrics and floors of its first N images (N = num_samples, by default all, at most 10000).
 The file holds `images`, uint8 (N, H, W) or (N, H, W, C) of the dataset's image size, and
 optionally `labels` (N,), the classes the images were asked to show (adds label_acc).
+
+--metric_net inception (GAN, diffusion or samples file) scores the same metrics on pytorch-fid's
+Inception-V3 (no label_acc), each key naming it (fid[inception], fid_floor[inception], ...), with
+--resize bilinear (pytorch-fid's) or clean (clean-fid's); --ref_stats FILE.npz (`mu`, `sigma`:
+python -m aigc_jax.fid_stats, pytorch-fid or clean-fid) is FID's reference instead of the test
+images. docs/metrics.md says where the weights come from and what each number's protocol is.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import sample_eval
 from aigc_jax.metrics import classifier as classifier_lib
+from aigc_jax.metrics import fid as fid_lib
+from aigc_jax.metrics import inception
+from aigc_jax.metrics import inception_resize
+from aigc_jax.metrics import inception_weights
 
 flags.DEFINE_string("workdir", None, "A training run's directory.")
 flags.DEFINE_string("samples", None, "Instead of --workdir: an .npz of uint8 `images` to score.")
@@ -57,6 +67,15 @@ flags.DEFINE_integer(
 flags.DEFINE_string("sampler", None, "Diffusion: ddim or ddpm (eps/v), euler or heun (flow).")
 flags.DEFINE_integer("sample_steps", None, "Diffusion: the sampler's steps.")
 flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the guidance scale.")
+flags.DEFINE_enum(
+    "metric_net", "classifier", list(sample_eval.METRIC_NETS), "GAN, diffusion "
+    "or --samples: the sample metrics' network (inception: pytorch-fid's).")
+flags.DEFINE_enum(
+    "resize", "bilinear", list(inception_resize.MODES), "--metric_net inception: "
+    "pytorch-fid's bilinear resize to 299, or clean-fid's 'clean' bicubic one.")
+flags.DEFINE_string(
+    "ref_stats", None, "--metric_net inception: FID against these statistics "
+    "(.npz of mu, sigma) instead of the test images'.")
 OPTIONS = ("iwae_samples", "iwae_examples", "num_samples", "sampler", "sample_steps",
            "guidance_scale")
 FLAGS = flags.FLAGS
@@ -72,13 +91,20 @@ def progress_bar(xs, desc: str = "nll_iwae"):
 
 
 def evaluate_workdir(workdir: str, which: str | int = "best", progress: bool = False,
-                     **options) -> dict:
+                     scoring: dict | None = None, **options) -> dict:
+  """`scoring`: `sample_eval.using_metric_net`'s arguments (default: the classifier)."""
   run = workdir_lib.load_trained(workdir, which)
   workdir_lib.check_tool_options(run.config, options)
+  scoring = scoring or {}
+  if scoring.get("metric_net", "classifier") != "classifier" and ("eval_num_samples"
+                                                                  not in run.config):
+    raise UsageError(f"--metric_net scores samples: it applies to GAN and diffusion runs and "
+                     f"--samples files, not to model '{run.config.model}'; drop it")
   test = workdir_lib.load_test_data(run.config)
   log.info("%s", backend.describe_devices())
   bar = progress_bar if progress else None
-  metrics = run.trainable.full_evaluate(run.state, test, progress=bar, **options)
+  with sample_eval.using_metric_net(**scoring):
+    metrics = run.trainable.full_evaluate(run.state, test, progress=bar, **options)
   return {
       "model": run.config.model, "dataset": run.config.dataset, "step": run.step,
       "checkpoint": which, **metrics
@@ -195,12 +221,22 @@ def load_samples(path: str, dataset: str, num_samples: int = 0):
 
 
 def evaluate_samples_file(path: str, dataset: str = "fashion_mnist", num_samples: int = 0,
-                          **unused) -> dict:
-  """The GAN evaluation's metrics and floors of a samples file (see the module's docstring)."""
+                          scoring: dict | None = None, **unused) -> dict:
+  """The GAN evaluation's metrics and floors of a samples file (see the module's docstring);
+  `scoring` as in `evaluate_workdir`."""
   del unused
   images, labels = load_samples(path, dataset, num_samples)
-  metrics = sample_eval.score_images(dataset, images, labels)
+  metrics = sample_eval.score_images(dataset, images, labels, **(scoring or {}))
   return {"samples": path, "dataset": dataset, **metrics}
+
+
+def load_ref_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """--ref_stats: (mu, sigma) of 2048-d Inception features; UsageError when unfit."""
+  try:
+    return fid_lib.load_stats(path, dim=inception.FEATURES)
+  except ValueError as e:
+    raise UsageError(f"--ref_stats {path}: {e}; write one with python -m aigc_jax.fid_stats "
+                     "--dataset NAME --split train --out FILE.npz") from None
 
 
 def check_flags() -> None:
@@ -214,6 +250,11 @@ def check_flags() -> None:
   for name in ("iwae_samples", "iwae_examples"):
     if FLAGS[name].value < 0:
       raise UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}; or 0 for the config's")
+  if FLAGS.metric_net == "classifier" and (FLAGS.ref_stats or FLAGS.resize != "bilinear"):
+    raise UsageError("--ref_stats and --resize apply to --metric_net inception only")
+  if FLAGS.ref_stats and not os.path.isfile(FLAGS.ref_stats):
+    raise UsageError(f"--ref_stats {FLAGS.ref_stats}: no such file; write one with python -m "
+                     "aigc_jax.fid_stats --dataset NAME --split train --out FILE.npz")
   if FLAGS.samples and not os.path.isfile(FLAGS.samples):
     raise UsageError(f"--samples {FLAGS.samples}: no such file; write one with "
                      "python -m aigc_jax.sample --workdir DIR --num 10000 --out FILE.npz")
@@ -229,13 +270,21 @@ def main(argv):
         name: FLAGS[name].value for name in OPTIONS
         if FLAGS[name].value is not None and (FLAGS[name].value != 0 or name == "guidance_scale")
     }  # 0: the config's
+    scoring = {}
+    if FLAGS.metric_net != "classifier":
+      scoring = {
+          "metric_net": FLAGS.metric_net, "resize": FLAGS.resize,
+          "ref_stats": load_ref_stats(FLAGS.ref_stats) if FLAGS.ref_stats else None
+      }
     if FLAGS.samples:
-      result = evaluate_samples_file(FLAGS.samples, FLAGS.dataset, **options)
+      result = evaluate_samples_file(FLAGS.samples, FLAGS.dataset, scoring=scoring, **options)
     else:
       which = FLAGS.checkpoint if FLAGS.step is None else FLAGS.step
-      result = evaluate_workdir(FLAGS.workdir, which, progress=True, **options)
+      result = evaluate_workdir(FLAGS.workdir, which, progress=True, scoring=scoring, **options)
+    if FLAGS.ref_stats:
+      result["ref_stats"] = FLAGS.ref_stats
   except (UsageError, workdir_lib.CheckpointError, workdir_lib.config_lib.ConfigError,
-          data_lib.DataError, classifier_lib.CacheError) as e:
+          data_lib.DataError, classifier_lib.CacheError, inception_weights.WeightsError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(json.dumps(result))

@@ -1,4 +1,4 @@
-"""Sample-quality metrics of generated images, on the project's own feature classifier.
+"""Sample-quality metrics of generated images, on the project's own classifier or Inception-V3.
 
 One module per metric, on (N, D) feature arrays (FID and IS in float64 numpy, KID and
 precision/recall on the device in float32):
@@ -15,6 +15,12 @@ The feature classifier and the evaluation of images:
 - `classifier_train`: the classifier's own small training loop.
 - `classifier`: the on-disk cache and `load_or_train`, the usual entry point.
 - `sample_metrics`: `evaluate_samples` (all metrics of fake images) and the real-vs-real floors.
+
+Inception-V3 as pytorch-fid computes FID with it (the metrics' other network):
+
+- `inception`: the Flax port, the mapping of pytorch-fid's state dict, `Inception` (features).
+- `inception_resize`: pytorch-fid's bilinear and clean-fid's bicubic resize to 299x299.
+- `inception_weights`: the weights file (argument, variable, cache, download) read safely.
 
 docs/metrics.md describes how the metrics and floors are computed.
 """

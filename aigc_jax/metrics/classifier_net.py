@@ -1,10 +1,11 @@
 """The feature classifier's network (`CNN`), its training recipe and a trained `Classifier`.
 
-Inception weights are not available offline and do not fit 28x28 grayscale images, so FID, KID,
-precision/recall and IS use this classifier instead. Its features are the `dense_features`
-pre-activations of the penultimate dense layer, batch-normalized with the running statistics of
-the training images and no learned affine: about zero mean and unit variance per unit on real
-data (docs/metrics.md says why).
+By default FID, KID, precision/recall and IS use this classifier: Inception weights are not always
+available offline and ImageNet features fit 28x28 grayscale images poorly (the Inception-V3 path
+is `inception`, `python -m aigc_jax.evaluate --metric_net inception`). Its features are the
+`dense_features` pre-activations of the penultimate dense layer, batch-normalized with the running
+statistics of the training images and no learned affine: about zero mean and unit variance per
+unit on real data (docs/metrics.md says why).
 
 Input convention: float32 images in [0, 1] (uint8 / 255), shape (N, H, W, C); `to_input` maps
 uint8 images there. Numbers are comparable only between classifiers of the same `recipe_key`.

@@ -1,9 +1,9 @@
 """Every sample metric of generated images at once (`evaluate_samples`) and its real floors.
 
-`evaluate_samples` scores fake images against real features with the classifier: fid, kid,
-precision/recall, is and label_acc (modules `fid`, `kid`, `precision_recall`,
-`inception_score`). `floors` scores real train images the same way: the values a generator that
-draws real images would get, cached beside the classifier.
+`evaluate_samples` scores fake images against real features with the classifier (or the
+Inception network, `inception.Inception`): fid, kid, precision/recall, is and label_acc (modules
+`fid`, `kid`, `precision_recall`, `inception_score`). `floors` scores real train images the same
+way: the values a generator that draws real images would get, cached beside the classifier.
 """
 
 from __future__ import annotations
@@ -19,21 +19,25 @@ import scipy.special
 from aigc_jax.metrics import classifier as classifier_lib
 from aigc_jax.metrics import classifier_net
 from aigc_jax.metrics import fid as fid_lib
+from aigc_jax.metrics import inception
 from aigc_jax.metrics import inception_score as is_lib
 from aigc_jax.metrics import kid as kid_lib
 from aigc_jax.metrics import precision_recall as pr_lib
 
 
-def evaluate_samples(classifier: classifier_net.Classifier, fake_images_uint8, real_features,
-                     fake_requested_labels=None, *, kid_subsets: int = 100,
-                     kid_subset_size: int = 1000, k: int = 5, is_splits: int = 10,
-                     seed: int = 0) -> dict[str, float]:
+def evaluate_samples(classifier: classifier_net.Classifier | inception.Inception, fake_images_uint8,
+                     real_features, fake_requested_labels=None, *, kid_subsets: int = 100,
+                     kid_subset_size: int = 1000, k: int = 5, is_splits: int = 10, seed: int = 0,
+                     real_stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
   """fid, kid (and kid_std), precision, recall, is (and is_std), label_acc when labels are given.
 
   All on the classifier's features of the fake images vs `real_features`, the same classifier's
   (N, D) features of the real images (`classifier.features(real_images)`: extract them once per
   real set and reuse them for every model, checkpoint and floor); IS on the fake images' class
-  probabilities. Use equal set sizes (e.g. 10k each): FID and KID depend on them.
+  probabilities. Use equal set sizes (e.g. 10k each): FID and KID depend on them. `classifier`
+  is the project's classifier or `inception.Inception`. `real_stats`, (mean, covariance) of
+  another real set's features (a reference statistics file), replaces `real_features`' for FID
+  alone.
   """
   real_features = np.asarray(real_features)
   if real_features.ndim != 2:
@@ -44,8 +48,10 @@ def evaluate_samples(classifier: classifier_net.Classifier, fake_images_uint8, r
   precision, recall = pr_lib.precision_recall(real_features, fake_feats, k=k)
   probs = scipy.special.softmax(fake_logits.astype(np.float64), axis=-1)
   is_mean, is_std = is_lib.inception_score(probs, is_splits)
+  reference = fid_lib.feature_stats(real_features) if real_stats is None else real_stats
   out = {
-      "fid": fid_lib.fid(fake_feats, real_features), "kid": kid_mean, "kid_std": kid_std,
+      "fid": fid_lib.frechet_distance(*fid_lib.feature_stats(fake_feats),
+                                      *reference), "kid": kid_mean, "kid_std": kid_std,
       "precision": precision, "recall": recall, "is": is_mean, "is_std": is_std
   }
   if fake_requested_labels is not None:
@@ -60,15 +66,19 @@ def floor_rows(num_images: int, num_train: int, seed: int = 0) -> np.ndarray:
       np.random.default_rng(seed).choice(num_images, min(num_train, num_images), replace=False))
 
 
-def _floors_file(classifier: classifier_net.Classifier, images: np.ndarray, real: np.ndarray,
-                 labels: np.ndarray | None, kwargs: dict) -> str | None:
+def _floors_file(classifier: classifier_net.Classifier | inception.Inception, images: np.ndarray,
+                 real: np.ndarray, labels: np.ndarray | None, kwargs: dict) -> str | None:
   """``<classifier.path>/floors-<hash>.json``, the hash of the inputs and of the classifier's
   variables; None when not cached."""
   if not classifier.path:
     return None
-  digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode())
+  plain = {k: v for k, v in kwargs.items() if k != "real_stats"}
+  digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode())
   digest.update(classifier_lib.params_digest(classifier.variables).encode())
-  for array in (images, real) if labels is None else (images, real, labels):
+  arrays = [images, real] + ([] if labels is None else [labels])
+  if kwargs.get("real_stats") is not None:
+    arrays += [np.ascontiguousarray(a, np.float64) for a in kwargs["real_stats"]]
+  for array in arrays:
     digest.update(f"{array.dtype}{array.shape}".encode())
     digest.update(array.tobytes())
   return os.path.join(classifier.path, f"floors-{digest.hexdigest()[:16]}.json")
@@ -106,8 +116,9 @@ def _write_floors(path: str, out: dict[str, float]) -> None:
     warnings.warn(f"could not cache floors in {path} ({e})", RuntimeWarning, stacklevel=3)
 
 
-def floors(classifier: classifier_net.Classifier, train_images, real_features, train_labels=None, *,
-           num_train: int = 10_000, seed: int = 0, **kwargs) -> dict[str, float]:
+def floors(classifier: classifier_net.Classifier | inception.Inception, train_images, real_features,
+           train_labels=None, *, num_train: int = 10_000, seed: int = 0,
+           **kwargs) -> dict[str, float]:
   """`evaluate_samples` of a real-train subset (as the fakes) vs `real_features`: the floors.
 
   What a generator that draws real images would score: the scale a model's metrics are read on.

@@ -6,6 +6,7 @@ import pytest
 
 from aigc_jax import data
 from aigc_jax import eval_split
+from aigc_jax.families import sample_eval
 
 
 @pytest.fixture(name="small_data")
@@ -74,3 +75,13 @@ def test_totals_add_every_row_once(small_data):
 
   totals = eval_split.totals(d, 5, "zero_one", sums, ("labels", "count", "index"))
   assert totals == {"labels": float(labels.sum()), "count": 23.0, "index": 0 + 1 + 2 + 3 + 4}
+
+
+def test_a_test_split_too_small_to_score_is_one_line():
+  small = eval_split.EvalData(np.zeros((4, 8, 8, 1), np.uint8), np.zeros(4, np.int32), 0, 4)
+  with pytest.raises(
+      data.DataError, match="the test split has 4 images, and the sample "
+      "metrics need at least 10"):
+    sample_eval._num_samples(2000, small)  # pylint: disable=protected-access
+  whole = eval_split.EvalData(np.zeros((4, 8, 8, 1), np.uint8), np.zeros(4, np.int32), 0, 64)
+  assert sample_eval._num_samples(2000, whole) == 64  # pylint: disable=protected-access

@@ -22,8 +22,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from aigc_jax import data as data_lib
+from aigc_jax import eval_split
 from aigc_jax.families import SAMPLE_CHUNK
 from aigc_jax.metrics import classifier as classifier_lib
+from aigc_jax.metrics import classifier_net
 from aigc_jax.metrics import fid as fid_lib
 from aigc_jax.metrics import inception_weights
 from aigc_jax.metrics import sample_metrics
@@ -166,6 +168,18 @@ def _provenance(scoring: _Scoring) -> dict:
   }
 
 
+def _num_samples(requested: int, test) -> int:
+  """min(requested, the test split's size); DataError when that is too few to score."""
+  num, size = min(requested, eval_split.split_size(test)), eval_split.split_size(test)
+  if num < MIN_SAMPLES:
+    raise data_lib.DataError(
+        f"the test split has {size} images, and the sample metrics need at least {MIN_SAMPLES} "
+        "(10 splits of the inception score, 5 neighbours for precision and recall): give the "
+        "dataset more test images (a folder holds out every tenth file) or set "
+        "eval_num_samples=0 where the model allows it")
+  return num
+
+
 class SampleEvaluator:
   """Scores `sample(state, rng, num, use_ema=True, **sample_options) -> (images in [0, 1]
   (N,H,W,C), labels)`. `raw`: whether `full_evaluate` also scores the raw (non-EMA) params."""
@@ -179,7 +193,8 @@ class SampleEvaluator:
   def classifier(self):
     """Loaded, or trained once (a progress bar unless config.progress_bar is off)."""
     show = bool(self.config.get("progress_bar", True)) and jax.process_index() == 0
-    return classifier_lib.load_or_train(self.config.dataset, progress=show)
+    return classifier_lib.load_or_train(self.config.dataset, progress=show,
+                                        recipe=classifier_net.config_recipe(self.config))
 
   def scoring(self) -> _Scoring:
     """The classifier, or inside `using_metric_net` the network it names (loaded once)."""
@@ -197,7 +212,10 @@ class SampleEvaluator:
     key = (id(net), num)
     images, features = self._real.get(key, (None, None))
     if images is not test.images:
-      images, features = test.images, net.features(np.asarray(test.images[:num]))
+      first = np.asarray(test.images[:num])
+      if len(first) < num:  # this process holds fewer test rows (several processes)
+        first = data_lib.load_config_split(self.config, "test", (0, num))[0]
+      images, features = test.images, net.features(first)
       self._real[key] = images, features
     return features
 
@@ -234,7 +252,7 @@ class SampleEvaluator:
   def evaluate(self, state, test: data_lib.DeviceData) -> dict:
     """The periodic evaluation: the metrics of config.eval_num_samples EMA samples, computed by
     process 0 alone (`from_process_zero`: `state` is each process's own copy)."""
-    num = min(self.config.eval_num_samples, int(test.labels.shape[0]))
+    num = _num_samples(self.config.eval_num_samples, test)
     return from_process_zero(lambda: self.sample_metrics(state, self.real_features(test, num), num))
 
   def full_evaluate(self, state, test: data_lib.DeviceData, *, num_samples=10_000, progress=None,
@@ -247,7 +265,7 @@ class SampleEvaluator:
     `sample_options` as in `sample_metrics`.
     """
     scoring = self.scoring()
-    num = min(num_samples, int(test.labels.shape[0]))
+    num = _num_samples(num_samples, test)
     log.info("%s features of %d test images", scoring.name, num)
     real = self.real_features(test, num, scoring)
     ema = self.sample_metrics(state, real, num, progress=progress, scoring=scoring,

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from typing import Any, Callable, Mapping
@@ -26,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from aigc_jax import data as data_lib
 from aigc_jax.metrics import classifier_net
 from aigc_jax.metrics import classifier_train
 
@@ -47,10 +47,14 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
 
 
 def cache_path(recipe: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None = None) -> str:
-  """``<cache>/classifier/<dataset>-<key>``; cache from the argument, $AIGC_JAX_CACHE or ~."""
+  """``<cache>/classifier/<dataset>-<key>``; cache from the argument, $AIGC_JAX_CACHE or ~. A
+  user dataset's name ('folder:PATH', 'tfds:NAME') is written with '_' for its punctuation."""
   recipe = classifier_net.resolve_recipe(recipe)
+  kind, _, where = recipe["dataset"].partition(":")
+  name = f"{kind}_{os.path.basename(where.rstrip('/')) or where}" if where else kind
+  name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
   return os.path.join(cache_root(cache_dir), "classifier",
-                      f"{recipe['dataset']}-{classifier_net.recipe_key(recipe)}")
+                      f"{name}-{classifier_net.recipe_key(recipe)}")
 
 
 def check_writable(path: str, cache_dir: str | os.PathLike[str] | None = None) -> None:
@@ -132,7 +136,7 @@ def load(path: str, recipe: Mapping[str, Any]) -> classifier_net.Classifier:
     test_accuracy = float(info["test_accuracy"])
     with np.load(os.path.join(path, "params.npz"), allow_pickle=False) as npz:
       flat = {k: npz[k] for k in npz.files}
-    _check_params(flat, model, data_lib.DATASETS[recipe["dataset"]].image_shape)
+    _check_params(flat, model, classifier_net.dataset_info(recipe).image_shape)
   except Exception as e:  # pylint: disable=broad-except
     raise CacheError(f"classifier cache {path} is unreadable ({type(e).__name__}: {e})") from e
   if info.get(PARAMS_SHA256) != params_digest(flat):

@@ -37,7 +37,15 @@ RECIPE: dict[str, Any] = {
     "learning_rate": 2e-3,  # Adam, cosine-decayed to 0 over training
     "seed": 0,
     "train_examples": 0,  # 0: the whole train split; else the first n (for tests)
+    # The dataset's images as the run fits them (`data.dataset_info`): a folder's or a TFDS
+    # dataset's side, channels, resize filter and TFDS data dir (0, 0, 'area', '': its own).
+    "image_size": 0,
+    "channels": 0,
+    "resize": "area",
+    "tfds_data_dir": "",
 }
+# Keys added after caches existed: they enter a recipe's key only where they differ from these.
+_LATER_KEYS = {"image_size": 0, "channels": 0, "resize": "area", "tfds_data_dir": ""}
 EVAL_BATCH = 500  # fixed forward batch (padded), so any N compiles once
 
 
@@ -82,14 +90,35 @@ def resolve_recipe(recipe: Mapping[str, Any] | None = None, **overrides) -> dict
 
 def recipe_key(recipe: Mapping[str, Any]) -> str:
   """A short stable hash of the resolved recipe (12 hex digits)."""
-  text = json.dumps(resolve_recipe(recipe), sort_keys=True)
+  resolved = resolve_recipe(recipe)
+  kept = {k: v for k, v in resolved.items() if k not in _LATER_KEYS or v != _LATER_KEYS[k]}
+  text = json.dumps(kept, sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def build_model(recipe: Mapping[str, Any]) -> CNN:
   """The (untrained) `CNN` of a resolved recipe, with its dataset's number of classes."""
-  info = data_lib.DATASETS[recipe["dataset"]]
+  info = dataset_info(recipe)
   return CNN(recipe["conv_features"], recipe["dense_features"], info.num_classes, recipe["dropout"])
+
+
+def dataset_info(recipe: Mapping[str, Any]) -> data_lib.DatasetInfo:
+  """The recipe's dataset, fitted as its run fits it."""
+  return data_lib.dataset_info(recipe["dataset"], recipe["image_size"], recipe["channels"],
+                               recipe["tfds_data_dir"] or None)
+
+
+def data_options(recipe: Mapping[str, Any]) -> dict[str, Any]:
+  """`data.load_split`'s keyword arguments for the recipe's dataset."""
+  return dict(image_size=recipe["image_size"], channels=recipe["channels"], resize=recipe["resize"],
+              tfds_data_dir=recipe["tfds_data_dir"] or None)
+
+
+def config_recipe(config) -> dict[str, Any]:
+  """The default recipe on a run's dataset, fitted as the run's config fits it."""
+  return resolve_recipe(dataset=config.dataset, image_size=config.get("image_size", 0),
+                        channels=config.get("channels", 0), resize=config.get("resize", "area"),
+                        tfds_data_dir=config.get("tfds_data_dir", ""))
 
 
 def to_input(images) -> np.ndarray:
@@ -129,7 +158,7 @@ class Classifier:
   def features_and_logits(self, images) -> tuple[np.ndarray, np.ndarray]:
     """(N, F) features and (N, C) logits, float32, in padded batches of `EVAL_BATCH`."""
     x = to_input(images)
-    shape = data_lib.DATASETS[self.recipe["dataset"]].image_shape
+    shape = dataset_info(self.recipe).image_shape
     if x.shape[1:] != shape:
       raise ValueError(f"the {self.recipe['dataset']} classifier takes {shape} images, got "
                        f"{x.shape[1:]}")

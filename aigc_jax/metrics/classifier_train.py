@@ -65,7 +65,8 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, batch_size: i
 
 
 def _train_images(recipe: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  images, labels = data_lib.load_split(recipe["dataset"], "train")
+  images, labels = data_lib.load_split(recipe["dataset"], "train",
+                                       **classifier_net.data_options(recipe))
   if recipe["train_examples"]:
     images, labels = images[:recipe["train_examples"]], labels[:recipe["train_examples"]]
   return images, labels
@@ -80,7 +81,8 @@ def train(recipe: Mapping[str, Any], progress: bool = True) -> tuple[Any, dict[s
   recipe = classifier_net.resolve_recipe(recipe)
   start_time = time.time()
   images, labels = _train_images(recipe)
-  model, batch_size = classifier_net.build_model(recipe), recipe["batch_size"]
+  # A split smaller than a batch (a small folder) trains on batches of the whole split.
+  model, batch_size = classifier_net.build_model(recipe), min(recipe["batch_size"], len(images))
   steps = data_lib.steps_per_epoch(len(images), batch_size)
   total = steps * recipe["epochs"]
   tx = optax.adam(optax.cosine_decay_schedule(recipe["learning_rate"], max(1, total)))
@@ -100,7 +102,8 @@ def train(recipe: Mapping[str, Any], progress: bool = True) -> tuple[Any, dict[s
                           acc=f"{float(metrics['accuracy']):.3f}")
   variables = jax.tree.map(np.asarray,
                            {"params": state["params"], "batch_stats": state["batch_stats"]})
-  test_images, test_labels = data_lib.load_split(recipe["dataset"], "test")
+  test_images, test_labels = data_lib.load_split(recipe["dataset"], "test",
+                                                 **classifier_net.data_options(recipe))
   clf = classifier_net.Classifier(model, variables, float("nan"), recipe)
   info = dict(recipe=recipe, key=classifier_net.recipe_key(recipe),
               test_accuracy=is_lib.label_accuracy(clf.logits(test_images), test_labels),

@@ -23,11 +23,11 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
-from tqdm import tqdm
 
 from aigc_jax import backend
 from aigc_jax import data as data_lib
 from aigc_jax import entry
+from aigc_jax import progress as progress_lib
 from aigc_jax import safe_files
 from aigc_jax import workdir as workdir_lib
 
@@ -88,18 +88,6 @@ def to_uint8(images) -> np.ndarray:
   return out
 
 
-def progress(chunks, desc: str = "sampling"):
-  """The sampling chunks: a tqdm bar over them on a terminal; outside one (a log file), a plain
-  line after each chunk, with no carriage return."""
-  if sys.stderr.isatty():
-    yield from tqdm(chunks, desc=desc, unit="chunk", dynamic_ncols=True)
-    return
-  chunks, start = list(chunks), time.perf_counter()
-  for i, chunk in enumerate(chunks):
-    yield chunk
-    log.info("%s: chunk %d/%d done (%.0f s)", desc, i + 1, len(chunks), time.perf_counter() - start)
-
-
 def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str | int = "best",
                    **options) -> dict:
   """Writes `num` samples of `workdir` to `out`; `options` are a diffusion model's sampler,
@@ -112,7 +100,7 @@ def sample_to_file(workdir: str, num: int, out: str, seed: int = 0, which: str |
   start = time.perf_counter()
   log.info("sampling %d images from step %d...", num, run.step)
   if "progress" in inspect.signature(run.trainable.sample).parameters:  # drawn in chunks
-    options = {**options, "progress": progress}
+    options = {**options, "progress": progress_lib.progress}
   with entry.doing("sampling", lower=LOWER_NUM):
     images, labels = run.trainable.sample(run.state, jax.random.PRNGKey(seed), num, **options)
     images = to_uint8(images)

@@ -82,8 +82,8 @@ def experiments_of(model: str, dataset: str = "") -> list[str]:
 
 def check_model_change(config, model: str, where: str) -> None:
   """ConfigError when --config.model moved `config` (built by `where` for `model`) to a model
-  whose config lacks some of its keys: it names the keys of the file's family and where to start
-  from instead."""
+  whose config lacks some of its keys: it names the keys of the file's family and the file (or
+  the get_config call) to start from."""
   new = config.get("model", model)
   if new == model or new not in families.MODELS:
     return  # the same model, or an unknown one (validate names the choices)

@@ -17,9 +17,9 @@ fi
 # (tensorflow_datasets only where no IDX files are found), and pytest for the accelerator tests;
 # then the pip names to install where one is missing.
 MODULES="absl flax jax optax orbax.checkpoint chex ml_collections numpy scipy PIL matplotlib tqdm \
-tensorboardX tensorflow_datasets importlib_resources pytest"
+tensorboardX tensorflow_datasets importlib_resources grain pytest"
 PACKAGES="absl-py ml_collections scipy Pillow matplotlib tqdm tensorboardX tensorflow-datasets \
-importlib_resources pytest"
+importlib_resources grain pytest"
 if ! "$PYTHON" -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" \
     $MODULES 2>/dev/null; then
   if [ ! -d wheels ]; then

@@ -70,7 +70,7 @@ def test_tiny_check_under_gpu_defaults_runs_every_row(cache_dir, tmp_path):
   if importlib.util.find_spec("torch"):  # PyTorch beside the float32 rows, TF32 as JAX's
     assert [("torch_step_ms" in r, "torch_compile_step_ms" in r) for r in bench] == [(True, False),
                                                                                      (True, False),
-                                                                                     (True, True),
+                                                                                     (True, False),
                                                                                      (True, False),
                                                                                      (False, False),
                                                                                      (True, False),

@@ -16,7 +16,9 @@ import synthetic_folder  # noqa: E402  (benchmarks/)
 pytestmark = pytest.mark.slow
 SHRINK = {
     "dcgan_folder64": ["--config.g_base_features=8", "--config.d_base_features=4"],
-    "ddpm_folder64": ["--config.base_features=8", "--config.sample_steps=2"],
+    "ddpm_folder64": [
+        "--config.base_features=8", "--config.sample_steps=2", "--config.eval_num_samples=0"
+    ],  # (its default: no sample metrics)
 }
 
 
@@ -40,7 +42,8 @@ def test_a_folder_experiment_trains_streamed_and_reports_the_bad_files(tmp_path,
   trained = workdir_lib.load_trained(str(workdir), "latest")
   assert int(trained.state.step) == 7 and trained.config.image_size == 64
   assert os.path.exists(workdir / "samples" / "samples_latest.png")
-  # The sample metrics' classifier was trained on the folder's 4 classes at 64x64x3.
   test = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "test"][-1]
-  assert test["step"] == 7 and test["fid"] >= 0 and 0 <= test["precision"] <= 1
-  assert os.listdir(tmp_path / "cache" / "classifier")[0].startswith("folder_")
+  assert test["step"] == 7
+  if name == "dcgan_folder64":  # its classifier was trained on the folder's 4 classes at 64x64x3
+    assert test["fid"] >= 0 and 0 <= test["precision"] <= 1
+    assert os.listdir(tmp_path / "cache" / "classifier")[0].startswith("folder_")

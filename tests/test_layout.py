@@ -10,7 +10,8 @@ MAX_FUNCTION_LINES = 50
 MAX_MODULE_LINES = 300
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
-    ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot", "orbax_logs"),
+    ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot", "orbax_logs",
+     "progress"),
     ("idx", "tfds_split", "image_folder", "user_data", "data", "streaming", "eval_split",
      "clusters", "likelihoods", "gan_losses", "noise_processes", "models", "metrics"),
     ("state",),

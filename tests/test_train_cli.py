@@ -12,7 +12,7 @@ from helpers import read_jsonl
 from helpers import small_config
 
 from aigc_jax import config as config_lib
-from aigc_jax import sample
+from aigc_jax import progress
 from aigc_jax import train
 from aigc_jax import train_cli
 from aigc_jax import workdir as workdir_lib
@@ -129,8 +129,8 @@ def test_the_last_line_names_tensorboard_only_when_it_is_installed(monkeypatch):
 
 
 def test_sampling_progress_outside_a_terminal_is_plain_lines(caplog):
-  with caplog.at_level("INFO", logger="aigc_jax.sample"):
-    assert list(sample.progress(range(0, 3000, 1000))) == [0, 1000, 2000]
+  with caplog.at_level("INFO", logger="aigc_jax.progress"):
+    assert list(progress.progress(range(0, 3000, 1000))) == [0, 1000, 2000]
   lines = [r.getMessage() for r in caplog.records]
   assert [line.split(" done")[0] for line in lines] == [f"sampling: chunk {i}/3" for i in (1, 2, 3)]
   assert not any("\r" in line for line in lines)

@@ -4,6 +4,11 @@ D: strided convs 64 -> 32 -> 16 -> 8. The sample metrics use the project's featu
 trained on the folder's own classes at the first evaluation (see docs/metrics.md: on data it was
 not built for, their scale is the folder's, comparable only between runs on that folder).
 
+Not yet shown to learn (2026-12-06, 2-core AMD EPYC): on benchmarks/synthetic_folder.py's 5,000
+shapes, streamed, 420 steps left D winning (d_loss 0.007 at step 200) and every sample the same
+noise (FID 1289, 5791, 939 at steps 140, 280, 420; the 32-pixel network did the same in 300
+steps), so the recipe for this data is still to be found, on a GPU.
+
 python benchmarks/synthetic_folder.py data/shapes64   # 5,000 synthetic shapes, 4 bad files
 python experiments/dcgan_folder64.py --workdir runs/dcgan64 --config.dataset=folder:data/shapes64
     [--config.max_device_bytes=1]   # stream it (any folder larger than 2e9 bytes streams)

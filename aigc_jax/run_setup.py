@@ -120,12 +120,11 @@ def _stream(config, source: streaming.RowSource, loop: parallel.TrainLoop,
         f"would stream, but {'a sweep' if population else 'pixel_clusters'} needs it in memory; "
         "raise --config.max_device_bytes")
   per_step = config.batch_size * families.get(config.model).batches_per_step(config)
-  per_call = loop.steps_per_call * per_step
   log.info("streaming the train split (%d rows, more than max_device_bytes=%d bytes)", len(source),
            config.max_device_bytes)
-  return streaming.ChunkStream(source, seed=config.seed, steps_per_epoch=schedule.steps_per_epoch,
-                               rows_per_step=per_step, steps_per_call=loop.steps_per_call,
-                               local_rows=loop.place.local_rows(per_call))
+  return streaming.ChunkStream.for_loop(source, loop, seed=config.seed,
+                                        steps_per_epoch=schedule.steps_per_epoch,
+                                        rows_per_step=per_step)
 
 
 def load_test(config) -> eval_split.EvalData:

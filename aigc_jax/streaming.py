@@ -4,10 +4,10 @@
 Epoch e's order is `data.epoch_permutation(seed, e, N)`, as on device. A chunk of n steps
 starting at step `index` of the epoch is rows perm[index*R : (index+n)*R] (R rows per step),
 laid out as the on-device loop reads an epoch, padded to `steps_per_call` steps so that its shape
-never changes; the loop then reads it with the identity order from its start. Each process
-decodes only the rows its devices hold of each chunk (`Placement.local_rows`). A grain pipeline
-decodes the steps of the epoch ahead of the loop on worker threads; its position is derived from
-the step, so resuming from a checkpoint streams the same rows.
+never changes; the loop then reads it with the identity order (`order`) from its start. Each
+process decodes only the rows its devices hold of each chunk (`Placement.local_rows`), on grain
+worker threads, and the next chunk while the loop trains on this one; the position is derived
+from the step, so resuming from a checkpoint streams the same rows.
 """
 
 from __future__ import annotations
@@ -96,9 +96,27 @@ class ChunkStream:
     self._next: tuple[tuple[int, int], concurrent.futures.Future] | None = None
     self.image_shape = tuple(source[0][0].shape)
 
+  @classmethod
+  def for_loop(cls, source: RowSource, loop, *, seed: int, steps_per_epoch: int,
+               rows_per_step: int) -> ChunkStream:
+    """A stream of `source` for the train loop `loop` (`parallel.TrainLoop`): chunks of its
+    steps per call, of which this process reads the rows its devices hold."""
+    per_call = loop.steps_per_call * rows_per_step
+    return cls(source, seed=seed, steps_per_epoch=steps_per_epoch, rows_per_step=rows_per_step,
+               steps_per_call=loop.steps_per_call, local_rows=loop.place.local_rows(per_call))
+
   @property
   def rows_per_call(self) -> int:
     return self.steps_per_call * self.rows_per_step
+
+  def order(self) -> np.ndarray:
+    """The order the loop reads a chunk in: its rows from the first."""
+    return np.arange(self.rows_per_call, dtype=np.int32)
+
+  def placed(self, place, step: int, num_steps: int) -> data_lib.DeviceData:
+    """`chunk(step, num_steps)` placed by `place` (a `placement.Placement`) as the loop reads it."""
+    return place.put_data(self.chunk(step, num_steps), first_row=self.local_rows[0],
+                          num_examples=self.rows_per_call)
 
   def chunk(self, step: int, num_steps: int) -> data_lib.DeviceData:
     """This process's rows of the chunk of `num_steps` (<= steps_per_call) steps from `step`."""

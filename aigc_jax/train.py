@@ -177,7 +177,7 @@ class TrainChunks:
       self.data = run.loop.place.put_data(run.train_data, first_row=run.train_rows[0],
                                           num_examples=run.num_train)
     else:  # each chunk is read in order, from its first row
-      self.perm = run.loop.place.put_state(np.arange(run.stream.rows_per_call, dtype=np.int32))
+      self.perm = run.loop.place.put_state(run.stream.order())
     self.permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
 
   def train(self, step: int, end: int) -> None:
@@ -185,9 +185,7 @@ class TrainChunks:
     if run.stream is not None:
       for start in range(step, end, loop.steps_per_call):
         num = min(loop.steps_per_call, end - start)
-        chunk = loop.place.put_data(run.stream.chunk(start,
-                                                     num), first_row=run.stream.local_rows[0],
-                                    num_examples=run.stream.rows_per_call)
+        chunk = run.stream.placed(loop.place, start, num)
         self.placed, sums = loop(self.placed, chunk, self.perm, 0, num)
         self._trained(sums, num)
       return

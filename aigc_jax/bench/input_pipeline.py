@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import jax
-import numpy as np
 
 from aigc_jax import data as data_lib
 from aigc_jax import families
@@ -32,9 +31,8 @@ def make_stream(config, loop) -> streaming.ChunkStream:
     steps_per_epoch = data_lib.steps_per_epoch(len(source), per_step)
   except data_lib.DataError as e:
     raise BenchmarkError(str(e)) from None
-  return streaming.ChunkStream(source, seed=config.seed, steps_per_epoch=steps_per_epoch,
-                               rows_per_step=per_step, steps_per_call=loop.steps_per_call,
-                               local_rows=loop.place.local_rows(loop.steps_per_call * per_step))
+  return streaming.ChunkStream.for_loop(source, loop, seed=config.seed,
+                                        steps_per_epoch=steps_per_epoch, rows_per_step=per_step)
 
 
 def _run(loop, stream, state, perm, steps: int, train: bool):
@@ -43,8 +41,7 @@ def _run(loop, stream, state, perm, steps: int, train: bool):
   while done < steps:
     num = min(loop.steps_per_call, steps - done,
               stream.steps_per_epoch - done % stream.steps_per_epoch)
-    chunk = loop.place.put_data(stream.chunk(done, num), first_row=stream.local_rows[0],
-                                num_examples=stream.rows_per_call)
+    chunk = stream.placed(loop.place, done, num)
     if train:
       state, sums = loop(state, chunk, perm, 0, num)
       jax.block_until_ready(sums)
@@ -65,13 +62,12 @@ def measure(config, steps: int = 50, warmup: int = 5) -> dict:
   loop = timing.make_loop(config, trainable, family.batches_per_step(config))
   stream = make_stream(config, loop)
   per_step = stream.rows_per_step
-  perm = loop.place.put_state(np.arange(stream.rows_per_call, dtype=np.int32))
+  perm = loop.place.put_state(stream.order())
   state = loop.place.put_state(jax.jit(trainable.init)(jax.random.PRNGKey(config.seed)))
   state, _ = _run(loop, stream, state, perm, warmup, True)  # compiles
   _, loader_s = _run(loop, stream, None, perm, steps, False)
   state, both_s = _run(loop, stream, state, perm, steps, True)
-  chunk = loop.place.put_data(stream.chunk(0, loop.steps_per_call), first_row=stream.local_rows[0],
-                              num_examples=stream.rows_per_call)
+  chunk = stream.placed(loop.place, 0, loop.steps_per_call)
   start = time.perf_counter()
   for _ in range(-(-steps // loop.steps_per_call)):
     state, sums = loop(state, chunk, perm, 0, loop.steps_per_call)

@@ -6,8 +6,8 @@ starting at step `index` of the epoch is rows perm[index*R : (index+n)*R] (R row
 laid out as the on-device loop reads an epoch, padded to `steps_per_call` steps so that its shape
 never changes; the loop then reads it with the identity order (`order`) from its start. Each
 process decodes only the rows its devices hold of each chunk (`Placement.local_rows`), on grain
-worker threads, and the next chunk while the loop trains on this one; the position is derived
-from the step, so resuming from a checkpoint streams the same rows.
+worker threads, and the next chunk while the loop trains on this one; the step alone gives the
+position, so resuming from a checkpoint streams the same rows.
 """
 
 from __future__ import annotations

@@ -9,16 +9,22 @@ negative log-likelihood is unknown).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 import sys
 
+from absl import flags
+
+from aigc_jax import command_line
 from aigc_jax import evaluate
 from aigc_jax import plot
-from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
+
+PROGRAM = "python -m aigc_jax.demo_summary"
+FLAGS = command_line.new_flags()
+flags.DEFINE_integer("num_samples", 1000, "GAN samples for the FID.", lower_bound=1,
+                     flag_values=FLAGS)
 
 
 def last_eval(workdir: str) -> dict:
@@ -62,14 +68,16 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m aigc_jax.demo_summary")
-  parser.add_argument("workdirs", nargs="+", help="training runs' directories")
-  parser.add_argument("--num_samples", type=int, default=1000, help="GAN samples for the FID")
-  args = parser.parse_args(argv)
-  train.quiet_dependencies()
+def main(argv: list[str] | None = None) -> int:
+  """The command, on its arguments `argv` (default sys.argv[1:]): 0, or 2 after one error line."""
+  workdirs, _ = command_line.parse(FLAGS, argv, __doc__, PROGRAM, positional=True)
+  command_line.use_one_log_format(__name__)
+  if not workdirs:
+    print(f"error: name the training runs' directories, e.g. {PROGRAM} runs/demo/vae_mlp",
+          file=sys.stderr)
+    return 2
   try:
-    rows = [summarize(w, args.num_samples) for w in args.workdirs]
+    rows = [summarize(w, FLAGS.num_samples) for w in workdirs]
   except (OSError, ValueError, workdir_lib.CheckpointError) as e:
     print(f"error: {e}; train the runs first (make demo)", file=sys.stderr)
     return 2

@@ -188,8 +188,8 @@ HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
 def exit_on_help(argv: list[str], text: Callable[[], str]) -> None:
-  """Prints `text()` and exits 0 when `argv` (a command's, the program first) asks for help:
-  absl's own --help exits 1."""
+  """Prints `text()` and exits 0 when `argv` (a command's, the program first) asks for help
+  (`HELP_ARGS`), before any flag is parsed (`command_line.parse`)."""
   if any(a in HELP_ARGS for a in argv[1:]):
     print(text())
     sys.exit(0)
@@ -272,7 +272,8 @@ def describe(e: BaseException) -> str | None:
 
 
 def quiet_dependencies() -> None:
-  """Called by entry points only: our INFO lines stay, orbax's and absl's INFO chatter goes."""
+  """Called by entry points only (`command_line.use_one_log_format`): our INFO lines stay,
+  orbax's and absl's INFO chatter goes."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("aigc_jax").setLevel(logging.INFO)

@@ -31,6 +31,7 @@ images. docs/metrics.md says where the weights come from and what each number's 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -40,11 +41,12 @@ import zipfile
 import zlib
 
 import numpy as np
-from absl import app, flags
-from tqdm import tqdm
+from absl import flags
 
 from aigc_jax import backend
+from aigc_jax import command_line
 from aigc_jax import data as data_lib
+from aigc_jax import progress as progress_lib
 from aigc_jax import train
 from aigc_jax import workdir as workdir_lib
 from aigc_jax.families import sample_eval
@@ -54,40 +56,43 @@ from aigc_jax.metrics import inception
 from aigc_jax.metrics import inception_resize
 from aigc_jax.metrics import inception_weights
 
-flags.DEFINE_string("workdir", None, "A training run's directory.")
-flags.DEFINE_string("samples", None, "Instead of --workdir: an .npz of uint8 `images` to score.")
-flags.DEFINE_string("dataset", "fashion_mnist", "--samples: the dataset they are scored against.")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to evaluate.")
-flags.DEFINE_integer("step", None, "Evaluate this checkpoint step instead.")
-flags.DEFINE_integer("iwae_samples", 0, "Importance samples per image (0: the config's).")
-flags.DEFINE_integer("iwae_examples", 0, "Test images for nll_iwae (0: the config's).")
+FLAGS = command_line.new_flags()
+flags.DEFINE_string("workdir", None, "A training run's directory.", flag_values=FLAGS)
+flags.DEFINE_string("samples", None, "Instead of --workdir: an .npz of uint8 `images` to score.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("dataset", "fashion_mnist", "--samples: the dataset they are scored against.",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to evaluate.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Evaluate this checkpoint step instead.", flag_values=FLAGS)
+flags.DEFINE_integer("iwae_samples", 0, "Importance samples per image (0: the config's).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("iwae_examples", 0, "Test images for nll_iwae (0: the config's).",
+                     flag_values=FLAGS)
 flags.DEFINE_integer(
     "num_samples", 0, "GAN, diffusion or --samples: images per metric (0: "
-    "10000, or all the file's).")
-flags.DEFINE_string("sampler", None, "Diffusion: ddim or ddpm (eps/v), euler or heun (flow).")
-flags.DEFINE_integer("sample_steps", None, "Diffusion: the sampler's steps.")
-flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the guidance scale.")
+    "10000, or all the file's).", flag_values=FLAGS)
+flags.DEFINE_string("sampler", None, "Diffusion: ddim or ddpm (eps/v), euler or heun (flow).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("sample_steps", None, "Diffusion: the sampler's steps.", flag_values=FLAGS)
+flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the guidance scale.",
+                   flag_values=FLAGS)
 flags.DEFINE_enum(
     "metric_net", "classifier", list(sample_eval.METRIC_NETS), "GAN, diffusion "
-    "or --samples: the sample metrics' network (inception: pytorch-fid's).")
+    "or --samples: the sample metrics' network (inception: pytorch-fid's).", flag_values=FLAGS)
 flags.DEFINE_enum(
     "resize", "bilinear", list(inception_resize.MODES), "--metric_net inception: "
-    "pytorch-fid's bilinear resize to 299, or clean-fid's 'clean' bicubic one.")
+    "pytorch-fid's bilinear resize to 299, or clean-fid's 'clean' bicubic one.", flag_values=FLAGS)
 flags.DEFINE_string(
     "ref_stats", None, "--metric_net inception: FID against these statistics "
-    "(.npz of mu, sigma) instead of the test images'.")
+    "(.npz of mu, sigma) instead of the test images'.", flag_values=FLAGS)
 OPTIONS = ("iwae_samples", "iwae_examples", "num_samples", "sampler", "sample_steps",
            "guidance_scale")
-FLAGS = flags.FLAGS
 log = logging.getLogger("aigc_jax.evaluate")  # not __name__: "__main__" under python -m
 
 
 class UsageError(ValueError):
   """A flag or input file the command cannot use; the message names the fix."""
-
-
-def progress_bar(xs, desc: str = "nll_iwae"):
-  return tqdm(xs, desc=desc, unit="batch", file=sys.stderr)
 
 
 def evaluate_workdir(workdir: str, which: str | int = "best", progress: bool = False,
@@ -102,7 +107,7 @@ def evaluate_workdir(workdir: str, which: str | int = "best", progress: bool = F
                      f"--samples files, not to model '{run.config.model}'; drop it")
   test = workdir_lib.load_test_data(run.config)
   log.info("%s", backend.describe_devices())
-  bar = progress_bar if progress else None
+  bar = functools.partial(progress_lib.progress, desc="nll_iwae") if progress else None
   with sample_eval.using_metric_net(**scoring):
     metrics = run.trainable.full_evaluate(run.state, test, progress=bar, **options)
   return {
@@ -260,10 +265,11 @@ def check_flags() -> None:
                      "python -m aigc_jax.sample --workdir DIR --num 10000 --out FILE.npz")
 
 
-def main(argv):
+def main(argv: list[str] | None = None) -> None:
+  """The command, on its arguments `argv` (default sys.argv[1:])."""
   train.entry.begin("evaluating", "--num_samples, --iwae_examples or --iwae_samples", __name__)
-  del argv
-  train.quiet_dependencies()
+  command_line.parse(FLAGS, argv, __doc__, "python -m aigc_jax.evaluate")
+  command_line.use_one_log_format(__name__)
   try:
     check_flags()
     options = {
@@ -291,4 +297,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -17,8 +17,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from aigc_jax import command_line
 from aigc_jax import data as data_lib
 from aigc_jax import entry
 from aigc_jax.metrics import classifier as classifier_lib
@@ -27,16 +28,21 @@ from aigc_jax.metrics import inception
 from aigc_jax.metrics import inception_resize
 from aigc_jax.metrics import inception_weights
 
-flags.DEFINE_string("dataset", "cifar10", "One of the project's datasets.")
-flags.DEFINE_enum("split", "train", ["train", "test"], "The split whose statistics to compute.")
-flags.DEFINE_string("out", None, "The .npz to write (mu, sigma).")
-flags.DEFINE_integer("num", 0, "Only the split's first N images (0: all).")
+FLAGS = command_line.new_flags()
+flags.DEFINE_string("dataset", "cifar10", "One of the project's datasets.", flag_values=FLAGS)
+flags.DEFINE_enum("split", "train", ["train", "test"], "The split whose statistics to compute.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("out", None, "The .npz to write (mu, sigma).", flag_values=FLAGS)
+flags.DEFINE_integer("num", 0, "Only the split's first N images (0: all).", flag_values=FLAGS)
 flags.DEFINE_enum("resize", "bilinear", list(inception_resize.MODES),
-                  "pytorch-fid's bilinear resize to 299, or clean-fid's 'clean' bicubic one.")
-flags.DEFINE_string("weights", None, "pytorch-fid's Inception .pth (default: see the docs).")
-flags.DEFINE_integer("batch_size", inception.BATCH, "Images per forward pass.")
-flags.DEFINE_string("idx_dir", None, "A directory of the dataset's IDX files (MNIST-like sets).")
-FLAGS = flags.FLAGS
+                  "pytorch-fid's bilinear resize to 299, or clean-fid's 'clean' bicubic one.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("weights", None, "pytorch-fid's Inception .pth (default: see the docs).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", inception.BATCH, "Images per forward pass.", flag_values=FLAGS)
+flags.DEFINE_string("idx_dir", None, "A directory of the dataset's IDX files (MNIST-like sets).",
+                    flag_values=FLAGS)
+PROGRAM = "python -m aigc_jax.fid_stats"
 
 
 class UsageError(ValueError):
@@ -68,10 +74,11 @@ def reference_stats(dataset: str, split: str, out: str, num: int = 0, resize: st
   }
 
 
-def main(argv):
+def main(argv: list[str] | None = None) -> None:
+  """The command, on its arguments `argv` (default sys.argv[1:])."""
   entry.begin("computing reference statistics", "--batch_size", __name__)
-  del argv
-  entry.quiet_dependencies()
+  command_line.parse(FLAGS, argv, __doc__, PROGRAM)
+  command_line.use_one_log_format(__name__)
   try:
     if not FLAGS.out:
       raise UsageError("give --out FILE.npz, e.g. python -m aigc_jax.fid_stats --dataset cifar10 "
@@ -85,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

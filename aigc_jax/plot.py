@@ -4,12 +4,11 @@
 per metric; `CurveDrawer` does it on a background thread (training does not wait for it). The
 command overlays several runs, one line per run:
 
-python -m aigc_jax.plot --workdir A [B ...] --out FILE.png [--split train|test]
+python -m aigc_jax.plot --workdir A [--workdir B ...] --out FILE.png [--split train|test]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -17,9 +16,11 @@ import os
 import sys
 import threading
 
+from absl import flags
 from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
 
+from aigc_jax import command_line
 from aigc_jax import entry
 from aigc_jax import safe_files
 
@@ -27,6 +28,13 @@ log = logging.getLogger(__name__)
 
 SPLITS = {"train": "train", "test": "eval"}  # metrics.jsonl split -> picture name
 SKIPPED = ("steps_per_second", "learning_rate")  # a speed and a setting, not curves to learn from
+PROGRAM = "python -m aigc_jax.plot"
+FLAGS = command_line.new_flags()
+flags.DEFINE_multi_string("workdir", [], "A training run's directory; one --workdir per run.",
+                          flag_values=FLAGS)
+flags.DEFINE_string("out", None, "The PNG to write.", flag_values=FLAGS)
+flags.DEFINE_enum("split", "test", sorted(SPLITS), "test: the eval metrics; train: the train "
+                  "losses.", flag_values=FLAGS)
 
 
 def read_records(path: str) -> list[dict]:
@@ -207,48 +215,39 @@ def overlay_figure(workdirs: list[str], split: str, labels: list[str] | None = N
   return curves_figure(runs, f"{SPLITS[split]} curves")
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose usage errors are one `error:` line and exit status 2."""
-
-  def error(self, message):
-    print(f"error: {message}; see python -m aigc_jax.plot --help", file=sys.stderr)
-    sys.exit(2)
-
-
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+  """The command, on its arguments `argv` (default sys.argv[1:]): 0, or 2 after one error line."""
   entry.begin("drawing the curves", module=__name__)
+  others, _ = command_line.parse(FLAGS, argv, __doc__, PROGRAM, positional=True)
+  if others:
+    command_line.usage_error(f"unexpected arguments {others}: name each run with a --workdir of "
+                             "its own, e.g. --workdir runs/a --workdir runs/b")
+  command_line.use_one_log_format(__name__)
   with entry.command():
-    return overlay_command(argv)
+    return overlay_command()
 
 
-def overlay_command(argv=None) -> int:
-  """The command's work: 0, or 2 after one error line."""
-  parser = _Parser(prog="python -m aigc_jax.plot",
-                   description="Overlay the curves of several runs.")
-  parser.add_argument("--workdir", nargs="+", default=[], help="training runs' directories")
-  parser.add_argument("--out", help="the PNG to write")
-  parser.add_argument("--split", choices=sorted(SPLITS), default="test",
-                      help="test: eval metrics (default); train: train losses")
-  args = parser.parse_args(argv)
-  if not args.workdir or not args.out:
+def overlay_command() -> int:
+  """The command's work on its parsed FLAGS: 0, or 2 after one error line."""
+  if not FLAGS.workdir or not FLAGS.out:
     print(
         "error: --workdir and --out are required, e.g. python -m aigc_jax.plot "
-        "--workdir runs/a runs/b --out compare.png", file=sys.stderr)
+        "--workdir runs/a --workdir runs/b --out compare.png", file=sys.stderr)
     return 2
-  if not args.out.lower().endswith(".png") or os.path.isdir(args.out):
-    print(f"error: --out must name a .png file, got {args.out!r}", file=sys.stderr)
+  if not FLAGS.out.lower().endswith(".png") or os.path.isdir(FLAGS.out):
+    print(f"error: --out must name a .png file, got {FLAGS.out!r}", file=sys.stderr)
     return 2
   try:
-    fig = overlay_figure(args.workdir, args.split)
-    safe_files.make_dir(os.path.dirname(os.path.abspath(args.out)))
-    save_figure(fig, args.out, target="--out")
+    fig = overlay_figure(FLAGS.workdir, FLAGS.split)
+    safe_files.make_dir(os.path.dirname(os.path.abspath(FLAGS.out)))
+    save_figure(fig, FLAGS.out, target="--out")
   except (ValueError, safe_files.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:  # reading metrics.jsonl
     print(f"error: {entry.describe(e) or e}", file=sys.stderr)
     return 2
-  print(f"wrote {args.out}")
+  print(f"wrote {FLAGS.out}")
   return 0
 
 

@@ -22,25 +22,30 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from aigc_jax import backend
+from aigc_jax import command_line
 from aigc_jax import data as data_lib
 from aigc_jax import entry
 from aigc_jax import progress as progress_lib
 from aigc_jax import safe_files
 from aigc_jax import workdir as workdir_lib
 
-flags.DEFINE_string("workdir", None, "A training run's directory.")
-flags.DEFINE_integer("num", 64, "How many images to draw.")
-flags.DEFINE_string("out", None, "Output .npz path.")
-flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same images).")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to sample from.")
-flags.DEFINE_integer("step", None, "Sample from this checkpoint step instead.")
-flags.DEFINE_string("sampler", None, "Diffusion: ddim or ddpm (eps/v), euler or heun (flow).")
-flags.DEFINE_integer("sample_steps", None, "Diffusion: the sampler's steps.")
-flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the guidance scale.")
-FLAGS = flags.FLAGS
+FLAGS = command_line.new_flags()
+flags.DEFINE_string("workdir", None, "A training run's directory.", flag_values=FLAGS)
+flags.DEFINE_integer("num", 64, "How many images to draw.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output .npz path.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Sampling seed (same seed, same images).", flag_values=FLAGS)
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to sample from.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Sample from this checkpoint step instead.", flag_values=FLAGS)
+flags.DEFINE_string("sampler", None, "Diffusion: ddim or ddpm (eps/v), euler or heun (flow).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("sample_steps", None, "Diffusion: the sampler's steps.", flag_values=FLAGS)
+flags.DEFINE_float("guidance_scale", None, "Class-conditional diffusion: the guidance scale.",
+                   flag_values=FLAGS)
+PROGRAM = "python -m aigc_jax.sample"
 log = logging.getLogger("aigc_jax.sample")  # not __name__: "__main__" under python -m
 
 LOWER_NUM = "--num (write several files of fewer images)"
@@ -136,10 +141,11 @@ def check_flags() -> None:
     sys.exit(2)
 
 
-def main(argv):
-  del argv
+def main(argv: list[str] | None = None) -> None:
+  """The command, on its arguments `argv` (default sys.argv[1:])."""
   entry.begin("sampling", module=__name__)
-  entry.quiet_dependencies()
+  command_line.parse(FLAGS, argv, __doc__, PROGRAM)
+  command_line.use_one_log_format(__name__)
   with entry.command():
     check_flags()
     try:
@@ -161,5 +167,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  entry.exit_on_help(sys.argv, lambda: f"{__doc__.strip()}\n\nflags:{FLAGS.main_module_help()}")
-  app.run(main)
+  main()

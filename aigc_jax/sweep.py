@@ -22,12 +22,14 @@ the members' table.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 
+from absl import flags
+
 from aigc_jax import backend
+from aigc_jax import command_line
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import lock
@@ -40,6 +42,24 @@ from aigc_jax.sweep_spec import member_dir
 from aigc_jax.sweep_spec import num_members
 from aigc_jax.sweep_spec import read_spec
 from aigc_jax.sweep_train import run_sweep
+
+PROGRAM = "python -m aigc_jax.sweep"
+FLAGS = command_line.new_flags()
+flags.DEFINE_string("workdir", None, "The sweep's directory.", flag_values=FLAGS)
+flags.DEFINE_multi_string("vary", [], "KEY=SPEC: a config key and its members' values.",
+                          flag_values=FLAGS)
+flags.DEFINE_integer("members", None, "How many members (for ranges and seeds).", flag_values=FLAGS)
+flags.DEFINE_integer("halve_every", 0, "Stop the worse half every EVALS evaluations (0: never).",
+                     flag_values=FLAGS)
+flags.DEFINE_enum(
+    "member_map", "auto", ["auto", "vmap", "unroll"], "The step over the members: vmapped, or "
+    "one copy per member in one program (auto: unrolled for convolutional models on CPU).",
+    flag_values=FLAGS)
+flags.DEFINE_integer(
+    "member_devices", 0, "Shard vmapped members over up to N devices with parallel='none' (0: "
+    "all of this process's devices).", flag_values=FLAGS)
+flags.DEFINE_integer("export", None, "Copy this member's run (with --to).", flag_values=FLAGS)
+flags.DEFINE_string("to", None, "RUNDIR: where --export writes the run.", flag_values=FLAGS)
 
 
 def export(workdir: str, member: int, to: str) -> str:
@@ -65,71 +85,54 @@ def export(workdir: str, member: int, to: str) -> str:
   return to
 
 
-def new_spec(args, rest: list[str]) -> dict:
-  """sweep.json's content for a new sweep from the command line."""
-  config = config_lib.load_experiment(args.experiment)
-  argv = config_lib.apply_overrides(config, rest)
-  if argv:
-    raise config_lib.ConfigError(f"unexpected arguments {argv}; see python -m aigc_jax.sweep "
-                                 "--help")
-  return make_spec(config_lib.validate(config), args.vary, args.members, args.halve_every)
+def new_spec(experiment: str, overrides: list[str]) -> dict:
+  """sweep.json's content for a new sweep of `experiment` from the command line."""
+  config = config_lib.load_experiment(experiment)
+  config_lib.apply_overrides(config, overrides)
+  return make_spec(config_lib.validate(config), FLAGS.vary, FLAGS.members, FLAGS.halve_every)
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose usage errors are one `error:` line and exit status 2."""
+def check_flags(experiments: list[str]) -> None:
+  """ConfigError for flags and arguments the sweep cannot use."""
+  if not FLAGS.workdir:
+    raise config_lib.ConfigError("--workdir is required: the sweep's directory")
+  if len(experiments) > 1:
+    raise config_lib.ConfigError(f"one experiment file, not {len(experiments)}: {experiments}")
+  if FLAGS.export is not None and not FLAGS.to:
+    raise config_lib.ConfigError("--export MEMBER needs --to RUNDIR")
+  if FLAGS.halve_every < 0 or FLAGS.member_devices < 0 or (FLAGS.members is not None and
+                                                           FLAGS.members < 2):
+    raise config_lib.ConfigError("--halve_every and --member_devices must be >= 0 and "
+                                 "--members >= 2")
 
-  def error(self, message):
-    print(f"error: {message}; see python -m aigc_jax.sweep --help", file=sys.stderr)
-    sys.exit(2)
 
-
-def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m aigc_jax.sweep", description=__doc__.split("\n\n")[0],
-                   usage=__doc__.split("\n\n")[1], add_help=True)
-  parser.add_argument("experiment", nargs="?", help="experiments/NAME.py (omit to resume DIR)")
-  parser.add_argument("--workdir", required=True, help="the sweep's directory")
-  parser.add_argument("--vary", action="append", default=[], metavar="KEY=SPEC",
-                      help="a config key and its members' values")
-  parser.add_argument("--members", type=int, help="how many members (for ranges and seeds)")
-  parser.add_argument("--halve_every", type=int, default=0, metavar="EVALS",
-                      help="stop the worse half every EVALS evaluations (0: never)")
-  parser.add_argument(
-      "--member_map", choices=("auto", "vmap", "unroll"), default="auto",
-      help="the step over the members: vmapped, or one copy per member in one "
-      "program (auto: unrolled for convolutional models on CPU)")
-  parser.add_argument(
-      "--member_devices", type=int, default=0, metavar="N",
-      help="shard vmapped members over up to N devices with parallel='none' "
-      "(0: all of this process's devices)")
-  parser.add_argument("--export", type=int, metavar="MEMBER", help="copy this member's run")
-  parser.add_argument("--to", metavar="RUNDIR", help="where --export writes the run")
-  return parser
+def spec_of(experiments: list[str], overrides: list[str]) -> dict:
+  """The sweep to run: a new one of the experiment file, else the one in --workdir."""
+  if experiments:
+    return new_spec(experiments[0], overrides)
+  spec = read_spec(FLAGS.workdir)
+  if spec is None:
+    raise config_lib.ConfigError(f"{FLAGS.workdir} holds no sweep to resume; name an experiment "
+                                 "file: python -m aigc_jax.sweep experiments/NAME.py --workdir DIR "
+                                 "--vary KEY=SPEC")
+  return spec
 
 
 def main(argv: list[str] | None = None) -> int:
+  """The command, on its arguments `argv` (default sys.argv[1:]): 0, or the exit status after
+  one error line."""
   train.entry.begin("running the sweep", "batch_size or the number of members", __name__)
-  args, rest = build_parser().parse_known_args(argv)
-  train.quiet_dependencies()
+  experiments, overrides = command_line.parse(FLAGS, argv, __doc__, PROGRAM, positional=True,
+                                              overrides=True)
+  command_line.use_one_log_format(__name__)
   backend.cpu_device_per_core()
   try:
-    if args.export is not None:
-      if not args.to:
-        raise config_lib.ConfigError("--export MEMBER needs --to RUNDIR")
-      print(f"wrote {export(args.workdir, args.export, args.to)}")
+    check_flags(experiments)
+    if FLAGS.export is not None:
+      print(f"wrote {export(FLAGS.workdir, FLAGS.export, FLAGS.to)}")
       return 0
-    if args.halve_every < 0 or args.member_devices < 0 or (args.members is not None and
-                                                           args.members < 2):
-      raise config_lib.ConfigError("--halve_every and --member_devices must be >= 0 and "
-                                   "--members >= 2")
-    if args.experiment is None:
-      spec = read_spec(args.workdir)
-      if spec is None:
-        raise config_lib.ConfigError(f"{args.workdir} holds no sweep to resume; name an "
-                                     "experiment file: python -m aigc_jax.sweep "
-                                     "experiments/NAME.py --workdir DIR --vary KEY=SPEC")
-    else:
-      spec = new_spec(args, rest)
-    print(run_sweep(spec, args.workdir, args.member_map, args.member_devices))
+    spec = spec_of(experiments, overrides)
+    print(run_sweep(spec, FLAGS.workdir, FLAGS.member_map, FLAGS.member_devices))
   except signals_lib.Stopped as e:
     print(str(e), file=sys.stderr)
     return e.exit_code

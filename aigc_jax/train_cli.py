@@ -11,6 +11,9 @@ import importlib.util
 import os
 import sys
 
+from absl import flags
+
+from aigc_jax import command_line
 from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import entry
@@ -22,6 +25,13 @@ from aigc_jax import workdir as workdir_lib
 from aigc_jax.metrics import classifier as classifier_lib
 
 HELP_ARGS = entry.HELP_ARGS
+FLAGS = command_line.new_flags()
+flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard events and "
+    "samples/*.png; an existing run there is resumed.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "step", None, "Resume from this checkpoint step (the later ones are deleted); default: the "
+    "newest that verifies.", flag_values=FLAGS)
 MODULE_USAGE = ("usage: python -m aigc_jax.train --workdir DIR --config=experiments/NAME.py "
                 "[--config.KEY=VALUE ...] [--step N]")
 
@@ -37,10 +47,8 @@ def print_help(program: str, config, doc: str = "") -> None:
   key with its value."""
   doc = (doc or sys.modules["__main__"].__doc__ or "").strip()
   print(doc or f"python {program} --workdir DIR [--config.KEY=VALUE ...]")
-  print("\nflags:\n  --workdir DIR          checkpoints, metrics.jsonl, tensorboard/, "
-        "samples/*.png; an existing run there is resumed\n  --step N               resume from "
-        "checkpoint N (default: the newest that verifies)\n  --config.KEY=VALUE     override a "
-        "config key:")
+  print(f"\nflags:\n{command_line.flags_help(FLAGS)}\n  --config.KEY=VALUE: override a config "
+        "key:")
   for key, value in sorted(config.items()):
     print(f"      {key} = {value!r}")
 
@@ -120,8 +128,9 @@ def parse(config, program: str, args: list[str], doc: str = "") -> list[str]:
 
 def main(get_config) -> None:
   """An experiment file's entry: `python experiments/NAME.py --workdir DIR [--config.K=V]`."""
-  entry.begin("starting the run", module=getattr(get_config, "__module__", ""))
-  run(get_config(), sys.argv[0], sys.argv[1:])
+  module = getattr(get_config, "__module__", "")
+  entry.begin("starting the run", module=module)
+  run(get_config(), sys.argv[0], sys.argv[1:], module=module)
 
 
 def config_file(args: list[str]) -> tuple[str | None, list[str]]:
@@ -162,47 +171,38 @@ def load_file(path: str):
 
 def main_module(argv: list[str] | None = None) -> None:
   """`python -m aigc_jax.train --workdir DIR --config=experiments/NAME.py [--config.KEY=V]`."""
-  entry.begin("starting the run", module="__main__" if argv is None else __name__)
+  module = "__main__" if argv is None else __name__
+  entry.begin("starting the run", module=module)
   args = sys.argv[1:] if argv is None else list(argv)
   path, rest = config_file(args)
   if path is None:
     helped = any(a in HELP_ARGS for a in rest)
+    flag_lines = f"\n\nflags:\n{command_line.flags_help(FLAGS)}" if helped else ""
     print(
         f"{MODULE_USAGE}\n\nTrains the config that experiments/NAME.py's get_config() "
         "returns, as python experiments/NAME.py --workdir DIR does; --config=FILE --help lists "
-        "its keys.", file=sys.stdout if helped else sys.stderr)
+        f"its keys.{flag_lines}", file=sys.stdout if helped else sys.stderr)
     if not helped and rest:
       print("error: --config=experiments/NAME.py is required", file=sys.stderr)
     sys.exit(0 if helped else entry.EXIT_ERROR)
   config, doc = load_file(path)
-  run(config, path, rest, doc, program="python -m aigc_jax.train")
+  run(config, path, rest, doc, program="python -m aigc_jax.train", module=module)
 
 
-def run(config, where: str, args: list[str], doc: str = "", program: str = "") -> None:
-  """Parses the flags (absl) and trains `config`, built by `where`."""
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-
-  argv = [program or where] + parse(config, where, args, doc)
-  flags.DEFINE_string(
-      "workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard "
-      "events and samples/*.png; an existing one is resumed.")
-  flags.DEFINE_integer(
-      "step", None, "Resume from this checkpoint step (the later ones are "
-      "deleted); default: the newest that verifies.")
-
-  def run_main(argv):
-    if len(argv) > 1:
-      fail(f"unexpected arguments {argv[1:]}; use --workdir DIR and --config.KEY=VALUE")
-    if not flags.FLAGS.workdir:
-      fail("--workdir is required (where checkpoints, metrics and samples go)")
-    entry.quiet_dependencies()
-    with entry.command():
-      metrics = run_command(config, flags.FLAGS.workdir, flags.FLAGS.step)
-      entry.finished()
-      print(train.summary(metrics, 4))
-      print(outputs_line(flags.FLAGS.workdir))
-
-  app.run(run_main, argv=argv)
+def run(config, where: str, args: list[str], doc: str = "", program: str = "",
+        module: str = "__main__") -> None:
+  """Parses the flags and trains `config`, built by `where`; `module`: the caller's (see
+  `command_line.use_one_log_format`)."""
+  program = program or f"python {where}"
+  command_line.parse(FLAGS, parse(config, where, args, doc), doc, program)
+  if not FLAGS.workdir:
+    fail("--workdir is required (where checkpoints, metrics and samples go)")
+  command_line.use_one_log_format(module)
+  with entry.command():
+    metrics = run_command(config, FLAGS.workdir, FLAGS.step)
+    entry.finished()
+    print(train.summary(metrics, 4))
+    print(outputs_line(FLAGS.workdir))
 
 
 def outputs_line(workdir: str) -> str:

@@ -36,7 +36,7 @@ KEYS = {
     "steps_per_call", "compile_s", "step_ms", "step_ms_min", "step_ms_max", "images_per_s",
     "gflop_per_step", "gflops", "peak_kind", "peak_gflops", "fraction_of_peak", *TORCH_KEYS
 }
-TINY = ["--batch", "4", "--steps", "2", "--warmup", "1", "--peak-size", "1024"]
+TINY = ["--batch", "4", "--steps", "2", "--warmup", "1", "--peak_size", "1024"]
 
 
 @pytest.fixture(name="torch")
@@ -70,7 +70,7 @@ def test_mlp_gan_is_gan_mlp():
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.slow
 def test_command_prints_json_with_the_required_keys(model, capsys, torch_reference):
-  cli.main(["--model", model, "--torch", "--json", "--steps-per-call", "1", *TINY])
+  cli.main(["--model", model, "--torch", "--json", "--steps_per_call", "1", *TINY])
   result = json.loads(capsys.readouterr().out)
   assert set(result) == KEYS
   assert result["model"] == model
@@ -95,7 +95,7 @@ def test_command_prints_json_with_the_required_keys(model, capsys, torch_referen
 def test_data_parallel_modes_use_every_device(mode, capsys):
   cli.main([
       "--model", "vae_mlp", "--json", "--parallel", mode, "--batch", "8", "--steps", "2",
-      "--warmup", "1", "--peak-size", "256"
+      "--warmup", "1", "--peak_size", "256"
   ])
   result = json.loads(capsys.readouterr().out)
   assert result["devices"] == 4 and result["batch"] == 8  # the global batch, 2 per device
@@ -105,7 +105,7 @@ def test_data_parallel_modes_use_every_device(mode, capsys):
 @pytest.mark.slow
 def test_table_and_human_readable_output(tmp_path, capsys):
   out = tmp_path / "RESULTS.md"
-  cli.main(["--table", str(out), "--models", "vae_mlp:8", "--steps-per-call", "2", *TINY[2:]])
+  cli.main(["--table", str(out), "--models", "vae_mlp:8", "--steps_per_call", "2", *TINY[2:]])
   text = out.read_text()
   assert "| vae_mlp | 8 |" in text and "cores; jax" in text
   machine = next(line for line in text.splitlines() if "Machine:" in line)
@@ -120,7 +120,12 @@ def test_table_and_human_readable_output(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "nope"], "unknown model 'nope'; choose one of cgan, cvae, dcgan"),
-    (["--model", "dcgan", "--batch", "0"], "argument --batch: expected a positive integer"),
+    (["--model", "dcgan", "--batch", "0"], "--batch: expected a positive integer, got '0'"),
+    (["--model", "dcgan", "--batch", "8,x"], "--batch: expected a positive integer, got 'x'"),
+    (["--table", "t.md", "--models", "dcgan:0"], "--models: expected a positive integer"),
+    (["--model", "dcgan", "--steps-per-call", "2"], "unknown flag --steps-per-call (did you mean "
+     "--steps_per_call?)"),
+    (["--model", "dcgan", "--warmup", "-1"], "flag --warmup=-1: -1 is not a non-negative integer"),
     (["--model", "dcgan", "--batch", "6", "--parallel", "pmap"
      ], "batch_size 6 is not divisible by the 4 devices"),
     ([], "--model is required"),
@@ -135,7 +140,7 @@ def test_bad_arguments_exit_2_with_one_error_line(argv, message, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "dcgan", "--torch"], "error: no PyTorch reference for model dcgan; --torch"),
-    (["--table", "unused.md", "--models", "gan_mlp:4", "dcgan:4", "--torch-compile"
+    (["--table", "unused.md", "--models", "gan_mlp:4,dcgan:4", "--torch_compile"
      ], "error: no PyTorch reference for model dcgan; "),
     (["--model", "mlp_gan", "--torch", "--config.r1_gamma=1.0"
      ], "error: no PyTorch reference for model gan_mlp with this config: "),
@@ -155,7 +160,7 @@ def test_runs_as_a_module():
   proc = subprocess.run([sys.executable, "-m", "aigc_jax.bench", "--model", "vae_gan"], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stdout == ""
-  assert proc.stderr.splitlines()[-1].startswith("python -m aigc_jax.bench: error: unknown")
+  assert proc.stderr.splitlines()[-1].startswith("error: unknown model 'vae_gan'")
 
 
 def jax_param_count(config) -> int:
@@ -258,7 +263,7 @@ def test_torch_step_trains_every_module(model, torch, torch_reference):
 @pytest.mark.slow
 def test_epoch_timing_keys(capsys):
   cli.main(
-      ["--model", "vae_mlp", "--json", "--steps-per-call", "2", "--epoch", "--images", "64", *TINY])
+      ["--model", "vae_mlp", "--json", "--steps_per_call", "2", "--epoch", "--images", "64", *TINY])
   result = json.loads(capsys.readouterr().out)
   assert set(result) == KEYS - TORCH_KEYS | {"epoch_s", "epoch_steps", "epoch_vs_steps"}
   assert_cpu_machine(result)
@@ -270,7 +275,7 @@ def test_epoch_timing_keys(capsys):
   high = (epoch_ms + 5e-4) / (step_ms - 5e-4) / 16 + 5e-4
   assert low <= result["epoch_vs_steps"] <= high
   with pytest.raises(SystemExit):
-    cli.main(["--model", "vae_mlp", "--steps-per-call", "20", "--images", "64", *TINY])
+    cli.main(["--model", "vae_mlp", "--steps_per_call", "20", "--images", "64", *TINY])
   assert "--images 64 is less than one call's 4 x 20 images" in capsys.readouterr().err
 
 
@@ -356,7 +361,7 @@ def test_step_profile_names_the_ops_of_the_compiled_step():
 
 @pytest.mark.slow
 def test_benchmark_profile_flag(capsys):
-  cli.main(["--model", "gan_mlp", "--json", "--steps-per-call", "1", "--profile", "3", *TINY])
+  cli.main(["--model", "gan_mlp", "--json", "--steps_per_call", "1", "--profile", "3", *TINY])
   captured = capsys.readouterr()
   assert json.loads(captured.out)["model"] == "gan_mlp"
   assert "top 3 of" in captured.err and "ms" in captured.err
@@ -376,8 +381,7 @@ def test_config_overrides_reach_the_benchmarked_config():
 
 @pytest.mark.slow
 def test_batch_sweep_runs_every_batch(capsys):
-  cli.main(
-      ["--model", "vae_mlp", "--json", "--batch", "4", "8", "--steps-per-call", "1", *TINY[2:]])
+  cli.main(["--model", "vae_mlp", "--json", "--batch", "4,8", "--steps_per_call", "1", *TINY[2:]])
   results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r["batch"] for r in results] == [4, 8]
   assert results[1]["gflop_per_step"] > results[0]["gflop_per_step"]
@@ -386,7 +390,7 @@ def test_batch_sweep_runs_every_batch(capsys):
 @pytest.mark.slow
 def test_torch_compile_times_the_compiled_reference(capsys, torch):
   torch._dynamo.reset()  # pylint: disable=protected-access
-  cli.main(["--model", "vae_mlp", "--json", "--torch-compile", *TINY])
+  cli.main(["--model", "vae_mlp", "--json", "--torch_compile", *TINY])
   result = json.loads(capsys.readouterr().out)
   counters = torch._dynamo.utils.counters  # pylint: disable=protected-access
   graphs = counters["stats"]["unique_graphs"]

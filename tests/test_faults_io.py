@@ -374,8 +374,7 @@ def test_a_classifier_that_cannot_be_saved_is_used_with_a_warning(tmp_path, monk
 
 def test_sample_refuses_a_num_that_cannot_fit_in_memory_before_sampling():
   """A --num whose images cannot be held at once is one OutOfMemory naming --num; the uint8
-  conversion, a block at a time, is the whole-array one. (In a subprocess: aigc_jax.sample
-  defines absl flags.)"""
+  conversion, a block at a time, is the whole-array one."""
   code = """
 import numpy as np
 from aigc_jax import entry, sample

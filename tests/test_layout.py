@@ -11,7 +11,7 @@ MAX_MODULE_LINES = 300
 # Layers from the bottom: a module may import its own layer and those below, never above.
 LAYERS = (
     ("entry", "backend", "noise", "suggest", "safe_files", "writers", "plot", "orbax_logs",
-     "progress"),
+     "progress", "command_line"),
     ("idx", "tfds_split", "image_folder", "user_data", "data", "streaming", "eval_split",
      "clusters", "likelihoods", "gan_losses", "noise_processes", "models", "metrics"),
     ("state",),

@@ -106,25 +106,32 @@ def run_cli(*args):
 def test_cli_overlays_runs_into_one_png(tmp_path):
   a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b", scale=3.0)
   out = tmp_path / "cmp" / "compare.png"
-  done = run_cli("--workdir", a, b, "--out", str(out), "--split", "train")
+  done = run_cli("--workdir", a, "--workdir", b, "--out", str(out), "--split", "train")
   assert done.returncode == 0, done.stderr
   assert out.exists() and done.stdout.strip() == f"wrote {out}"
 
 
-@pytest.mark.parametrize("case", ["no_out", "missing_metrics", "bad_split", "not_png"])
-def test_cli_bad_input_is_one_error_line(tmp_path, case):
+@pytest.mark.parametrize("case, message", [
+    ("no_out", "--workdir and --out are required"),
+    ("missing_metrics", "metrics.jsonl"),
+    ("bad_split", "flag --split=val: value should be one of <test|train>"),
+    ("not_png", "--out must name a .png file"),
+    ("two_runs_after_one_workdir", "name each run with a --workdir of its own"),
+])
+def test_cli_bad_input_is_one_error_line(tmp_path, case, message):
   good, out = write_run(tmp_path / "good"), str(tmp_path / "x.png")
   args = {
       "no_out": ["--workdir", good],
-      "missing_metrics": ["--workdir", good,
-                          str(tmp_path / "nothing"), "--out",
-                          out], "bad_split": ["--workdir", good, "--out", out, "--split", "val"],
-      "not_png": ["--workdir", good, "--out", str(tmp_path)]
+      "missing_metrics": ["--workdir", good, "--workdir",
+                          str(tmp_path / "nothing"), "--out", out],
+      "bad_split": ["--workdir", good, "--out", out, "--split", "val"],
+      "not_png": ["--workdir", good, "--out", str(tmp_path)],
+      "two_runs_after_one_workdir": ["--workdir", good, good, "--out", out],
   }[case]
   done = run_cli(*args)
   assert done.returncode == 2
   [line] = done.stderr.strip().splitlines()
-  assert line.startswith("error: ")
+  assert line.startswith("error: ") and message in line, line
   assert not (tmp_path / "x.png").exists()
 
 

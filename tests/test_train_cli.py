@@ -1,8 +1,9 @@
 """The commands' first minutes: --help, `python -m aigc_jax.train --config=FILE`, the errors of a
-wrong model or workdir, the one-line summaries and the progress outside a terminal."""
+wrong model or workdir, the one-line summaries and the logs outside a terminal."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,11 +13,17 @@ from helpers import read_jsonl
 from helpers import small_config
 
 from aigc_jax import config as config_lib
-from aigc_jax import progress
+from aigc_jax import demo_summary
+from aigc_jax import evaluate
+from aigc_jax import fid_stats
+from aigc_jax import plot
+from aigc_jax import sample
+from aigc_jax import sweep
 from aigc_jax import train
 from aigc_jax import train_cli
 from aigc_jax import workdir as workdir_lib
 from aigc_jax import writers
+from aigc_jax.bench import cli as bench_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_FILE = "experiments/vae_mlp_fashion_mnist.py"
@@ -27,20 +34,31 @@ def _python(*args, timeout=120):
                         timeout=timeout)
 
 
-@pytest.mark.parametrize("command, usage", [
-    ([VAE_FILE], f"python {VAE_FILE} --workdir"),
-    (["-m", "aigc_jax.train"], "usage: python -m aigc_jax.train --workdir DIR --config="),
-    (["-m", "aigc_jax.train", f"--config={VAE_FILE}"], f"python {VAE_FILE} --workdir"),
-    (["-m", "aigc_jax.sample"], "python -m aigc_jax.sample --workdir DIR"),
-    (["-m", "aigc_jax.sweep"], "usage: python -m aigc_jax.sweep"),
-    (["-m", "aigc_jax.plot"], "usage: python -m aigc_jax.plot"),
-    (["-m", "aigc_jax.bench"], "usage: python -m aigc_jax.bench"),
-    (["-m", "aigc_jax.demo_summary"], "usage: python -m aigc_jax.demo_summary"),
-], ids=lambda v: v[-1] if isinstance(v, list) else None)
-def test_help_exits_0_with_a_usage_line(command, usage):
-  done = _python(*command, "--help")
+@pytest.mark.parametrize("command, usage, flags", [
+    ([VAE_FILE, "--help"], f"python {VAE_FILE} --workdir", train_cli.FLAGS),
+    (["-m", "aigc_jax.train", "-h"
+     ], "usage: python -m aigc_jax.train --workdir DIR --config=", train_cli.FLAGS),
+    (["-m", "aigc_jax.train", f"--config={VAE_FILE}", "--help"
+     ], f"python {VAE_FILE} --workdir", train_cli.FLAGS),
+    (["-m", "aigc_jax.sample", "--help"], "python -m aigc_jax.sample --workdir DIR", sample.FLAGS),
+    (["-m", "aigc_jax.evaluate", "-h"
+     ], "python -m aigc_jax.evaluate --workdir DIR", evaluate.FLAGS),
+    (["-m", "aigc_jax.fid_stats", "--help"
+     ], "python -m aigc_jax.fid_stats --dataset cifar10", fid_stats.FLAGS),
+    (["-m", "aigc_jax.sweep", "--help"
+     ], "python -m aigc_jax.sweep experiments/NAME.py", sweep.FLAGS),
+    (["-m", "aigc_jax.plot", "-h"], "python -m aigc_jax.plot --workdir A", plot.FLAGS),
+    (["-m", "aigc_jax.bench", "--help"], "python -m aigc_jax.bench --model", bench_cli.FLAGS),
+    (["-m", "aigc_jax.demo_summary", "--help"
+     ], "python -m aigc_jax.demo_summary WORKDIR", demo_summary.FLAGS),
+], ids=lambda v: " ".join(v[-2:]) if isinstance(v, list) else None)
+def test_help_exits_0_with_the_usage_and_every_flag(command, usage, flags):
+  done = _python(*command)
   assert done.returncode == 0, done.stderr[-2000:]
-  assert any(line.startswith(usage) for line in done.stdout.splitlines()), done.stdout[:2000]
+  lines = [line.strip() for line in done.stdout.splitlines()]
+  assert any(line.startswith(usage) for line in lines), done.stdout[:2000]
+  for name in flags:
+    assert any(re.match(rf"--(\[no\])?{name}: \S", line) for line in lines), (name, done.stdout)
 
 
 def test_the_module_without_arguments_prints_usage_and_exits_2():
@@ -126,14 +144,6 @@ def test_the_last_line_names_tensorboard_only_when_it_is_installed(monkeypatch):
   assert "tensorboard --logdir" not in train_cli.outputs_line("w")
   monkeypatch.setattr(train_cli.importlib.util, "find_spec", lambda name: object())
   assert "(tensorboard --logdir w)" in train_cli.outputs_line("w")
-
-
-def test_sampling_progress_outside_a_terminal_is_plain_lines(caplog):
-  with caplog.at_level("INFO", logger="aigc_jax.progress"):
-    assert list(progress.progress(range(0, 3000, 1000))) == [0, 1000, 2000]
-  lines = [r.getMessage() for r in caplog.records]
-  assert [line.split(" done")[0] for line in lines] == [f"sampling: chunk {i}/3" for i in (1, 2, 3)]
-  assert not any("\r" in line for line in lines)
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ def plan(tiny: bool) -> list[tuple[int, object]]:
   1024; (4) the DCGAN training; then the accelerator tests and (5) the rest. --tiny: the MLP VAE
   and DCGAN at batch 8 in calls of at most 2 steps, and the MLP VAE at 1024 in the platform's
   calls (100 steps on a GPU or TPU), with PyTorch eager but no torch.compile (minutes on a CPU;
-  `python -m aigc_jax.bench --torch-compile` times it)."""
+  `python -m aigc_jax.bench --torch_compile` times it)."""
   if tiny:  # a GPU's DCGAN formulations are slow on a CPU: short calls, narrow networks
     short = {"max_steps_per_call": 2}
     first = [

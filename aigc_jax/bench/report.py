@@ -147,7 +147,7 @@ def table(results: list[dict], command: str, load_before: float, steps: int, war
       f"over >= {steps} steps after {warmup} warm-up steps; PyTorch: the same model, optimizer and "
       "losses in eager mode (`aigc_jax/bench/torch_reference/`), timed the same way (calls of "
       "steps_per_call steps, one sync per call, TF32 as JAX's matmul_precision allows), in the "
-      "same process; with --torch-compile also with every module "
+      "same process; with --torch_compile also with every module "
       "`torch.compile`d (default mode; its compiling first step not counted). Ratio = PyTorch ms "
       "/ JAX ms. % of peak: XLA's FLOP "
       f"count of the step per second over the measured {kind} matmul peak ({peak:.1f} GFLOP/s, "

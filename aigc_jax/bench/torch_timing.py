@@ -27,7 +27,7 @@ def check_reference(name: str, config) -> None:
   Needs no torch."""
   name = presets.canonical_name(name)
   if name not in torch_reference.MODELS:
-    raise BenchmarkError(f"no PyTorch reference for model {name}; --torch and --torch-compile "
+    raise BenchmarkError(f"no PyTorch reference for model {name}; --torch and --torch_compile "
                          f"take one of {', '.join(torch_reference.MODELS)}")
   reason = torch_reference.unsupported(config)
   if reason:

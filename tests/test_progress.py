@@ -1,0 +1,80 @@
+"""Progress of chunked work: a bar on a terminal, plain periodic lines elsewhere, and log lines
+that go above a bar being shown instead of into it."""
+
+import io
+import logging
+import re
+import sys
+import types
+
+from aigc_jax import progress
+
+
+class FakeTerminal(io.StringIO):
+  """stderr as a terminal: tqdm draws its bar into it."""
+
+  def isatty(self):
+    return True
+
+
+def terminal_stderr(monkeypatch) -> FakeTerminal:
+  """A terminal as sys.stderr, for the rest of the test (set in the test's body: pytest's output
+  capture sets its own stderr between a fixture's setup and the test)."""
+  terminal = FakeTerminal()
+  monkeypatch.setattr(sys, "stderr", terminal)
+  return terminal
+
+
+def log_halfway(handler: logging.Handler) -> None:
+  """Draws 4 chunks with a bar, logging one line (through `handler`) after the second."""
+  logger = logging.getLogger("aigc_jax.test_progress")
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  logger.addHandler(handler)
+  try:
+    for chunk in progress.progress(range(4), desc="sampling"):
+      if chunk == 2:
+        logger.warning("halfway there")
+  finally:
+    logger.removeHandler(handler)
+
+
+def pieces(text: str) -> list[str]:
+  """What a terminal shows on one line: the text between carriage returns and newlines."""
+  return re.split(r"[\r\n]", text)
+
+
+def test_a_line_logged_under_a_bar_is_written_above_it(monkeypatch):
+  terminal = terminal_stderr(monkeypatch)
+  log_halfway(progress.LogHandler())
+  text = terminal.getvalue()
+  assert "sampling:" in text and "4/4" in text and "\r" in text  # a bar was drawn, to the end
+  assert "halfway there" in pieces(text)  # on a line of its own
+  after = text[text.index("halfway there"):]
+  assert "sampling:" in after  # the bar is drawn again below the line
+
+
+def test_a_plain_handler_would_write_into_the_bar(monkeypatch):
+  """What LogHandler avoids: the same line through a plain stream handler lands after the bar's
+  text, on the bar's line."""
+  terminal = terminal_stderr(monkeypatch)
+  log_halfway(logging.StreamHandler(sys.stderr))
+  line = next(p for p in pieces(terminal.getvalue()) if "halfway there" in p)
+  assert line.startswith("sampling:") and line != "halfway there"
+
+
+def test_outside_a_terminal_progress_is_plain_lines(monkeypatch, caplog):
+  monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+  with caplog.at_level("INFO", logger="aigc_jax.progress"):
+    assert list(progress.progress(range(0, 3000, 1000))) == [0, 1000, 2000]
+  lines = [r.getMessage() for r in caplog.records]
+  assert [line.split(" done")[0] for line in lines] == [f"sampling: chunk {i}/3" for i in (1, 2, 3)]
+  assert not any("\r" in line for line in lines)
+
+
+def test_outside_a_terminal_lines_come_at_most_every_interval_and_at_the_end(monkeypatch, caplog):
+  clock = iter([0.0, 1.0, 11.0, 12.0, 13.0, 30.0])  # the start, then after each of 5 chunks
+  monkeypatch.setattr(progress, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+  with caplog.at_level("INFO", logger="aigc_jax.progress"):
+    assert list(progress.progress(range(5), desc="nll_iwae")) == list(range(5))
+  assert [r.getMessage() for r in caplog.records
+         ] == ["nll_iwae: chunk 2/5 done (11 s)", "nll_iwae: chunk 5/5 done (30 s)"]

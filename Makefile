@@ -37,8 +37,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-%: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[$(subst +,$(comma),$*)]'
+# The bench extra (PyTorch) at the versions the suite runs with, .ci/torch.txt (not with cuda12).
+TORCH_PIN = $(if $(findstring +bench+,$*+),-c .ci/torch.txt)
+
+$(VENV)/.installed-%: pyproject.toml .ci/torch.txt | $(PY)
+	$(PY) -m pip install --quiet $(TORCH_PIN) -e '.[$(subst +,$(comma),$*)]'
 	@touch $@
 
 # Real data offline: Debian's dataset-fashion-mnist package (needs root and apt).

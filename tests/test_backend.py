@@ -16,6 +16,14 @@ INFO = data_lib.DATASETS["fashion_mnist"]
 MODELS = ["vae_mlp", "vae_conv", "gan_mlp", "dcgan"]
 
 
+def jaxprs_in_params(params):
+  """The jaxprs nested in an equation's params (jax.extend.core's, public since jax 0.10)."""
+  if hasattr(jax.extend.core, "jaxprs_in_params"):
+    return jax.extend.core.jaxprs_in_params(params)
+  from jax._src import core  # pylint: disable=g-import-not-at-top  (jax < 0.10)
+  return core.jaxprs_in_params(params)
+
+
 def make(model, **overrides):
   config = config_lib.validate(config_lib.get_config(model, batch_size=8, **overrides))
   return families.get(model).build(config, INFO, 100), config
@@ -129,7 +137,7 @@ def dtypes_of_products(fn, *args):
     for eqn in jaxpr.eqns:
       if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
         found.update(str(v.aval.dtype) for v in eqn.invars)
-      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      for sub in jaxprs_in_params(eqn.params):
         visit(sub)
 
   visit(jax.make_jaxpr(fn)(*args).jaxpr)

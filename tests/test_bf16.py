@@ -40,7 +40,7 @@ def bf16_reductions(jaxpr, backward: bool = False, outer: str = "?"):
     if eqn.primitive.name in REDUCTIONS and any(
         getattr(v.aval, "dtype", None) == BF16 for v in eqn.invars):
       found[in_backward].append(f"{eqn.primitive.name} at {here} [{eqn.source_info.name_stack}]")
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+    for sub in test_backend.jaxprs_in_params(eqn.params):
       for mine, theirs in zip(found, bf16_reductions(sub, in_backward, here)):
         mine.extend(theirs)
   return found

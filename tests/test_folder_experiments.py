@@ -1,4 +1,6 @@
-"""The 64-pixel experiment files train on a folder of images, streamed."""
+"""The 64-pixel experiment files train on a folder of images, streamed, under an accelerator's
+defaults (emulated on the CPU; a GPU's and a TPU's choose the same programs, so each file runs
+under one of them)."""
 
 import os
 import subprocess
@@ -20,6 +22,7 @@ SHRINK = {
         "--config.base_features=8", "--config.sample_steps=2", "--config.eval_num_samples=0"
     ],  # (its default: no sample metrics)
 }
+PLATFORM = {"dcgan_folder64": "gpu", "ddpm_folder64": "tpu"}
 
 
 @pytest.mark.parametrize("name", sorted(SHRINK))
@@ -27,15 +30,19 @@ def test_a_folder_experiment_trains_streamed_and_reports_the_bad_files(tmp_path,
   folder = tmp_path / "images"
   synthetic_folder.write(str(folder), num=120, size=64, classes=4)
   workdir = tmp_path / "run"
-  done = subprocess.run([
-      sys.executable, f"experiments/{name}.py", "--workdir",
-      str(workdir), f"--config.dataset=folder:{folder}", "--config.max_device_bytes=1",
-      "--config.batch_size=16", "--config.num_train_steps=7", "--config.eval_every_steps=7",
-      "--config.eval_num_samples=10", "--config.num_sample_images=4", "--config.progress_bar=False",
-      *SHRINK[name]
-  ], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "AIGC_JAX_CACHE": str(tmp_path / "cache")})
+  done = subprocess.run(
+      [
+          sys.executable, f"experiments/{name}.py", "--workdir",
+          str(workdir), f"--config.dataset=folder:{folder}", "--config.max_device_bytes=1",
+          "--config.batch_size=16", "--config.num_train_steps=7", "--config.eval_every_steps=7",
+          "--config.eval_num_samples=10", "--config.num_sample_images=4",
+          "--config.progress_bar=False", *SHRINK[name]
+      ], cwd=ROOT, capture_output=True, text=True, timeout=600, env={
+          **os.environ, "AIGC_JAX_CACHE": str(tmp_path / "cache"),
+          "AIGC_JAX_PLATFORM_DEFAULTS": PLATFORM[name]
+      })
   assert done.returncode == 0, done.stderr[-3000:]
+  assert f"platform={PLATFORM[name]} (emulated on cpu)" in done.stderr
   assert "streaming the train split" in done.stderr
   # 124 files: 12 test (every tenth), 112 train read in the epoch's 7 steps of 16; 4 unusable.
   assert done.stderr.count("unusable files so far") + done.stderr.count("skipped 1 of") >= 1

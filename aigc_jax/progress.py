@@ -1,7 +1,8 @@
 """Progress of long work done in chunks, and log lines that keep out of its way.
 
-`progress` shows a tqdm bar on a terminal; outside one (a log file), a plain log line at most
-every PLAIN_EVERY_S seconds and after the last chunk, with no carriage return. `LogHandler`
+`progress` (over chunks) and `bar` (a count) show a tqdm bar on a terminal; outside one (a log
+file), a plain log line at most every PLAIN_EVERY_S seconds and at the end, with no carriage
+return. `LogHandler`
 writes each log line through `tqdm.write`: a line logged while a bar is shown goes above the
 bar, which is drawn again below it, instead of landing in the middle of it.
 """
@@ -34,6 +35,49 @@ def progress(chunks: Iterable[T], desc: str = "sampling") -> Iterator[T]:
     if i + 1 == len(chunks) or now - said >= PLAIN_EVERY_S:
       said = now
       log.info("%s: chunk %d/%d done (%.0f s)", desc, i + 1, len(chunks), now - start)
+
+
+class PlainBar:
+  """tqdm's bar interface (update, set_postfix, close; a context manager) as plain log lines: one
+  at most every PLAIN_EVERY_S seconds and one when the count reaches the total."""
+
+  def __init__(self, total: int, desc: str, unit: str, initial: int = 0):
+    self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+    self.postfix, self._start = "", time.perf_counter()
+    self._said = self._start
+
+  def update(self, n: int = 1) -> None:
+    self.n += n
+    now = time.perf_counter()
+    if self.n >= self.total or now - self._said >= PLAIN_EVERY_S:
+      self._said = now
+      log.info("%s: %d/%d %s (%.0f s)%s", self.desc, self.n, self.total, self.unit,
+               now - self._start, f" {self.postfix}" if self.postfix else "")
+
+  def write(self, text: str) -> None:
+    print(text, flush=True)  # as tqdm.write: to stdout
+
+  def set_postfix(self, **values) -> None:
+    self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+  def close(self) -> None:
+    pass
+
+  def __enter__(self) -> PlainBar:
+    return self
+
+  def __exit__(self, *unused) -> None:
+    self.close()
+
+
+def bar(total: int, desc: str, unit: str = "step", initial: int = 0, shown: bool = True,
+        leave: bool = True):
+  """A progress bar of `total` units: tqdm's on a terminal, a `PlainBar` outside one, nothing
+  (a disabled tqdm) when not `shown`."""
+  if shown and not sys.stderr.isatty():
+    return PlainBar(total, desc, unit, initial)
+  return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
+              disable=not shown, leave=leave, file=sys.stderr)
 
 
 class LogHandler(logging.Handler):

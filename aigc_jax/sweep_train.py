@@ -15,7 +15,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from aigc_jax import backend
 from aigc_jax import checkpoint_verify
@@ -24,6 +23,7 @@ from aigc_jax import data as data_lib
 from aigc_jax import families
 from aigc_jax import lock
 from aigc_jax import population as pop_lib
+from aigc_jax import progress
 from aigc_jax import run_setup
 from aigc_jax import safe_files
 from aigc_jax import schedule as schedule_lib
@@ -279,9 +279,9 @@ def run_sweep(spec: dict, workdir: str, member_map: str = "auto", member_devices
       population, members = restore_or_init(sweep)
       if jax.process_index() == 0:
         sweep_spec.write_spec(workdir, sweep.spec)
-      bar = tqdm(total=sweep.run.schedule.total, initial=int(population.state.step[0]),
-                 desc=f"sweep of {len(members)}", unit="step", dynamic_ncols=True,
-                 disable=not (sweep.configs[0].progress_bar and jax.process_index() == 0))
+      bar = progress.bar(sweep.run.schedule.total, f"sweep of {len(members)}",
+                         initial=int(population.state.step[0]),
+                         shown=sweep.configs[0].progress_bar and jax.process_index() == 0)
       population, members, results = sweep_loop(sweep, population, members, bar)
       step = int(np.asarray(population.state.step)[0])
       for i, m in enumerate(members):

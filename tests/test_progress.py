@@ -78,3 +78,25 @@ def test_outside_a_terminal_lines_come_at_most_every_interval_and_at_the_end(mon
     assert list(progress.progress(range(5), desc="nll_iwae")) == list(range(5))
   assert [r.getMessage() for r in caplog.records
          ] == ["nll_iwae: chunk 2/5 done (11 s)", "nll_iwae: chunk 5/5 done (30 s)"]
+
+
+def test_a_counting_bar_outside_a_terminal_is_plain_lines(monkeypatch, caplog):
+  clock = iter([0.0, 4.0, 12.0, 13.0, 14.0])  # the start, then after each of 4 updates
+  monkeypatch.setattr(progress, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+  with caplog.at_level("INFO", logger="aigc_jax.progress"):
+    with progress.bar(7, "classifier", initial=1) as counter:
+      for n in (1, 2, 1, 2):
+        counter.update(n)
+        counter.set_postfix(loss="0.500")
+  assert [r.getMessage() for r in caplog.records
+         ] == ["classifier: 4/7 step (12 s) loss=0.500", "classifier: 7/7 step (14 s) loss=0.500"]
+
+
+def test_a_counting_bar_on_a_terminal_is_tqdms_and_hidden_when_not_shown(monkeypatch):
+  terminal = terminal_stderr(monkeypatch)
+  with progress.bar(3, "k-means") as counter:
+    counter.update(3)
+  assert "k-means" in terminal.getvalue() and "3/3" in terminal.getvalue()
+  with progress.bar(3, "hidden", shown=False) as counter:
+    counter.update(3)
+  assert "hidden" not in terminal.getvalue()

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from aigc_jax import data as data_lib
+from aigc_jax import progress as progress_lib
 from aigc_jax.metrics import classifier_net
 from aigc_jax.metrics import inception_score as is_lib
 
@@ -90,8 +91,7 @@ def train(recipe: Mapping[str, Any], progress: bool = True) -> tuple[Any, dict[s
   # One jitted step per dispatch: XLA:CPU runs convolutions inside loop bodies slowly.
   step = jax.jit(functools.partial(train_step, model, tx, batch_size), donate_argnums=0)
   data = data_lib.to_device(images, labels)
-  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-  with tqdm.tqdm(total=total, disable=not progress, desc="classifier", unit="step") as bar:
+  with progress_lib.bar(total, "classifier", shown=progress) as bar:
     for epoch in range(recipe["epochs"]):
       perm = data_lib.epoch_permutation(recipe["seed"], epoch, len(images))
       for index in range(steps):

@@ -2,9 +2,9 @@
 
 python -m aigc_jax.demo_summary WORKDIR [WORKDIR ...] [--num_samples N]
 
-A GAN is evaluated (`evaluate.evaluate_workdir`: FID of N samples beside the FID of N real train
-images); a VAE shows its last logged test neg_elbo (nats per image; no floor: the data's own
-negative log-likelihood is unknown).
+A GAN is evaluated (`evaluate.evaluate_workdir`: FID, precision and recall of N samples, each
+beside its floor, the same metric of N real train images); a VAE shows its last logged test
+neg_elbo (nats per image; no floor: the data's own negative log-likelihood is unknown).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from aigc_jax import plot
 from aigc_jax import workdir as workdir_lib
 
 PROGRAM = "python -m aigc_jax.demo_summary"
+GAN_METRICS = ("precision", "recall")  # shown under a GAN's FID, each beside its floor
 FLAGS = command_line.new_flags()
 flags.DEFINE_integer("num_samples", 1000, "GAN samples for the FID.", lower_bound=1,
                      flag_values=FLAGS)
@@ -36,7 +37,8 @@ def last_eval(workdir: str) -> dict:
 
 
 def summarize(workdir: str, num_samples: int) -> dict:
-  """{model, steps, metric, value, floor, pictures} of one run."""
+  """{model, steps, metric, value, floor, pictures} of one run, and for a GAN `more`: (metric,
+  value, floor) of GAN_METRICS."""
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = json.load(f)
   record = last_eval(workdir)
@@ -49,6 +51,9 @@ def summarize(workdir: str, num_samples: int) -> dict:
     result = evaluate.evaluate_workdir(workdir, "latest", num_samples=num_samples)
     row.update(steps=result["step"], metric=f"fid ({result['num_samples']} samples)",
                value=result["fid"], floor=result["fid_floor"])
+    row["more"] = [
+        (name, result[name], result[f"{name}_floor"]) for name in GAN_METRICS if name in result
+    ]
   pictures = sorted(glob.glob(os.path.join(workdir, "samples", "*_latest.png")))
   row["pictures"] = pictures + sorted(glob.glob(os.path.join(workdir, "plots", "*.png")))
   return row
@@ -57,14 +62,19 @@ def summarize(workdir: str, num_samples: int) -> dict:
 def table(rows: list[dict]) -> str:
   """The rows as aligned text: one line per run, then its pictures indented."""
   header = ("model", "steps", "metric", "value", "floor")
-  cells = [header] + [(r["model"], str(r["steps"]), r["metric"], f"{r['value']:.2f}",
-                       "-" if r["floor"] is None else f"{r['floor']:.2f}") for r in rows]
+  cells, pictures = [header], [[]]
+  for r in rows:
+    metrics = [(r["metric"], r["value"], r["floor"])] + r.get("more", [])
+    cells += [(r["model"] if not i else "", str(r["steps"]) if not i else "", name,
+               f"{value:.{2 if i == 0 else 3}f}",
+               "-" if floor is None else f"{floor:.{2 if i == 0 else 3}f}")
+              for i, (name, value, floor) in enumerate(metrics)]
+    pictures += [[]] * (len(metrics) - 1) + [r["pictures"]]
   widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
   lines = []
-  for i, c in enumerate(cells):
+  for c, shown in zip(cells, pictures):
     lines.append("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
-    if i:
-      lines.extend(f"    {p}" for p in rows[i - 1]["pictures"])
+    lines.extend(f"    {p}" for p in shown)
   return "\n".join(lines)
 
 

@@ -160,6 +160,18 @@ def test_demo_summary_shows_a_vae_row_with_its_pictures(tmp_path):
   assert lines[2].strip().endswith("samples_latest.png")
 
 
+def test_demo_summary_shows_a_gans_precision_and_recall_under_its_fid():
+  row = {
+      "model": "dcgan", "steps": 600, "metric": "fid (1000 samples)", "value": 28.16, "floor": 2.17,
+      "more": [("precision", 0.935, 0.912), ("recall", 0.114, 0.915)], "pictures": ["s.png"]
+  }
+  lines = demo_summary.table([row]).splitlines()
+  assert [line.split() for line in lines[1:4]
+         ] == [["dcgan", "600", "fid", "(1000", "samples)", "28.16", "2.17"],
+               ["precision", "0.935", "0.912"], ["recall", "0.114", "0.915"]]
+  assert lines[4].strip() == "s.png"  # the pictures after the run's last metric
+
+
 def npy_bytes(array, shape=None) -> bytes:
   """`array` as an .npy file; with `shape`, its header declares that shape instead."""
   buffer = io.BytesIO()

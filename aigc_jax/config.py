@@ -129,6 +129,7 @@ def _data_keys() -> dict:
       # A train split of more bytes (uint8 images) streams from its source a chunk at a time
       # (`streaming`) instead of living on device whole; 1 streams any split
       max_device_bytes=2_000_000_000,
+      decode_workers=0,  # a streamed folder's decoding: 0 on threads, N > 0 in N processes
   )
 
 
@@ -171,7 +172,8 @@ def _check_data(config: ml_collections.ConfigDict, need) -> None:
        "'bicubic'")
   need(config.channels in (0, 1, 3), f"channels must be 1, 3 or 0 (the dataset's own), got "
        f"{config.channels}")
-  need(config.image_size >= 0, f"image_size must be >= 0, got {config.image_size}")
+  for key in ("image_size", "decode_workers"):
+    need(config[key] >= 0, f"{key} must be >= 0, got {config[key]}")
   need(config.max_device_bytes >= 1, f"max_device_bytes must be >= 1, got "
        f"{config.max_device_bytes}")
   need(

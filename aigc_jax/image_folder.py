@@ -108,6 +108,35 @@ def _problem(image: Image.Image) -> str | None:
   return None
 
 
+def usable(listing: Listing, i: int, size: int, channels: int,
+           resize: str = "area") -> tuple[np.ndarray | None, int, list[tuple[str, str]]]:
+  """(pixels, label) of file i of the listing or, where it is unusable, of the next usable one
+  after it (wrapping around; pixels None when none is), and [(path, why)] of the files passed
+  over."""
+  passed = []
+  for j in range(i, i + len(listing.paths)):
+    path = listing.paths[j % len(listing.paths)]
+    pixels = decode(path, size, channels, resize)
+    if not isinstance(pixels, str):
+      return pixels, int(listing.labels[j % len(listing.paths)]), passed
+    passed.append((path, pixels))
+  return None, 0, passed
+
+
+_WORKER = {}  # in a decoding worker process: its (listing, size, channels, resize)
+
+
+def start_worker(listing: Listing, size: int, channels: int, resize: str) -> None:
+  """A decoding worker process's initializer: the listing it reads `usable` rows of."""
+  _WORKER["args"] = (listing, size, channels, resize)
+
+
+def usable_in_worker(i: int) -> tuple[np.ndarray | None, int, list[tuple[str, str]]]:
+  """`usable` row i of the worker's listing (see `start_worker`)."""
+  listing, size, channels, resize = _WORKER["args"]
+  return usable(listing, i, size, channels, resize)
+
+
 def load(
     listing: Listing, size: int, channels: int, resize: str = "area",
     rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:

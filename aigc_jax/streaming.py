@@ -6,7 +6,8 @@ starting at step `index` of the epoch is rows perm[index*R : (index+n)*R] (R row
 laid out as the on-device loop reads an epoch, padded to `steps_per_call` steps so that its shape
 never changes; the loop then reads it with the identity order (`order`) from its start. Each
 process decodes only the rows its devices hold of each chunk (`Placement.local_rows`), on grain
-worker threads, and the next chunk while the loop trains on this one; the step alone gives the
+threads or in `decode_workers` worker processes, and the next chunk while the loop trains on
+this one; the step alone gives the
 position, so resuming from a checkpoint streams the same rows.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+import multiprocessing
 import os
 import threading
 from typing import Protocol
@@ -30,12 +32,16 @@ log = logging.getLogger(__name__)
 
 
 class RowSource(Protocol):
-  """Random access to a split: `source[i]` is (uint8 (H, W, C) image, int label)."""
+  """Random access to a split: `source[i]` is (uint8 (H, W, C) image, int label), and
+  `read(rows)` is (uint8 (n, H, W, C) images, int32 (n,) labels) of those rows, in order."""
 
   def __len__(self) -> int:
     ...
 
   def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    ...
+
+  def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ...
 
 
@@ -51,32 +57,66 @@ class ArraySource:
   def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
     return self.images[i], int(self.labels[i])
 
+  def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[rows], self.labels[rows].astype(np.int32)
+
 
 class FolderSource:
-  """Rows of an image folder's listing, decoded when read. An unusable file is replaced by the
-  next usable one of the listing (the same one every time) and reported once."""
+  """Rows of an image folder's listing, decoded when read: by grain's threads in this process
+  (`workers` 0) or by `workers` worker processes. An unusable file is replaced by the next usable
+  one of the listing (`image_folder.usable`: the same one every time) and reported once."""
 
-  def __init__(self, listing: image_folder.Listing, size: int, channels: int, resize: str):
+  def __init__(self, listing: image_folder.Listing, size: int, channels: int, resize: str,
+               workers: int = 0):
     self.listing, self.shape = listing, (size, channels, resize)
     self.skipped: dict[str, str] = {}
+    self.threads = min(8, os.cpu_count() or 1)
     self._lock = threading.Lock()
+    self.workers, self._pool = workers, None
+    if workers:
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=image_folder.start_worker, initargs=(listing, *self.shape))
 
   def __len__(self) -> int:
     return len(self.listing.paths)
 
   def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-    for j in range(i, i + len(self)):
-      path = self.listing.paths[j % len(self)]
-      pixels = image_folder.decode(path, *self.shape)
-      if not isinstance(pixels, str):
-        return pixels, int(self.listing.labels[j % len(self)])
-      with self._lock:
+    return self._reported(image_folder.usable(self.listing, i, *self.shape))
+
+  def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if self._pool is not None:
+      chunk = max(1, len(rows) // (4 * self.workers))
+      got = [
+          self._reported(r)
+          for r in self._pool.map(image_folder.usable_in_worker, map(int, rows), chunksize=chunk)
+      ]
+    else:
+      import grain  # pylint: disable=g-import-not-at-top  (only a streamed run needs it)
+      got = list(
+          grain.MapDataset.source(rows).map(lambda i: self[int(i)]).to_iter_dataset(
+              grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=4 * self.threads)))
+    if not got:
+      return np.zeros((0,) + self[0][0].shape, np.uint8), np.zeros((0,), np.int32)
+    return np.stack([g[0] for g in got]), np.asarray([g[1] for g in got], np.int32)
+
+  def _reported(self, row) -> tuple[np.ndarray, int]:
+    """(pixels, label) of an `image_folder.usable` row, its passed-over files reported once."""
+    pixels, label, passed = row
+    with self._lock:
+      for path, why in passed:
         if path not in self.skipped:
-          self.skipped[path] = pixels
-          log.warning("skipping %s: %s (%d unusable files so far)", path, pixels, len(self.skipped))
-    raise data_lib.DataError(f"no usable image among the {len(self)} files of "
-                             f"{os.path.dirname(self.listing.paths[0])}; put PNG or JPEG images "
-                             "there")
+          self.skipped[path] = why
+          log.warning("skipping %s: %s (%d unusable files so far)", path, why, len(self.skipped))
+    if pixels is None:
+      raise data_lib.DataError(f"no usable image among the {len(self)} files of "
+                               f"{os.path.dirname(self.listing.paths[0])}; put PNG or JPEG "
+                               "images there")
+    return pixels, label
+
+  def close(self) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ChunkStream:
@@ -85,11 +125,10 @@ class ChunkStream:
   steps. The next chunk is decoded in the background while the loop trains on this one."""
 
   def __init__(self, source: RowSource, *, seed: int, steps_per_epoch: int, rows_per_step: int,
-               steps_per_call: int, local_rows: tuple[int, int], threads: int = 0):
+               steps_per_call: int, local_rows: tuple[int, int]):
     self.source, self.seed, self.steps_per_epoch = source, seed, steps_per_epoch
     self.rows_per_step, self.steps_per_call = rows_per_step, steps_per_call
     self.local_rows = local_rows
-    self.threads = threads or min(8, os.cpu_count() or 1)
     self._permutation = jax.jit(data_lib.epoch_permutation, static_argnums=(0, 2))
     self._perms: dict[int, np.ndarray] = {}
     self._ahead = concurrent.futures.ThreadPoolExecutor(1)
@@ -140,23 +179,20 @@ class ChunkStream:
     if perm is None:
       perm = np.asarray(self._permutation(self.seed, epoch, len(self.source)))
       self._perms = {epoch: perm}
-    import grain  # pylint: disable=g-import-not-at-top  (only a streamed run needs it)
     start, stop = self.local_rows
     steps = min(self.steps_per_call, self.steps_per_epoch - index)
     first = index * self.rows_per_step
     rows = perm[first + start:first + min(stop, steps * self.rows_per_step)]
-    got = list(
-        grain.MapDataset.source(rows).map(lambda i: self.source[int(i)]).to_iter_dataset(
-            grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=4 * self.threads)))
     images = np.zeros((stop - start,) + self.image_shape, np.uint8)
     labels = np.zeros((stop - start,), np.int32)
-    if got:
-      images[:len(got)] = np.stack([g[0] for g in got])
-      labels[:len(got)] = [g[1] for g in got]
+    if len(rows):
+      images[:len(rows)], labels[:len(rows)] = self.source.read(rows)
     return images, labels
 
   def close(self) -> None:
     self._ahead.shutdown(wait=True, cancel_futures=True)
+    if hasattr(self.source, "close"):
+      self.source.close()
 
 
 def train_source(config, info: data_lib.DatasetInfo) -> RowSource | None:
@@ -172,5 +208,6 @@ def train_source(config, info: data_lib.DatasetInfo) -> RowSource | None:
   if rows * math.prod(info.image_shape) <= config.max_device_bytes:
     return None
   if config.dataset.startswith(user_data.FOLDER):
-    return FolderSource(listing, info.image_shape[0], info.image_shape[2], config.resize)
+    return FolderSource(listing, info.image_shape[0], info.image_shape[2], config.resize,
+                        config.decode_workers)
   return ArraySource(*data_lib.load_config_split(config, "train"))

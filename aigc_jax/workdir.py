@@ -28,7 +28,7 @@ RESUMABLE_KEYS = frozenset({
     "checkpoint_every_steps", "keep_checkpoints", "early_stopping_patience", "idx_dir",
     "tfds_data_dir", "parallel", "steps_per_call", "coordinator_address", "num_processes",
     "process_id", "progress_bar", "num_sample_images", "eval_batch_size", "eval_num_samples",
-    "eval_iwae_samples", "eval_iwae_examples", "allow_config_change"
+    "eval_iwae_samples", "eval_iwae_examples", "allow_config_change", "decode_workers"
 })
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ def expected_rows(seed, epoch, first_step, steps):
 
 def make(source, local_rows=(0, K * R)):
   return streaming.ChunkStream(source, seed=3, steps_per_epoch=SPE, rows_per_step=R,
-                               steps_per_call=K, local_rows=local_rows, threads=2)
+                               steps_per_call=K, local_rows=local_rows)
 
 
 def test_chunks_hold_the_epoch_permutations_rows_in_order_across_epochs(source):
@@ -66,14 +66,13 @@ def test_each_process_reads_only_its_rows_of_a_chunk(source):
 
   class Counting(streaming.ArraySource):
 
-    def __getitem__(self, i):
-      reads.append(i)
-      return super().__getitem__(i)
+    def read(self, rows):
+      reads.extend(int(i) for i in rows)
+      return super().read(rows)
 
   counting = Counting(source.images, source.labels)
   whole = make(source).chunk(0, 3)
   stream = make(counting, (6, 12))  # the second of two processes' blocks of a chunk
-  reads.clear()  # (the stream read row 0 for the images' shape)
   half = stream.chunk(0, 3)
   np.testing.assert_array_equal(half.labels, whole.labels[6:12])
   stream.close()  # (its next chunk, read ahead, is of other rows of the epoch)
@@ -95,6 +94,27 @@ def test_a_folders_unusable_file_is_replaced_by_the_next_usable_one(tmp_path):
   with pytest.raises(data.DataError, match="no usable image among the 4 files"):
     streaming.FolderSource(listing, 8, 1, "area")[0]
   assert os.path.exists(tmp_path / "0.png")
+
+
+def test_worker_processes_decode_what_threads_do_and_report_the_bad_files(tmp_path):
+  rng = np.random.default_rng(0)
+  for i in range(12):
+    Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+  for bad in (3, 4, 11):
+    (tmp_path / f"{bad}.png").write_bytes(b"broken")
+  paths = [str(tmp_path / f"{i}.png") for i in range(12)]
+  listing = image_folder.Listing(paths, np.arange(12, dtype=np.int32), ["."])
+  rows = np.array([11, 3, 0, 5, 4, 2, 11])
+  threads = streaming.FolderSource(listing, 8, 3, "bicubic")
+  processes = streaming.FolderSource(listing, 8, 3, "bicubic", workers=2)
+  try:
+    want, got = threads.read(rows), processes.read(rows)
+  finally:
+    processes.close()
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], [0, 5, 0, 5, 5, 2, 0])  # 11 wraps to 0; 3 and 4 to 5
+  assert got[0].shape == (7, 8, 8, 3) and sorted(processes.skipped) == sorted(
+      paths[i] for i in (3, 4, 11))
 
 
 @pytest.mark.slow

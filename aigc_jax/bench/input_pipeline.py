@@ -35,6 +35,14 @@ def make_stream(config, loop) -> streaming.ChunkStream:
                                         steps_per_epoch=steps_per_epoch, rows_per_step=per_step)
 
 
+def decoding(source: streaming.RowSource) -> str:
+  """How the source's rows are decoded, in words."""
+  if isinstance(source, streaming.FolderSource):
+    return (f"{source.workers} decode processes"
+            if source.workers else f"{source.threads} decode threads")
+  return "no decoding (arrays in memory)"
+
+
 def _run(loop, stream, state, perm, steps: int, train: bool):
   """Streams (and with `train` trains on) `steps` steps from step 0; (state, seconds)."""
   start, done = time.perf_counter(), 0
@@ -77,7 +85,7 @@ def measure(config, steps: int = 50, warmup: int = 5) -> dict:
   return {
       "model": config.model, "dataset": config.dataset, "rows": len(stream.source),
       "image_shape": list(stream.image_shape), "batch": per_step, "steps": steps,
-      "decode_threads": stream.threads, "loader_images_per_s": steps * per_step / loader_s,
+      "decoding": decoding(stream.source), "loader_images_per_s": steps * per_step / loader_s,
       "loader_and_step_images_per_s": steps * per_step / both_s,
       "step_images_per_s": per_step / step_s, "backend": jax.default_backend()
   }
@@ -86,7 +94,7 @@ def measure(config, steps: int = 50, warmup: int = 5) -> dict:
 def describe(result: dict) -> str:
   return (f"{result['model']} on {result['dataset']} ({result['rows']} rows of "
           f"{'x'.join(map(str, result['image_shape']))}, batch {result['batch']}, "
-          f"{result['decode_threads']} decode threads, {result['backend']}): loader "
+          f"{result['decoding']}, {result['backend']}): loader "
           f"{result['loader_images_per_s']:.0f} images/s; loader + step "
           f"{result['loader_and_step_images_per_s']:.0f} images/s; step alone "
           f"{result['step_images_per_s']:.0f} images/s")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -126,9 +128,17 @@ def usable(listing: Listing, i: int, size: int, channels: int,
 _WORKER = {}  # in a decoding worker process: its (listing, size, channels, resize)
 
 
-def start_worker(listing: Listing, size: int, channels: int, resize: str) -> None:
-  """A decoding worker process's initializer: the listing it reads `usable` rows of."""
+def start_worker(listing: Listing, size: int, channels: int, resize: str, parent: int) -> None:
+  """A decoding worker process's initializer: the listing it reads `usable` rows of, and a
+  watch that ends the worker once its parent process (pid `parent`) is gone, however it ended."""
   _WORKER["args"] = (listing, size, channels, resize)
+  threading.Thread(target=_exit_after, args=(parent,), daemon=True).start()
+
+
+def _exit_after(parent: int) -> None:
+  while os.getppid() == parent:
+    time.sleep(0.5)
+  os._exit(0)  # pylint: disable=protected-access  (an orphan: nothing of it is wanted)
 
 
 def usable_in_worker(i: int) -> tuple[np.ndarray | None, int, list[tuple[str, str]]]:

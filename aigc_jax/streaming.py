@@ -14,6 +14,7 @@ position, so resuming from a checkpoint streams the same rows.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import logging
 import math
 import multiprocessing
@@ -25,6 +26,7 @@ import jax
 import numpy as np
 
 from aigc_jax import data as data_lib
+from aigc_jax import entry
 from aigc_jax import image_folder
 from aigc_jax import user_data
 
@@ -63,8 +65,9 @@ class ArraySource:
 
 class FolderSource:
   """Rows of an image folder's listing, decoded when read: by grain's threads in this process
-  (`workers` 0) or by `workers` worker processes. An unusable file is replaced by the next usable
-  one of the listing (`image_folder.usable`: the same one every time) and reported once."""
+  (`workers` 0) or by `workers` worker processes (which end when this process does, however it
+  ends). An unusable file is replaced by the next usable one of the listing
+  (`image_folder.usable`: the same one every time) and reported once."""
 
   def __init__(self, listing: image_folder.Listing, size: int, channels: int, resize: str,
                workers: int = 0):
@@ -73,10 +76,6 @@ class FolderSource:
     self.threads = min(8, os.cpu_count() or 1)
     self._lock = threading.Lock()
     self.workers, self._pool = workers, None
-    if workers:
-      self._pool = concurrent.futures.ProcessPoolExecutor(
-          workers, mp_context=multiprocessing.get_context("spawn"),
-          initializer=image_folder.start_worker, initargs=(listing, *self.shape))
 
   def __len__(self) -> int:
     return len(self.listing.paths)
@@ -85,6 +84,11 @@ class FolderSource:
     return self._reported(image_folder.usable(self.listing, i, *self.shape))
 
   def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if self.workers and self._pool is None:  # started at the first read, ended with this process
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          self.workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=image_folder.start_worker, initargs=(self.listing, *self.shape, os.getpid()))
+      self._forget = entry.undo_on_signal(self.close)  # a stop signal or error ends them too
     if self._pool is not None:
       chunk = max(1, len(rows) // (4 * self.workers))
       got = [
@@ -115,8 +119,13 @@ class FolderSource:
     return pixels, label
 
   def close(self) -> None:
+    """Ends the worker processes, if any (their queues' semaphores released at once)."""
     if self._pool is not None:
-      self._pool.shutdown(wait=True, cancel_futures=True)
+      pool, self._pool = self._pool, None
+      self._forget()
+      pool.shutdown(wait=True, cancel_futures=True)
+      del pool
+      gc.collect()
 
 
 class ChunkStream:

@@ -3,6 +3,9 @@
 import json
 import logging
 import os
+import subprocess
+import sys
+import time
 
 import chex
 import numpy as np
@@ -115,6 +118,35 @@ def test_worker_processes_decode_what_threads_do_and_report_the_bad_files(tmp_pa
   np.testing.assert_array_equal(got[1], [0, 5, 0, 5, 5, 2, 0])  # 11 wraps to 0; 3 and 4 to 5
   assert got[0].shape == (7, 8, 8, 3) and sorted(processes.skipped) == sorted(
       paths[i] for i in (3, 4, 11))
+
+
+def test_decoding_workers_end_when_their_process_is_killed(tmp_path):
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "0.png")
+  script = f"""
+import os, numpy as np
+from aigc_jax import image_folder, streaming
+listing = image_folder.Listing([{str(tmp_path / "0.png")!r}], np.zeros(1, np.int32), ["."])
+source = streaming.FolderSource(listing, 8, 1, "area", workers=2)
+source.read(np.zeros(3, np.int64))
+print(*source._pool._processes, flush=True)
+os._exit(9)  # as SIGKILL would: no teardown, no shutdown of the pool
+"""
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  workers = [int(pid) for pid in done.stdout.split()]
+  assert done.returncode == 9 and len(workers) == 2, done.stderr[-2000:]
+  deadline = time.monotonic() + 20
+  while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert not any(alive(pid) for pid in workers)
+
+
+def alive(pid: int) -> bool:
+  """Whether process `pid` runs (a zombie, ended but not yet reaped by init, does not)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(")")[-1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
 
 
 @pytest.mark.slow

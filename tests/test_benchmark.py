@@ -6,6 +6,7 @@ are skipped where it is not installed; the rest run without it. The references c
 `torch_reference.MODELS` only: a preset outside it needs none.
 """
 
+import functools
 import json
 import math
 import os
@@ -388,7 +389,10 @@ def test_batch_sweep_runs_every_batch(capsys):
 
 
 @pytest.mark.slow
-def test_torch_compile_times_the_compiled_reference(capsys, torch):
+def test_torch_compile_times_the_compiled_reference(capsys, torch, monkeypatch):
+  """The compiled reference's column, compiled by dynamo and AOTAutograd without inductor's C++
+  code generation (minutes on 2 cold cores; `--torch_compile` itself uses inductor)."""
+  monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
   torch._dynamo.reset()  # pylint: disable=protected-access
   cli.main(["--model", "vae_mlp", "--json", "--torch_compile", *TINY])
   result = json.loads(capsys.readouterr().out)

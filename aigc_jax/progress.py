@@ -27,22 +27,21 @@ def progress(chunks: Iterable[T], desc: str = "sampling") -> Iterator[T]:
   if sys.stderr.isatty():
     yield from tqdm(chunks, desc=desc, unit="chunk", dynamic_ncols=True, file=sys.stderr)
     return
-  chunks, start = list(chunks), time.perf_counter()
-  said = start
-  for i, chunk in enumerate(chunks):
+  chunks = list(chunks)
+  counter = PlainBar(len(chunks), desc, "chunk", line="{desc}: chunk {n}/{total} done ({s:.0f} s)")
+  for chunk in chunks:
     yield chunk
-    now = time.perf_counter()
-    if i + 1 == len(chunks) or now - said >= PLAIN_EVERY_S:
-      said = now
-      log.info("%s: chunk %d/%d done (%.0f s)", desc, i + 1, len(chunks), now - start)
+    counter.update()
 
 
 class PlainBar:
   """tqdm's bar interface (update, set_postfix, close; a context manager) as plain log lines: one
-  at most every PLAIN_EVERY_S seconds and one when the count reaches the total."""
+  at most every PLAIN_EVERY_S seconds and one when the count reaches the total, each `line`
+  formatted with desc, n, total, unit, s (seconds so far) and postfix."""
 
-  def __init__(self, total: int, desc: str, unit: str, initial: int = 0):
-    self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+  def __init__(self, total: int, desc: str, unit: str, initial: int = 0,
+               line: str = "{desc}: {n}/{total} {unit} ({s:.0f} s){postfix}"):
+    self.total, self.desc, self.unit, self.n, self.line = total, desc, unit, initial, line
     self.postfix, self._start = "", time.perf_counter()
     self._said = self._start
 
@@ -51,8 +50,10 @@ class PlainBar:
     now = time.perf_counter()
     if self.n >= self.total or now - self._said >= PLAIN_EVERY_S:
       self._said = now
-      log.info("%s: %d/%d %s (%.0f s)%s", self.desc, self.n, self.total, self.unit,
-               now - self._start, f" {self.postfix}" if self.postfix else "")
+      log.info(
+          "%s",
+          self.line.format(desc=self.desc, n=self.n, total=self.total, unit=self.unit,
+                           s=now - self._start, postfix=f" {self.postfix}" if self.postfix else ""))
 
   def write(self, text: str) -> None:
     print(text, flush=True)  # as tqdm.write: to stdout

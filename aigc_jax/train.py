@@ -24,6 +24,7 @@ from aigc_jax import config as config_lib
 from aigc_jax import data as data_lib
 from aigc_jax import entry
 from aigc_jax import lock
+from aigc_jax import progress
 from aigc_jax import run_setup
 from aigc_jax import schedule as schedule_lib
 from aigc_jax import signals as signals_lib
@@ -103,8 +104,8 @@ def record_train(run: run_setup.Run, step: int, meter: schedule_lib.TrainMeter, 
   shown = {k: f"{means[k]:.2f}" for k in ("g_loss", "d_loss") if k in means
           } or {"loss": f"{means['loss']:.2f}"}
   bar.set_postfix(shown)
-  if getattr(bar, "plain", False) and (time.perf_counter() - bar.plain_at >= PLAIN_EVERY_S or
-                                       step == run.schedule.total):
+  if getattr(bar, "plain", False) and (time.perf_counter() - bar.plain_at >= progress.PLAIN_EVERY_S
+                                       or step == run.schedule.total):
     bar.plain_at = time.perf_counter()
     log.info("step %d/%d: %s, %.1f steps/s", step, run.schedule.total,
              ", ".join(f"{k}={v}" for k, v in shown.items()), means["steps_per_second"])
@@ -119,12 +120,9 @@ def learning_rate(config, step: int, total: int) -> float:
       config.learning_rate) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
 
 
-PLAIN_EVERY_S = 10.0  # outside a terminal, a progress line at most this often
-
-
 def progress_bar(config, initial: int, total: int) -> tqdm:
   """The run's bar on a terminal; outside one (a log file) no bar but a plain line every
-  PLAIN_EVERY_S seconds (`record_train`), so that no carriage return breaks the log."""
+  progress.PLAIN_EVERY_S seconds (`record_train`), so that no carriage return breaks the log."""
   shown = bool(config.progress_bar) and jax.process_index() == 0
   terminal = sys.stderr.isatty()
   bar = tqdm(total=total, initial=initial, desc=config.model, unit="step", dynamic_ncols=True,

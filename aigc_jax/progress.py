@@ -37,28 +37,30 @@ def progress(chunks: Iterable[T], desc: str = "sampling") -> Iterator[T]:
 class PlainBar:
   """tqdm's bar interface (update, set_postfix, close; a context manager) as plain log lines: one
   at most every PLAIN_EVERY_S seconds and one when the count reaches the total, each `line`
-  formatted with desc, n, total, unit, s (seconds so far) and postfix."""
+  formatted with desc, n, total, unit, s (seconds so far) and rate (units per second since the
+  start), followed by the postfix."""
 
   def __init__(self, total: int, desc: str, unit: str, initial: int = 0,
-               line: str = "{desc}: {n}/{total} {unit} ({s:.0f} s){postfix}"):
+               line: str = "{desc}: {n}/{total} {unit} ({s:.0f} s)"):
     self.total, self.desc, self.unit, self.n, self.line = total, desc, unit, initial, line
-    self.postfix, self._start = "", time.perf_counter()
+    self.initial, self.postfix, self._start = initial, "", time.perf_counter()
     self._said = self._start
 
   def update(self, n: int = 1) -> None:
     self.n += n
     now = time.perf_counter()
     if self.n >= self.total or now - self._said >= PLAIN_EVERY_S:
-      self._said = now
-      log.info(
-          "%s",
-          self.line.format(desc=self.desc, n=self.n, total=self.total, unit=self.unit,
-                           s=now - self._start, postfix=f" {self.postfix}" if self.postfix else ""))
+      self._said, s = now, now - self._start
+      text = self.line.format(desc=self.desc, n=self.n, total=self.total, unit=self.unit, s=s,
+                              rate=(self.n - self.initial) / max(s, 1e-9))
+      log.info("%s", f"{text} {self.postfix}" if self.postfix else text)
 
   def write(self, text: str) -> None:
     print(text, flush=True)  # as tqdm.write: to stdout
 
-  def set_postfix(self, **values) -> None:
+  def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **values) -> None:
+    del refresh  # as tqdm's signature; the next line shows it
+    values = {**(ordered_dict or {}), **values}
     self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
   def close(self) -> None:
@@ -72,11 +74,11 @@ class PlainBar:
 
 
 def bar(total: int, desc: str, unit: str = "step", initial: int = 0, shown: bool = True,
-        leave: bool = True):
-  """A progress bar of `total` units: tqdm's on a terminal, a `PlainBar` outside one, nothing
-  (a disabled tqdm) when not `shown`."""
+        leave: bool = True, line: str | None = None):
+  """A progress bar of `total` units: tqdm's on a terminal, a `PlainBar` (with its `line`, if
+  given) outside one, nothing (a disabled tqdm) when not `shown`."""
   if shown and not sys.stderr.isatty():
-    return PlainBar(total, desc, unit, initial)
+    return PlainBar(total, desc, unit, initial, **({"line": line} if line else {}))
   return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
               disable=not shown, leave=leave, file=sys.stderr)
 

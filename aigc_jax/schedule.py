@@ -107,10 +107,10 @@ def run_chunks(schedule: Schedule, step: int, train_chunk: Callable[[int, int], 
   while step < schedule.total:
     end = schedule.next_boundary(step)
     train_chunk(step, end)
+    boundary = at(schedule, end, signals.agreed())
+    saved, go_on = at_boundary(boundary)  # first, so that the bar's line has its losses
     bar.update(end - step)
     step = end
-    boundary = at(schedule, step, signals.agreed())
-    saved, go_on = at_boundary(boundary)
     if saved:
       meter.start = time.perf_counter()
     if boundary.signum is not None:

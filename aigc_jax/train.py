@@ -11,12 +11,10 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import time
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from aigc_jax import backend
 from aigc_jax import checkpoint_verify
@@ -104,11 +102,6 @@ def record_train(run: run_setup.Run, step: int, meter: schedule_lib.TrainMeter, 
   shown = {k: f"{means[k]:.2f}" for k in ("g_loss", "d_loss") if k in means
           } or {"loss": f"{means['loss']:.2f}"}
   bar.set_postfix(shown)
-  if getattr(bar, "plain", False) and (time.perf_counter() - bar.plain_at >= progress.PLAIN_EVERY_S
-                                       or step == run.schedule.total):
-    bar.plain_at = time.perf_counter()
-    log.info("step %d/%d: %s, %.1f steps/s", step, run.schedule.total,
-             ", ".join(f"{k}={v}" for k, v in shown.items()), means["steps_per_second"])
   meter.reset()
 
 
@@ -120,15 +113,12 @@ def learning_rate(config, step: int, total: int) -> float:
       config.learning_rate) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
 
 
-def progress_bar(config, initial: int, total: int) -> tqdm:
-  """The run's bar on a terminal; outside one (a log file) no bar but a plain line every
-  progress.PLAIN_EVERY_S seconds (`record_train`), so that no carriage return breaks the log."""
+def progress_bar(config, initial: int, total: int):
+  """The run's bar: tqdm's on a terminal; outside one (a log file) a line at most every
+  progress.PLAIN_EVERY_S seconds and at the end, with the last logged losses."""
   shown = bool(config.progress_bar) and jax.process_index() == 0
-  terminal = sys.stderr.isatty()
-  bar = tqdm(total=total, initial=initial, desc=config.model, unit="step", dynamic_ncols=True,
-             disable=not (shown and terminal))
-  bar.plain, bar.plain_at = shown and not terminal, time.perf_counter()
-  return bar
+  return progress.bar(total, config.model, "step", initial, shown,
+                      line="step {n}/{total} ({rate:.1f} steps/s)")
 
 
 def save(run: run_setup.Run, step: int, state, eval_metrics: dict | None) -> None:

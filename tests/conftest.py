@@ -9,7 +9,8 @@ after the suite, which keeps its CPU devices).
 Under pytest-xdist (`make test` runs `-n`), each worker is a process with its own session
 fixtures; what is expensive to build is built once per run in a directory that the workers share
 (`shared_tmp_dir`), under a file lock, and what a test may write into is copied per worker. The
-ports of the multi-host tests come from a block of ports that is the worker's own (`free_port`).
+ports of the multi-host tests come from a block of ports that is the worker's own (`free_port`),
+and PyTorch uses one OpenMP thread per worker.
 All of them share one persistent compilation cache per run (`compilation_cache`). Training in the
 test processes draws its curves only in the tests marked `curves` (`real_write_curves`).
 """
@@ -27,6 +28,12 @@ import pytest
 
 ACCELERATOR_ENV = "AIGC_JAX_TEST_ACCELERATOR"
 ACCELERATOR_BACKENDS = ("gpu", "tpu")
+
+# Under xdist the workers share the cores: one OpenMP thread each (PyTorch's, here and in the
+# processes tests start), since OpenMP threads on oversubscribed cores slow down many-fold. Set
+# before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Four fake CPU devices for the data-parallel tests (set before JAX starts its backend; the other
 # tests run on the first device as before).

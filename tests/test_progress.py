@@ -100,3 +100,13 @@ def test_a_counting_bar_on_a_terminal_is_tqdms_and_hidden_when_not_shown(monkeyp
   with progress.bar(3, "hidden", shown=False) as counter:
     counter.update(3)
   assert "hidden" not in terminal.getvalue()
+
+
+def test_a_plain_bar_line_carries_its_rate_since_the_start_and_the_postfix(monkeypatch, caplog):
+  clock = iter([0.0, 10.0])  # the start, then the update
+  monkeypatch.setattr(progress, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+  bar = progress.PlainBar(8, "vae", "step", initial=4, line="step {n}/{total} ({rate:.1f} steps/s)")
+  bar.set_postfix({"loss": "0.52"}, d_loss=1)
+  with caplog.at_level("INFO", logger="aigc_jax.progress"):
+    bar.update(4)  # the total: a line though under PLAIN_EVERY_S
+  assert [r.getMessage() for r in caplog.records] == ["step 8/8 (0.4 steps/s) loss=0.52, d_loss=1"]

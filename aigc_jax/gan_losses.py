@@ -64,6 +64,27 @@ def classifier_loss(class_logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarr
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(f32(class_logits), labels))
 
 
+def mode_seeking(fake: jnp.ndarray, z: jnp.ndarray, label: jnp.ndarray | None) -> jnp.ndarray:
+  """MSGAN's regulariser (Mao et al., 2019) for G: 1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| +
+  1e-5) over pairs of the batch with the same label (neighbours in the batch sorted by label;
+  without labels, its two halves), so that G pays for near-copies within a label; 0 where no
+  two share a label."""
+  half = fake.shape[0] // 2
+  if label is None:
+    first, second, same = jnp.arange(half), half + jnp.arange(half), jnp.ones(half)
+  else:
+    order = jnp.argsort(label)
+    first, second = order[0:2 * half:2], order[1:2 * half:2]
+    same = (label[first] == label[second]).astype(jnp.float32)
+
+  def pair_mean(x):  # the mean |difference| over the pairs that count
+    per_pair = jnp.mean(jnp.abs(f32(x[first]) - f32(x[second])).reshape(half, -1), axis=1)
+    return jnp.sum(same * per_pair) / jnp.maximum(jnp.sum(same), 1.0)
+
+  ratio = pair_mean(fake) / jnp.maximum(pair_mean(z), 1e-12)
+  return jnp.where(jnp.sum(same) > 0, 1.0 / (ratio + 1e-5), 0.0)  # 0 where no pair shares a label
+
+
 def _per_example_input_grads(critic_fn: Callable, x: jnp.ndarray) -> jnp.ndarray:
   # The gradient of the batch sum is the per-example gradient when the critic treats examples
   # independently (no BatchNorm in train mode, which mixes the batch).

@@ -126,6 +126,22 @@ def test_rotation_loss_teaches_d_the_rotations_and_g_weight_moves_only_g():
 
 
 @pytest.mark.slow
+def test_mode_seeking_weight_moves_only_g():
+  """The mode-seeking term is G's alone: D's update is as without it, G's differs, and its value
+  is reported."""
+  results, paired = [], {**batch(), "label": jnp.arange(8) % 3}  # pairs share a label
+  for weight in (0.0, 1.0):
+    trainable, state = make("dcgan", conditional=True, mode_seeking_weight=weight, **STEADY_ADAM)
+    results.append(jax.jit(trainable.train_step)(state, paired))
+  (off, off_metrics), (on, on_metrics) = results
+  assert "g_mode_seeking" in on_metrics and "g_mode_seeking" not in off_metrics
+  # g_loss reports the base loss alone
+  np.testing.assert_allclose(on_metrics["g_loss"], off_metrics["g_loss"], rtol=1e-5)
+  assert max_change(on.players["d"].params, off.players["d"].params) < 1e-6
+  assert max_change(on.players["g"].params, off.players["g"].params) > 1e-5
+
+
+@pytest.mark.slow
 def test_g_topk_gives_g_the_gradient_of_the_top_rated_fakes_only():
   """With D frozen, G's update with g_topk=0.5 differs from all fakes', and g_loss is the
   non-saturating loss of the best half of the logits, so it is lower than all fakes'."""
@@ -184,6 +200,8 @@ def test_config_errors():
     make("dcgan", pixel_clusters=10, conditional=True)
   with pytest.raises(config_lib.ConfigError, match="cr_weight must be >= 0"):
     make("dcgan", cr_weight=-1.0)
+  with pytest.raises(config_lib.ConfigError, match="mode_seeking_weight must be >= 0"):
+    make("dcgan", mode_seeking_weight=-1.0)
   with pytest.raises(config_lib.ConfigError, match="g_topk must be in"):
     make("dcgan", g_topk=0.0)
 

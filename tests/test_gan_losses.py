@@ -126,3 +126,29 @@ def test_consistency_penalty_of_symmetric_and_antisymmetric_critics():
   per_image = np.asarray(4.0 * antisymmetric(x)**2)
   # the penalty is the sum of per_image over the mirrored images, divided by 64
   assert 0.25 * per_image.mean() < float(penalty) < 0.75 * per_image.mean()
+
+
+def test_mode_seeking_pairs_same_labels_by_hand():
+  fake = jnp.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [0.0, 3.0], [5.0, 5.0]])
+  z = jnp.array([[0.0], [1.0], [2.0], [4.0], [9.0]])
+  # Sorted by label: rows 1, 3 (label 0), then 0, 2 (label 1), then 4 (unpaired).
+  label = jnp.array([1, 0, 1, 0, 2])
+  moved = (abs(1 - 0) + abs(1 - 3)) / 2, (abs(0 - 2) + abs(0 - 0)) / 2  # 1.5 and 1.0
+  apart = abs(1 - 4), abs(0 - 2)  # 3 and 2
+  want = 1 / (np.mean(moved) / np.mean(apart) + 1e-5)
+  np.testing.assert_allclose(gan_losses.mode_seeking(fake, z, label), want, rtol=1e-6)
+  # A pair across labels does not count: rows 1 and 3 are the only pair of label 0.
+  label = jnp.array([1, 0, 2, 0, 3])
+  np.testing.assert_allclose(gan_losses.mode_seeking(fake, z, label), 1 / (1.5 / 3 + 1e-5),
+                             rtol=1e-6)
+  assert float(gan_losses.mode_seeking(fake, z, jnp.arange(5))) == 0.0  # no pair: no charge
+
+
+def test_mode_seeking_without_labels_pairs_the_halves_and_falls_as_samples_spread():
+  z = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+  fake = jnp.tanh(z @ jnp.ones((4, 6)))
+  moved = jnp.mean(jnp.abs(fake[:4] - fake[4:]))
+  apart = jnp.mean(jnp.abs(z[:4] - z[4:]))
+  np.testing.assert_allclose(gan_losses.mode_seeking(fake, z, None), 1 / (moved / apart + 1e-5),
+                             rtol=1e-5)
+  assert gan_losses.mode_seeking(2 * fake, z, None) < gan_losses.mode_seeking(fake, z, None)

@@ -35,7 +35,7 @@ CRITIC_LOOPS = ("unroll", "scan")
 # Float keys whose value chooses the step's program, so a sweep cannot vary them: a weight of 0
 # turns its term off, d_learning_rate <= 0 means the generator's, g_topk 1 keeps every fake.
 PROGRAM_KEYS = ("d_learning_rate", "g_topk", "gp_weight", "r1_gamma", "cr_weight",
-                "rotation_d_weight", "rotation_g_weight")
+                "rotation_d_weight", "rotation_g_weight", "mode_seeking_weight")
 
 
 def default_config(model: str) -> dict:
@@ -71,6 +71,10 @@ def default_config(model: str) -> dict:
       # from the first step (Sinha et al., 2020, anneal it from 1). Per device under pmap or
       # shard_map, so the kept fakes depend on the device count; g_loss is that subset's mean.
       g_topk=1.0,
+      # > 0: MSGAN's mode-seeking term (Mao et al., 2019; 1 in the paper) in G's loss: the two
+      # halves of G's batch share their labels (or clusters), and G is charged that weight over
+      # how far apart their images are per unit of noise, against near-copies within a label.
+      mode_seeking_weight=0.0,
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
       # vs as many test images go to metrics.jsonl and TensorBoard (evaluate CLI: --num_samples).
@@ -135,6 +139,8 @@ def validate_config(config, need) -> None:
   need(config.model == "dcgan" or not uses_rotation(config),
        f"the SS-GAN rotation loss needs the DCGAN discriminator, not model '{config.model}'")
   need(config.cr_weight >= 0, f"cr_weight must be >= 0 (0 = off), got {config.cr_weight}")
+  need(config.mode_seeking_weight >= 0,
+       f"mode_seeking_weight must be >= 0 (0 = off), got {config.mode_seeking_weight}")
   need(
       0.0 < config.g_topk <= 1.0,
       f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got "

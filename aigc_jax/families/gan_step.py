@@ -49,6 +49,7 @@ class TermInputs(NamedTuple):
   fake_cls: Any
   gp_rng: Any
   cr_rng: Any
+  z: Any  # G's noise for `fake`
   axis_name: str | None
 
 
@@ -71,6 +72,8 @@ G_TERMS = {
     "g_class_loss":
         ("aux_classifier", 1.0, lambda t: gan_losses.classifier_loss(t.fake_cls, t.label)),
     "g_rotation_loss": ("rotation_g_weight", 1.0, lambda t: t.rotation_loss(t.fake)),
+    "g_mode_seeking":
+        ("mode_seeking_weight", 1.0, lambda t: gan_losses.mode_seeking(t.fake, t.z, t.label)),
 }
 
 
@@ -115,7 +118,7 @@ def term_inputs(nets: Nets, params, stats, label, axis_name, **fields) -> TermIn
   """TermInputs whose critic and rotation loss are D at `params` and `stats`."""
   fields = {
       "real": None, "fake": None, "real_cls": None, "fake_cls": None, "gp_rng": None,
-      "cr_rng": None, **fields
+      "cr_rng": None, "z": None, **fields
   }
   return TermInputs(critic=lambda x: discriminate(nets, params, stats, x, label, axis_name)[0][0],
                     rotation_loss=lambda x: rotation_loss(nets, params, stats, x, label, axis_name),
@@ -134,14 +137,16 @@ def d_objective(params, stats, real, fake, label, rngs, *, nets: Nets, config, a
   return loss, (stats, metrics)
 
 
-def g_objective(fake, d: Player, label, *, nets: Nets, config, axis_name):
-  """G's loss as a function of its output `fake` (chained to G's params by the caller)."""
+def g_objective(fake, d: Player, label, z, *, nets: Nets, config, axis_name):
+  """G's loss as a function of its output `fake` = G(z, label) (chained to G's params by the
+  caller)."""
   (logit, cls, _), _ = discriminate(nets, d.params, d.model_state, fake, label, axis_name)
   topk = max(1, round(config.g_topk * fake.shape[0]))
   if topk < fake.shape[0]:  # per device under a data axis
     logit = jax.lax.top_k(logit, topk)[0]
   loss = gan_losses.LOSSES[config.gan_loss][1](logit)
-  inputs = term_inputs(nets, d.params, d.model_state, label, axis_name, fake=fake, fake_cls=cls)
+  inputs = term_inputs(nets, d.params, d.model_state, label, axis_name, fake=fake, fake_cls=cls,
+                       z=z)
   return add_terms(G_TERMS, config, inputs, loss, {"g_loss": loss})
 
 
@@ -196,7 +201,7 @@ def train_step(state: TrainState, batch, *, nets: Nets, config, axis_name: str |
                              nets=nets, config=config, axis_name=axis_name)
   d, metrics = critic_updates(update, d, nets, n)
   objective = functools.partial(g_objective, nets=nets, config=config, axis_name=axis_name)
-  fake_grad, g_metrics = jax.grad(objective, has_aux=True)(fake_g, d, g_label)
+  fake_grad, g_metrics = jax.grad(objective, has_aux=True)(fake_g, d, g_label, z_g)
   (grads,) = g_vjp(fake_grad)
   grads, g_stats = pmean((grads, g_stats), axis_name)
   g = g.apply_gradients(grads, model_state=g_stats)

@@ -26,9 +26,9 @@ def unsupported(config) -> str | None:
   if config.model in GAN_MODELS:
     from aigc_jax.families import gan as gan_family  # pylint: disable=g-import-not-at-top
     if (config.aux_classifier or config.r1_gamma or config.cr_weight or config.g_topk < 1 or
-        gan_family.uses_rotation(config)):
+        config.mode_seeking_weight or gan_family.uses_rotation(config)):
       return ("the PyTorch reference covers the experiments' GANs: no aux_classifier, r1_gamma, "
-              "cr_weight, g_topk or rotation loss")
+              "cr_weight, g_topk, mode_seeking_weight or rotation loss")
     return None
   if config.model in VAE_MODELS:
     if config.likelihood != "bernoulli" or config.iwae_samples != 1:

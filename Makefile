@@ -60,13 +60,15 @@ data:
 
 # Each family at its best in under 5 minutes on a 2-core CPU: the MLP VAE's whole experiment (10
 # epochs), then the GAN that draws recognisable items soonest, the self-conditioned DCGAN (600
-# steps at learning rate 1e-3: docs/results.md has the variants tried; its evaluation trains the metrics' classifier once, ~1.5 min, if ~/.cache/aigc_jax has
-# none), then a table: model, steps, main metric beside its floor, the pictures.
+# steps at learning rate 1e-3, with the mode-seeking term so that samples vary within a cluster;
+# docs/results.md has the variants tried). Its evaluation trains the metrics' classifier once
+# (~1.5 min) if ~/.cache/aigc_jax has none. Then a table: model, steps, main metric beside its
+# floor, the pictures.
 demo: setup
 	$(PY) experiments/vae_mlp_fashion_mnist.py --workdir $(DEMO_DIR)/vae_mlp
 	$(PY) experiments/dcgan_self_conditioned_fashion_mnist.py --workdir $(DEMO_DIR)/dcgan_self_conditioned \
 	  --config.num_train_steps=600 --config.eval_every_steps=600 --config.learning_rate=0.001 \
-	  --config.eval_num_samples=1000
+	  --config.mode_seeking_weight=1.0 --config.eval_num_samples=1000
 	$(PY) -m aigc_jax.demo_summary $(DEMO_DIR)/vae_mlp $(DEMO_DIR)/dcgan_self_conditioned --num_samples 1000
 
 # The suite in parallel (pytest-xdist): TEST_WORKERS processes (0: serial, in this process),

@@ -59,7 +59,7 @@ def balanced_kmeans(x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 
   def squared_distances(centers):
     return np.maximum(norms[:, None] - 2.0 * x @ centers.T + np.sum(centers**2, axis=1), 0.0)
 
-  bar = progress_lib.bar(k + iterations, "k-means", shown=progress, leave=False)
+  bar = progress_lib.bar(k + iterations, "k-means", "pass", shown=progress, leave=False)
   centers = x[rng.integers(num)][None]
   nearest = squared_distances(centers)[:, 0].astype(np.float64)
   for _ in range(1, k):  # k-means++: the next center far from the chosen ones

@@ -5,10 +5,11 @@ Epoch e's order is `data.epoch_permutation(seed, e, N)`, as on device. A chunk o
 starting at step `index` of the epoch is rows perm[index*R : (index+n)*R] (R rows per step),
 laid out as the on-device loop reads an epoch, padded to `steps_per_call` steps so that its shape
 never changes; the loop then reads it with the identity order (`order`) from its start. Each
-process decodes only the rows its devices hold of each chunk (`Placement.local_rows`), on grain
-threads or in `decode_workers` worker processes, and the next chunk while the loop trains on
-this one; the step alone gives the
-position, so resuming from a checkpoint streams the same rows.
+process reads only the rows its devices hold of each chunk (`Placement.local_rows`): a folder's
+files decoded on grain threads or in `decode_workers` worker processes, a `tfds:` split's records
+read at random; the built-in datasets are loaded whole on the host. The next chunk is read while
+the loop trains on this one; the step alone gives the position, so resuming from a checkpoint
+streams the same rows.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from aigc_jax import data as data_lib
 from aigc_jax import entry
 from aigc_jax import image_folder
+from aigc_jax import tfds_split
 from aigc_jax import user_data
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,29 @@ class ArraySource:
 
   def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return self.images[rows], self.labels[rows].astype(np.int32)
+
+
+class RecordSource:
+  """Rows of a TFDS split (`tfds.data_source`: random access), fitted to the run's image shape
+  when read: a process reads only the rows it is given."""
+
+  def __init__(self, records, shape: tuple[int, int, int], resize: str):
+    self.records, self.shape, self.resize = records, shape, resize
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    return user_data.fit_record(self.records[i], self.shape, self.resize)
+
+  def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    got = [
+        user_data.fit_record(r, self.shape, self.resize)
+        for r in tfds_split.read_rows(self.records, [int(i) for i in rows])
+    ]
+    if not got:
+      return np.zeros((0,) + self.shape, np.uint8), np.zeros((0,), np.int32)
+    return np.stack([g[0] for g in got]), np.asarray([g[1] for g in got], np.int32)
 
 
 class FolderSource:
@@ -219,4 +244,6 @@ def train_source(config, info: data_lib.DatasetInfo) -> RowSource | None:
   if config.dataset.startswith(user_data.FOLDER):
     return FolderSource(listing, info.image_shape[0], info.image_shape[2], config.resize,
                         config.decode_workers)
-  return ArraySource(*data_lib.load_config_split(config, "train"))
+  if config.dataset.startswith(user_data.TFDS):
+    return RecordSource(user_data.tfds_source(fitted, "train"), info.image_shape, config.resize)
+  return ArraySource(*data_lib.load_config_split(config, "train"))  # the built-in datasets

@@ -35,8 +35,16 @@ def open_split(tfds_name: str, split: str, data_dir: str | None) -> Any:
   return tfds.data_source(tfds_name, split=split, data_dir=data_dir)
 
 
+def read_rows(source: Any, keys: list[int]) -> list[Any]:
+  """The records at `keys`, in order: one batched `__getitems__` where the source has one."""
+  try:
+    return list(source.__getitems__(keys))
+  except (AttributeError, TypeError):  # e.g. tfds.testing.mock_data sources
+    return [source[k] for k in keys]
+
+
 def read_records(source: Any, rows: idx.Rows, chunk: int = 1024) -> list[Any]:
-  """Reads records [start, stop), batched via `__getitems__` when it works."""
+  """Reads records [start, stop), `chunk` keys at a time."""
   from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
   start, stop = rows
   records: list[Any] = []
@@ -44,9 +52,6 @@ def read_records(source: Any, rows: idx.Rows, chunk: int = 1024) -> list[Any]:
                  unit="ex") as bar:
     for first in range(start, stop, chunk):
       keys = list(range(first, min(stop, first + chunk)))
-      try:
-        records.extend(source.__getitems__(keys))
-      except (AttributeError, TypeError):  # e.g. tfds.testing.mock_data sources
-        records.extend(source[k] for k in keys)
+      records.extend(read_rows(source, keys))
       bar.update(len(keys))
   return records

@@ -58,7 +58,7 @@ def split_size(spec: Spec, split: str) -> int:
   them), or the TFDS split's records."""
   if spec.name.startswith(FOLDER):
     return len(_folder_split(spec, split)[1])
-  return len(_tfds_source(spec, split))
+  return len(tfds_source(spec, split))
 
 
 def load_split(spec: Spec, split: str,
@@ -69,11 +69,11 @@ def load_split(spec: Spec, split: str,
     images, labels = _folder_split(spec, split)
     start, stop = rows or (0, len(labels))
     return images[start:stop], labels[start:stop], f"image folder {root(spec)}"
-  source = _tfds_source(spec, split)
+  source = tfds_source(spec, split)
   records = tfds_split.read_records(source, rows or (0, len(source)))
   shape = describe(spec)[0]
-  images = np.stack([_fit_record(r["image"], shape, spec.resize) for r in records])
-  labels = np.asarray([r.get("label", 0) for r in records], np.int32)
+  fitted = [fit_record(r, shape, spec.resize) for r in records]
+  images, labels = np.stack([f[0] for f in fitted]), np.asarray([f[1] for f in fitted], np.int32)
   return images, labels, f"TFDS {_tfds_name(spec)[0]!r}"
 
 
@@ -134,7 +134,7 @@ def _tfds_shape(spec: Spec, native: tuple) -> tuple[int, int, int]:
   return size, size, channels
 
 
-def _tfds_source(spec: Spec, split: str) -> Any:
+def tfds_source(spec: Spec, split: str) -> Any:
   """The TFDS split to train on ('train') or to test on: 'test', else 'validation'."""
   name, train = _tfds_name(spec)
   if split == "train":
@@ -145,9 +145,10 @@ def _tfds_source(spec: Spec, split: str) -> Any:
     return tfds_split.open_split(name, "validation", spec.tfds_data_dir)
 
 
-def _fit_record(pixels: Any, shape: tuple[int, int, int], resize: str) -> np.ndarray:
-  pixels = np.asarray(pixels, np.uint8)
-  if pixels.shape == shape:
-    return pixels
-  image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-  return image_folder.fit(image, shape[0], shape[2], resize)
+def fit_record(record: dict, shape: tuple[int, int, int], resize: str) -> tuple[np.ndarray, int]:
+  """(uint8 image fitted to `shape`, label: 0 where the dataset has none) of a TFDS record."""
+  pixels = np.asarray(record["image"], np.uint8)
+  if pixels.shape != shape:
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    pixels = image_folder.fit(image, shape[0], shape[2], resize)
+  return pixels, int(record.get("label", 0))

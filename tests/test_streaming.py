@@ -14,6 +14,7 @@ from helpers import arrays
 from helpers import small_config
 from PIL import Image
 
+from aigc_jax import config as config_lib
 from aigc_jax import data
 from aigc_jax import image_folder
 from aigc_jax import streaming
@@ -97,6 +98,35 @@ def test_a_folders_unusable_file_is_replaced_by_the_next_usable_one(tmp_path):
   with pytest.raises(data.DataError, match="no usable image among the 4 files"):
     streaming.FolderSource(listing, 8, 1, "area")[0]
   assert os.path.exists(tmp_path / "0.png")
+
+
+def test_a_tfds_split_streams_only_the_records_it_is_given(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  read = []
+
+  class Counting:  # the split's records, counting the keys read
+
+    def __init__(self, records):
+      self.records = records
+
+    def __len__(self):
+      return len(self.records)
+
+    def __getitem__(self, key):
+      read.append(key)
+      return self.records[key]
+
+  with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+    config = config_lib.get_config("vae_conv", dataset="tfds:cifar10", image_size=16, channels=1,
+                                   max_device_bytes=1, tfds_data_dir=str(tmp_path))
+    source = streaming.train_source(config, data.config_info(config))
+    assert isinstance(source, streaming.RecordSource) and len(source) == 8
+    whole, labels = data.load_config_split(config, "train")
+    source.records = Counting(source.records)
+    images, got_labels = source.read(np.array([5, 2]))
+  assert read == [5, 2]  # those records alone, fitted as the whole split's are
+  np.testing.assert_array_equal(images, whole[[5, 2]])
+  np.testing.assert_array_equal(got_labels, labels[[5, 2]])
 
 
 def test_worker_processes_decode_what_threads_do_and_report_the_bad_files(tmp_path):

@@ -120,16 +120,10 @@ def validate_config(config, need) -> None:
        "pixel_clusters replaces the labels of conditional=True: set one of them")
   need(config.label_mode in gan_models.LABEL_MODES,
        f"label_mode '{config.label_mode}' is unknown; choose one of {gan_models.LABEL_MODES}")
-  need(config.upsample in gan_models.UPSAMPLE_MODES,
-       f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
   need(
       config.eval_num_samples >= sample_eval.MIN_SAMPLES,
       f"eval_num_samples must be >= {sample_eval.MIN_SAMPLES} (the inception score's splits), "
       f"got {config.eval_num_samples}")
-  for key, choices in (("d_conv", gan_models.D_CONVS), ("upsample_impl", TRANSPOSE_IMPLS),
-                       ("critic_loop", CRITIC_LOOPS)):
-    need(config[key] in ("auto",) + choices,
-         f"{key} '{config[key]}' is unknown; choose 'auto' or one of {choices}")
   need(config.rotation_d_weight >= 0 and config.rotation_g_weight >= 0,
        "rotation_d_weight and rotation_g_weight must be >= 0 (0 = no SS-GAN rotation loss)")
   need(
@@ -138,25 +132,35 @@ def validate_config(config, need) -> None:
       "rotation head that G's term is measured by")
   need(config.model == "dcgan" or not uses_rotation(config),
        f"the SS-GAN rotation loss needs the DCGAN discriminator, not model '{config.model}'")
-  need(config.cr_weight >= 0, f"cr_weight must be >= 0 (0 = off), got {config.cr_weight}")
-  need(config.mode_seeking_weight >= 0,
-       f"mode_seeking_weight must be >= 0 (0 = off), got {config.mode_seeking_weight}")
+  for key in ("cr_weight", "mode_seeking_weight"):
+    need(config[key] >= 0, f"{key} must be >= 0 (0 = off), got {config[key]}")
   need(
       0.0 < config.g_topk <= 1.0,
       f"g_topk must be in (0, 1] (the fraction of fakes in G's loss; 1 = all), got "
       f"{config.g_topk}")
-  for key in ("d_base_features", "g_base_features"):
-    need(config[key] >= 1, f"{key} must be a positive channel count, got {config[key]}")
-  need(
-      config.g_final_features >= 0,
-      f"g_final_features must be >= 0 (0 = no full-resolution stage), got "
-      f"{config.g_final_features}")
+  _validate_networks(config, need)
   d_batchnorm = config.model == "dcgan" and config.d_batchnorm and not config.spectral_norm
   need(
       not (d_batchnorm and (config.gp_weight or config.r1_gamma)),
       "a gradient penalty (gp_weight, r1_gamma) needs a critic that treats examples "
       "independently, and the DCGAN discriminator's BatchNorm mixes them: set "
       "d_batchnorm=False or spectral_norm=True")
+
+
+def _validate_networks(config, need) -> None:
+  """The keys of `_network_defaults`."""
+  need(config.upsample in gan_models.UPSAMPLE_MODES,
+       f"upsample '{config.upsample}' is unknown; choose one of {gan_models.UPSAMPLE_MODES}")
+  for key, choices in (("d_conv", gan_models.D_CONVS), ("upsample_impl", TRANSPOSE_IMPLS),
+                       ("critic_loop", CRITIC_LOOPS)):
+    need(config[key] in ("auto",) + choices,
+         f"{key} '{config[key]}' is unknown; choose 'auto' or one of {choices}")
+  for key in ("d_base_features", "g_base_features"):
+    need(config[key] >= 1, f"{key} must be a positive channel count, got {config[key]}")
+  need(
+      config.g_final_features >= 0,
+      f"g_final_features must be >= 0 (0 = no full-resolution stage), got "
+      f"{config.g_final_features}")
 
 
 def batches_per_step(config) -> int:

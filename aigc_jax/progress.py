@@ -59,7 +59,7 @@ class PlainBar:
     print(text, flush=True)  # as tqdm.write: to stdout
 
   def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **values) -> None:
-    del refresh  # as tqdm's signature; the next line shows it
+    del refresh  # tqdm's signature: the postfix shows in the next line
     values = {**(ordered_dict or {}), **values}
     self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 

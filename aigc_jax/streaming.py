@@ -79,13 +79,10 @@ class RecordSource:
     return user_data.fit_record(self.records[i], self.shape, self.resize)
 
   def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    got = [
+    return user_data.stacked([
         user_data.fit_record(r, self.shape, self.resize)
         for r in tfds_split.read_rows(self.records, [int(i) for i in rows])
-    ]
-    if not got:
-      return np.zeros((0,) + self.shape, np.uint8), np.zeros((0,), np.int32)
-    return np.stack([g[0] for g in got]), np.asarray([g[1] for g in got], np.int32)
+    ], self.shape)
 
 
 class FolderSource:
@@ -125,9 +122,8 @@ class FolderSource:
       got = list(
           grain.MapDataset.source(rows).map(lambda i: self[int(i)]).to_iter_dataset(
               grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=4 * self.threads)))
-    if not got:
-      return np.zeros((0,) + self[0][0].shape, np.uint8), np.zeros((0,), np.int32)
-    return np.stack([g[0] for g in got]), np.asarray([g[1] for g in got], np.int32)
+    size, channels, _ = self.shape
+    return user_data.stacked(got, (size, size, channels))
 
   def _reported(self, row) -> tuple[np.ndarray, int]:
     """(pixels, label) of an `image_folder.usable` row, its passed-over files reported once."""

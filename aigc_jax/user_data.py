@@ -72,8 +72,7 @@ def load_split(spec: Spec, split: str,
   source = tfds_source(spec, split)
   records = tfds_split.read_records(source, rows or (0, len(source)))
   shape = describe(spec)[0]
-  fitted = [fit_record(r, shape, spec.resize) for r in records]
-  images, labels = np.stack([f[0] for f in fitted]), np.asarray([f[1] for f in fitted], np.int32)
+  images, labels = stacked([fit_record(r, shape, spec.resize) for r in records], shape)
   return images, labels, f"TFDS {_tfds_name(spec)[0]!r}"
 
 
@@ -143,6 +142,14 @@ def tfds_source(spec: Spec, split: str) -> Any:
     return tfds_split.open_split(name, "test", spec.tfds_data_dir)
   except Exception:  # pylint: disable=broad-except  (no test split: the validation split)
     return tfds_split.open_split(name, "validation", spec.tfds_data_dir)
+
+
+def stacked(rows: list[tuple[np.ndarray, int]],
+            image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 (n, *image_shape) images, int32 (n,) labels) of n (image, label) rows, n >= 0."""
+  if not rows:
+    return np.zeros((0,) + tuple(image_shape), np.uint8), np.zeros((0,), np.int32)
+  return np.stack([r[0] for r in rows]), np.asarray([r[1] for r in rows], np.int32)
 
 
 def fit_record(record: dict, shape: tuple[int, int, int], resize: str) -> tuple[np.ndarray, int]:

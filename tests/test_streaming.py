@@ -148,6 +148,8 @@ def test_worker_processes_decode_what_threads_do_and_report_the_bad_files(tmp_pa
   np.testing.assert_array_equal(got[1], [0, 5, 0, 5, 5, 2, 0])  # 11 wraps to 0; 3 and 4 to 5
   assert got[0].shape == (7, 8, 8, 3) and sorted(processes.skipped) == sorted(
       paths[i] for i in (3, 4, 11))
+  none = threads.read(np.array([], np.int64))  # no rows: empty arrays of the image shape
+  assert none[0].shape == (0, 8, 8, 3) and none[0].dtype == np.uint8 and none[1].shape == (0,)
 
 
 def test_decoding_workers_end_when_their_process_is_killed(tmp_path):

@@ -40,6 +40,8 @@ def decoding(source: streaming.RowSource) -> str:
   if isinstance(source, streaming.FolderSource):
     return (f"{source.workers} decode processes"
             if source.workers else f"{source.threads} decode threads")
+  if isinstance(source, streaming.RecordSource):
+    return "TFDS records read at random, fitted on one thread"
   return "no decoding (arrays in memory)"
 
 

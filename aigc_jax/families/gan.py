@@ -71,9 +71,9 @@ def default_config(model: str) -> dict:
       # from the first step (Sinha et al., 2020, anneal it from 1). Per device under pmap or
       # shard_map, so the kept fakes depend on the device count; g_loss is that subset's mean.
       g_topk=1.0,
-      # > 0: MSGAN's mode-seeking term (Mao et al., 2019; 1 in the paper) in G's loss: the two
-      # halves of G's batch share their labels (or clusters), and G is charged that weight over
-      # how far apart their images are per unit of noise, against near-copies within a label.
+      # > 0: MSGAN's mode-seeking term (Mao et al., 2019; 1 in the paper) in G's loss: over pairs
+      # of G's fakes with the same label (or cluster), G is charged that weight over how far
+      # apart their images are per unit of noise, against near-copies within a label.
       mode_seeking_weight=0.0,
       ema_decay=0.999,  # warmed up: step t uses min(ema_decay, (1 + t) / (10 + t))
       # Every eval_every_steps, FID, KID, precision/recall and IS of eval_num_samples EMA samples
